@@ -1,0 +1,466 @@
+"""Per-feature learning-rate trees for Flax parameter trees.
+
+A *rate tree* has the structure of a parameter tree; each leaf broadcasts against
+its parameter (size 1 on every axis but the feature axes), so that all incoming
+weights of one feature, and its bias, move with the same learning rate.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Label = str | float | tuple[int, ...] | None
+Rules = Callable[[str, jax.Array], Label] | Any
+
+GRANULARITIES = ("feature", "weight", "layer")
+COPIES_MODULE = "alrao_copies"
+
+_KNOWN_LEAVES = frozenset({"kernel", "bias", "scale", "embedding"})
+_LSTM_GATES = frozenset({"ii", "if", "if_", "ig", "io", "hi", "hf", "hg", "ho"})
+_GRU_GATES = frozenset({"ir", "iz", "in", "hr", "hz", "hn"})
+_FUSED_CELL = frozenset({"dense_i", "dense_h"})
+_ATTENTION_INPUTS = frozenset({"query", "key", "value"})
+_VARIABLE_ATTRS = frozenset({"value", "raw_value"})
+
+
+def check_bounds(lr_min: float, lr_max: float) -> None:
+  """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``.
+
+  Args:
+    lr_min: smallest learning rate of the interval.
+    lr_max: largest learning rate of the interval.
+  """
+  for name, value in (("lr_min", lr_min), ("lr_max", lr_max)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value):
+      raise ValueError(f"{name} must be finite, got {value}; pass a finite positive rate.")
+  if lr_min <= 0:
+    raise ValueError(
+      f"lr_min must be > 0 (rates are sampled log-uniformly), got {lr_min}; use e.g. 1e-5."
+    )
+  if lr_min > lr_max:
+    raise ValueError(f"lr_min ({lr_min}) must be <= lr_max ({lr_max}); swap the two bounds.")
+
+
+def check_num_copies(num_copies: int) -> None:
+  """Raises unless ``num_copies`` is an integer >= 1."""
+  if isinstance(num_copies, bool) or not isinstance(num_copies, numbers.Integral):
+    raise TypeError(f"num_copies must be an int, got {num_copies!r}.")
+  if num_copies < 1:
+    raise ValueError(f"num_copies must be >= 1, got {num_copies}; Alrao uses e.g. 10 copies.")
+
+
+def copy_rates(num_copies: int, lr_min: float, lr_max: float) -> jax.Array:
+  """The learning rates of the output-layer copies: a log-uniform grid.
+
+  ``lr_j = exp(log lr_min + j / (N - 1) * log(lr_max / lr_min))`` for ``j = 0..N-1``,
+  both ends included; ``[lr_min]`` when ``N = 1``.
+
+  Args:
+    num_copies: number of copies ``N`` of the output layer, at least 1.
+    lr_min: smallest learning rate, > 0.
+    lr_max: largest learning rate, >= ``lr_min``.
+
+  Returns:
+    A float32 array of shape ``(num_copies,)``, increasing.
+
+  Example:
+    >>> import alrao_jax
+    >>> alrao_jax.copy_rates(3, 1e-2, 1.0).tolist()
+    [0.009999999776482582, 0.10000000149011612, 1.0]
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1, line 6).
+  """
+  check_num_copies(num_copies)
+  check_bounds(lr_min, lr_max)
+  if num_copies == 1:
+    return jnp.asarray([lr_min], jnp.float32)
+  return jnp.asarray(np.geomspace(lr_min, lr_max, num_copies), jnp.float32)
+
+
+class _Plan(NamedTuple):
+  """How one parameter leaf gets its rates from the rates of its group."""
+
+  group: Hashable  # leaves with equal groups share one draw
+  shape: tuple[int, ...]  # shape of the group's rate array
+  to_leaf: Callable[[jax.Array], jax.Array]  # group rates -> broadcast-shaped leaf rates
+  kind: str = "sampled"  # "sampled", "copies" or "constant"
+  value: float = 0.0  # the rate, for kind == "constant"
+
+
+def _key_name(entry: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(entry, attr):
+      return str(getattr(entry, attr))
+  return str(entry)
+
+
+def leaf_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> tuple:
+  """Flattens a parameter tree into module-style paths, leaves and a treedef.
+
+  Flax NNX wraps arrays in variables (``.value``); those accessor entries are dropped
+  so that linen dicts and ``nnx.State`` give the same paths.
+  """
+  flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+  paths = []
+  for path, _ in flat:
+    names = [_key_name(entry) for entry in path]
+    while (
+      len(names) > 1
+      and isinstance(path[len(names) - 1], jax.tree_util.GetAttrKey)
+      and (names[-1] in _VARIABLE_ATTRS)
+    ):
+      names.pop()
+    paths.append(tuple(names))
+  return paths, [leaf for _, leaf in flat], treedef
+
+
+def path_string(path: Sequence[str]) -> str:
+  """The ``/``-joined form of a path, as given to ``rules`` callables."""
+  return "/".join(path)
+
+
+def _broadcast_shape(ndim: int, axes: Sequence[int], sizes: Sequence[int]) -> tuple[int, ...]:
+  shape = [1] * ndim
+  for axis, size in zip(axes, sizes, strict=True):
+    shape[axis] = size
+  return tuple(shape)
+
+
+def _reshape_to(shape: tuple[int, ...]) -> Callable[[jax.Array], jax.Array]:
+  return lambda rates: jnp.reshape(rates, shape)
+
+
+def _tile_to(shape: tuple[int, ...], gates: int) -> Callable[[jax.Array], jax.Array]:
+  return lambda rates: jnp.reshape(jnp.tile(rates, gates), shape)
+
+
+def _trailing_plan(group: Hashable, leaf: Any, feature_shape: tuple[int, ...]) -> _Plan:
+  """Rates over the trailing axes of ``leaf`` that make up ``feature_shape``."""
+  ndim = np.ndim(leaf)
+  shape = (1,) * (ndim - len(feature_shape)) + tuple(feature_shape)
+  return _Plan(group, tuple(feature_shape), _reshape_to(shape))
+
+
+def _cell_plans(cell: tuple[str, ...], members: dict[tuple[str, ...], Any]) -> dict | None:
+  """Plans for a recurrent cell: every gate and matrix of hidden unit k shares rate k."""
+  gates = {path[len(cell)] for path in members}
+  names = {path[-1] for path in members}
+  if not names <= {"kernel", "bias"}:
+    return None
+  fused = gates == _FUSED_CELL
+  if not (
+    fused
+    or (gates <= _LSTM_GATES and {"hi", "hf", "hg", "ho"} <= gates)
+    or (gates <= _GRU_GATES and {"hr", "hz", "hn"} <= gates)
+  ):
+    return None
+  recurrent = "dense_h" if fused else "hi" if "hi" in gates else "hr"
+  kernel = members.get((*cell, recurrent, "kernel"))
+  if kernel is None or np.ndim(kernel) != 2:
+    return None
+  hidden = np.shape(kernel)[0]
+  plans = {}
+  for path, leaf in members.items():
+    width = np.shape(leaf)[-1]
+    if width % hidden:
+      return None
+    shape = (1,) * (np.ndim(leaf) - 1) + (width,)
+    plans[path] = _Plan(("cell", cell), (hidden,), _tile_to(shape, width // hidden))
+  return plans
+
+
+def _module_plans(module: tuple[str, ...], members: dict[tuple[str, ...], Any]) -> tuple:
+  """Feature plans for the leaves of one module; returns (plans, unknown paths)."""
+  by_name = {path[-1]: (path, leaf) for path, leaf in members.items()}
+  plans, unknown = {}, []
+  group = ("module", module)
+  kernel = by_name.get("kernel")
+  if kernel is not None and np.ndim(kernel[1]) >= 1:
+    kshape = np.shape(kernel[1])
+    bias = by_name.get("bias")
+    bshape = np.shape(bias[1]) if bias is not None else None
+    local = any(name.startswith("ConvLocal") for name in module)
+    if (
+      bshape
+      and len(bshape) >= 2
+      and len(kshape) == len(bshape) + 1
+      and (kshape[-1] == bshape[-1] and kshape[:-2] == bshape[:-1])
+      and (local or kshape[-len(bshape) :] != bshape)
+    ):
+      feature = (kshape[-1],)  # ConvLocal: one rate per filter, shared by all positions
+    elif bshape and kshape[-len(bshape) :] == bshape:
+      feature = bshape  # Dense, Conv, DenseGeneral, Einsum, attention q/k/v
+    elif bshape is None and module and module[-1] in _ATTENTION_INPUTS and len(kshape) == 3:
+      feature = kshape[-2:]  # (in, heads, head_dim) without bias
+    elif bshape is None or (len(bshape) == 1 and kshape[-1] == bshape[0]):
+      feature = (kshape[-1],)
+    else:
+      feature = None
+    if feature is not None:
+      plans[kernel[0]] = _trailing_plan(group, kernel[1], feature)
+      for name, (path, leaf) in by_name.items():
+        if name == "kernel":
+          continue
+        if name in _KNOWN_LEAVES and np.shape(leaf)[-len(feature) :] == feature:
+          plans[path] = _trailing_plan(group, leaf, feature)
+        elif name in _KNOWN_LEAVES and np.ndim(leaf) >= 1 and np.shape(leaf)[-1] == feature[-1]:
+          plans[path] = _trailing_plan(group, leaf, feature[-1:])
+  else:
+    channels = {
+      np.shape(leaf)[-1]
+      for name, (_, leaf) in by_name.items()
+      if name in _KNOWN_LEAVES and np.ndim(leaf) >= 1
+    }
+    if len(channels) == 1:
+      (size,) = channels
+      for name, (path, leaf) in by_name.items():
+        if name in _KNOWN_LEAVES and np.ndim(leaf) >= 1:
+          plans[path] = _trailing_plan(group, leaf, (size,))
+  for path, leaf in members.items():
+    if path not in plans:
+      unknown.append(path)
+      plans[path] = _fallback_plan(path, leaf)
+  return plans, unknown
+
+
+def _fallback_plan(path: tuple[str, ...], leaf: Any) -> _Plan:
+  shape = np.shape(leaf)
+  feature = shape[-1:] if shape else ()
+  return _trailing_plan(("leaf", path), leaf, feature)
+
+
+def _copies_plan(path: tuple[str, ...], leaf: Any) -> _Plan:
+  shape = np.shape(leaf)
+  if not shape:
+    raise ValueError(f"copies need a leading copy axis, but {path_string(path)} is a scalar.")
+  target = (shape[0],) + (1,) * (len(shape) - 1)
+  return _Plan(("copies", shape[0]), (shape[0],), _reshape_to(target), kind="copies")
+
+
+def _feature_plans(paths: list[tuple[str, ...]], leaves: list[Any]) -> tuple[dict, list]:
+  """The default rule of the SPEC table, for every leaf."""
+  plans, unknown = {}, []
+  pending = {}
+  for path, leaf in zip(paths, leaves, strict=True):
+    if COPIES_MODULE in path[:-1]:
+      plans[path] = _copies_plan(path, leaf)
+    else:
+      pending[path] = leaf
+  cells: dict[tuple[str, ...], dict] = {}
+  for path, leaf in pending.items():
+    if len(path) >= 2:
+      cells.setdefault(path[:-2], {})[path] = leaf
+  for cell, members in cells.items():
+    inside = {p: leaf for p, leaf in pending.items() if p[: len(cell)] == cell}
+    if len(inside) != len(members):
+      continue
+    cell_plans = _cell_plans(cell, members)
+    if cell_plans:
+      plans.update(cell_plans)
+  modules: dict[tuple[str, ...], dict] = {}
+  for path, leaf in pending.items():
+    if path not in plans:
+      modules.setdefault(path[:-1], {})[path] = leaf
+  for module, members in modules.items():
+    module_plans, module_unknown = _module_plans(module, members)
+    plans.update(module_plans)
+    unknown.extend(module_unknown)
+  return plans, unknown
+
+
+def _label_plan(label: Label, path: tuple[str, ...], leaf: Any, default: _Plan) -> _Plan:
+  shape = np.shape(leaf)
+  where = path_string(path)
+  if label is None:
+    return default
+  if isinstance(label, str):
+    if label == "feature":
+      return default
+    if label == "weight":
+      return _Plan(("weight", path), shape, _reshape_to(shape))
+    if label == "layer":
+      return _Plan(("layer", path[:-1]), (), _reshape_to((1,) * len(shape)))
+    if label == "copies":
+      return _copies_plan(path, leaf)
+    raise ValueError(
+      f"rules gave unknown label {label!r} for {where}; use None, 'feature', 'weight', "
+      "'layer', 'copies', a float rate or a tuple of feature axes."
+    )
+  if isinstance(label, numbers.Real) and not isinstance(label, bool):
+    if not (math.isfinite(label) and label >= 0):
+      raise ValueError(f"rules gave rate {label} for {where}; a fixed rate must be finite, >= 0.")
+    return _Plan(("constant", path), (), _reshape_to((1,) * len(shape)), "constant", float(label))
+  if isinstance(label, tuple) and all(isinstance(a, int) for a in label):
+    if any(not -len(shape) <= a < len(shape) for a in label) or len(set(label)) != len(label):
+      raise ValueError(f"rules gave feature axes {label} for {where} of shape {shape}.")
+    axes = tuple(sorted(a % len(shape) for a in label))
+    sizes = tuple(shape[a] for a in axes)
+    return _Plan(("axes", path), sizes, _reshape_to(_broadcast_shape(len(shape), axes, sizes)))
+  raise TypeError(f"rules gave {label!r} for {where}; labels are str, float, tuple or None.")
+
+
+def _labels(rules: Rules, paths: list, leaves: list, params: Any) -> list[Label]:
+  if rules is None:
+    return [None] * len(paths)
+  if callable(rules):
+    return [rules(path_string(p), leaf) for p, leaf in zip(paths, leaves, strict=True)]
+  label_paths, labels, _ = leaf_paths(rules, is_leaf=_is_label)
+  if label_paths != paths:
+    missing = sorted(set(map(path_string, paths)) ^ set(map(path_string, label_paths)))
+    raise ValueError(
+      "rules must be a callable (path, leaf) -> label or a label tree with the structure of "
+      f"params; these paths do not match: {missing[:5]}."
+    )
+  return labels
+
+
+def _is_label(x: Any) -> bool:
+  return x is None or isinstance(x, str | float | int | tuple)
+
+
+def rate_plans(params: Any, *, granularity: str = "feature", rules: Rules = None) -> tuple:
+  """Plans every leaf's rates; returns (paths, leaves, treedef, plans).
+
+  Raises:
+    ValueError: an unknown ``granularity`` or a bad ``rules`` label.
+  """
+  if granularity not in GRANULARITIES:
+    raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+  paths, leaves, treedef = leaf_paths(params)
+  feature, unknown = _feature_plans(paths, leaves)
+  defaults = []
+  for path, leaf in zip(paths, leaves, strict=True):
+    plan = feature[path]
+    if granularity != "feature" and plan.kind == "sampled":
+      plan = _label_plan(granularity, path, leaf, plan)
+    defaults.append(plan)
+  labels = _labels(rules, paths, leaves, params)
+  plans = [
+    _label_plan(label, path, leaf, default)
+    for label, path, leaf, default in zip(labels, paths, leaves, defaults, strict=True)
+  ]
+  unknown = [
+    p for p, label in zip(paths, labels, strict=True) if p in set(unknown) and label is None
+  ]
+  if unknown and granularity == "feature":
+    warnings.warn(
+      "alrao_jax.sample_rates: no rule for these parameters, one rate per index of their "
+      f"last axis is used (pass `rules` to choose): {[path_string(p) for p in unknown]}",
+      stacklevel=3,
+    )
+  return paths, leaves, treedef, plans
+
+
+def _group_order(group: Hashable) -> str:
+  return re.sub(r"\s+", "", repr(group))
+
+
+def sample_rates(
+  key: jax.Array,
+  params: Any,
+  lr_min: float,
+  lr_max: float,
+  *,
+  granularity: str = "feature",
+  rules: Rules = None,
+) -> Any:
+  """Samples one learning rate per feature, log-uniformly in ``[lr_min, lr_max]``.
+
+  Features follow Flax's layouts: a Dense unit (kernel column and bias entry), a Conv
+  filter, a norm channel (scale and bias), an embedding column, a recurrent unit (every
+  gate, both matrices and the biases of an LSTM or GRU unit, separate or fused kernels),
+  the ``(heads, head_dim)`` outputs of attention projections, and the output axes of
+  DenseGeneral and Einsum. Parameters under an ``alrao_copies`` module (the copies of
+  :class:`alrao_jax.AlraoHead`) get :func:`copy_rates` along their leading axis.
+  Unknown parameters get one rate per index of their last axis, with a warning.
+
+  Args:
+    key: a PRNG key.
+    params: a Flax parameter tree (linen dict, ``nnx.State`` or any pytree of arrays).
+    lr_min: smallest learning rate, > 0.
+    lr_max: largest learning rate, >= ``lr_min``.
+    granularity: ``"feature"`` (one rate per feature, the default), ``"weight"`` (one rate
+      per scalar) or ``"layer"`` (one rate per module).
+    rules: overrides per parameter: a callable ``(path, leaf) -> label`` with paths such as
+      ``"params/Dense_0/kernel"``, or a tree of labels with the structure of ``params``.
+      A label is ``None`` (the default rule), ``"feature"``, ``"weight"``, ``"layer"``,
+      ``"copies"``, a float (a fixed rate, e.g. ``0.0`` to freeze) or a tuple of feature axes.
+
+  Returns:
+    A rate tree with the structure of ``params``: float32 leaves that broadcast against
+    their parameters.
+
+  Example:
+    >>> import jax, flax.linen as nn, alrao_jax
+    >>> params = nn.Dense(3).init(jax.random.key(0), jax.numpy.ones((1, 2)))
+    >>> rates = alrao_jax.sample_rates(jax.random.key(1), params, 1e-3, 1.0)
+    >>> jax.tree.map(lambda r: r.shape, rates)
+    {'params': {'bias': (3,), 'kernel': (1, 3)}}
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (section 2).
+  """
+  check_bounds(lr_min, lr_max)
+  _, _, treedef, plans = rate_plans(params, granularity=granularity, rules=rules)
+  groups = {}
+  for plan in plans:
+    groups.setdefault(plan.group, plan)
+  order = sorted(groups, key=_group_order)
+  keys = jax.random.split(key, max(len(order), 1))
+  log_ratio = math.log(lr_max / lr_min)
+  drawn = {}
+  for group_key, group in zip(keys, order, strict=False):
+    plan = groups[group]
+    if plan.kind == "copies":
+      drawn[group] = copy_rates(plan.shape[0], lr_min, lr_max)
+    elif plan.kind == "constant":
+      drawn[group] = jnp.full((), plan.value, jnp.float32)
+    else:
+      u = jax.random.uniform(group_key, plan.shape, jnp.float32)
+      drawn[group] = lr_min * jnp.exp(u * log_ratio)
+  rate_leaves = [plan.to_leaf(drawn[plan.group]) for plan in plans]
+  return jax.tree_util.tree_unflatten(treedef, rate_leaves)
+
+
+def check_rates_fit(rates: Any, params: Any) -> None:
+  """Raises a `ValueError` unless ``rates`` is a rate tree for ``params``.
+
+  The two trees must have the same paths (Flax NNX variable wrappers aside) and every rate
+  leaf must be a floating array that broadcasts to its parameter's shape.
+  """
+  rate_paths, rate_leaves, _ = leaf_paths(rates)
+  param_paths, param_leaves, _ = leaf_paths(params)
+  if rate_paths != param_paths:
+    diff = sorted(set(map(path_string, rate_paths)) ^ set(map(path_string, param_paths)))
+    raise ValueError(
+      "rates do not have the structure of params; paths in one but not the other: "
+      f"{diff[:6]}. Build them with alrao_jax.sample_rates(key, params, ...)."
+    )
+  for path, rate, param in zip(param_paths, rate_leaves, param_leaves, strict=True):
+    rshape, pshape = np.shape(rate), np.shape(param)
+    ok = len(rshape) <= len(pshape) and all(
+      r in (1, p) for r, p in zip(rshape[::-1], pshape[::-1], strict=False)
+    )
+    if not ok:
+      raise ValueError(
+        f"rate leaf {path_string(path)} has shape {rshape}, which does not broadcast to the "
+        f"parameter's shape {pshape}."
+      )
+    if not jnp.issubdtype(jnp.result_type(rate), jnp.floating):
+      raise TypeError(
+        f"rate leaf {path_string(path)} must be floating, got {jnp.result_type(rate)}."
+      )
