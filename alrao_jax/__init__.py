@@ -1,13 +1,77 @@
 """alrao-jax: All Learning Rates At Once, for JAX, Optax and Flax."""
 
+from alrao_jax import nnx
+from alrao_jax.head import (
+  AlraoHead,
+  CopyOutputs,
+  best_copy,
+  copy_outputs,
+  mixture_log_probs,
+  mixture_mean,
+)
+from alrao_jax.loss import (
+  AlraoLossAux,
+  alrao_loss,
+  categorical_log_likelihood,
+  gaussian_log_likelihood,
+)
 from alrao_jax.rates import copy_rates, sample_rates
+from alrao_jax.switch import (
+  BayesState,
+  ModelAveraging,
+  SwitchState,
+  bayes,
+  bayes_init,
+  bayes_posterior,
+  bayes_update,
+  switch,
+  switch_init,
+  switch_posterior,
+  switch_update,
+)
+from alrao_jax.train import (
+  TrainState,
+  create_train_state,
+  evaluation_metrics,
+  make_eval_step,
+  make_train_step,
+  num_copies_of,
+)
 from alrao_jax.transform import ScaleByRatesState, alrao_adam, alrao_sgd, scale_by_rates
 
 __all__ = [
+  "AlraoHead",
+  "AlraoLossAux",
+  "BayesState",
+  "CopyOutputs",
+  "ModelAveraging",
   "ScaleByRatesState",
+  "SwitchState",
+  "TrainState",
   "alrao_adam",
+  "alrao_loss",
   "alrao_sgd",
+  "bayes",
+  "bayes_init",
+  "bayes_posterior",
+  "bayes_update",
+  "best_copy",
+  "categorical_log_likelihood",
+  "copy_outputs",
   "copy_rates",
+  "create_train_state",
+  "evaluation_metrics",
+  "gaussian_log_likelihood",
+  "make_eval_step",
+  "make_train_step",
+  "mixture_log_probs",
+  "mixture_mean",
+  "nnx",
+  "num_copies_of",
   "sample_rates",
   "scale_by_rates",
+  "switch",
+  "switch_init",
+  "switch_posterior",
+  "switch_update",
 ]

@@ -1,0 +1,225 @@
+"""The Alrao output head: N copies of the output layer, and their mixture."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from alrao_jax.rates import COPIES_MODULE, check_num_copies
+
+
+class CopyOutputs(NamedTuple):
+  """The outputs of the copies, twice: equal values, different gradient routes.
+
+  Both have shape ``(N, *batch, K)``. Gradients through ``shared`` reach the pre-classifier
+  only (the mixture loss trains it); gradients through ``own`` reach each copy only, with
+  the pre-classifier output held constant (each copy trains "as if it were the only output").
+  """
+
+  shared: jax.Array
+  own: jax.Array
+
+
+def _finite_per_copy(values: jax.Array) -> jax.Array:
+  return jnp.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+
+
+@jax.custom_vjp
+def copy_outputs(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> CopyOutputs:
+  """Applies N stacked copies of a Dense layer with one batched matmul.
+
+  Args:
+    z: pre-classifier output, shape ``(*batch, d)``.
+    kernel: shape ``(N, d, K)``.
+    bias: shape ``(N, K)``.
+
+  Returns:
+    :class:`CopyOutputs` of shape ``(N, *batch, K)``. A copy with non-finite weights sends
+    no gradient to ``z``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> out = alrao_jax.copy_outputs(jnp.ones((4, 3)), jnp.ones((2, 3, 5)), jnp.zeros((2, 5)))
+    >>> out.own.shape
+    (2, 4, 5)
+  """
+  out = _forward(z, kernel, bias)
+  return CopyOutputs(out, out)
+
+
+def _forward(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  out = jnp.einsum("...d,ndk->n...k", z, kernel)
+  return out + bias.reshape(bias.shape[0], *(1,) * (z.ndim - 1), bias.shape[-1])
+
+
+def _copy_outputs_fwd(z, kernel, bias):
+  out = _forward(z, kernel, bias)
+  return CopyOutputs(out, out), (z, kernel)
+
+
+def _copy_outputs_bwd(residuals, cotangents):
+  z, kernel = residuals
+  shared, own = cotangents
+  # A diverged copy's cotangent is 0, but 0 * inf = NaN: zero its weights on the z route.
+  safe = jnp.where(_finite_per_copy(kernel)[:, None, None], kernel, jnp.zeros_like(kernel))
+  dz = jnp.einsum("n...k,ndk->...d", shared, safe).astype(z.dtype)
+  dkernel = jnp.einsum("...d,n...k->ndk", z, own).astype(kernel.dtype)
+  dbias = own.reshape(own.shape[0], -1, own.shape[-1]).sum(axis=1)
+  return dz, dkernel, dbias
+
+
+copy_outputs.defvjp(_copy_outputs_fwd, _copy_outputs_bwd)
+
+
+class _CopyParams(nn.Module):
+  """One copy's Dense parameters; vmapped by :class:`AlraoHead` into stacked copies."""
+
+  in_features: int
+  features: int
+  kernel_init: Callable[..., jax.Array]
+  bias_init: Callable[..., jax.Array]
+  param_dtype: Any
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param(
+      "kernel", self.kernel_init, (self.in_features, self.features), self.param_dtype
+    )
+    bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+    return kernel, bias
+
+
+class AlraoHead(nn.Module):
+  """N copies of a Dense output layer (Flax linen), applied with one batched matmul.
+
+  The copies live under a submodule named ``alrao_copies`` with a leading copy axis, so
+  that :func:`alrao_jax.sample_rates` gives copy j the rate ``copy_rates(N, ...)[j]``.
+
+  Attributes:
+    num_outputs: classes ``K`` (logits) or output dimension ``D`` (regression means).
+    num_copies: number of copies ``N``.
+    kernel_init: initializer of one copy's ``(d, K)`` kernel, as for ``nn.Dense``.
+    bias_init: initializer of one copy's ``(K,)`` bias.
+    param_dtype: dtype of the parameters.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alrao_jax
+    >>> head = alrao_jax.AlraoHead(num_outputs=10, num_copies=4)
+    >>> variables = head.init(jax.random.key(0), jnp.ones((2, 8)))
+    >>> variables['params']['alrao_copies']['kernel'].shape
+    (4, 8, 10)
+    >>> head.apply(variables, jnp.ones((2, 8))).own.shape
+    (4, 2, 10)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 3 and 5).
+  """
+
+  num_outputs: int
+  num_copies: int = 10
+  kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
+  param_dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, z: jax.Array) -> CopyOutputs:
+    check_num_copies(self.num_copies)
+    copies = nn.vmap(
+      _CopyParams,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      axis_size=self.num_copies,
+    )(
+      z.shape[-1],
+      self.num_outputs,
+      self.kernel_init,
+      self.bias_init,
+      self.param_dtype,
+      name=COPIES_MODULE,
+    )
+    kernel, bias = copies()
+    return copy_outputs(z, kernel, bias)
+
+
+def _values(outputs: CopyOutputs | jax.Array) -> jax.Array:
+  return outputs.own if isinstance(outputs, CopyOutputs) else jnp.asarray(outputs)
+
+
+def mixture_log_weights(posterior: jax.Array, usable: jax.Array) -> jax.Array:
+  """Log mixture weights: the posterior renormalised over the usable copies.
+
+  Args:
+    posterior: averaging weights ``(N,)``.
+    usable: boolean ``(N,)``, False for a copy left out (diverged).
+
+  Returns:
+    Shape ``(N,)``: ``-inf`` for left-out copies. When no copy is usable, ``-log N`` for
+    all, so that what is computed from them stays finite.
+  """
+  usable = usable & (posterior > 0)
+  logw = jnp.where(usable, jnp.log(jnp.where(usable, posterior, 1.0)), -jnp.inf)
+  logw = logw - jax.nn.logsumexp(jnp.where(usable.any(), logw, 0.0))
+  return jnp.where(usable.any(), logw, -jnp.log(posterior.shape[0]))
+
+
+def _expand(x: jax.Array, ndim: int) -> jax.Array:
+  return x.reshape(x.shape + (1,) * (ndim - x.ndim))
+
+
+def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
+  """Log-probabilities of the mixture ``sum_j a_j softmax(logits_j)``.
+
+  Args:
+    outputs: copy logits ``(N, *batch, K)`` or :class:`CopyOutputs`.
+    posterior: averaging weights ``(N,)``.
+
+  Returns:
+    Shape ``(*batch, K)``. Copies with non-finite logits are left out.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> logits = jnp.array([[[0., 0.]], [[jnp.nan, 0.]]])
+    >>> jnp.exp(alrao_jax.mixture_log_probs(logits, jnp.array([0.5, 0.5]))).tolist()
+    [[0.5, 0.5]]
+  """
+  values = _values(outputs)
+  finite = _finite_per_copy(values)
+  logw = mixture_log_weights(posterior, finite)
+  safe = jnp.where(_expand(finite, values.ndim), values, 0.0)
+  return jax.nn.logsumexp(_expand(logw, values.ndim) + jax.nn.log_softmax(safe), axis=0)
+
+
+def mixture_mean(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
+  """Posterior-weighted mean of the copies' regression outputs.
+
+  Args:
+    outputs: copy means ``(N, *batch, D)`` or :class:`CopyOutputs`.
+    posterior: averaging weights ``(N,)``.
+
+  Returns:
+    Shape ``(*batch, D)``; copies with non-finite outputs are left out and the weights of
+    the others renormalised.
+  """
+  values = _values(outputs)
+  finite = _finite_per_copy(values)
+  weights = jnp.exp(mixture_log_weights(posterior, finite))
+  safe = jnp.where(_expand(finite, values.ndim), values, 0.0)
+  return jnp.tensordot(weights, safe, axes=1)
+
+
+def best_copy(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
+  """The outputs of the copy with the largest posterior weight.
+
+  Args:
+    outputs: ``(N, *batch, K)`` or :class:`CopyOutputs`.
+    posterior: averaging weights ``(N,)``.
+
+  Returns:
+    Shape ``(*batch, K)``.
+  """
+  return _values(outputs)[jnp.argmax(posterior)]

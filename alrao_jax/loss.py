@@ -1,0 +1,136 @@
+"""The Alrao loss: one backward pass trains the pre-classifier and every copy."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alrao_jax.head import CopyOutputs, mixture_log_weights
+
+Likelihood = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-copy, per-example ``log softmax(logits)[label]``.
+
+  Args:
+    logits: ``(N, *batch, K)``.
+    labels: integer labels ``(*batch,)``.
+
+  Returns:
+    Shape ``(N, *batch)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> ll = alrao_jax.categorical_log_likelihood(jnp.zeros((3, 2, 4)), jnp.array([0, 1]))
+    >>> ll.shape, round(float(ll[0, 0]), 4)
+    ((3, 2), -1.3863)
+  """
+  log_probs = jax.nn.log_softmax(logits)
+  labels = jnp.broadcast_to(labels, logits.shape[:-1])
+  return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+
+
+def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
+  """Per-copy, per-example ``log N(y; mu_j, sigma^2 I)``, with the full D-dim constant.
+
+  Args:
+    sigma: the fixed standard deviation, > 0.
+
+  Returns:
+    A function ``(means (N, *batch, D), targets (*batch, D)) -> (N, *batch)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> ll = alrao_jax.gaussian_log_likelihood(sigma=1.0)(jnp.zeros((1, 1, 2)), jnp.zeros((1, 2)))
+    >>> round(float(ll[0, 0]), 4)  # -log(2 pi)
+    -1.8379
+  """
+  if (
+    isinstance(sigma, bool)
+    or not isinstance(sigma, numbers.Real)
+    or not (math.isfinite(sigma) and sigma > 0)
+  ):
+    raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}.")
+
+  def log_likelihood(means: jax.Array, targets: jax.Array) -> jax.Array:
+    dim = means.shape[-1]
+    sq = jnp.sum(jnp.square(means - targets), axis=-1)
+    return -0.5 * sq / sigma**2 - dim * math.log(sigma) - 0.5 * dim * math.log(2 * math.pi)
+
+  return log_likelihood
+
+
+class AlraoLossAux(NamedTuple):
+  """What :func:`alrao_loss` reports besides the loss to differentiate."""
+
+  mixture_nll: jax.Array  # shape=(): mean NLL of the mixture (inf if every copy diverged)
+  copy_nll: jax.Array  # shape=(N,): each copy's mean NLL (inf for a diverged copy)
+  log_likelihoods: jax.Array  # shape=(examples, N): per-example, for the model averaging
+
+
+def alrao_loss(
+  outputs: CopyOutputs,
+  targets: jax.Array,
+  posterior: jax.Array,
+  *,
+  likelihood: Likelihood = categorical_log_likelihood,
+) -> tuple[jax.Array, AlraoLossAux]:
+  """The loss whose single gradient is the Alrao gradient.
+
+  ``loss = -mean log sum_j a_j p_j(y|x)  +  sum_j -mean log p_j(y|x)``, where the first term
+  is evaluated on ``outputs.shared`` (its gradient reaches the pre-classifier only) and the
+  second on ``outputs.own`` (copy j's gradient is that of its own loss, with the
+  pre-classifier output held constant). A copy whose outputs or likelihood are non-finite
+  is left out of both terms and scores ``-inf`` for the model averaging.
+
+  Args:
+    outputs: :class:`CopyOutputs` of an :class:`alrao_jax.AlraoHead`.
+    targets: labels ``(*batch,)`` or regression targets ``(*batch, D)``.
+    posterior: averaging weights ``(N,)`` (a constant for the gradient).
+    likelihood: per-copy, per-example log-likelihood, e.g. :func:`categorical_log_likelihood`
+      or ``gaussian_log_likelihood(sigma=...)``.
+
+  Returns:
+    ``(loss, aux)`` for ``jax.value_and_grad(..., has_aux=True)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alrao_jax
+    >>> z = jnp.ones((2, 3))
+    >>> loss = lambda kernel, bias: alrao_jax.alrao_loss(
+    ...     alrao_jax.copy_outputs(z, kernel, bias), jnp.array([0, 1]), jnp.array([0.5, 0.5]))[0]
+    >>> grads = jax.grad(loss)(jnp.ones((2, 3, 4)), jnp.zeros((2, 4)))
+    >>> grads.shape
+    (2, 3, 4)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
+  """
+  num_copies = outputs.own.shape[0]
+  finite = jnp.isfinite(outputs.own).reshape(num_copies, -1).all(axis=1)
+  mask = finite.reshape((num_copies,) + (1,) * (outputs.own.ndim - 1))
+  # Mask the inputs, not only the outputs: a NaN input would poison the gradient.
+  own_ll = likelihood(jnp.where(mask, outputs.own, 0.0), targets)
+  shared_ll = likelihood(jnp.where(mask, outputs.shared, 0.0), targets)
+  own_ll = own_ll.reshape(num_copies, -1)
+  shared_ll = shared_ll.reshape(num_copies, -1)
+  ok = finite & jnp.isfinite(own_ll).all(axis=1)
+  posterior = jax.lax.stop_gradient(posterior)
+  any_usable = (ok & (posterior > 0)).any()
+  log_w = mixture_log_weights(posterior, ok)  # nothing usable: a finite, gradient-free loss
+  mixed = jax.nn.logsumexp(log_w[:, None] + jnp.where(ok[:, None], shared_ll, 0.0), axis=0)
+  mixture_nll = -jnp.mean(mixed)
+  copy_nll = -jnp.mean(jnp.where(ok[:, None], own_ll, 0.0), axis=1)
+  loss = mixture_nll + jnp.sum(copy_nll)
+  aux = AlraoLossAux(
+    mixture_nll=jax.lax.stop_gradient(jnp.where(any_usable, mixture_nll, jnp.inf)),
+    copy_nll=jax.lax.stop_gradient(jnp.where(ok, copy_nll, jnp.inf)),
+    log_likelihoods=jax.lax.stop_gradient(jnp.where(ok[:, None], own_ll, -jnp.inf)).T,
+  )
+  return loss, aux

@@ -1,0 +1,297 @@
+"""Jitted Alrao training and evaluation steps for Flax linen and NNX models."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from alrao_jax.head import CopyOutputs, best_copy, mixture_log_weights
+from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.rates import COPIES_MODULE, leaf_paths
+from alrao_jax.switch import ModelAveraging, switch
+
+Metrics = dict[str, jax.Array]
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything an Alrao run carries from step to step (linen models)."""
+
+  step: jax.Array  # shape=(), int32
+  params: Any
+  model_state: Any  # the other variable collections, e.g. {'batch_stats': ...}
+  opt_state: optax.OptState  # holds the per-feature rates
+  averaging_state: Any  # e.g. a SwitchState
+  rng: jax.Array  # PRNG key, split for dropout at every step
+
+
+def num_copies_of(params: Any) -> int:
+  """Number of output copies in a parameter tree (the leading axis under ``alrao_copies``).
+
+  Raises:
+    ValueError: if the tree holds no :class:`alrao_jax.AlraoHead`.
+  """
+  for path, leaf in zip(*leaf_paths(params)[:2], strict=True):
+    if COPIES_MODULE in path[:-1]:
+      return int(jax.numpy.shape(leaf)[0])
+  raise ValueError(
+    "params hold no AlraoHead (no 'alrao_copies' module); end the model with "
+    "alrao_jax.AlraoHead(num_outputs=...) or alrao_jax.nnx.AlraoHead(...)."
+  )
+
+
+def create_train_state(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  key: jax.Array,
+  *example_inputs: Any,
+  averaging: ModelAveraging | None = None,
+  **init_kwargs: Any,
+) -> TrainState:
+  """Initialises a linen model, its optimizer state and the model averaging.
+
+  Args:
+    model: a linen module ending with an :class:`alrao_jax.AlraoHead`.
+    optimizer: e.g. :func:`alrao_jax.alrao_sgd`.
+    key: PRNG key for the parameters and dropout.
+    *example_inputs: inputs for ``model.init``.
+    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    **init_kwargs: keyword arguments for ``model.init`` (e.g. ``train=False``).
+
+  Returns:
+    A :class:`TrainState` at step 0.
+  """
+  averaging = averaging or switch()
+  params_key, dropout_key, rng = jax.random.split(key, 3)
+  variables = dict(
+    model.init({"params": params_key, "dropout": dropout_key}, *example_inputs, **init_kwargs)
+  )
+  params = variables.pop("params")
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    model_state=variables,
+    opt_state=optimizer.init(params),
+    averaging_state=averaging.init(num_copies_of(params)),
+    rng=rng,
+  )
+
+
+def _loss_and_grads(
+  apply: Callable, params: Any, targets: jax.Array, posterior: jax.Array, likelihood: Likelihood
+):
+  def loss_fn(params):
+    outputs, extra = apply(params)
+    loss, aux = alrao_loss(outputs, targets, posterior, likelihood=likelihood)
+    return loss, (aux, extra)
+
+  return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def make_train_step(
+  model: nn.Module | nnx.Module,
+  optimizer: optax.GradientTransformation | nnx.Optimizer,
+  *,
+  averaging: ModelAveraging | None = None,
+  likelihood: Likelihood = categorical_log_likelihood,
+  train_kwargs: Mapping[str, Any] | None = None,
+) -> Callable:
+  """Builds the jitted Alrao step: forward, one backward, optax update, averaging update.
+
+  For a linen ``model``, returns ``step(state, inputs, targets) -> (state, metrics)`` on a
+  :class:`TrainState`; non-param collections (BatchNorm's ``batch_stats``) are updated and
+  a fresh dropout key is split from ``state.rng`` at every step.
+
+  For an NNX ``model`` (with an ``nnx.Optimizer`` built on it), returns
+  ``step(averaging_state, inputs, targets) -> (averaging_state, metrics)``; the model and
+  optimizer are updated in place, the model in ``train()`` mode.
+
+  The copies are weighted with the posterior from *before* the batch, and the averaging
+  is updated with the copies' log-likelihoods of that batch (prequential).
+
+  Args:
+    model: a linen or NNX module ending with an Alrao head.
+    optimizer: an optax transformation (linen) or an ``nnx.Optimizer`` (NNX).
+    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    likelihood: :func:`alrao_jax.categorical_log_likelihood` (default) or
+      ``alrao_jax.gaussian_log_likelihood(sigma=...)``.
+    train_kwargs: keyword arguments for the model call, e.g. ``{'train': True}`` (linen).
+
+  Returns:
+    The jitted step. ``metrics`` holds ``loss`` (mixture NLL), ``copy_nll`` (N,) and
+    ``posterior`` (N,) after the update.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> model = nn.Sequential([nn.Dense(16), nn.relu, alrao_jax.AlraoHead(3, num_copies=4)])
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+    >>> x, y = jnp.ones((8, 5)), jnp.zeros((8,), jnp.int32)
+    >>> state = alrao_jax.create_train_state(model, tx, jax.random.key(0), x)
+    >>> step = alrao_jax.make_train_step(model, tx)
+    >>> state, metrics = step(state, x, y)
+    >>> metrics['posterior'].shape
+    (4,)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1).
+  """
+  averaging = averaging or switch()
+  kwargs = dict(train_kwargs or {})
+  if isinstance(model, nnx.Module):
+    if not isinstance(optimizer, nnx.Optimizer):
+      raise TypeError("an NNX model needs an nnx.Optimizer(model, tx, wrt=nnx.Param).")
+    return _nnx_train_step(model, optimizer, averaging, likelihood, kwargs)
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
+
+  @jax.jit
+  def step(state: TrainState, inputs: Any, targets: jax.Array) -> tuple[TrainState, Metrics]:
+    rng, dropout_key = jax.random.split(state.rng)
+    mutable = list(state.model_state)
+
+    def apply(params):
+      variables = {"params": params, **state.model_state}
+      if not mutable:
+        return model.apply(variables, inputs, rngs={"dropout": dropout_key}, **kwargs), {}
+      return model.apply(
+        variables, inputs, rngs={"dropout": dropout_key}, mutable=mutable, **kwargs
+      )
+
+    posterior = averaging.posterior(state.averaging_state)
+    (_, (aux, model_state)), grads = _loss_and_grads(
+      apply, state.params, targets, posterior, likelihood
+    )
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    averaging_state = averaging.update(state.averaging_state, aux.log_likelihoods)
+    new_state = state.replace(
+      step=state.step + 1,
+      params=optax.apply_updates(state.params, updates),
+      model_state=model_state,
+      opt_state=opt_state,
+      averaging_state=averaging_state,
+      rng=rng,
+    )
+    return new_state, _train_metrics(aux, averaging.posterior(averaging_state))
+
+  return step
+
+
+def _train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
+  return {"loss": aux.mixture_nll, "copy_nll": aux.copy_nll, "posterior": posterior}
+
+
+def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
+  @nnx.jit
+  def jitted(model, optimizer, averaging_state, inputs, targets):
+    posterior = averaging.posterior(averaging_state)
+
+    def loss_fn(model):
+      loss, aux = alrao_loss(model(inputs, **kwargs), targets, posterior, likelihood=likelihood)
+      return loss, aux
+
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    optimizer.update(model, grads)
+    averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
+    return averaging_state, _train_metrics(aux, averaging.posterior(averaging_state))
+
+  def step(averaging_state, inputs, targets):
+    model.train()
+    return jitted(model, optimizer, averaging_state, inputs, targets)
+
+  return step
+
+
+def evaluation_metrics(
+  outputs: CopyOutputs | jax.Array,
+  targets: jax.Array,
+  posterior: jax.Array,
+  *,
+  likelihood: Likelihood = categorical_log_likelihood,
+) -> Metrics:
+  """Test metrics of the mixture and of the best copy.
+
+  Args:
+    outputs: copy outputs ``(N, *batch, K)`` or :class:`CopyOutputs`.
+    targets: labels or regression targets.
+    posterior: averaging weights ``(N,)``.
+    likelihood: the per-copy log-likelihood used in training.
+
+  Returns:
+    ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
+    ``accuracy`` and ``best_copy_accuracy``.
+  """
+  values = outputs.own if isinstance(outputs, CopyOutputs) else outputs
+  num_copies = values.shape[0]
+  finite = jnp.isfinite(values).reshape(num_copies, -1).all(axis=1)
+  mask = finite.reshape((num_copies,) + (1,) * (values.ndim - 1))
+  ll = likelihood(jnp.where(mask, values, 0.0), targets).reshape(num_copies, -1)
+  ok = finite & jnp.isfinite(ll).all(axis=1)
+  log_w = mixture_log_weights(posterior, ok)
+  mixed = jax.nn.logsumexp(log_w[:, None] + jnp.where(ok[:, None], ll, 0.0), axis=0)
+  best = jnp.argmax(posterior)
+  metrics = {"loss": -jnp.mean(mixed), "best_copy_loss": -jnp.mean(ll[best])}
+  if likelihood is categorical_log_likelihood:
+    probs = jnp.exp(jax.nn.log_softmax(jnp.where(mask, values, 0.0)))
+    mixture = jnp.tensordot(jnp.exp(log_w), probs, axes=1)
+    metrics["accuracy"] = jnp.mean(jnp.argmax(mixture, -1) == targets)
+    metrics["best_copy_accuracy"] = jnp.mean(
+      jnp.argmax(best_copy(values, posterior), -1) == targets
+    )
+  return metrics
+
+
+def make_eval_step(
+  model: nn.Module | nnx.Module,
+  *,
+  averaging: ModelAveraging | None = None,
+  likelihood: Likelihood = categorical_log_likelihood,
+  eval_kwargs: Mapping[str, Any] | None = None,
+) -> Callable:
+  """Builds a jitted evaluation step (see :func:`evaluation_metrics`).
+
+  For a linen ``model``: ``evaluate(state, inputs, targets) -> metrics``; for an NNX
+  ``model``: ``evaluate(averaging_state, inputs, targets) -> metrics``, in ``eval()`` mode.
+
+  Args:
+    model: a linen or NNX module ending with an Alrao head.
+    averaging: the averaging used in training (for its ``posterior``).
+    likelihood: the per-copy log-likelihood used in training.
+    eval_kwargs: keyword arguments for the model call, e.g. ``{'train': False}``.
+
+  Returns:
+    The jitted evaluation function.
+  """
+  averaging = averaging or switch()
+  kwargs = dict(eval_kwargs or {})
+  if isinstance(model, nnx.Module):
+
+    @nnx.jit
+    def jitted(model, averaging_state, inputs, targets):
+      return evaluation_metrics(
+        model(inputs, **kwargs),
+        targets,
+        averaging.posterior(averaging_state),
+        likelihood=likelihood,
+      )
+
+    def evaluate_nnx(averaging_state, inputs, targets):
+      model.eval()
+      return jitted(model, averaging_state, inputs, targets)
+
+    return evaluate_nnx
+
+  @jax.jit
+  def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
+    outputs = model.apply({"params": state.params, **state.model_state}, inputs, **kwargs)
+    return evaluation_metrics(
+      outputs, targets, averaging.posterior(state.averaging_state), likelihood=likelihood
+    )
+
+  return evaluate
