@@ -1,0 +1,178 @@
+"""The switch against the SPEC trace and a brute-force enumeration of the hidden paths."""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import alrao_jax
+from alrao_jax.switch import update_with_batch
+
+THETA = 0.9999
+update = jax.jit(alrao_jax.switch_update)
+
+
+def _run(ll_rows, n, theta=THETA):
+  state = alrao_jax.switch_init(n, theta=theta)
+  for row in ll_rows:
+    state = update(state, jnp.asarray(row, jnp.float32))
+  return state
+
+
+def test_reference_trace_from_spec():
+  trace = [
+    ([-2, -1, -3], [0.289026, 0.499304, 0.211670]),
+    ([-2, -1, -3], [0.222858, 0.635938, 0.141204]),
+    ([-0.5, -1, -3], [0.352846, 0.549820, 0.097335]),
+    ([-0.5, -1.5, -3], [0.567963, 0.354033, 0.078004]),
+  ]
+  state = alrao_jax.switch_init(3, theta=THETA)
+  for ll, want in trace:
+    state = update(state, jnp.asarray(ll, jnp.float32))
+    np.testing.assert_allclose(alrao_jax.switch_posterior(state), want, atol=1e-5)
+
+
+def brute_force_posterior(ll, theta):
+  """Posterior over the copy at step T+1, summing over every path of hidden states.
+
+  States are (copy k, flag): flag 0 may still switch, flag 1 never switches again. The
+  first state is drawn from theta/N (flag 0) and (1-theta)/N (flag 1). After observation t
+  (1-based) a flag-0 state keeps its copy with probability 1 - pi_t, pi_t = 1/(t+1), and
+  otherwise switches to a uniformly drawn copy with flag 0 (prob. theta) or 1 (1 - theta).
+  """
+  ll = np.asarray(ll, np.float64)
+  steps, n = ll.shape
+  states = [(k, f) for k in range(n) for f in (0, 1)]
+
+  def start(s):
+    return (theta if s[1] == 0 else 1 - theta) / n
+
+  def move(a, b, t):
+    pi = 1.0 / (t + 1)
+    if a[1] == 1:
+      return float(a == b)
+    switch = pi * (theta if b[1] == 0 else 1 - theta) / n
+    return switch + ((1 - pi) if a == b else 0.0)
+
+  weight = np.zeros(n)
+  for path in itertools.product(states, repeat=steps + 1):
+    p = start(path[0])
+    for t in range(steps):
+      p *= math.exp(ll[t, path[t][0]]) * move(path[t], path[t + 1], t + 1)
+      if p == 0.0:
+        break
+    weight[path[-1][0]] += p
+  return weight / weight.sum()
+
+
+@settings(deadline=None, max_examples=12)
+@given(
+  n=st.sampled_from([2, 3]),
+  steps=st.integers(1, 5),
+  seed=st.integers(0, 2**31 - 1),
+  theta=st.sampled_from([THETA, 0.9, 0.5]),
+)
+def test_recursion_equals_brute_force_enumeration(n, steps, seed, theta):
+  if n == 3 and steps == 5:
+    steps = 4  # (2N)^(T+1) paths: keep the oracle under a second
+  ll = np.random.default_rng(seed).uniform(-4.0, 0.0, (steps, n))
+  got = alrao_jax.switch_posterior(_run(ll, n, theta))
+  np.testing.assert_allclose(got, brute_force_posterior(ll, theta), atol=1e-5)
+
+
+@settings(deadline=None, max_examples=20)
+@given(seed=st.integers(0, 2**31 - 1), shift=st.floats(-50, 50), steps=st.integers(1, 6))
+def test_normalised_permutation_equivariant_and_shift_invariant(seed, shift, steps):
+  rng = np.random.default_rng(seed)
+  ll = rng.uniform(-5.0, 0.0, (steps, 4)).astype(np.float32)
+  post = np.asarray(alrao_jax.switch_posterior(_run(ll, 4)))
+  np.testing.assert_allclose(post.sum(), 1.0, atol=1e-6)
+  perm = rng.permutation(4)
+  permuted = np.asarray(alrao_jax.switch_posterior(_run(ll[:, perm], 4)))
+  np.testing.assert_allclose(permuted, post[perm], atol=1e-6)
+  shifted = np.asarray(alrao_jax.switch_posterior(_run(ll + np.float32(shift), 4)))
+  np.testing.assert_allclose(shifted, post, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps_before", [0, 1, 5, 30])
+def test_diverged_copy_gets_at_most_the_switch_prior_share(steps_before):
+  n = 4
+  state = _run(np.full((steps_before, n), -1.0), n)
+  t = int(state.step)
+  state = update(state, jnp.array([-1.0, -jnp.inf, -2.0, -1.5]))
+  post = np.asarray(alrao_jax.switch_posterior(state))
+  assert np.isfinite(post).all() and abs(post.sum() - 1) < 1e-6
+  assert 0.0 < post[1] <= 1.0 / ((t + 1) * n) * (1 + 1e-5)
+  chex.assert_tree_all_finite(state.log_weights[:, [0, 2, 3]])
+
+
+def test_diverged_copy_gets_exactly_zero_under_bayes():
+  state = alrao_jax.bayes_update(alrao_jax.bayes_init(3), jnp.array([-1.0, -jnp.inf, jnp.nan]))
+  post = np.asarray(alrao_jax.bayes_posterior(state))
+  np.testing.assert_array_equal(post[1:], [0.0, 0.0])
+  assert post[0] == 1.0
+  state = alrao_jax.bayes_update(state, jnp.array([-3.0, 0.0, 0.0]))
+  assert np.asarray(alrao_jax.bayes_posterior(state)).tolist() == [1.0, 0.0, 0.0]
+
+
+def test_all_minus_inf_gives_no_nan():
+  for init, upd in (
+    (alrao_jax.switch_init, alrao_jax.switch_update),
+    (alrao_jax.bayes_init, alrao_jax.bayes_update),
+  ):
+    state = upd(init(3), jnp.array([-1.0, -2.0, -3.0]))
+    before = np.asarray(alrao_jax.switch_posterior(state))
+    state = upd(state, jnp.full((3,), -jnp.inf))
+    state = upd(state, jnp.full((3,), jnp.nan))
+    post = np.asarray(alrao_jax.switch_posterior(state))
+    assert np.isfinite(post).all() and abs(post.sum() - 1) < 1e-6
+    assert post.argmax() == before.argmax()
+
+
+def test_a_million_updates_stay_finite_and_normalised():
+  keys = jax.random.split(jax.random.key(0), 1_000_000)
+
+  def body(state, key):
+    ll = jax.random.uniform(key, (5,), minval=-6.0, maxval=0.0)
+    ll = ll.at[4].set(jnp.where(jax.random.bernoulli(key, 0.01), -jnp.inf, ll[4]))
+    return alrao_jax.switch_update(state, ll), None
+
+  state = jax.jit(lambda s: jax.lax.scan(body, s, keys)[0])(alrao_jax.switch_init(5))
+  post = np.asarray(alrao_jax.switch_posterior(state))
+  assert int(state.step) == 1_000_001
+  assert np.isfinite(post).all() and abs(post.sum() - 1) < 1e-5
+  chex.assert_tree_all_finite(state.log_weights)
+
+
+def test_batch_reductions():
+  ll = jnp.asarray(np.random.default_rng(0).uniform(-3, 0, (6, 3)), jnp.float32)
+  init = alrao_jax.switch_init(3)
+  mean = update_with_batch(alrao_jax.switch_update, init, ll)
+  chex.assert_trees_all_close(mean, alrao_jax.switch_update(init, ll.mean(0)))
+  total = update_with_batch(alrao_jax.switch_update, init, ll, reduction="sum")
+  chex.assert_trees_all_close(total, alrao_jax.switch_update(init, ll.sum(0)))
+  seq = update_with_batch(alrao_jax.switch_update, init, ll, reduction="sequential")
+  looped = init
+  for row in ll:
+    looped = alrao_jax.switch_update(looped, row)
+  chex.assert_trees_all_close(seq, looped, atol=1e-6)
+  assert int(seq.step) == 7
+  avg = alrao_jax.switch(reduction="sequential")
+  chex.assert_trees_all_close(avg.update(avg.init(3), ll), looped, atol=1e-6)
+
+
+def test_bad_arguments():
+  with pytest.raises(ValueError, match="theta must be in"):
+    alrao_jax.switch_init(3, theta=1.5)
+  with pytest.raises(ValueError, match="num_copies must be >= 1"):
+    alrao_jax.switch_init(0)
+  with pytest.raises(ValueError, match="reduction must be one of"):
+    alrao_jax.switch(reduction="median")
+  with pytest.raises(ValueError, match=r"shape \(batch, num_copies\)"):
+    update_with_batch(alrao_jax.switch_update, alrao_jax.switch_init(3), jnp.zeros(3))
