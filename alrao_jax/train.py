@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
@@ -295,3 +296,100 @@ def make_eval_step(
     )
 
   return evaluate
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns."""
+
+  state: TrainState  # at the best validation epoch
+  best_epoch: int  # 1-based; 0 when no epoch had a finite validation loss
+  history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
+  test: dict[str, float]  # test metrics at the best validation epoch
+
+
+def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
+  return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
+
+
+def fit(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  splits: Any,
+  *,
+  epochs: int,
+  seed: int = 0,
+  batch_size: int = 32,
+  averaging: ModelAveraging | None = None,
+  likelihood: Likelihood = categorical_log_likelihood,
+  train_kwargs: Mapping[str, Any] | None = None,
+  eval_kwargs: Mapping[str, Any] | None = None,
+) -> FitResult:
+  """Trains a linen model with early stopping on the validation loss.
+
+  Each epoch shuffles the training split (the last partial batch is dropped so that one
+  compiled step serves every batch) and evaluates the validation and test splits whole.
+
+  Args:
+    model: a linen module ending with an Alrao head.
+    optimizer: any optax transformation, e.g. :func:`alrao_jax.alrao_sgd` or ``optax.sgd``.
+    splits: an :class:`alrao_jax.data.Splits`.
+    epochs: number of epochs, >= 1.
+    seed: seed of the parameters and of the shuffles (the rates come from the optimizer's key).
+    batch_size: examples per step.
+    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    likelihood: the per-copy log-likelihood.
+    train_kwargs: keyword arguments of the model call in training, e.g. ``{'train': True}``.
+    eval_kwargs: keyword arguments of the model call in evaluation.
+
+  Returns:
+    A :class:`FitResult`.
+  """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {epochs}.")
+  train, valid, test = splits
+  if batch_size < 1 or batch_size > len(train.inputs):
+    raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
+  averaging = averaging or switch()
+  state = create_train_state(
+    model,
+    optimizer,
+    jax.random.key(seed),
+    train.inputs[:batch_size],
+    averaging=averaging,
+    **dict(eval_kwargs or {}),
+  )
+  step = make_train_step(
+    model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
+  )
+  evaluate = make_eval_step(
+    model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
+  )
+  rng = np.random.default_rng(seed)
+  steps = len(train.inputs) // batch_size
+  history, best, best_state, best_epoch = [], float("inf"), state, 0
+  for epoch in range(1, epochs + 1):
+    order = rng.permutation(len(train.inputs))[: steps * batch_size].reshape(steps, batch_size)
+    losses = []
+    for idx in order:
+      state, metrics = step(state, train.inputs[idx], train.targets[idx])
+      losses.append(metrics["loss"])
+    record = {
+      "epoch": epoch,
+      "train_loss": float(jnp.mean(jnp.stack(losses))),
+      "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
+    }
+    record.update(
+      {f"valid_{k}": v for k, v in _as_floats(evaluate(state, valid.inputs, valid.targets)).items()}
+    )
+    record.update(
+      {f"test_{k}": v for k, v in _as_floats(evaluate(state, test.inputs, test.targets)).items()}
+    )
+    history.append(record)
+    if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
+      best, best_state, best_epoch = record["valid_loss"], state, epoch
+  test_metrics = (
+    {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
+    if best_epoch
+    else {"loss": float("inf"), "accuracy": float("nan")}
+  )
+  return FitResult(best_state, best_epoch, history, test_metrics)
