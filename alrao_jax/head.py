@@ -51,8 +51,30 @@ def copy_outputs(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> CopyOutput
   return CopyOutputs(out, out)
 
 
+# From this many outputs on, the copies run as a batched matmul over the copy axis (z
+# broadcast); below it, as one matmul with the copies among the output columns. Measured on
+# CPU, forward and backward of the head alone, d = 256, N = 10: the batched form is 2.1x
+# faster at K = 1000 and 1.5x at K = 256, even at K = 32, and 1.7x slower at K = 10.
+BATCHED_MIN_OUTPUTS = 32
+
+
+def _batched(kernel: jax.Array) -> bool:
+  return kernel.shape[-1] >= BATCHED_MIN_OUTPUTS
+
+
+def _broadcast_examples(z: jax.Array, num_copies: int) -> jax.Array:
+  flat = z.reshape(-1, z.shape[-1])
+  return jnp.broadcast_to(flat, (num_copies, *flat.shape))
+
+
 def _forward(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
-  out = jnp.einsum("...d,ndk->n...k", z, kernel)
+  if _batched(kernel):
+    flat = _broadcast_examples(z, kernel.shape[0])
+    out = jnp.einsum("ned,ndk->nek", flat, kernel).reshape(
+      (kernel.shape[0], *z.shape[:-1], kernel.shape[-1])
+    )
+  else:
+    out = jnp.einsum("...d,ndk->n...k", z, kernel)
   return out + bias.reshape(bias.shape[0], *(1,) * (z.ndim - 1), bias.shape[-1])
 
 
@@ -66,10 +88,16 @@ def _copy_outputs_bwd(residuals, cotangents):
   shared, own = cotangents
   # A diverged copy's cotangent is 0, but 0 * inf = NaN: zero its weights on the z route.
   safe = jnp.where(_finite_per_copy(kernel)[:, None, None], kernel, jnp.zeros_like(kernel))
-  dz = jnp.einsum("n...k,ndk->...d", shared, safe).astype(z.dtype)
-  dkernel = jnp.einsum("...d,n...k->ndk", z, own).astype(kernel.dtype)
-  dbias = own.reshape(own.shape[0], -1, own.shape[-1]).sum(axis=1)
-  return dz, dkernel, dbias
+  n, k = kernel.shape[0], kernel.shape[-1]
+  if _batched(kernel):
+    flat = _broadcast_examples(z, n)
+    dz = jnp.einsum("nek,ndk->ed", shared.reshape(n, -1, k), safe).reshape(z.shape)
+    dkernel = jnp.einsum("ned,nek->ndk", flat, own.reshape(n, -1, k))
+  else:
+    dz = jnp.einsum("n...k,ndk->...d", shared, safe)
+    dkernel = jnp.einsum("...d,n...k->ndk", z, own)
+  dbias = own.reshape(n, -1, k).sum(axis=1)
+  return dz.astype(z.dtype), dkernel.astype(kernel.dtype), dbias
 
 
 copy_outputs.defvjp(_copy_outputs_fwd, _copy_outputs_bwd)

@@ -31,9 +31,8 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
     >>> ll.shape, round(float(ll[0, 0]), 4)
     ((3, 2), -1.3863)
   """
-  log_probs = jax.nn.log_softmax(logits)
-  labels = jnp.broadcast_to(labels, logits.shape[:-1])
-  return jnp.take_along_axis(log_probs, labels[..., None], axis=-1)[..., 0]
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  return jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
 
 
 def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
@@ -64,6 +63,27 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
     return -0.5 * sq / sigma**2 - dim * math.log(sigma) - 0.5 * dim * math.log(2 * math.pi)
 
   return log_likelihood
+
+
+@jax.custom_vjp
+def _merge_routes(shared: jax.Array, own: jax.Array, responsibilities: jax.Array) -> jax.Array:
+  """Returns ``own``; its cotangent c goes to ``own`` and ``responsibilities * c`` to
+  ``shared``: the mixture's gradient for the pre-classifier, each copy's own for itself."""
+  del shared, responsibilities
+  return own
+
+
+def _merge_routes_fwd(shared, own, responsibilities):
+  del shared
+  return own, responsibilities
+
+
+def _merge_routes_bwd(responsibilities, cotangent):
+  shared = responsibilities[..., None] * cotangent
+  return shared, cotangent, jnp.zeros_like(responsibilities)
+
+
+_merge_routes.defvjp(_merge_routes_fwd, _merge_routes_bwd)
 
 
 class AlraoLossAux(NamedTuple):
@@ -116,21 +136,26 @@ def alrao_loss(
   finite = jnp.isfinite(outputs.own).reshape(num_copies, -1).all(axis=1)
   mask = finite.reshape((num_copies,) + (1,) * (outputs.own.ndim - 1))
   # Mask the inputs, not only the outputs: a NaN input would poison the gradient.
-  own_ll = likelihood(jnp.where(mask, outputs.own, 0.0), targets)
-  shared_ll = likelihood(jnp.where(mask, outputs.shared, 0.0), targets)
-  own_ll = own_ll.reshape(num_copies, -1)
-  shared_ll = shared_ll.reshape(num_copies, -1)
-  ok = finite & jnp.isfinite(own_ll).all(axis=1)
-  posterior = jax.lax.stop_gradient(posterior)
+  own = jnp.where(mask, outputs.own, 0.0)
+  shared = jnp.where(mask, outputs.shared, 0.0)
+  fixed_ll = jax.lax.stop_gradient(likelihood(own, targets))
+  batch_shape = fixed_ll.shape[1:]
+  fixed_ll = fixed_ll.reshape(num_copies, -1)
+  ok = finite & jnp.isfinite(fixed_ll).all(axis=1)
+  log_w = mixture_log_weights(jax.lax.stop_gradient(posterior), ok)
+  joint = log_w[:, None] + jnp.where(ok[:, None], fixed_ll, 0.0)
+  mixed = jax.nn.logsumexp(joint, axis=0)
+  responsibilities = jnp.exp(joint - mixed).reshape((num_copies, *batch_shape))
+  # One likelihood evaluation for both terms: d(mixture NLL)/d(outputs_j) equals
+  # r_j * d(NLL_j)/d(outputs_j), with r_j copy j's posterior responsibility per example.
+  ll = likelihood(_merge_routes(shared, own, responsibilities), targets).reshape(num_copies, -1)
+  copy_nll = -jnp.mean(jnp.where(ok[:, None], ll, 0.0), axis=1)
   any_usable = (ok & (posterior > 0)).any()
-  log_w = mixture_log_weights(posterior, ok)  # nothing usable: a finite, gradient-free loss
-  mixed = jax.nn.logsumexp(log_w[:, None] + jnp.where(ok[:, None], shared_ll, 0.0), axis=0)
-  mixture_nll = -jnp.mean(mixed)
-  copy_nll = -jnp.mean(jnp.where(ok[:, None], own_ll, 0.0), axis=1)
+  mixture_nll = jax.lax.stop_gradient(-jnp.mean(mixed))
   loss = mixture_nll + jnp.sum(copy_nll)
   aux = AlraoLossAux(
-    mixture_nll=jax.lax.stop_gradient(jnp.where(any_usable, mixture_nll, jnp.inf)),
+    mixture_nll=jnp.where(any_usable, mixture_nll, jnp.inf),
     copy_nll=jax.lax.stop_gradient(jnp.where(ok, copy_nll, jnp.inf)),
-    log_likelihoods=jax.lax.stop_gradient(jnp.where(ok[:, None], own_ll, -jnp.inf)).T,
+    log_likelihoods=jnp.where(ok[:, None], fixed_ll, -jnp.inf).T,
   )
   return loss, aux

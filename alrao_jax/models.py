@@ -1,4 +1,8 @@
-"""Small reference models used by the demo, the tests and the benchmarks."""
+"""Small reference models used by the demo, the tests and the benchmarks.
+
+Each ends with an :class:`AlraoHead` of ``num_copies`` copies, or with a plain ``nn.Dense``
+returning logits when ``num_copies`` is ``None`` (the baseline for comparisons).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,18 @@ import jax
 from alrao_jax.head import AlraoHead, CopyOutputs
 
 
+def _output(num_outputs: int, num_copies: int | None, x: jax.Array) -> CopyOutputs | jax.Array:
+  if num_copies is None:
+    return nn.Dense(num_outputs)(x)
+  return AlraoHead(num_outputs, num_copies=num_copies)(x)
+
+
 class DigitsCNN(nn.Module):
-  """A small BatchNorm CNN for 8x8 images, ending with an :class:`AlraoHead`.
+  """A small BatchNorm CNN for 8x8 images.
 
   Attributes:
     num_classes: number of classes.
-    num_copies: copies of the output layer (1 for a plain network).
+    num_copies: copies of the output layer, or ``None`` for a plain Dense output.
     width: channels of the first convolution (the second has twice as many).
 
   Example:
@@ -26,15 +36,68 @@ class DigitsCNN(nn.Module):
   """
 
   num_classes: int = 10
-  num_copies: int = 10
+  num_copies: int | None = 10
   width: int = 16
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> CopyOutputs:
+  def __call__(self, x: jax.Array, train: bool) -> CopyOutputs | jax.Array:
     for features in (self.width, 2 * self.width):
       x = nn.Conv(features, (3, 3))(x)
       x = nn.BatchNorm(use_running_average=not train)(x)
       x = nn.max_pool(nn.relu(x), (2, 2), strides=(2, 2))
     x = x.reshape(x.shape[0], -1)
     x = nn.relu(nn.Dense(4 * self.width)(x))
-    return AlraoHead(self.num_classes, num_copies=self.num_copies)(x)
+    return _output(self.num_classes, self.num_copies, x)
+
+
+class MLP(nn.Module):
+  """A tanh MLP without normalisation.
+
+  Attributes:
+    num_classes: number of classes.
+    num_copies: copies of the output layer, or ``None`` for a plain Dense output.
+    width: units per hidden layer.
+    depth: number of hidden layers.
+  """
+
+  num_classes: int = 10
+  num_copies: int | None = 10
+  width: int = 256
+  depth: int = 2
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> CopyOutputs | jax.Array:
+    del train
+    x = x.reshape(x.shape[0], -1)
+    for _ in range(self.depth):
+      x = nn.tanh(nn.Dense(self.width)(x))
+    return _output(self.num_classes, self.num_copies, x)
+
+
+class CharLSTM(nn.Module):
+  """The paper's character model: embedding, stacked LSTMs with dropout, per-step output.
+
+  Attributes:
+    vocab_size: number of characters.
+    num_copies: copies of the output layer, or ``None`` for a plain Dense output.
+    embed: embedding dimension (100 in the paper).
+    hidden: LSTM units per layer (100 in the paper).
+    layers: LSTM layers (2 in the paper).
+    dropout: dropout rate between layers (0.2 in the paper).
+  """
+
+  vocab_size: int = 50
+  num_copies: int | None = 6
+  embed: int = 100
+  hidden: int = 100
+  layers: int = 2
+  dropout: float = 0.2
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool) -> CopyOutputs | jax.Array:
+    x = nn.Embed(self.vocab_size, self.embed)(tokens)
+    for _ in range(self.layers):
+      x = nn.Dropout(self.dropout, deterministic=not train)(x)
+      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return _output(self.vocab_size, self.num_copies, x)

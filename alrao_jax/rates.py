@@ -432,7 +432,8 @@ def sample_rates(
     else:
       u = jax.random.uniform(group_key, plan.shape, jnp.float32)
       drawn[group] = lr_min * jnp.exp(u * log_ratio)
-  rate_leaves = [plan.to_leaf(drawn[plan.group]) for plan in plans]
+  # Each leaf owns its buffer, so that a state holding the rates can be donated to jit.
+  rate_leaves = [jnp.copy(plan.to_leaf(drawn[plan.group])) for plan in plans]
   return jax.tree_util.tree_unflatten(treedef, rate_leaves)
 
 

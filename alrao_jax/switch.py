@@ -39,7 +39,7 @@ class ModelAveraging(NamedTuple):
   """A model-averaging method: ``init(num_copies)``, ``update(state, ll)``, ``posterior``.
 
   ``update`` takes per-example log-likelihoods of shape ``(batch, N)`` and reduces them
-  as the method was built to (see :func:`switch` and :func:`bayes`).
+  as the method was built to (see :func:`switch_averaging` and :func:`bayes_averaging`).
   """
 
   init: Callable[[int], Any]
@@ -222,7 +222,7 @@ def update_with_batch(
   return jax.lax.scan(lambda s, row: (update(s, row), None), state, ll)[0]
 
 
-def switch(*, theta: float = 0.9999, reduction: str = "mean") -> ModelAveraging:
+def switch_averaging(*, theta: float = 0.9999, reduction: str = "mean") -> ModelAveraging:
   """The switch model averaging of the Alrao paper, as a :class:`ModelAveraging`.
 
   Args:
@@ -234,7 +234,7 @@ def switch(*, theta: float = 0.9999, reduction: str = "mean") -> ModelAveraging:
 
   Example:
     >>> import jax.numpy as jnp, alrao_jax
-    >>> avg = alrao_jax.switch(theta=0.9999)
+    >>> avg = alrao_jax.switch_averaging(theta=0.9999)
     >>> state = avg.update(avg.init(3), jnp.array([[-2., -1., -3.]]))
     >>> int(avg.posterior(state).argmax())
     1
@@ -252,8 +252,8 @@ def switch(*, theta: float = 0.9999, reduction: str = "mean") -> ModelAveraging:
   )
 
 
-def bayes(*, reduction: str = "mean") -> ModelAveraging:
-  """Plain Bayesian model averaging (no switching), for comparison with :func:`switch`.
+def bayes_averaging(*, reduction: str = "mean") -> ModelAveraging:
+  """Plain Bayesian model averaging (no switching), for comparison with :func:`switch_averaging`.
 
   Args:
     reduction: how a batch is fed; see :func:`update_with_batch`.

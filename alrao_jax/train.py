@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ from flax import nnx
 from alrao_jax.head import CopyOutputs, best_copy, mixture_log_weights
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
-from alrao_jax.switch import ModelAveraging, switch
+from alrao_jax.switch import ModelAveraging, switch_averaging
 
 Metrics = dict[str, jax.Array]
 
@@ -62,13 +63,13 @@ def create_train_state(
     optimizer: e.g. :func:`alrao_jax.alrao_sgd`.
     key: PRNG key for the parameters and dropout.
     *example_inputs: inputs for ``model.init``.
-    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
     **init_kwargs: keyword arguments for ``model.init`` (e.g. ``train=False``).
 
   Returns:
     A :class:`TrainState` at step 0.
   """
-  averaging = averaging or switch()
+  averaging = averaging or switch_averaging()
   params_key, dropout_key, rng = jax.random.split(key, 3)
   variables = dict(
     model.init({"params": params_key, "dropout": dropout_key}, *example_inputs, **init_kwargs)
@@ -102,6 +103,7 @@ def make_train_step(
   averaging: ModelAveraging | None = None,
   likelihood: Likelihood = categorical_log_likelihood,
   train_kwargs: Mapping[str, Any] | None = None,
+  donate: bool = True,
 ) -> Callable:
   """Builds the jitted Alrao step: forward, one backward, optax update, averaging update.
 
@@ -119,10 +121,12 @@ def make_train_step(
   Args:
     model: a linen or NNX module ending with an Alrao head.
     optimizer: an optax transformation (linen) or an ``nnx.Optimizer`` (NNX).
-    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
     likelihood: :func:`alrao_jax.categorical_log_likelihood` (default) or
       ``alrao_jax.gaussian_log_likelihood(sigma=...)``.
     train_kwargs: keyword arguments for the model call, e.g. ``{'train': True}`` (linen).
+    donate: donate the linen ``state`` to the step, so that its buffers are reused for the
+      new state (pass ``False`` to keep using the old state after the call).
 
   Returns:
     The jitted step. ``metrics`` holds ``loss`` (mixture NLL), ``copy_nll`` (N,) and
@@ -143,7 +147,7 @@ def make_train_step(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1).
   """
-  averaging = averaging or switch()
+  averaging = averaging or switch_averaging()
   kwargs = dict(train_kwargs or {})
   if isinstance(model, nnx.Module):
     if not isinstance(optimizer, nnx.Optimizer):
@@ -152,7 +156,7 @@ def make_train_step(
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
 
-  @jax.jit
+  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def step(state: TrainState, inputs: Any, targets: jax.Array) -> tuple[TrainState, Metrics]:
     rng, dropout_key = jax.random.split(state.rng)
     mutable = list(state.model_state)
@@ -269,7 +273,7 @@ def make_eval_step(
   Returns:
     The jitted evaluation function.
   """
-  averaging = averaging or switch()
+  averaging = averaging or switch_averaging()
   kwargs = dict(eval_kwargs or {})
   if isinstance(model, nnx.Module):
 
@@ -336,7 +340,7 @@ def fit(
     epochs: number of epochs, >= 1.
     seed: seed of the parameters and of the shuffles (the rates come from the optimizer's key).
     batch_size: examples per step.
-    averaging: :func:`alrao_jax.switch` (default) or :func:`alrao_jax.bayes`.
+    averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
     likelihood: the per-copy log-likelihood.
     train_kwargs: keyword arguments of the model call in training, e.g. ``{'train': True}``.
     eval_kwargs: keyword arguments of the model call in evaluation.
@@ -349,7 +353,7 @@ def fit(
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
-  averaging = averaging or switch()
+  averaging = averaging or switch_averaging()
   state = create_train_state(
     model,
     optimizer,
@@ -386,7 +390,8 @@ def fit(
     )
     history.append(record)
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
-      best, best_state, best_epoch = record["valid_loss"], state, epoch
+      # The step donates its state: keep a copy, not the buffers the next step reuses.
+      best, best_state, best_epoch = record["valid_loss"], jax.tree.map(jnp.copy, state), epoch
   test_metrics = (
     {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
     if best_epoch

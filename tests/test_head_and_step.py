@@ -106,7 +106,7 @@ def test_a_diverged_copy_poisons_nothing(leaf, bad):
   assert np.isfinite(others).all()
   state = alrao_jax.switch_init(N)
   t = int(state.step)
-  state = alrao_jax.switch(reduction="mean").update(state, aux.log_likelihoods)
+  state = alrao_jax.switch_averaging(reduction="mean").update(state, aux.log_likelihoods)
   post = alrao_jax.switch_posterior(state)
   chex.assert_tree_all_finite(post)
   assert post[2] <= 1.0 / ((t + 1) * N) * (1 + 1e-5)
@@ -140,10 +140,10 @@ def test_one_copy_and_equal_bounds_is_plain_sgd():
       return nn.Dense(K, name="out")(jnp.tanh(nn.Dense(D, name="pre")(x)))
 
   copies = state.params["head"]["alrao_copies"]
-  plain = {
-    "pre": state.params["pre"],
-    "out": {"kernel": copies["kernel"][0], "bias": copies["bias"][0]},
-  }
+  plain = jax.tree.map(  # copies: the Alrao step donates its state
+    jnp.copy,
+    {"pre": state.params["pre"], "out": {"kernel": copies["kernel"][0], "bias": copies["bias"][0]}},
+  )
   sgd = optax.sgd(0.3)
   opt_state = sgd.init(plain)
 
@@ -181,15 +181,23 @@ def test_train_step_traces_once_updates_batch_stats_and_has_no_host_callbacks():
   model = BNDropNet()
   tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=KEY, momentum=0.9)
   state = alrao_jax.create_train_state(model, tx, KEY, X, train=False)
-  step = alrao_jax.make_train_step(model, tx, train_kwargs={"train": True})
-  jaxpr = str(jax.make_jaxpr(step)(state, X, Y))
-  assert "callback" not in jaxpr and "debug" not in jaxpr
-  stats0 = state.model_state["batch_stats"]
+  traces = []
+
+  def counting_likelihood(logits, labels):  # runs only while the step is being traced
+    traces.append(1)
+    return alrao_jax.categorical_log_likelihood(logits, labels)
+
+  step = alrao_jax.make_train_step(
+    model, tx, train_kwargs={"train": True}, likelihood=counting_likelihood
+  )
+  stats0 = jax.tree.map(np.asarray, state.model_state["batch_stats"])
   losses = []
   for _ in range(5):
     state, metrics = step(state, X, Y)
     losses.append(float(metrics["loss"]))
-  assert step._cache_size() == 1
+  assert len(traces) == 2  # one trace (the shared and own routes call it once each)
+  jaxpr = str(jax.make_jaxpr(step)(state, X, Y))
+  assert "callback" not in jaxpr and "debug" not in jaxpr
   assert int(state.step) == 5 and int(state.averaging_state.step) == 6
   assert not np.allclose(
     state.model_state["batch_stats"]["BatchNorm_0"]["mean"], stats0["BatchNorm_0"]["mean"]
@@ -205,11 +213,23 @@ def test_dropout_key_changes_every_step():
   model = BNDropNet()
   tx = optax.sgd(0.0)  # no parameter change: only dropout (and batch stats) vary
   state = alrao_jax.create_train_state(model, tx, KEY, X, train=False)
-  step = alrao_jax.make_train_step(model, tx, train_kwargs={"train": True})
+  step = alrao_jax.make_train_step(model, tx, train_kwargs={"train": True}, donate=False)
   _, m1 = step(state, X, Y)
   state2 = state.replace(rng=jax.random.split(state.rng)[0])
   _, m2 = step(state2, X, Y)
   assert not np.allclose(m1["copy_nll"], m2["copy_nll"])
+  _, m3 = step(state, X, Y)  # not donated: the same state gives the same dropout masks
+  np.testing.assert_array_equal(m1["copy_nll"], m3["copy_nll"])
+
+
+def test_the_step_donates_its_state():
+  model = Net()
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=KEY, momentum=0.9)
+  state = alrao_jax.create_train_state(model, tx, KEY, X)
+  step = alrao_jax.make_train_step(model, tx)
+  new_state, _ = step(state, X, Y)
+  assert state.params["pre"]["kernel"].is_deleted()
+  assert not new_state.params["pre"]["kernel"].is_deleted()
 
 
 class NnxNet(nnx.Module):
@@ -292,3 +312,29 @@ def test_regression_posterior_concentrates_on_a_workable_copy():
   evaluate = alrao_jax.make_eval_step(model, likelihood=likelihood)
   noise_floor = -float(likelihood(jnp.zeros((1, 1, 2)), jnp.zeros((1, 2)))[0, 0])
   assert float(evaluate(state, x, y)["loss"]) < noise_floor + 0.05
+
+
+@pytest.mark.parametrize("outputs", [5, alrao_jax.head.BATCHED_MIN_OUTPUTS + 3])
+@pytest.mark.parametrize("batch_shape", [(7,), (3, 4)])
+def test_copy_outputs_matches_autodiff_in_both_layouts(outputs, batch_shape):
+  z = jax.random.normal(KEY, (*batch_shape, D))
+  kernel = jax.random.normal(jax.random.key(3), (N, D, outputs))
+  bias = jax.random.normal(jax.random.key(4), (N, outputs))
+  c_shared, c_own = jax.random.normal(jax.random.key(5), (2, N, *batch_shape, outputs))
+
+  def reference(z, kernel, bias):
+    out = jnp.stack([z @ kernel[j] + bias[j] for j in range(N)])
+    return jnp.sum(out * c_shared), jnp.sum(out * c_own)
+
+  def routed(z, kernel, bias):
+    out = alrao_jax.copy_outputs(z, kernel, bias)
+    return jnp.sum(out.shared * c_shared) + jnp.sum(out.own * c_own)
+
+  dz_ref = jax.grad(lambda z: reference(z, kernel, bias)[0])(z)
+  dk_ref, db_ref = jax.grad(lambda k, b: reference(z, k, b)[1], argnums=(0, 1))(kernel, bias)
+  dz, dk, db = jax.grad(routed, argnums=(0, 1, 2))(z, kernel, bias)
+  chex.assert_trees_all_close((dz, dk, db), (dz_ref, dk_ref, db_ref), rtol=1e-5, atol=1e-5)
+  value = alrao_jax.copy_outputs(z, kernel, bias).own
+  chex.assert_trees_all_close(
+    value, jnp.stack([z @ kernel[j] + bias[j] for j in range(N)]), rtol=1e-5, atol=1e-5
+  )

@@ -8,7 +8,7 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 def test_quickstart_runs(capsys):
   text = README.read_text()
-  section = text[text.index("## Quickstart"):]
+  section = text[text.index("## Quickstart") :]
   code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
   assert len(code.strip().splitlines()) <= 20
   exec(compile(code, "README quickstart", "exec"), {})

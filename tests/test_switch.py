@@ -163,7 +163,7 @@ def test_batch_reductions():
     looped = alrao_jax.switch_update(looped, row)
   chex.assert_trees_all_close(seq, looped, atol=1e-6)
   assert int(seq.step) == 7
-  avg = alrao_jax.switch(reduction="sequential")
+  avg = alrao_jax.switch_averaging(reduction="sequential")
   chex.assert_trees_all_close(avg.update(avg.init(3), ll), looped, atol=1e-6)
 
 
@@ -173,6 +173,6 @@ def test_bad_arguments():
   with pytest.raises(ValueError, match="num_copies must be >= 1"):
     alrao_jax.switch_init(0)
   with pytest.raises(ValueError, match="reduction must be one of"):
-    alrao_jax.switch(reduction="median")
+    alrao_jax.switch_averaging(reduction="median")
   with pytest.raises(ValueError, match=r"shape \(batch, num_copies\)"):
     update_with_batch(alrao_jax.switch_update, alrao_jax.switch_init(3), jnp.zeros(3))
