@@ -15,6 +15,7 @@ from alrao_jax.loss import (
   categorical_log_likelihood,
   gaussian_log_likelihood,
 )
+from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.rates import copy_rates, sample_rates
 from alrao_jax.switch import (
   BayesState,
@@ -44,6 +45,7 @@ __all__ = [
   "AlraoLossAux",
   "BayesState",
   "CopyOutputs",
+  "LRFindResult",
   "ModelAveraging",
   "ScaleByRatesState",
   "SwitchState",
@@ -62,6 +64,7 @@ __all__ = [
   "create_train_state",
   "evaluation_metrics",
   "gaussian_log_likelihood",
+  "lr_find",
   "make_eval_step",
   "make_train_step",
   "mixture_log_probs",

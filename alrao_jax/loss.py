@@ -103,11 +103,13 @@ def alrao_loss(
 ) -> tuple[jax.Array, AlraoLossAux]:
   """The loss whose single gradient is the Alrao gradient.
 
-  ``loss = -mean log sum_j a_j p_j(y|x)  +  sum_j -mean log p_j(y|x)``, where the first term
-  is evaluated on ``outputs.shared`` (its gradient reaches the pre-classifier only) and the
-  second on ``outputs.own`` (copy j's gradient is that of its own loss, with the
-  pre-classifier output held constant). A copy whose outputs or likelihood are non-finite
-  is left out of both terms and scores ``-inf`` for the model averaging.
+  Its value is ``-mean log sum_j a_j p_j(y|x)  +  sum_j -mean log p_j(y|x)``; its gradient
+  gives the pre-classifier (through ``outputs.shared``) the gradient of the mixture loss, and
+  copy j (through ``outputs.own``) the gradient of its own loss with the pre-classifier
+  output held constant. The likelihood is evaluated once: the mixture's gradient with
+  respect to copy j's outputs is its own gradient times its posterior responsibility for
+  each example. A copy whose outputs or likelihood are non-finite is left out of both terms
+  and scores ``-inf`` for the model averaging.
 
   Args:
     outputs: :class:`CopyOutputs` of an :class:`alrao_jax.AlraoHead`.

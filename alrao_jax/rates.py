@@ -32,24 +32,26 @@ _ATTENTION_INPUTS = frozenset({"query", "key", "value"})
 _VARIABLE_ATTRS = frozenset({"value", "raw_value"})
 
 
-def check_bounds(lr_min: float, lr_max: float) -> None:
+def check_bounds(
+  lr_min: float, lr_max: float, *, names: tuple[str, str] = ("lr_min", "lr_max")
+) -> None:
   """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``.
 
   Args:
     lr_min: smallest learning rate of the interval.
     lr_max: largest learning rate of the interval.
+    names: the caller's names of the two arguments, for the messages.
   """
-  for name, value in (("lr_min", lr_min), ("lr_max", lr_max)):
+  low, high = names
+  for name, value in ((low, lr_min), (high, lr_max)):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
       raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
     if not math.isfinite(value):
       raise ValueError(f"{name} must be finite, got {value}; pass a finite positive rate.")
   if lr_min <= 0:
-    raise ValueError(
-      f"lr_min must be > 0 (rates are sampled log-uniformly), got {lr_min}; use e.g. 1e-5."
-    )
+    raise ValueError(f"{low} must be > 0 (rates are log-uniform), got {lr_min}; use e.g. 1e-5.")
   if lr_min > lr_max:
-    raise ValueError(f"lr_min ({lr_min}) must be <= lr_max ({lr_max}); swap the two bounds.")
+    raise ValueError(f"{low} ({lr_min}) must be <= {high} ({lr_max}); swap the two bounds.")
 
 
 def check_num_copies(num_copies: int) -> None:
