@@ -331,7 +331,8 @@ def memory_rows(case: Case) -> list[str]:
     ("Adam", alrao_jax.alrao_adam(*case.lr, key=key), optax.adam(1e-3)),
   ):
     a, p = nbytes(alrao_tx.init(alrao_params)), nbytes(plain_tx.init(plain_params))
-    rows.append(f"| {name} | {p:,} | {a:,} | {a / max(p, 1):.2f} |")
+    ratio = f"{a / p:.2f}" if p else "n/a (optax keeps none)"
+    rows.append(f"| {name} | {p:,} | {a:,} | {ratio} |")
   copies = alrao_params["AlraoHead_0"]["alrao_copies"]
   n, d, k = copies["kernel"].shape
   extra = nbytes(alrao_params) - nbytes(plain_params)
@@ -374,6 +375,57 @@ def scaling(quick: bool, rounds: int, per_round: int) -> list[str]:
   return rows
 
 
+def _fusions(step: Callable, state, x, y) -> int:
+  """Number of fused kernels XLA runs for one step."""
+  text = step.lower(state, x, y).compile().as_text()
+  return text[text.index("ENTRY") :].count(" fusion(")
+
+
+def breakdown(case: Case, rounds: int, per_round: int) -> list[str]:
+  """Where the Alrao step's extra time goes: each variant adds one part of Alrao."""
+  (am, atx, ast), (pm, ptx, pst) = _setups(case)
+  one = case.build(1)
+  noop = alrao_jax.ModelAveraging(
+    init=alrao_jax.bayes_init, update=lambda state, ll: state, posterior=alrao_jax.bayes_posterior
+  )
+  rates_tx = alrao_jax.alrao_sgd(*case.lr, key=jax.random.key(3))
+  copy = functools.partial(jax.tree.map, jnp.copy)
+  steps = {
+    "plain optax.sgd": (plain_step(pm, ptx), pst),
+    "+ per-feature rates (alrao_sgd on the plain model)": (
+      plain_step(pm, rates_tx),
+      _plain_state(pm, rates_tx, case.x),
+    ),
+    "+ head of 1 copy and the Alrao loss, no switch": (
+      alrao_jax.make_train_step(one, atx, averaging=noop, train_kwargs={"train": True}),
+      alrao_jax.create_train_state(
+        one, atx, jax.random.key(1), case.x, averaging=noop, train=False
+      ),
+    ),
+    f"+ {case.num_copies} copies, no switch": (
+      alrao_jax.make_train_step(am, atx, averaging=noop, train_kwargs={"train": True}),
+      alrao_jax.create_train_state(am, atx, jax.random.key(1), case.x, averaging=noop, train=False),
+    ),
+    "+ the switch: the full Alrao step": (
+      alrao_jax.make_train_step(am, atx, train_kwargs={"train": True}),
+      ast,
+    ),
+  }
+  kernels = {name: _fusions(step, state, case.x, case.y) for name, (step, state) in steps.items()}
+  med = interleaved(
+    {name: _stepper(step, copy(state), case.x, case.y) for name, (step, state) in steps.items()},
+    rounds=rounds,
+    per_round=per_round,
+  )
+  base = med["plain optax.sgd"]
+  rows = [f"| variant ({case.name}) | ms | / plain | fused XLA kernels |", "|---|---|---|---|"]
+  rows += [
+    f"| {name} | {1e3 * med[name]:.3f} | {med[name] / base:.3f} | {kernels[name]} |"
+    for name in steps
+  ]
+  return rows
+
+
 def machine() -> str:
   cpu = platform.processor() or platform.machine()
   try:
@@ -412,6 +464,10 @@ def main(argv: list[str] | None = None) -> str:
       f"{1e3 * med['naive']:.2f} | {med['naive'] / med['alrao']:.1f}x |"
     )
     print(lines[-1], flush=True)
+  lines += ["\n## (a') Where the extra time goes\n"]
+  for case in all_cases[:2]:
+    lines += [*breakdown(case, rounds, per_round), ""]
+    print("\n".join(lines[-8:]), flush=True)
   lines += [
     "\n## (c) Compile time of the jitted step\n",
     "| model | plain (s) | Alrao (s) | Alrao / plain |",
