@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import pickle
 from typing import NamedTuple
 
 import numpy as np
@@ -68,3 +71,135 @@ def load_digits(*, seed: int = 0) -> Splits:
   images, labels = sklearn_digits(return_X_y=True)
   images = (images / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
   return split_arrays(images, labels.astype(np.int32), valid=300, test=300, seed=seed)
+
+
+DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+END_OF_LINE = "<eol>"
+
+
+def ptb_char_dir() -> pathlib.Path:
+  """Folder of the Penn Treebank character files: ``$ALRAO_PTB_CHAR``, else
+  ``../shared/data/ptb-char`` beside the repository."""
+  return pathlib.Path(os.environ.get("ALRAO_PTB_CHAR", DATA_ROOT / "ptb-char"))
+
+
+def _read_chars(path: pathlib.Path) -> list[str]:
+  if not path.is_file():
+    raise FileNotFoundError(
+      f"{path} not found; set ALRAO_PTB_CHAR to the folder holding ptb.char.valid.txt and "
+      "ptb.char.test.txt."
+    )
+  tokens = []
+  for line in path.read_text().splitlines():
+    tokens.extend(line.split())
+    tokens.append(END_OF_LINE)
+  return tokens
+
+
+def _sequences(ids: np.ndarray, batch_size: int, bptt: int) -> Split:
+  """Cuts a token stream into ``batch_size`` parallel streams and windows of ``bptt``."""
+  per_stream = (len(ids) - 1) // batch_size
+  windows = per_stream // bptt
+  if windows < 1:
+    raise ValueError(f"{len(ids)} tokens are too few for batch_size={batch_size}, bptt={bptt}.")
+  length = windows * bptt
+  inputs = ids[: batch_size * per_stream].reshape(batch_size, per_stream)[:, :length]
+  targets = ids[1 : batch_size * per_stream + 1].reshape(batch_size, per_stream)[:, :length]
+  return Split(_windows(inputs, bptt), _windows(targets, bptt))
+
+
+def _windows(streams: np.ndarray, bptt: int) -> np.ndarray:
+  """(streams, windows * bptt) -> (windows * streams, bptt), window-major."""
+  count, length = streams.shape
+  rows = streams.reshape(count, length // bptt, bptt).transpose(1, 0, 2)
+  return rows.reshape(-1, bptt).astype(np.int32)
+
+
+def load_ptb_char(
+  *, batch_size: int = 32, bptt: int = 70, directory: str | os.PathLike | None = None
+) -> tuple[Splits, list[str]]:
+  """Penn Treebank characters, split as the SPEC says (the training file is not shipped).
+
+  Training is the first 90% of ``ptb.char.valid.txt``, validation (early stopping) its last
+  10%, and test ``ptb.char.test.txt``. Lines end with an ``<eol>`` token. Each split is cut
+  into ``batch_size`` contiguous streams and windows of ``bptt`` characters; consecutive
+  groups of ``batch_size`` rows continue each other, so truncated BPTT can carry state.
+
+  Args:
+    batch_size: number of parallel streams.
+    bptt: characters per window.
+    directory: folder of the two files; default :func:`ptb_char_dir`.
+
+  Returns:
+    ``(splits, vocabulary)``: inputs and next-character targets of shape ``(rows, bptt)``.
+  """
+  folder = pathlib.Path(directory) if directory is not None else ptb_char_dir()
+  train_valid = _read_chars(folder / "ptb.char.valid.txt")
+  test = _read_chars(folder / "ptb.char.test.txt")
+  vocabulary = sorted(set(train_valid) | set(test))
+  index = {token: i for i, token in enumerate(vocabulary)}
+  cut = int(0.9 * len(train_valid))
+  splits = Splits(
+    *(
+      _sequences(np.array([index[t] for t in tokens], np.int32), batch_size, bptt)
+      for tokens in (train_valid[:cut], train_valid[cut:], test)
+    )
+  )
+  return splits, vocabulary
+
+
+CIFAR10_TRAIN = tuple(f"data_batch_{i}" for i in range(1, 6))
+CIFAR10_TEST = "test_batch"
+
+
+def _cifar_batch(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
+  try:
+    with path.open("rb") as f:
+      batch = pickle.load(f, encoding="bytes")
+    data = np.asarray(batch[b"data"], np.uint8)
+    labels = np.asarray(batch[b"labels"], np.int32)
+  except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as err:
+    raise ValueError(f"{path} is not a CIFAR-10 python batch ({err}).") from err
+  if data.ndim != 2 or data.shape[1] != 3072 or len(labels) != len(data):
+    raise ValueError(f"{path}: expected data (n, 3072) and n labels, got {data.shape}.")
+  return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def load_cifar10(directory: str | os.PathLike, *, valid: int = 10_000, seed: int = 0) -> Splits:
+  """CIFAR-10 from the standard python-pickle batches (``cifar-10-batches-py``).
+
+  Args:
+    directory: folder holding ``data_batch_1`` .. ``data_batch_5`` and ``test_batch``.
+    valid: training images held out for early stopping (the paper trains on 40,000).
+    seed: seed of the shuffle that picks them.
+
+  Returns:
+    :class:`Splits` with float32 images ``(n, 32, 32, 3)`` in [0, 1] and int32 labels.
+
+  Raises:
+    FileNotFoundError: a batch file is missing. ValueError: a file is not such a batch.
+  """
+  folder = pathlib.Path(directory)
+  missing = [n for n in (*CIFAR10_TRAIN, CIFAR10_TEST) if not (folder / n).is_file()]
+  if missing:
+    raise FileNotFoundError(
+      f"{folder} lacks CIFAR-10 batches {missing}; point to the "
+      "extracted cifar-10-batches-py folder."
+    )
+  parts = [_cifar_batch(folder / n) for n in CIFAR10_TRAIN]
+  images = np.concatenate([p[0] for p in parts])
+  labels = np.concatenate([p[1] for p in parts])
+  test_images, test_labels = _cifar_batch(folder / CIFAR10_TEST)
+  order = np.random.default_rng(seed).permutation(len(images))
+  images, labels = images[order], labels[order]
+  if not 0 < valid < len(images):
+    raise ValueError(f"valid must be in (0, {len(images)}), got {valid}.")
+  return Splits(
+    Split(_unit(images[valid:]), labels[valid:]),
+    Split(_unit(images[:valid]), labels[:valid]),
+    Split(_unit(test_images), test_labels),
+  )
+
+
+def _unit(images: np.ndarray) -> np.ndarray:
+  return (images / 255.0).astype(np.float32)
