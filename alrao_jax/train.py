@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -14,6 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
 from alrao_jax.head import CopyOutputs, best_copy, mixture_log_weights
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
@@ -306,6 +308,7 @@ class FitResult(NamedTuple):
   """What :func:`fit` returns."""
 
   state: TrainState  # at the best validation epoch
+  last_state: TrainState  # after the last epoch
   best_epoch: int  # 1-based; 0 when no epoch had a finite validation loss
   history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
   test: dict[str, float]  # test metrics at the best validation epoch
@@ -327,11 +330,16 @@ def fit(
   likelihood: Likelihood = categorical_log_likelihood,
   train_kwargs: Mapping[str, Any] | None = None,
   eval_kwargs: Mapping[str, Any] | None = None,
+  checkpoint_dir: str | os.PathLike | None = None,
+  resume: bool = False,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
-  Each epoch shuffles the training split (the last partial batch is dropped so that one
-  compiled step serves every batch) and evaluates the validation and test splits whole.
+  Each epoch shuffles the training split with a seed of its own, ``(seed, epoch)`` (the last
+  partial batch is dropped so that one compiled step serves every batch), and evaluates the
+  validation and test splits whole. With ``checkpoint_dir``, a checkpoint is written after
+  every epoch; ``resume=True`` continues from it, and the result equals that of a run that
+  was never interrupted.
 
   Args:
     model: a linen module ending with an Alrao head.
@@ -344,12 +352,16 @@ def fit(
     likelihood: the per-copy log-likelihood.
     train_kwargs: keyword arguments of the model call in training, e.g. ``{'train': True}``.
     eval_kwargs: keyword arguments of the model call in evaluation.
+    checkpoint_dir: folder for an Orbax checkpoint (see :mod:`alrao_jax.checkpoint`).
+    resume: continue from the checkpoint in ``checkpoint_dir``.
 
   Returns:
     A :class:`FitResult`.
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}.")
+  if resume and checkpoint_dir is None:
+    raise ValueError("resume=True needs the checkpoint_dir to resume from.")
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
@@ -368,10 +380,14 @@ def fit(
   evaluate = make_eval_step(
     model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
   )
-  rng = np.random.default_rng(seed)
   steps = len(train.inputs) // batch_size
-  history, best, best_state, best_epoch = [], float("inf"), state, 0
-  for epoch in range(1, epochs + 1):
+  history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0
+  if resume:
+    saved = restore_checkpoint(checkpoint_dir, state)
+    state, best_state, done = saved.state, saved.best_state, saved.epoch
+    history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
+  for epoch in range(done + 1, epochs + 1):
+    rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(train.inputs))[: steps * batch_size].reshape(steps, batch_size)
     losses = []
     for idx in order:
@@ -392,9 +408,12 @@ def fit(
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       # The step donates its state: keep a copy, not the buffers the next step reuses.
       best, best_state, best_epoch = record["valid_loss"], jax.tree.map(jnp.copy, state), epoch
+    if checkpoint_dir is not None:
+      meta = {"history": history, "best": best, "best_epoch": best_epoch}
+      save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
   test_metrics = (
     {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
     if best_epoch
     else {"loss": float("inf"), "accuracy": float("nan")}
   )
-  return FitResult(best_state, best_epoch, history, test_metrics)
+  return FitResult(best_state, state, best_epoch, history, test_metrics)
