@@ -332,6 +332,7 @@ def fit(
   eval_kwargs: Mapping[str, Any] | None = None,
   checkpoint_dir: str | os.PathLike | None = None,
   resume: bool = False,
+  on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -354,6 +355,8 @@ def fit(
     eval_kwargs: keyword arguments of the model call in evaluation.
     checkpoint_dir: folder for an Orbax checkpoint (see :mod:`alrao_jax.checkpoint`).
     resume: continue from the checkpoint in ``checkpoint_dir``.
+    on_epoch: called after each epoch (and its checkpoint) with the epoch's record and the
+      history so far.
 
   Returns:
     A :class:`FitResult`.
@@ -411,6 +414,8 @@ def fit(
     if checkpoint_dir is not None:
       meta = {"history": history, "best": best, "best_epoch": best_epoch}
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
+    if on_epoch is not None:
+      on_epoch(record, history)
   test_metrics = (
     {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
     if best_epoch

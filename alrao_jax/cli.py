@@ -1,0 +1,261 @@
+"""The ``alrao-jax`` command: ``train`` and ``lr-find`` on bundled tasks.
+
+Bad input (unknown task or optimizer, missing or malformed data, learning-rate bounds out of
+order, a corrupt or mismatched checkpoint) gives one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+import optax
+
+from alrao_jax.data import Splits, load_cifar10, load_digits, load_ptb_char
+from alrao_jax.lr_find import lr_find
+from alrao_jax.models import CharLSTM, DigitsCNN
+from alrao_jax.rates import copy_rates
+from alrao_jax.train import FitResult, create_train_state, fit
+from alrao_jax.transform import alrao_adam, alrao_sgd
+
+
+class UsageError(Exception):
+  """Bad input: reported on one line, exit code 2."""
+
+
+class Task(NamedTuple):
+  """A bundled task: data, a model builder and Alrao's default interval."""
+
+  splits: Splits
+  build: Callable[[int], Any]  # num_copies -> linen module
+  lr_min: float
+  lr_max: float
+  copies: int
+
+
+def _task(name: str, data: str | None, batch_size: int) -> Task:
+  if name == "digits":
+    return Task(load_digits(), lambda n: DigitsCNN(num_copies=n), 1e-5, 10.0, 10)
+  if name == "ptb-char":
+    splits, vocab = load_ptb_char(batch_size=batch_size, directory=data)
+    return Task(splits, lambda n: CharLSTM(vocab_size=len(vocab), num_copies=n), 1e-3, 100.0, 6)
+  if name == "cifar10":
+    if data is None:
+      raise UsageError("--task cifar10 needs --data PATH to the cifar-10-batches-py folder")
+    return Task(load_cifar10(data), lambda n: DigitsCNN(num_copies=n, width=32), 1e-5, 10.0, 10)
+  raise UsageError(f"task {name!r} is not available here")
+
+
+PLAIN = {
+  "sgd": lambda lr: optax.sgd(lr),
+  "adam": lambda lr: optax.adam(lr),
+  "prodigy": lambda lr: optax.contrib.prodigy(lr),
+  "dadapt-adamw": lambda lr: optax.contrib.dadapt_adamw(lr),
+  "dog": lambda lr: optax.contrib.dog(lr),
+  "cocob": lambda lr: optax.contrib.cocob(lr),
+  "mechanize-sgd": lambda lr: optax.contrib.mechanize(optax.sgd(lr)),
+}
+DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the learning-rate-free ones default to 1.0
+OPTIMIZERS = ("alrao-sgd", "alrao-adam", *PLAIN)
+TASKS = ("digits", "ptb-char", "cifar10")
+
+
+def _optimizer(args: argparse.Namespace, task: Task) -> tuple[optax.GradientTransformation, list]:
+  """The optimizer and the learning rates of the output copies it trains."""
+  if args.optimizer.startswith("alrao-"):
+    lr_min = task.lr_min if args.lr_min is None else args.lr_min
+    lr_max = task.lr_max if args.lr_max is None else args.lr_max
+    build = alrao_sgd if args.optimizer == "alrao-sgd" else alrao_adam
+    try:
+      tx = build(lr_min, lr_max, key=jax.random.key(args.seed + 1))
+    except ValueError as err:
+      raise UsageError(
+        str(err).replace("lr_min", "--lr-min").replace("lr_max", "--lr-max")
+      ) from err
+    copies = task.copies if args.copies is None else args.copies
+    if copies < 1:
+      raise UsageError(f"--copies must be >= 1, got {copies}")
+    return tx, copy_rates(copies, lr_min, lr_max).tolist()
+  if args.lr_min is not None or args.lr_max is not None or args.copies is not None:
+    raise UsageError(
+      f"--lr-min, --lr-max and --copies apply to alrao-* optimizers, not {args.optimizer}; use --lr"
+    )
+  lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.optimizer, 1.0)
+  if not lr > 0:
+    raise UsageError(f"--lr must be > 0, got {lr}")
+  return PLAIN[args.optimizer](lr), [lr]
+
+
+class _Reporter:
+  """Per epoch: a JSON line, the progress bar, and the PNG plots."""
+
+  def __init__(self, out: pathlib.Path, epochs: int, show: bool, copy_lrs: list[float]):
+    self.out, self.epochs, self.show, self.copy_lrs = out, epochs, show, copy_lrs
+    self.bar = None
+
+  def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    if self.bar is None:  # drawn once training runs, so that an early error stays one line
+      from tqdm import tqdm
+
+      self.bar = tqdm(
+        total=self.epochs,
+        initial=record["epoch"] - 1,
+        disable=not self.show,
+        unit="epoch",
+        file=sys.stderr,
+      )
+    with (self.out / "metrics.jsonl").open("a") as f:
+      f.write(json.dumps(record) + "\n")
+    leader = int(np.argmax(record["posterior"]))
+    self.bar.set_postfix(
+      loss=f"{record['train_loss']:.3f}",
+      acc=f"{record.get('valid_accuracy', float('nan')):.3f}",
+      copy=leader,
+    )
+    self.bar.update(1)
+    plot_history(history, self.out, self.copy_lrs)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+
+
+def plot_history(
+  history: list[dict[str, Any]], out: pathlib.Path, copy_lrs: Sequence[float] | None = None
+) -> None:
+  """Writes ``curves.png`` (losses per epoch) and ``posterior.png`` (stacked area)."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  epochs = [r["epoch"] for r in history]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for key in ("train_loss", "valid_loss", "test_loss"):
+    ax.plot(epochs, [r[key] for r in history], marker="o", label=key.replace("_", " "))
+  ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="learning curves")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out / "curves.png", dpi=100)
+  plt.close(fig)
+  posterior = np.array([r["posterior"] for r in history]).T
+  fig, ax = plt.subplots(figsize=(6, 4))
+  names = [
+    f"copy {j}" + (f" (lr {copy_lrs[j]:.2g})" if copy_lrs is not None else "")
+    for j in range(len(posterior))
+  ]
+  ax.stackplot(epochs, posterior, labels=names)
+  ax.set(xlabel="epoch", ylabel="switch posterior", ylim=(0, 1), title="posterior over copies")
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+  fig.tight_layout()
+  fig.savefig(out / "posterior.png", dpi=100)
+  plt.close(fig)
+
+
+def _train(args: argparse.Namespace) -> FitResult:
+  task = _task(args.task, args.data, args.batch_size)
+  tx, copy_lrs = _optimizer(args, task)
+  out = pathlib.Path(args.out)
+  if not args.resume and (out / "metrics.jsonl").exists():
+    raise UsageError(f"{out} holds a run already; pass --resume or another --out")
+  out.mkdir(parents=True, exist_ok=True)
+  reporter = _Reporter(out, args.epochs, not args.no_progress, copy_lrs)
+  try:
+    result = fit(
+      task.build(len(copy_lrs)),
+      tx,
+      task.splits,
+      epochs=args.epochs,
+      seed=args.seed,
+      batch_size=args.batch_size,
+      train_kwargs={"train": True},
+      eval_kwargs={"train": False},
+      checkpoint_dir=out / "checkpoint",
+      resume=args.resume,
+      on_epoch=reporter,
+    )
+  finally:
+    reporter.close()
+  summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
+  print(json.dumps(summary))
+  return result
+
+
+def _lr_find(args: argparse.Namespace) -> None:
+  task = _task(args.task, args.data, args.batch_size)
+  model = task.build(1)
+  train = task.splits.train
+  state = create_train_state(
+    model, optax.sgd(0.1), jax.random.key(args.seed), train.inputs[: args.batch_size], train=False
+  )
+
+  def loss_fn(params, batch):
+    outputs = model.apply({"params": params, **state.model_state}, batch[0], train=False)
+    return optax.softmax_cross_entropy_with_integer_labels(outputs.own[0], batch[1]).mean()
+
+  rng = np.random.default_rng(args.seed)
+  epochs = -(-args.steps * args.batch_size // len(train.inputs))  # enough shuffled passes
+  order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
+  rows = order[: args.steps * args.batch_size].reshape(args.steps, args.batch_size)
+  batches = [(train.inputs[i], train.targets[i]) for i in rows]
+  result = lr_find(
+    loss_fn, state.params, batches, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps
+  )
+  print(json.dumps({"suggestions": result.suggestions, "steps": len(result.learning_rates)}))
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str) -> None:  # one line, exit 2
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="alrao-jax", description=__doc__.split("\n\n")[0])
+  commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  train = commands.add_parser("train", help="train a bundled task with one optimizer")
+  finder = commands.add_parser("lr-find", help="learning-rate range test with SGD")
+  for sub in (train, finder):
+    sub.add_argument("--task", choices=TASKS, default="digits")
+    sub.add_argument("--data", help="data folder (cifar10; ptb-char defaults to ../shared)")
+    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--seed", type=int, default=0)
+  train.add_argument("--optimizer", choices=OPTIMIZERS, default="alrao-sgd")
+  train.add_argument("--lr", type=float, help="learning rate of the non-Alrao optimizers")
+  train.add_argument("--lr-min", type=float, help="Alrao's smallest rate (task default)")
+  train.add_argument("--lr-max", type=float, help="Alrao's largest rate (task default)")
+  train.add_argument("--copies", type=int, help="Alrao's output copies (task default)")
+  train.add_argument("--epochs", type=int, default=10)
+  train.add_argument("--out", default="runs/alrao", help="folder for metrics, plots, checkpoint")
+  train.add_argument("--resume", action="store_true", help="continue the run in --out")
+  train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  finder.add_argument("--start-lr", type=float, default=1e-6)
+  finder.add_argument("--end-lr", type=float, default=10.0)
+  finder.add_argument("--steps", type=int, default=100)
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the ``alrao-jax`` console script; returns the exit code."""
+  parser = _parser()
+  args = parser.parse_args(argv)
+  try:
+    if args.command == "train":
+      if args.epochs < 1 or args.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be >= 1")
+      _train(args)
+    else:
+      _lr_find(args)
+  except (UsageError, FileNotFoundError, ValueError) as err:
+    print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
