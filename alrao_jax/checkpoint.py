@@ -37,6 +37,13 @@ def _typed(raw: TrainState, like: TrainState) -> TrainState:
   return raw.replace(rng=jax.random.wrap_key_data(raw.rng, impl=impl))
 
 
+def _signature(tree: Any) -> set[tuple[tuple[int, ...], str]]:
+  """The (shape, dtype) of every array leaf, whatever order the tree is flattened in."""
+  return {
+    (tuple(leaf.shape), str(leaf.dtype)) for leaf in jax.tree.leaves(tree) if hasattr(leaf, "shape")
+  }
+
+
 def save_checkpoint(
   directory: str | os.PathLike,
   state: TrainState,
@@ -92,6 +99,12 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkp
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _raw(like))
   try:
     with ocp.StandardCheckpointer() as checkpointer:
+      stored = checkpointer.metadata(folder / "state")
+      stored = getattr(stored, "item_metadata", stored)
+      stored = getattr(stored, "tree", stored)
+      missing = _signature(target) - _signature(stored)
+      if missing:  # checked first: a failed Orbax restore leaves work pending behind it
+        raise ValueError(f"the stored arrays lack {sorted(missing)[:3]} (shape, dtype)")
       state = checkpointer.restore(folder / "state", target)
       best = checkpointer.restore(folder / "best_state", target)
   except Exception as err:  # Orbax raises many types for missing, corrupt or mismatched trees

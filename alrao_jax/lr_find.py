@@ -27,11 +27,20 @@ class LRFindResult(NamedTuple):
   suggestions: dict[str, float]  # 'steep', 'valley' and 'minimum'
 
 
+SKIP_BEGIN, SKIP_END = 10, 1  # as Lightning: the first points are the noisiest
+
+
 def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
-  """Rates read off the smoothed curve (before it diverged)."""
+  """Rates read off the smoothed curve (before it diverged), its noisy ends left out."""
+  if len(lrs) > SKIP_BEGIN + SKIP_END + 2:
+    lrs, smoothed = lrs[SKIP_BEGIN:-SKIP_END], smoothed[SKIP_BEGIN:-SKIP_END]
   if len(lrs) < 3:
     return {"steep": float("nan"), "valley": float("nan"), "minimum": float("nan")}
-  slope = np.gradient(smoothed, np.log(lrs))
+  width = max(1, len(lrs) // 20)  # slope over +-5% of the curve: pointwise slopes are noise
+  log_lrs = np.log(lrs)
+  slope = (smoothed[2 * width :] - smoothed[: -2 * width]) / (
+    log_lrs[2 * width :] - log_lrs[: -2 * width]
+  )
   falling = np.diff(smoothed) < 0
   best_len, best_start, run = 0, 0, 0
   for i, down in enumerate(falling):  # the longest stretch over which the loss keeps falling
@@ -40,7 +49,7 @@ def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
       best_len, best_start = run, i + 1 - run
   middle = best_start + best_len // 2
   return {
-    "steep": float(lrs[int(np.argmin(slope))]),
+    "steep": float(lrs[width + int(np.argmin(slope))]) if len(slope) else float("nan"),
     "valley": float(lrs[middle]),
     "minimum": float(lrs[int(np.argmin(smoothed))] / 10.0),
   }
@@ -78,9 +87,11 @@ def lr_find(
     diverge_factor: stop when the smoothed loss exceeds this multiple of its best.
 
   Returns:
-    An :class:`LRFindResult`. Suggestions: ``steep`` (steepest fall of the smoothed loss
-    against log lr, as Lightning), ``valley`` (middle of the longest stretch of falling
-    loss) and ``minimum`` (a tenth of the rate at the lowest smoothed loss).
+    An :class:`LRFindResult`. Suggestions, read off the smoothed curve without its first 10
+    and last point (as Lightning): ``steep`` (steepest fall against log lr, measured over
+    +-5% of the curve),
+    ``valley`` (middle of the longest stretch of falling loss) and ``minimum`` (a tenth of
+    the rate at the lowest smoothed loss).
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax

@@ -92,3 +92,13 @@ def test_an_iterator_that_runs_out_ends_the_test():
 def test_bad_arguments(kwargs, match):
   with pytest.raises(ValueError, match=match):
     alrao_jax.lr_find(mse, {"w": jnp.zeros(8), "b": jnp.zeros(())}, [(X, Y)], **kwargs)
+
+
+def test_suggestions_skip_the_noisy_start_of_the_ramp():
+  params = {"w": jnp.zeros(8), "b": jnp.zeros(())}
+  result = alrao_jax.lr_find(mse, params, BATCHES, start_lr=1e-6, end_lr=100.0, num_steps=60)
+  first_kept = result.learning_rates[10]
+  assert all(
+    v >= first_kept * (1 - 1e-9)
+    for v in (result.suggestions["steep"], result.suggestions["valley"])
+  )
