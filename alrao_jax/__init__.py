@@ -17,6 +17,7 @@ from alrao_jax.loss import (
 )
 from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.rates import copy_rates, sample_rates
+from alrao_jax.screen import ScreenResult, screen
 from alrao_jax.switch import (
   BayesState,
   ModelAveraging,
@@ -48,6 +49,7 @@ __all__ = [
   "LRFindResult",
   "ModelAveraging",
   "ScaleByRatesState",
+  "ScreenResult",
   "SwitchState",
   "TrainState",
   "alrao_adam",
@@ -73,6 +75,7 @@ __all__ = [
   "num_copies_of",
   "sample_rates",
   "scale_by_rates",
+  "screen",
   "switch_averaging",
   "switch_init",
   "switch_posterior",

@@ -1,4 +1,4 @@
-"""The ``alrao-jax`` command: ``train`` and ``lr-find`` on bundled tasks.
+"""The ``alrao-jax`` command: ``train``, ``lr-find`` and ``screen`` on bundled tasks.
 
 Bad input (unknown task or optimizer, missing or malformed data, learning-rate bounds out of
 order, a corrupt or mismatched checkpoint) gives one line on stderr and exit code 2.
@@ -21,6 +21,7 @@ from alrao_jax.data import Splits, load_cifar10, load_digits, load_ptb_char
 from alrao_jax.lr_find import lr_find
 from alrao_jax.models import CharLSTM, DigitsCNN
 from alrao_jax.rates import copy_rates
+from alrao_jax.screen import BUILTIN_DIGITS, SGD_GRID, load_configs, screen
 from alrao_jax.train import FitResult, create_train_state, fit
 from alrao_jax.transform import alrao_adam, alrao_sgd
 
@@ -187,6 +188,49 @@ def _train(args: argparse.Namespace) -> FitResult:
   return result
 
 
+def _screen(args: argparse.Namespace) -> None:
+  if args.configs is None and args.task != "digits":
+    raise UsageError("built-in configurations exist for --task digits only; pass --configs FILE")
+  configs = load_configs(args.configs) if args.configs else BUILTIN_DIGITS
+  task = _task(args.task, args.data, args.batch_size)
+  try:
+    grid = [float(v) for v in args.grid.split(",")]
+  except ValueError as err:
+    raise UsageError(f"--grid must be comma-separated numbers, got {args.grid!r}") from err
+  result = screen(
+    configs,
+    task.splits,
+    epochs=args.epochs,
+    lr_min=task.lr_min,
+    lr_max=task.lr_max,
+    num_copies=task.copies,
+    seed=args.seed,
+    verify=args.verify,
+    sgd_grid=grid,
+    fit_kwargs={
+      "batch_size": args.batch_size,
+      "train_kwargs": {"train": True},
+      "eval_kwargs": {"train": False},
+    },
+  )
+  header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
+  print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))
+  for rank, row in enumerate(result.rows, 1):
+    line = (
+      f"{rank} | {row['name']} | {row['alrao_valid_loss']:.4f} | {row['alrao_test_accuracy']:.3f}"
+    )
+    if args.verify:
+      line += f" | {row['sgd_valid_loss']:.4f} | {row['sgd_best_lr']:g}"
+    print(line)
+  c = result.compute
+  print(f"Alrao ranking: {c['alrao_runs']} runs, {c['alrao_seconds']:.1f} s")
+  if args.verify:
+    print(
+      f"tuned SGD ranking: {c['sgd_runs']} runs, {c['sgd_seconds']:.1f} s; "
+      f"Kendall tau between the rankings: {result.kendall_tau:.3f}"
+    )
+
+
 def _lr_find(args: argparse.Namespace) -> None:
   task = _task(args.task, args.data, args.batch_size)
   model = task.build(1)
@@ -220,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
   commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
   train = commands.add_parser("train", help="train a bundled task with one optimizer")
   finder = commands.add_parser("lr-find", help="learning-rate range test with SGD")
-  for sub in (train, finder):
+  screener = commands.add_parser("screen", help="rank model configurations with Alrao")
+  for sub in (train, finder, screener):
     sub.add_argument("--task", choices=TASKS, default="digits")
     sub.add_argument("--data", help="data folder (cifar10; ptb-char defaults to ../shared)")
     sub.add_argument("--batch-size", type=int, default=32)
@@ -237,6 +282,14 @@ def _parser() -> argparse.ArgumentParser:
   finder.add_argument("--start-lr", type=float, default=1e-6)
   finder.add_argument("--end-lr", type=float, default=10.0)
   finder.add_argument("--steps", type=int, default=100)
+  screener.add_argument("--configs", help="JSON or TOML file: name -> configuration")
+  screener.add_argument("--epochs", type=int, default=5)
+  screener.add_argument("--verify", action="store_true", help="also run the SGD grid per model")
+  screener.add_argument(
+    "--grid",
+    default=",".join(f"{v:g}" for v in SGD_GRID),
+    help="SGD learning rates for --verify, comma-separated",
+  )
   return parser
 
 
@@ -245,12 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
   try:
-    if args.command == "train":
-      if args.epochs < 1 or args.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be >= 1")
-      _train(args)
-    else:
-      _lr_find(args)
+    if getattr(args, "epochs", 1) < 1 or args.batch_size < 1:
+      raise UsageError("--epochs and --batch-size must be >= 1")
+    {"train": _train, "lr-find": _lr_find, "screen": _screen}[args.command](args)
   except (UsageError, FileNotFoundError, ValueError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
     return 2

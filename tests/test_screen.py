@@ -1,0 +1,50 @@
+"""Screening: Alrao's ranking of built-in digits variants, checked against tuned SGD."""
+
+import json
+
+import pytest
+
+from alrao_jax import cli
+from alrao_jax.screen import BUILTIN_DIGITS, build_model, kendall_tau, load_configs
+
+
+def test_screen_verify_ranks_the_builtin_variants_in_the_right_order(capsys):
+  args = ["screen", "--task", "digits", "--epochs", "3", "--verify", "--grid", "0.01,0.1,1"]
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out.splitlines()
+  ranked = [line.split(" | ")[1] for line in out[1:4]]
+  widths = sorted(BUILTIN_DIGITS, key=lambda n: -BUILTIN_DIGITS[n]["width"])
+  assert ranked == widths  # the widest first, as capacity says
+  assert "Kendall tau between the rankings: 1.000" in out[-1]
+  assert "Alrao ranking: 3 runs" in out[-2] and "tuned SGD ranking: 9 runs" in out[-1]
+
+
+def test_kendall_tau_counts_concordant_pairs():
+  assert kendall_tau([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(4 / 6)
+  with pytest.raises(ValueError, match="same length"):
+    kendall_tau([1, 2], [1])
+
+
+def test_configuration_files(tmp_path):
+  (tmp_path / "a.json").write_text(json.dumps(BUILTIN_DIGITS))
+  assert load_configs(tmp_path / "a.json") == BUILTIN_DIGITS
+  (tmp_path / "b.toml").write_text('[small]\nmodel = "mlp"\nwidth = 4\n[big]\nmodel = "cnn"\n')
+  assert load_configs(tmp_path / "b.toml")["big"] == {"model": "cnn"}
+  (tmp_path / "c.json").write_text("{")
+  with pytest.raises(ValueError, match="not valid json"):
+    load_configs(tmp_path / "c.json")
+  (tmp_path / "d.json").write_text(json.dumps({"only": {"model": "mlp"}}))
+  with pytest.raises(ValueError, match="at least two"):
+    load_configs(tmp_path / "d.json")
+  with pytest.raises(ValueError, match="'model' must be one of"):
+    build_model({"model": "resnet"}, 1)
+  with pytest.raises(ValueError, match="unexpected keyword"):
+    build_model({"model": "mlp", "heads": 3}, 1)
+
+
+def test_bad_screen_input_is_one_line_exit_2(tmp_path, capsys):
+  (tmp_path / "bad.json").write_text(json.dumps({"a": {"model": "mlp"}, "b": {"model": "x"}}))
+  assert cli.main(["screen", "--configs", str(tmp_path / "bad.json")]) == 2
+  assert cli.main(["screen", "--grid", "0.1,fast", "--verify"]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 2 and "'model' must be one of" in err[0] and "--grid" in err[1]
