@@ -17,9 +17,9 @@ import jax
 import numpy as np
 import optax
 
-from alrao_jax.data import Splits, load_cifar10, load_digits, load_ptb_char
+from alrao_jax.data import Splits, load_cifar10, load_digits, load_mnist1d, load_ptb_char
 from alrao_jax.lr_find import lr_find
-from alrao_jax.models import CharLSTM, DigitsCNN
+from alrao_jax.models import CharLSTM, Conv1DNet, DigitsCNN
 from alrao_jax.rates import copy_rates
 from alrao_jax.screen import BUILTIN_DIGITS, SGD_GRID, load_configs, screen
 from alrao_jax.train import FitResult, create_train_state, fit
@@ -43,6 +43,8 @@ class Task(NamedTuple):
 def _task(name: str, data: str | None, batch_size: int) -> Task:
   if name == "digits":
     return Task(load_digits(), lambda n: DigitsCNN(num_copies=n), 1e-5, 10.0, 10)
+  if name == "mnist1d":
+    return Task(load_mnist1d(), lambda n: Conv1DNet(num_copies=n), 1e-5, 10.0, 10)
   if name == "ptb-char":
     splits, vocab = load_ptb_char(batch_size=batch_size, directory=data)
     return Task(splits, lambda n: CharLSTM(vocab_size=len(vocab), num_copies=n), 1e-3, 100.0, 6)
@@ -61,10 +63,14 @@ PLAIN = {
   "dog": lambda lr: optax.contrib.dog(lr),
   "cocob": lambda lr: optax.contrib.cocob(lr),
   "mechanize-sgd": lambda lr: optax.contrib.mechanize(optax.sgd(lr)),
+  "schedule-free-sgd": lambda lr: optax.contrib.schedule_free_sgd(lr),
+}
+EVAL_PARAMS = {  # optimizers whose model is evaluated at other parameters than it trains
+  "schedule-free-sgd": lambda s: optax.contrib.schedule_free_eval_params(s.opt_state, s.params),
 }
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the learning-rate-free ones default to 1.0
 OPTIMIZERS = ("alrao-sgd", "alrao-adam", *PLAIN)
-TASKS = ("digits", "ptb-char", "cifar10")
+TASKS = ("digits", "mnist1d", "ptb-char", "cifar10")
 
 
 def _optimizer(args: argparse.Namespace, task: Task) -> tuple[optax.GradientTransformation, list]:
@@ -159,6 +165,25 @@ def plot_history(
   plt.close(fig)
 
 
+def plot_lr_find(result: Any, path: pathlib.Path) -> None:
+  """Writes the range test's raw and smoothed loss against the rate, suggestions marked."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, ax = plt.subplots(figsize=(6, 4))
+  ax.plot(result.learning_rates, result.losses, alpha=0.3, label="batch loss")
+  ax.plot(result.learning_rates, result.smoothed, label="smoothed")
+  for (name, lr), color in zip(result.suggestions.items(), ("C2", "C3", "C4"), strict=False):
+    ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
+  ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate range test")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
 def _train(args: argparse.Namespace) -> FitResult:
   task = _task(args.task, args.data, args.batch_size)
   tx, copy_lrs = _optimizer(args, task)
@@ -180,6 +205,7 @@ def _train(args: argparse.Namespace) -> FitResult:
       checkpoint_dir=out / "checkpoint",
       resume=args.resume,
       on_epoch=reporter,
+      eval_params=EVAL_PARAMS.get(args.optimizer),
     )
   finally:
     reporter.close()
@@ -251,7 +277,18 @@ def _lr_find(args: argparse.Namespace) -> None:
   result = lr_find(
     loss_fn, state.params, batches, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps
   )
-  print(json.dumps({"suggestions": result.suggestions, "steps": len(result.learning_rates)}))
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  plot_lr_find(result, out / "lr_find.png")
+  print(
+    json.dumps(
+      {
+        "suggestions": result.suggestions,
+        "steps": len(result.learning_rates),
+        "plot": str(out / "lr_find.png"),
+      }
+    )
+  )
 
 
 class _Parser(argparse.ArgumentParser):
@@ -282,6 +319,7 @@ def _parser() -> argparse.ArgumentParser:
   finder.add_argument("--start-lr", type=float, default=1e-6)
   finder.add_argument("--end-lr", type=float, default=10.0)
   finder.add_argument("--steps", type=int, default=100)
+  finder.add_argument("--out", default="runs/lr-find", help="folder for lr_find.png")
   screener.add_argument("--configs", help="JSON or TOML file: name -> configuration")
   screener.add_argument("--epochs", type=int, default=5)
   screener.add_argument("--verify", action="store_true", help="also run the SGD grid per model")

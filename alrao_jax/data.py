@@ -73,6 +73,37 @@ def load_digits(*, seed: int = 0) -> Splits:
   return split_arrays(images, labels.astype(np.int32), valid=300, test=300, seed=seed)
 
 
+def load_mnist1d(*, seed: int = 0) -> Splits:
+  """MNIST-1D (``pip install mnist1d``), generated locally: 4,000 train / 1,000 test signals
+  of length 40, 10 classes; the last 500 training signals are held out for validation.
+
+  Args:
+    seed: seed of the shuffle that picks the validation signals.
+
+  Returns:
+    :class:`Splits` with float32 inputs ``(n, 40, 1)`` and int32 labels.
+
+  Raises:
+    FileNotFoundError: the ``mnist1d`` package is not installed.
+  """
+  try:
+    from mnist1d.data import get_dataset_args, make_dataset
+  except ImportError as err:
+    raise FileNotFoundError(
+      "the mnist1d task needs the mnist1d package: pip install mnist1d"
+    ) from err
+  data = make_dataset(get_dataset_args())
+  inputs = data["x"].astype(np.float32)[..., None]
+  targets = data["y"].astype(np.int32)
+  order = np.random.default_rng(seed).permutation(len(inputs))
+  held_out, kept = order[:500], order[500:]
+  return Splits(
+    Split(inputs[kept], targets[kept]),
+    Split(inputs[held_out], targets[held_out]),
+    Split(data["x_test"].astype(np.float32)[..., None], data["y_test"].astype(np.int32)),
+  )
+
+
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 END_OF_LINE = "<eol>"
 

@@ -101,3 +101,24 @@ class CharLSTM(nn.Module):
       x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return _output(self.vocab_size, self.num_copies, x)
+
+
+class Conv1DNet(nn.Module):
+  """A small 1D CNN for MNIST-1D signals ``(batch, length, 1)``.
+
+  Attributes:
+    num_classes: number of classes.
+    num_copies: copies of the output layer, or ``None`` for a plain Dense output.
+    width: channels of each convolution.
+  """
+
+  num_classes: int = 10
+  num_copies: int | None = 10
+  width: int = 32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> CopyOutputs | jax.Array:
+    del train
+    for _ in range(3):
+      x = nn.relu(nn.Conv(self.width, (5,), strides=(2,))(x))
+    return _output(self.num_classes, self.num_copies, x.reshape(x.shape[0], -1))

@@ -81,7 +81,9 @@ def create_train_state(
     step=jnp.zeros((), jnp.int32),
     params=params,
     model_state=variables,
-    opt_state=optimizer.init(params),
+    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), and a
+    # donated state may not hold one buffer twice.
+    opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
     averaging_state=averaging.init(num_copies_of(params)),
     rng=rng,
   )
@@ -260,6 +262,7 @@ def make_eval_step(
   averaging: ModelAveraging | None = None,
   likelihood: Likelihood = categorical_log_likelihood,
   eval_kwargs: Mapping[str, Any] | None = None,
+  eval_params: Callable[[TrainState], Any] | None = None,
 ) -> Callable:
   """Builds a jitted evaluation step (see :func:`evaluation_metrics`).
 
@@ -271,6 +274,8 @@ def make_eval_step(
     averaging: the averaging used in training (for its ``posterior``).
     likelihood: the per-copy log-likelihood used in training.
     eval_kwargs: keyword arguments for the model call, e.g. ``{'train': False}``.
+    eval_params: linen only: the parameters to evaluate, from the state (default
+      ``state.params``); e.g. ``optax.contrib.schedule_free_eval_params`` of the state.
 
   Returns:
     The jitted evaluation function.
@@ -296,7 +301,8 @@ def make_eval_step(
 
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
-    outputs = model.apply({"params": state.params, **state.model_state}, inputs, **kwargs)
+    params = state.params if eval_params is None else eval_params(state)
+    outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
     return evaluation_metrics(
       outputs, targets, averaging.posterior(state.averaging_state), likelihood=likelihood
     )
@@ -333,6 +339,7 @@ def fit(
   checkpoint_dir: str | os.PathLike | None = None,
   resume: bool = False,
   on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+  eval_params: Callable[[TrainState], Any] | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -357,6 +364,7 @@ def fit(
     resume: continue from the checkpoint in ``checkpoint_dir``.
     on_epoch: called after each epoch (and its checkpoint) with the epoch's record and the
       history so far.
+    eval_params: the parameters to evaluate, from the state; see :func:`make_eval_step`.
 
   Returns:
     A :class:`FitResult`.
@@ -381,7 +389,11 @@ def fit(
     model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
   )
   evaluate = make_eval_step(
-    model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
+    model,
+    averaging=averaging,
+    likelihood=likelihood,
+    eval_kwargs=eval_kwargs,
+    eval_params=eval_params,
   )
   steps = len(train.inputs) // batch_size
   history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0

@@ -47,11 +47,23 @@ def test_train_then_resume_equals_one_uninterrupted_run(tmp_path, capsys):
   assert summary["test_accuracy"] > 0.5
 
 
-def test_lr_find_command_prints_suggestions(capsys):
-  assert cli.main(["lr-find", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "100"]) == 0
+def test_lr_find_command_prints_suggestions_and_saves_the_plot(tmp_path, capsys):
+  args = [
+    "lr-find",
+    "--steps",
+    "40",
+    "--start-lr",
+    "1e-4",
+    "--end-lr",
+    "100",
+    "--out",
+    str(tmp_path),
+  ]
+  assert cli.main(args) == 0
   out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
   assert set(out["suggestions"]) == {"steep", "valley", "minimum"}
   assert 1e-4 <= out["suggestions"]["steep"] <= 100
+  assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def _run(args, tmp_path):

@@ -338,3 +338,23 @@ def test_copy_outputs_matches_autodiff_in_both_layouts(outputs, batch_shape):
   chex.assert_trees_all_close(
     value, jnp.stack([z @ kernel[j] + bias[j] for j in range(N)]), rtol=1e-5, atol=1e-5
   )
+
+
+@pytest.mark.parametrize(
+  "optimizer",
+  [
+    optax.contrib.prodigy(),
+    optax.contrib.dadapt_adamw(),
+    optax.contrib.dog(),
+    optax.contrib.cocob(),
+    optax.contrib.mechanize(optax.sgd(0.1)),
+    optax.contrib.schedule_free_sgd(),
+  ],
+  ids=["prodigy", "dadapt_adamw", "dog", "cocob", "mechanize", "schedule_free_sgd"],
+)
+def test_the_donating_step_works_with_optimizers_that_keep_params(optimizer):
+  state = alrao_jax.create_train_state(NET, optimizer, KEY, X)
+  step = alrao_jax.make_train_step(NET, optimizer)
+  for _ in range(2):
+    state, metrics = step(state, X, Y)
+  assert np.isfinite(float(metrics["loss"]))
