@@ -86,6 +86,52 @@ def _merge_routes_bwd(responsibilities, cotangent):
 _merge_routes.defvjp(_merge_routes_fwd, _merge_routes_bwd)
 
 
+def _expand(mask: jax.Array, ndim: int) -> jax.Array:
+  return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
+
+
+def masked_log_likelihoods(
+  values: jax.Array, targets: jax.Array, likelihood: Likelihood
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Per-copy log-likelihoods with diverged copies left out.
+
+  Args:
+    values: copy outputs ``(N, *batch, K)``.
+    targets: labels or regression targets.
+    likelihood: per-copy, per-example log-likelihood.
+
+  Returns:
+    ``(masked values, log-likelihoods (N, examples), usable (N,))``: a copy whose outputs
+    are not all finite has its outputs replaced by 0 (masking the input, not only the
+    output, so that no NaN reaches a gradient); a copy is usable when its outputs and its
+    log-likelihoods are finite.
+  """
+  num_copies = values.shape[0]
+  finite = jnp.isfinite(values).reshape(num_copies, -1).all(axis=1)
+  masked = jnp.where(_expand(finite, values.ndim), values, 0.0)
+  ll = likelihood(masked, targets).reshape(num_copies, -1)
+  return masked, ll, finite & jnp.isfinite(ll).all(axis=1)
+
+
+def mixture_log_likelihood(
+  log_likelihoods: jax.Array, usable: jax.Array, posterior: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+  """The mixture's per-example log-likelihood over the usable copies.
+
+  Args:
+    log_likelihoods: ``(N, examples)``.
+    usable: ``(N,)``; the others are left out and the weights renormalised.
+    posterior: averaging weights ``(N,)``.
+
+  Returns:
+    ``(joint (N, examples), mixture (examples,))`` with
+    ``joint = log a_j + log p_j`` and ``mixture = logsumexp_j joint``.
+  """
+  log_w = mixture_log_weights(posterior, usable)
+  joint = log_w[:, None] + jnp.where(usable[:, None], log_likelihoods, 0.0)
+  return joint, jax.nn.logsumexp(joint, axis=0)
+
+
 class AlraoLossAux(NamedTuple):
   """What :func:`alrao_loss` reports besides the loss to differentiate."""
 
@@ -135,18 +181,11 @@ def alrao_loss(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
   """
   num_copies = outputs.own.shape[0]
-  finite = jnp.isfinite(outputs.own).reshape(num_copies, -1).all(axis=1)
-  mask = finite.reshape((num_copies,) + (1,) * (outputs.own.ndim - 1))
-  # Mask the inputs, not only the outputs: a NaN input would poison the gradient.
-  own = jnp.where(mask, outputs.own, 0.0)
-  shared = jnp.where(mask, outputs.shared, 0.0)
-  fixed_ll = jax.lax.stop_gradient(likelihood(own, targets))
-  batch_shape = fixed_ll.shape[1:]
-  fixed_ll = fixed_ll.reshape(num_copies, -1)
-  ok = finite & jnp.isfinite(fixed_ll).all(axis=1)
-  log_w = mixture_log_weights(jax.lax.stop_gradient(posterior), ok)
-  joint = log_w[:, None] + jnp.where(ok[:, None], fixed_ll, 0.0)
-  mixed = jax.nn.logsumexp(joint, axis=0)
+  own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood)
+  shared = jnp.where(_expand(ok, outputs.shared.ndim), outputs.shared, 0.0)
+  fixed_ll = jax.lax.stop_gradient(fixed_ll)
+  batch_shape = outputs.own.shape[1:-1]  # a likelihood reduces the last axis
+  joint, mixed = mixture_log_likelihood(fixed_ll, ok, jax.lax.stop_gradient(posterior))
   responsibilities = jnp.exp(joint - mixed).reshape((num_copies, *batch_shape))
   # One likelihood evaluation for both terms: d(mixture NLL)/d(outputs_j) equals
   # r_j * d(NLL_j)/d(outputs_j), with r_j copy j's posterior responsibility per example.

@@ -16,8 +16,14 @@ import optax
 from flax import nnx
 
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
-from alrao_jax.head import CopyOutputs, best_copy, mixture_log_weights
-from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.head import CopyOutputs, best_copy, mixture_log_probs
+from alrao_jax.loss import (
+  Likelihood,
+  alrao_loss,
+  categorical_log_likelihood,
+  masked_log_likelihoods,
+  mixture_log_likelihood,
+)
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.switch import ModelAveraging, switch_averaging
 
@@ -237,19 +243,12 @@ def evaluation_metrics(
     ``accuracy`` and ``best_copy_accuracy``.
   """
   values = outputs.own if isinstance(outputs, CopyOutputs) else outputs
-  num_copies = values.shape[0]
-  finite = jnp.isfinite(values).reshape(num_copies, -1).all(axis=1)
-  mask = finite.reshape((num_copies,) + (1,) * (values.ndim - 1))
-  ll = likelihood(jnp.where(mask, values, 0.0), targets).reshape(num_copies, -1)
-  ok = finite & jnp.isfinite(ll).all(axis=1)
-  log_w = mixture_log_weights(posterior, ok)
-  mixed = jax.nn.logsumexp(log_w[:, None] + jnp.where(ok[:, None], ll, 0.0), axis=0)
+  masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
+  _, mixed = mixture_log_likelihood(ll, ok, posterior)
   best = jnp.argmax(posterior)
   metrics = {"loss": -jnp.mean(mixed), "best_copy_loss": -jnp.mean(ll[best])}
   if likelihood is categorical_log_likelihood:
-    probs = jnp.exp(jax.nn.log_softmax(jnp.where(mask, values, 0.0)))
-    mixture = jnp.tensordot(jnp.exp(log_w), probs, axes=1)
-    metrics["accuracy"] = jnp.mean(jnp.argmax(mixture, -1) == targets)
+    metrics["accuracy"] = jnp.mean(jnp.argmax(mixture_log_probs(masked, posterior), -1) == targets)
     metrics["best_copy_accuracy"] = jnp.mean(
       jnp.argmax(best_copy(values, posterior), -1) == targets
     )
