@@ -20,7 +20,7 @@ import optax
 from alrao_jax.data import Splits, load_cifar10, load_digits, load_mnist1d, load_ptb_char
 from alrao_jax.lr_find import lr_find
 from alrao_jax.models import CharLSTM, Conv1DNet, DigitsCNN
-from alrao_jax.rates import copy_rates
+from alrao_jax.rates import check_bounds, copy_rates
 from alrao_jax.screen import BUILTIN_DIGITS, SGD_GRID, load_configs, screen
 from alrao_jax.train import FitResult, create_train_state, fit
 from alrao_jax.transform import alrao_adam, alrao_sgd
@@ -71,6 +71,7 @@ EVAL_PARAMS = {  # optimizers whose model is evaluated at other parameters than 
 DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the learning-rate-free ones default to 1.0
 OPTIMIZERS = ("alrao-sgd", "alrao-adam", *PLAIN)
 TASKS = ("digits", "mnist1d", "ptb-char", "cifar10")
+MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}  # every task's model
 
 
 def _optimizer(args: argparse.Namespace, task: Task) -> tuple[optax.GradientTransformation, list]:
@@ -78,13 +79,9 @@ def _optimizer(args: argparse.Namespace, task: Task) -> tuple[optax.GradientTran
   if args.optimizer.startswith("alrao-"):
     lr_min = task.lr_min if args.lr_min is None else args.lr_min
     lr_max = task.lr_max if args.lr_max is None else args.lr_max
+    check_bounds(lr_min, lr_max, names=("--lr-min", "--lr-max"))
     build = alrao_sgd if args.optimizer == "alrao-sgd" else alrao_adam
-    try:
-      tx = build(lr_min, lr_max, key=jax.random.key(args.seed + 1))
-    except ValueError as err:
-      raise UsageError(
-        str(err).replace("lr_min", "--lr-min").replace("lr_max", "--lr-max")
-      ) from err
+    tx = build(lr_min, lr_max, key=jax.random.key(args.seed + 1))
     copies = task.copies if args.copies is None else args.copies
     if copies < 1:
       raise UsageError(f"--copies must be >= 1, got {copies}")
@@ -133,26 +130,37 @@ class _Reporter:
       self.bar.close()
 
 
-def plot_history(
-  history: list[dict[str, Any]], out: pathlib.Path, copy_lrs: Sequence[float] | None = None
-) -> None:
-  """Writes ``curves.png`` (losses per epoch) and ``posterior.png`` (stacked area)."""
+def _figure() -> tuple[Any, Any]:
+  """A new figure and axes from matplotlib's file-only backend (imported on first use)."""
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  return plt.subplots(figsize=(6, 4))
+
+
+def _save(fig: Any, path: pathlib.Path) -> None:
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def plot_history(
+  history: list[dict[str, Any]], out: pathlib.Path, copy_lrs: Sequence[float] | None = None
+) -> None:
+  """Writes ``curves.png`` (losses per epoch) and ``posterior.png`` (stacked area)."""
   epochs = [r["epoch"] for r in history]
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _figure()
   for key in ("train_loss", "valid_loss", "test_loss"):
     ax.plot(epochs, [r[key] for r in history], marker="o", label=key.replace("_", " "))
   ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="learning curves")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(out / "curves.png", dpi=100)
-  plt.close(fig)
+  _save(fig, out / "curves.png")
   posterior = np.array([r["posterior"] for r in history]).T
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _figure()
   names = [
     f"copy {j}" + (f" (lr {copy_lrs[j]:.2g})" if copy_lrs is not None else "")
     for j in range(len(posterior))
@@ -160,28 +168,19 @@ def plot_history(
   ax.stackplot(epochs, posterior, labels=names)
   ax.set(xlabel="epoch", ylabel="switch posterior", ylim=(0, 1), title="posterior over copies")
   ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-  fig.tight_layout()
-  fig.savefig(out / "posterior.png", dpi=100)
-  plt.close(fig)
+  _save(fig, out / "posterior.png")
 
 
 def plot_lr_find(result: Any, path: pathlib.Path) -> None:
   """Writes the range test's raw and smoothed loss against the rate, suggestions marked."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig, ax = _figure()
   ax.plot(result.learning_rates, result.losses, alpha=0.3, label="batch loss")
   ax.plot(result.learning_rates, result.smoothed, label="smoothed")
   for (name, lr), color in zip(result.suggestions.items(), ("C2", "C3", "C4"), strict=False):
     ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
   ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate range test")
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def _train(args: argparse.Namespace) -> FitResult:
@@ -200,8 +199,7 @@ def _train(args: argparse.Namespace) -> FitResult:
       epochs=args.epochs,
       seed=args.seed,
       batch_size=args.batch_size,
-      train_kwargs={"train": True},
-      eval_kwargs={"train": False},
+      **MODES,
       checkpoint_dir=out / "checkpoint",
       resume=args.resume,
       on_epoch=reporter,
@@ -233,11 +231,7 @@ def _screen(args: argparse.Namespace) -> None:
     seed=args.seed,
     verify=args.verify,
     sgd_grid=grid,
-    fit_kwargs={
-      "batch_size": args.batch_size,
-      "train_kwargs": {"train": True},
-      "eval_kwargs": {"train": False},
-    },
+    fit_kwargs={"batch_size": args.batch_size, **MODES},
   )
   header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
   print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))

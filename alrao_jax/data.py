@@ -51,6 +51,13 @@ def split_arrays(
   return Splits(*(Split(inputs[c], targets[c]) for c in cut))
 
 
+def _hold_out(inputs: np.ndarray, targets: np.ndarray, count: int, seed: int) -> tuple:
+  """Shuffles once with ``seed``; returns (the rest, the first ``count``) as :class:`Split` s."""
+  order = np.random.default_rng(seed).permutation(len(inputs))
+  kept, held = order[count:], order[:count]
+  return Split(inputs[kept], targets[kept]), Split(inputs[held], targets[held])
+
+
 def load_digits(*, seed: int = 0) -> Splits:
   """scikit-learn's 8x8 digits (1,797 images, 10 classes), scaled to [0, 1].
 
@@ -93,15 +100,11 @@ def load_mnist1d(*, seed: int = 0) -> Splits:
       "the mnist1d task needs the mnist1d package: pip install mnist1d"
     ) from err
   data = make_dataset(get_dataset_args())
-  inputs = data["x"].astype(np.float32)[..., None]
-  targets = data["y"].astype(np.int32)
-  order = np.random.default_rng(seed).permutation(len(inputs))
-  held_out, kept = order[:500], order[500:]
-  return Splits(
-    Split(inputs[kept], targets[kept]),
-    Split(inputs[held_out], targets[held_out]),
-    Split(data["x_test"].astype(np.float32)[..., None], data["y_test"].astype(np.int32)),
+  train, valid = _hold_out(
+    data["x"].astype(np.float32)[..., None], data["y"].astype(np.int32), 500, seed
   )
+  test = Split(data["x_test"].astype(np.float32)[..., None], data["y_test"].astype(np.int32))
+  return Splits(train, valid, test)
 
 
 DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -221,15 +224,10 @@ def load_cifar10(directory: str | os.PathLike, *, valid: int = 10_000, seed: int
   images = np.concatenate([p[0] for p in parts])
   labels = np.concatenate([p[1] for p in parts])
   test_images, test_labels = _cifar_batch(folder / CIFAR10_TEST)
-  order = np.random.default_rng(seed).permutation(len(images))
-  images, labels = images[order], labels[order]
   if not 0 < valid < len(images):
     raise ValueError(f"valid must be in (0, {len(images)}), got {valid}.")
-  return Splits(
-    Split(_unit(images[valid:]), labels[valid:]),
-    Split(_unit(images[:valid]), labels[:valid]),
-    Split(_unit(test_images), test_labels),
-  )
+  train, held_out = _hold_out(_unit(images), labels, valid, seed)
+  return Splits(train, held_out, Split(_unit(test_images), test_labels))
 
 
 def _unit(images: np.ndarray) -> np.ndarray:

@@ -174,8 +174,19 @@ class AlraoHead(nn.Module):
     return copy_outputs(z, kernel, bias)
 
 
-def _values(outputs: CopyOutputs | jax.Array) -> jax.Array:
+def copy_values(outputs: CopyOutputs | jax.Array) -> jax.Array:
+  """The copies' output values ``(N, *batch, K)`` of :class:`CopyOutputs` or of an array."""
   return outputs.own if isinstance(outputs, CopyOutputs) else jnp.asarray(outputs)
+
+
+def mask_diverged(values: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """``(values with non-finite copies replaced by 0, finite per copy (N,))``.
+
+  The input is masked, not only what is computed from it, so that no NaN reaches a
+  gradient through ``jnp.where``.
+  """
+  finite = _finite_per_copy(values)
+  return jnp.where(broadcast_copy_axis(finite, values.ndim), values, 0.0), finite
 
 
 def mixture_log_weights(posterior: jax.Array, usable: jax.Array) -> jax.Array:
@@ -195,7 +206,8 @@ def mixture_log_weights(posterior: jax.Array, usable: jax.Array) -> jax.Array:
   return jnp.where(usable.any(), logw, -jnp.log(posterior.shape[0]))
 
 
-def _expand(x: jax.Array, ndim: int) -> jax.Array:
+def broadcast_copy_axis(x: jax.Array, ndim: int) -> jax.Array:
+  """Reshapes a per-copy array ``(N,)`` to broadcast against ``ndim``-dimensional outputs."""
   return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
@@ -215,11 +227,9 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: jax.Array) ->
     >>> jnp.exp(alrao_jax.mixture_log_probs(logits, jnp.array([0.5, 0.5]))).tolist()
     [[0.5, 0.5]]
   """
-  values = _values(outputs)
-  finite = _finite_per_copy(values)
+  safe, finite = mask_diverged(copy_values(outputs))
   logw = mixture_log_weights(posterior, finite)
-  safe = jnp.where(_expand(finite, values.ndim), values, 0.0)
-  return jax.nn.logsumexp(_expand(logw, values.ndim) + jax.nn.log_softmax(safe), axis=0)
+  return jax.nn.logsumexp(broadcast_copy_axis(logw, safe.ndim) + jax.nn.log_softmax(safe), axis=0)
 
 
 def mixture_mean(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
@@ -233,10 +243,8 @@ def mixture_mean(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.
     Shape ``(*batch, D)``; copies with non-finite outputs are left out and the weights of
     the others renormalised.
   """
-  values = _values(outputs)
-  finite = _finite_per_copy(values)
+  safe, finite = mask_diverged(copy_values(outputs))
   weights = jnp.exp(mixture_log_weights(posterior, finite))
-  safe = jnp.where(_expand(finite, values.ndim), values, 0.0)
   return jnp.tensordot(weights, safe, axes=1)
 
 
@@ -250,4 +258,4 @@ def best_copy(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Arr
   Returns:
     Shape ``(*batch, K)``.
   """
-  return _values(outputs)[jnp.argmax(posterior)]
+  return copy_values(outputs)[jnp.argmax(posterior)]

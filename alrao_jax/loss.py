@@ -10,7 +10,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.head import CopyOutputs, mixture_log_weights
+from alrao_jax.head import CopyOutputs, broadcast_copy_axis, mask_diverged, mixture_log_weights
 
 Likelihood = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -86,10 +86,6 @@ def _merge_routes_bwd(responsibilities, cotangent):
 _merge_routes.defvjp(_merge_routes_fwd, _merge_routes_bwd)
 
 
-def _expand(mask: jax.Array, ndim: int) -> jax.Array:
-  return mask.reshape(mask.shape + (1,) * (ndim - mask.ndim))
-
-
 def masked_log_likelihoods(
   values: jax.Array, targets: jax.Array, likelihood: Likelihood
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -106,10 +102,8 @@ def masked_log_likelihoods(
     output, so that no NaN reaches a gradient); a copy is usable when its outputs and its
     log-likelihoods are finite.
   """
-  num_copies = values.shape[0]
-  finite = jnp.isfinite(values).reshape(num_copies, -1).all(axis=1)
-  masked = jnp.where(_expand(finite, values.ndim), values, 0.0)
-  ll = likelihood(masked, targets).reshape(num_copies, -1)
+  masked, finite = mask_diverged(values)
+  ll = likelihood(masked, targets).reshape(values.shape[0], -1)
   return masked, ll, finite & jnp.isfinite(ll).all(axis=1)
 
 
@@ -182,7 +176,7 @@ def alrao_loss(
   """
   num_copies = outputs.own.shape[0]
   own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood)
-  shared = jnp.where(_expand(ok, outputs.shared.ndim), outputs.shared, 0.0)
+  shared = jnp.where(broadcast_copy_axis(ok, outputs.shared.ndim), outputs.shared, 0.0)
   fixed_ll = jax.lax.stop_gradient(fixed_ll)
   batch_shape = outputs.own.shape[1:-1]  # a likelihood reduces the last axis
   joint, mixed = mixture_log_likelihood(fixed_ll, ok, jax.lax.stop_gradient(posterior))

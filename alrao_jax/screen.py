@@ -7,7 +7,7 @@ import json
 import pathlib
 import time
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -87,8 +87,7 @@ def load_configs(path: str | pathlib.Path) -> dict[str, dict[str, Any]]:
 
 
 def _run(
-  build: Callable[[int], Any],
-  copies: int,
+  model: Any,
   tx: optax.GradientTransformation,
   splits: Any,
   epochs: int,
@@ -96,7 +95,7 @@ def _run(
   kwargs: Mapping[str, Any],
 ) -> tuple[float, dict, float]:
   start = time.perf_counter()
-  result = fit(build(copies), tx, splits, epochs=epochs, seed=seed, **kwargs)
+  result = fit(model, tx, splits, epochs=epochs, seed=seed, **kwargs)
   valid = result.history[result.best_epoch - 1]["valid_loss"] if result.best_epoch else float("inf")
   return valid, result.test, time.perf_counter() - start
 
@@ -143,12 +142,8 @@ def screen(
     build_model(config, 1)  # bad configurations fail before any training
 
   for name, config in configs.items():
-
-    def build(copies, config=config):
-      return build_model(config, copies)
-
     tx = alrao_sgd(lr_min, lr_max, key=jax.random.key(seed + 1))
-    valid, test, seconds = _run(build, num_copies, tx, splits, epochs, seed, kwargs)
+    valid, test, seconds = _run(build_model(config, num_copies), tx, splits, epochs, seed, kwargs)
     row = {
       "name": name,
       "alrao_valid_loss": valid,
@@ -161,7 +156,9 @@ def screen(
     if verify:
       best = (float("inf"), None, None)
       for lr in sgd_grid:
-        valid_sgd, test_sgd, seconds = _run(build, 1, optax.sgd(lr), splits, epochs, seed, kwargs)
+        valid_sgd, test_sgd, seconds = _run(
+          build_model(config, 1), optax.sgd(lr), splits, epochs, seed, kwargs
+        )
         compute["sgd_runs"] += 1
         compute["sgd_seconds"] += seconds
         if valid_sgd < best[0]:

@@ -16,7 +16,7 @@ import optax
 from flax import nnx
 
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
-from alrao_jax.head import CopyOutputs, best_copy, mixture_log_probs
+from alrao_jax.head import CopyOutputs, best_copy, copy_values, mixture_log_probs
 from alrao_jax.loss import (
   Likelihood,
   alrao_loss,
@@ -208,8 +208,7 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     posterior = averaging.posterior(averaging_state)
 
     def loss_fn(model):
-      loss, aux = alrao_loss(model(inputs, **kwargs), targets, posterior, likelihood=likelihood)
-      return loss, aux
+      return alrao_loss(model(inputs, **kwargs), targets, posterior, likelihood=likelihood)
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads)
@@ -242,7 +241,7 @@ def evaluation_metrics(
     ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
     ``accuracy`` and ``best_copy_accuracy``.
   """
-  values = outputs.own if isinstance(outputs, CopyOutputs) else outputs
+  values = copy_values(outputs)
   masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
   best = jnp.argmax(posterior)
@@ -412,12 +411,9 @@ def fit(
       "train_loss": float(jnp.mean(jnp.stack(losses))),
       "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
     }
-    record.update(
-      {f"valid_{k}": v for k, v in _as_floats(evaluate(state, valid.inputs, valid.targets)).items()}
-    )
-    record.update(
-      {f"test_{k}": v for k, v in _as_floats(evaluate(state, test.inputs, test.targets)).items()}
-    )
+    for prefix, split in (("valid", valid), ("test", test)):
+      metrics = _as_floats(evaluate(state, split.inputs, split.targets))
+      record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
     history.append(record)
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       # The step donates its state: keep a copy, not the buffers the next step reuses.
