@@ -10,90 +10,49 @@ import argparse
 import json
 import pathlib
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 import optax
 
-from alrao_jax.data import Splits, load_cifar10, load_digits, load_mnist1d, load_ptb_char
+from alrao_jax.compare import SGD_GRID
 from alrao_jax.lr_find import lr_find
-from alrao_jax.models import CharLSTM, Conv1DNet, DigitsCNN
-from alrao_jax.rates import check_bounds, copy_rates
-from alrao_jax.screen import BUILTIN_DIGITS, SGD_GRID, load_configs, screen
+from alrao_jax.methods import METHODS, Method, make_method
+from alrao_jax.plots import plot_history, plot_lr_find
+from alrao_jax.rates import check_bounds
+from alrao_jax.screen import BUILTIN_DIGITS, load_configs, screen
+from alrao_jax.tasks import MODES, TASKS, Task, load_task
 from alrao_jax.train import FitResult, create_train_state, fit
-from alrao_jax.transform import alrao_adam, alrao_sgd
 
 
 class UsageError(Exception):
   """Bad input: reported on one line, exit code 2."""
 
 
-class Task(NamedTuple):
-  """A bundled task: data, a model builder and Alrao's default interval."""
-
-  splits: Splits
-  build: Callable[[int], Any]  # num_copies -> linen module
-  lr_min: float
-  lr_max: float
-  copies: int
+def _task(args: argparse.Namespace) -> Task:
+  if args.task == "cifar10" and args.data is None:
+    raise UsageError("--task cifar10 needs --data PATH to the cifar-10-batches-py folder")
+  return load_task(args.task, data=args.data, batch_size=args.batch_size)
 
 
-def _task(name: str, data: str | None, batch_size: int) -> Task:
-  if name == "digits":
-    return Task(load_digits(), lambda n: DigitsCNN(num_copies=n), 1e-5, 10.0, 10)
-  if name == "mnist1d":
-    return Task(load_mnist1d(), lambda n: Conv1DNet(num_copies=n), 1e-5, 10.0, 10)
-  if name == "ptb-char":
-    splits, vocab = load_ptb_char(batch_size=batch_size, directory=data)
-    return Task(splits, lambda n: CharLSTM(vocab_size=len(vocab), num_copies=n), 1e-3, 100.0, 6)
-  if name == "cifar10":
-    if data is None:
-      raise UsageError("--task cifar10 needs --data PATH to the cifar-10-batches-py folder")
-    return Task(load_cifar10(data), lambda n: DigitsCNN(num_copies=n, width=32), 1e-5, 10.0, 10)
-  raise UsageError(f"task {name!r} is not available here")
-
-
-PLAIN = {
-  "sgd": lambda lr: optax.sgd(lr),
-  "adam": lambda lr: optax.adam(lr),
-  "prodigy": lambda lr: optax.contrib.prodigy(lr),
-  "dadapt-adamw": lambda lr: optax.contrib.dadapt_adamw(lr),
-  "dog": lambda lr: optax.contrib.dog(lr),
-  "cocob": lambda lr: optax.contrib.cocob(lr),
-  "mechanize-sgd": lambda lr: optax.contrib.mechanize(optax.sgd(lr)),
-  "schedule-free-sgd": lambda lr: optax.contrib.schedule_free_sgd(lr),
-}
-EVAL_PARAMS = {  # optimizers whose model is evaluated at other parameters than it trains
-  "schedule-free-sgd": lambda s: optax.contrib.schedule_free_eval_params(s.opt_state, s.params),
-}
-DEFAULT_LR = {"sgd": 0.1, "adam": 1e-3}  # the learning-rate-free ones default to 1.0
-OPTIMIZERS = ("alrao-sgd", "alrao-adam", *PLAIN)
-TASKS = ("digits", "mnist1d", "ptb-char", "cifar10")
-MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}  # every task's model
-
-
-def _optimizer(args: argparse.Namespace, task: Task) -> tuple[optax.GradientTransformation, list]:
-  """The optimizer and the learning rates of the output copies it trains."""
+def _method(args: argparse.Namespace, task: Task) -> Method:
   if args.optimizer.startswith("alrao-"):
     lr_min = task.lr_min if args.lr_min is None else args.lr_min
     lr_max = task.lr_max if args.lr_max is None else args.lr_max
     check_bounds(lr_min, lr_max, names=("--lr-min", "--lr-max"))
-    build = alrao_sgd if args.optimizer == "alrao-sgd" else alrao_adam
-    tx = build(lr_min, lr_max, key=jax.random.key(args.seed + 1))
     copies = task.copies if args.copies is None else args.copies
     if copies < 1:
       raise UsageError(f"--copies must be >= 1, got {copies}")
-    return tx, copy_rates(copies, lr_min, lr_max).tolist()
+    return make_method(args.optimizer, lr_min=lr_min, lr_max=lr_max, copies=copies, seed=args.seed)
   if args.lr_min is not None or args.lr_max is not None or args.copies is not None:
     raise UsageError(
       f"--lr-min, --lr-max and --copies apply to alrao-* optimizers, not {args.optimizer}; use --lr"
     )
-  lr = args.lr if args.lr is not None else DEFAULT_LR.get(args.optimizer, 1.0)
-  if not lr > 0:
-    raise UsageError(f"--lr must be > 0, got {lr}")
-  return PLAIN[args.optimizer](lr), [lr]
+  if args.lr is not None and not args.lr > 0:
+    raise UsageError(f"--lr must be > 0, got {args.lr}")
+  return make_method(args.optimizer, lr=args.lr)
 
 
 class _Reporter:
@@ -130,80 +89,27 @@ class _Reporter:
       self.bar.close()
 
 
-def _figure() -> tuple[Any, Any]:
-  """A new figure and axes from matplotlib's file-only backend (imported on first use)."""
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  return plt.subplots(figsize=(6, 4))
-
-
-def _save(fig: Any, path: pathlib.Path) -> None:
-  import matplotlib.pyplot as plt
-
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-
-
-def plot_history(
-  history: list[dict[str, Any]], out: pathlib.Path, copy_lrs: Sequence[float] | None = None
-) -> None:
-  """Writes ``curves.png`` (losses per epoch) and ``posterior.png`` (stacked area)."""
-  epochs = [r["epoch"] for r in history]
-  fig, ax = _figure()
-  for key in ("train_loss", "valid_loss", "test_loss"):
-    ax.plot(epochs, [r[key] for r in history], marker="o", label=key.replace("_", " "))
-  ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="learning curves")
-  ax.legend()
-  _save(fig, out / "curves.png")
-  posterior = np.array([r["posterior"] for r in history]).T
-  fig, ax = _figure()
-  names = [
-    f"copy {j}" + (f" (lr {copy_lrs[j]:.2g})" if copy_lrs is not None else "")
-    for j in range(len(posterior))
-  ]
-  ax.stackplot(epochs, posterior, labels=names)
-  ax.set(xlabel="epoch", ylabel="switch posterior", ylim=(0, 1), title="posterior over copies")
-  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
-  _save(fig, out / "posterior.png")
-
-
-def plot_lr_find(result: Any, path: pathlib.Path) -> None:
-  """Writes the range test's raw and smoothed loss against the rate, suggestions marked."""
-  fig, ax = _figure()
-  ax.plot(result.learning_rates, result.losses, alpha=0.3, label="batch loss")
-  ax.plot(result.learning_rates, result.smoothed, label="smoothed")
-  for (name, lr), color in zip(result.suggestions.items(), ("C2", "C3", "C4"), strict=False):
-    ax.axvline(lr, color=color, linestyle="--", label=f"{name}: {lr:.2g}")
-  ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="learning-rate range test")
-  ax.legend()
-  _save(fig, path)
-
-
 def _train(args: argparse.Namespace) -> FitResult:
-  task = _task(args.task, args.data, args.batch_size)
-  tx, copy_lrs = _optimizer(args, task)
+  task = _task(args)
+  method = _method(args, task)
   out = pathlib.Path(args.out)
   if not args.resume and (out / "metrics.jsonl").exists():
     raise UsageError(f"{out} holds a run already; pass --resume or another --out")
   out.mkdir(parents=True, exist_ok=True)
-  reporter = _Reporter(out, args.epochs, not args.no_progress, copy_lrs)
+  reporter = _Reporter(out, args.epochs, not args.no_progress, method.copy_lrs)
   try:
     result = fit(
-      task.build(len(copy_lrs)),
-      tx,
+      task.build(len(method.copy_lrs)),
+      method.optimizer,
       task.splits,
       epochs=args.epochs,
       seed=args.seed,
-      batch_size=args.batch_size,
+      batch_size=task.batch_size,
       **MODES,
       checkpoint_dir=out / "checkpoint",
       resume=args.resume,
       on_epoch=reporter,
-      eval_params=EVAL_PARAMS.get(args.optimizer),
+      eval_params=method.eval_params,
     )
   finally:
     reporter.close()
@@ -216,7 +122,7 @@ def _screen(args: argparse.Namespace) -> None:
   if args.configs is None and args.task != "digits":
     raise UsageError("built-in configurations exist for --task digits only; pass --configs FILE")
   configs = load_configs(args.configs) if args.configs else BUILTIN_DIGITS
-  task = _task(args.task, args.data, args.batch_size)
+  task = _task(args)
   try:
     grid = [float(v) for v in args.grid.split(",")]
   except ValueError as err:
@@ -231,7 +137,7 @@ def _screen(args: argparse.Namespace) -> None:
     seed=args.seed,
     verify=args.verify,
     sgd_grid=grid,
-    fit_kwargs={"batch_size": args.batch_size, **MODES},
+    fit_kwargs={"batch_size": task.batch_size, **MODES},
   )
   header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
   print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))
@@ -252,11 +158,12 @@ def _screen(args: argparse.Namespace) -> None:
 
 
 def _lr_find(args: argparse.Namespace) -> None:
-  task = _task(args.task, args.data, args.batch_size)
+  task = _task(args)
   model = task.build(1)
   train = task.splits.train
+  batch = task.batch_size
   state = create_train_state(
-    model, optax.sgd(0.1), jax.random.key(args.seed), train.inputs[: args.batch_size], train=False
+    model, optax.sgd(0.1), jax.random.key(args.seed), train.inputs[:batch], train=False
   )
 
   def loss_fn(params, batch):
@@ -264,9 +171,9 @@ def _lr_find(args: argparse.Namespace) -> None:
     return optax.softmax_cross_entropy_with_integer_labels(outputs.own[0], batch[1]).mean()
 
   rng = np.random.default_rng(args.seed)
-  epochs = -(-args.steps * args.batch_size // len(train.inputs))  # enough shuffled passes
+  epochs = -(-args.steps * batch // len(train.inputs))  # enough shuffled passes
   order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
-  rows = order[: args.steps * args.batch_size].reshape(args.steps, args.batch_size)
+  rows = order[: args.steps * batch].reshape(args.steps, batch)
   batches = [(train.inputs[i], train.targets[i]) for i in rows]
   result = lr_find(
     loss_fn, state.params, batches, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps
@@ -299,9 +206,9 @@ def _parser() -> argparse.ArgumentParser:
   for sub in (train, finder, screener):
     sub.add_argument("--task", choices=TASKS, default="digits")
     sub.add_argument("--data", help="data folder (cifar10; ptb-char defaults to ../shared)")
-    sub.add_argument("--batch-size", type=int, default=32)
+    sub.add_argument("--batch-size", type=int, help="default 32 (20 streams for ptb-char)")
     sub.add_argument("--seed", type=int, default=0)
-  train.add_argument("--optimizer", choices=OPTIMIZERS, default="alrao-sgd")
+  train.add_argument("--optimizer", choices=METHODS, default="alrao-sgd")
   train.add_argument("--lr", type=float, help="learning rate of the non-Alrao optimizers")
   train.add_argument("--lr-min", type=float, help="Alrao's smallest rate (task default)")
   train.add_argument("--lr-max", type=float, help="Alrao's largest rate (task default)")
@@ -330,7 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser = _parser()
   args = parser.parse_args(argv)
   try:
-    if getattr(args, "epochs", 1) < 1 or args.batch_size < 1:
+    if getattr(args, "epochs", 1) < 1 or (args.batch_size is not None and args.batch_size < 1):
       raise UsageError("--epochs and --batch-size must be >= 1")
     {"train": _train, "lr-find": _lr_find, "screen": _screen}[args.command](args)
   except (UsageError, FileNotFoundError, ValueError) as err:

@@ -13,12 +13,12 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from alrao_jax.compare import SGD_GRID
 from alrao_jax.models import MLP, DigitsCNN
 from alrao_jax.rates import check_bounds
 from alrao_jax.train import fit
 from alrao_jax.transform import alrao_sgd
 
-SGD_GRID = tuple(10.0**e for e in range(-5, 2))  # the paper's grid, 1e-5 ... 10
 MODELS = {"mlp": MLP, "cnn": DigitsCNN}
 BUILTIN_DIGITS = {  # three widths of clearly different capacity, one hidden layer each
   "mlp-width-2": {"model": "mlp", "width": 2, "depth": 1},

@@ -338,12 +338,16 @@ def fit(
   resume: bool = False,
   on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
   eval_params: Callable[[TrainState], Any] | None = None,
+  patience: int | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
   Each epoch shuffles the training split with a seed of its own, ``(seed, epoch)`` (the last
   partial batch is dropped so that one compiled step serves every batch), and evaluates the
-  validation and test splits whole. With ``checkpoint_dir``, a checkpoint is written after
+  validation and test splits whole. Training stops early after ``patience`` epochs without a
+  better validation loss, and at once when the training loss is not finite (plain models
+  cannot recover from it; an Alrao mixture stays finite while one copy is usable). With
+  ``checkpoint_dir``, a checkpoint is written after
   every epoch; ``resume=True`` continues from it, and the result equals that of a run that
   was never interrupted.
 
@@ -363,12 +367,16 @@ def fit(
     on_epoch: called after each epoch (and its checkpoint) with the epoch's record and the
       history so far.
     eval_params: the parameters to evaluate, from the state; see :func:`make_eval_step`.
+    patience: stop after this many epochs without a better validation loss (the paper
+      uses 20); ``None`` runs every epoch.
 
   Returns:
     A :class:`FitResult`.
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}.")
+  if patience is not None and patience < 1:
+    raise ValueError(f"patience must be >= 1 or None, got {patience}.")
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs the checkpoint_dir to resume from.")
   train, valid, test = splits
@@ -423,6 +431,9 @@ def fit(
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
     if on_epoch is not None:
       on_epoch(record, history)
+    stalled = patience is not None and epoch - best_epoch >= patience
+    if not np.isfinite(record["train_loss"]) or stalled:
+      break
   test_metrics = (
     {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
     if best_epoch

@@ -1,0 +1,180 @@
+"""Comparing Alrao with tuned SGD, Adam and learning-rate-free optimizers on one task.
+
+The protocol is the paper's (Table 1): every method is trained with early stopping on the
+validation split and tested at its best validation epoch; SGD runs at every learning rate
+of a grid and the rate with the lowest mean validation loss is its result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from alrao_jax.methods import LR_FREE, Method, make_method
+from alrao_jax.tasks import MODES, Task
+from alrao_jax.train import fit
+
+SGD_GRID = tuple(10.0**e for e in range(-5, 2))  # the paper's grid, 1e-5 ... 10
+
+
+class RunResult(NamedTuple):
+  """One training run (see :func:`run_method`)."""
+
+  method: str
+  lr: float | None  # a peer's learning rate; None for Alrao
+  seed: int
+  best_epoch: int  # 0 when no epoch had a finite validation loss
+  valid_loss: float  # at the best epoch, in nats; inf when there is none
+  test: dict[str, float]  # test metrics at the best epoch
+  history: list[dict[str, Any]]  # per epoch, see alrao_jax.train.fit
+  seconds: float  # wall time of the whole run, compilation included
+
+
+class Comparison(NamedTuple):
+  """What :func:`compare` returns."""
+
+  task: str
+  grid: dict[float, list[RunResult]]  # SGD at every learning rate of the grid
+  best_lr: float  # the grid's learning rate with the lowest mean validation loss
+  runs: dict[str, list[RunResult]]  # per method, one run per seed ('sgd' at best_lr)
+
+
+def run_method(
+  task: Task, method: Method, *, seed: int, epochs: int, **fit_kwargs: Any
+) -> RunResult:
+  """Trains ``task``'s model with ``method`` and times it.
+
+  Args:
+    task: an :class:`alrao_jax.tasks.Task`.
+    method: an :class:`alrao_jax.methods.Method` (built with the same ``seed``).
+    seed: seed of the parameters and of the data order.
+    epochs: the most epochs (early stopping keeps the best validation epoch).
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.train.fit`, e.g. ``patience``.
+
+  Returns:
+    A :class:`RunResult`.
+  """
+  start = time.perf_counter()
+  result = fit(
+    task.build(len(method.copy_lrs)),
+    method.optimizer,
+    task.splits,
+    epochs=epochs,
+    seed=seed,
+    batch_size=task.batch_size,
+    eval_params=method.eval_params,
+    **MODES,
+    **fit_kwargs,
+  )
+  seconds = time.perf_counter() - start
+  best = result.history[result.best_epoch - 1]["valid_loss"] if result.best_epoch else np.inf
+  lr = None if method.name.startswith("alrao-") else method.copy_lrs[0]
+  return RunResult(
+    method.name, lr, seed, result.best_epoch, float(best), result.test, result.history, seconds
+  )
+
+
+def select_lr(grid: Mapping[float, Sequence[RunResult]]) -> float:
+  """The learning rate whose runs have the lowest mean validation loss (inf if diverged).
+
+  Example:
+    >>> from alrao_jax.compare import RunResult, select_lr
+    >>> run = lambda lr, v: RunResult('sgd', lr, 0, 1, v, {}, [], 0.0)
+    >>> select_lr({0.1: [run(0.1, 0.3)], 1.0: [run(1.0, float('inf'))], 0.01: [run(0.01, 0.5)]})
+    0.1
+  """
+  if not grid:
+    raise ValueError("select_lr needs at least one learning rate.")
+  means = {lr: float(np.mean([r.valid_loss for r in runs])) for lr, runs in grid.items()}
+  return min(means, key=lambda lr: (not np.isfinite(means[lr]), means[lr]))
+
+
+def compare(
+  task: Task,
+  *,
+  epochs: int,
+  seeds: Sequence[int] = (0, 1, 2),
+  grid: Sequence[float] = SGD_GRID,
+  grid_seeds: int | None = None,
+  methods: Sequence[str] = ("alrao-sgd", "adam", *LR_FREE),
+  on_run: Callable[[RunResult], None] | None = None,
+  **fit_kwargs: Any,
+) -> Comparison:
+  """Runs the paper's comparison on ``task``: the SGD grid, then every method per seed.
+
+  Alrao uses the task's interval and copies; Adam and the learning-rate-free optimizers
+  their defaults (see :mod:`alrao_jax.methods`). All runs see the same splits, and runs
+  with the same seed the same initialisation and data order.
+
+  Args:
+    task: an :class:`alrao_jax.tasks.Task`.
+    epochs: the most epochs per run.
+    seeds: one run per seed and method.
+    grid: SGD's learning rates.
+    grid_seeds: run the whole grid on the first ``grid_seeds`` seeds only (default: all),
+      then the selected rate on the other seeds; the selection uses those first seeds.
+    methods: the methods besides SGD, names from :data:`alrao_jax.methods.METHODS`.
+    on_run: called with each :class:`RunResult` as it finishes.
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.train.fit`.
+
+  Returns:
+    A :class:`Comparison`.
+  """
+  seeds = list(seeds)
+  grid_seeds = len(seeds) if grid_seeds is None else grid_seeds
+  if not seeds or not 1 <= grid_seeds <= len(seeds):
+    raise ValueError(f"need seeds and 1 <= grid_seeds <= {len(seeds)}, got {grid_seeds}.")
+  if not grid or "sgd" in methods:
+    raise ValueError("grid must be non-empty, and SGD is run through it, not through methods.")
+  builders = {name: _builder(task, name) for name in methods}  # bad names fail before training
+
+  def run(method: Method, seed: int) -> RunResult:
+    result = run_method(task, method, seed=seed, epochs=epochs, **fit_kwargs)
+    if on_run is not None:
+      on_run(result)
+    return result
+
+  sgd = {lr: [run(make_method("sgd", lr=lr), s) for s in seeds[:grid_seeds]] for lr in grid}
+  best_lr = select_lr(sgd)
+  more = [run(make_method("sgd", lr=best_lr), seed) for seed in seeds[grid_seeds:]]
+  runs = {"sgd": sgd[best_lr] + more}
+  for name, build in builders.items():
+    runs[name] = [run(build(seed), seed) for seed in seeds]
+  return Comparison(task.name, sgd, best_lr, runs)
+
+
+def _builder(task: Task, name: str) -> Callable[[int], Method]:
+  if name.startswith("alrao-"):
+    make_method(name, lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies)
+    return lambda seed: make_method(
+      name, lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
+    )
+  make_method(name)
+  return lambda seed: make_method(name)
+
+
+def summarize(runs: Sequence[RunResult], *, loss_scale: float = 1.0) -> dict[str, float]:
+  """Mean and standard deviation over seeds of the test loss and accuracy, and the time.
+
+  Args:
+    runs: runs of one method.
+    loss_scale: factor from nats to the reported unit (:attr:`alrao_jax.tasks.Task.loss_scale`).
+
+  Returns:
+    ``loss``, ``loss_std``, ``accuracy``, ``accuracy_std``, ``seconds`` (mean per run),
+    ``epochs`` (mean best epoch) and ``diverged`` (runs without a finite test loss).
+  """
+  loss = np.array([r.test["loss"] for r in runs]) * loss_scale
+  accuracy = np.array([r.test.get("accuracy", np.nan) for r in runs])
+  return {
+    "loss": float(np.mean(loss)),
+    "loss_std": float(np.std(loss)),
+    "accuracy": float(np.mean(accuracy)),
+    "accuracy_std": float(np.std(accuracy)),
+    "seconds": float(np.mean([r.seconds for r in runs])),
+    "epochs": float(np.mean([r.best_epoch for r in runs])),
+    "diverged": int(np.sum(~np.isfinite(loss))),
+  }
