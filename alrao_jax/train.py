@@ -239,18 +239,23 @@ def evaluation_metrics(
 
   Returns:
     ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
-    ``accuracy`` and ``best_copy_accuracy``.
+    ``accuracy`` and ``best_copy_accuracy``. Diverged copies are left out; when no copy
+    (or not the best one) is usable, its loss is ``inf`` and its accuracy ``nan``.
   """
   values = copy_values(outputs)
   masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
   best = jnp.argmax(posterior)
-  metrics = {"loss": -jnp.mean(mixed), "best_copy_loss": -jnp.mean(ll[best])}
+  any_usable = (ok & (posterior > 0)).any()
+  metrics = {
+    "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
+    "best_copy_loss": jnp.where(ok[best], -jnp.mean(ll[best]), jnp.inf),
+  }
   if likelihood is categorical_log_likelihood:
-    metrics["accuracy"] = jnp.mean(jnp.argmax(mixture_log_probs(masked, posterior), -1) == targets)
-    metrics["best_copy_accuracy"] = jnp.mean(
-      jnp.argmax(best_copy(values, posterior), -1) == targets
-    )
+    mixture_hits = jnp.argmax(mixture_log_probs(masked, posterior), -1) == targets
+    copy_hits = jnp.argmax(best_copy(values, posterior), -1) == targets
+    metrics["accuracy"] = jnp.where(any_usable, jnp.mean(mixture_hits), jnp.nan)
+    metrics["best_copy_accuracy"] = jnp.where(ok[best], jnp.mean(copy_hits), jnp.nan)
   return metrics
 
 

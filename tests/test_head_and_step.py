@@ -358,3 +358,14 @@ def test_the_donating_step_works_with_optimizers_that_keep_params(optimizer):
   for _ in range(2):
     state, metrics = step(state, X, Y)
   assert np.isfinite(float(metrics["loss"]))
+
+
+def test_evaluation_of_diverged_copies_is_never_a_good_score():
+  logits = jnp.stack([jnp.full((4, 3), jnp.nan), jnp.zeros((4, 3))])  # copy 0 diverged
+  labels = jnp.array([0, 1, 2, 0])
+  both = alrao_jax.evaluation_metrics(logits, labels, jnp.array([0.9, 0.1]))
+  assert both["loss"] == pytest.approx(np.log(3), rel=1e-6)  # copy 1 alone, renormalised
+  assert both["best_copy_loss"] == np.inf and np.isnan(both["best_copy_accuracy"])
+  dead = alrao_jax.evaluation_metrics(logits[:1], labels, jnp.ones(1))
+  assert dead["loss"] == np.inf and dead["best_copy_loss"] == np.inf  # was 0: looked perfect
+  assert np.isnan(dead["accuracy"]) and np.isnan(dead["best_copy_accuracy"])
