@@ -171,12 +171,12 @@ def summarize(runs: Sequence[RunResult], *, loss_scale: float = 1.0) -> dict[str
   """
   loss = np.array([r.test["loss"] for r in runs]) * loss_scale
   accuracy = np.array([r.test.get("accuracy", np.nan) for r in runs])
-  finite = np.isfinite(loss).all() and np.isfinite(accuracy).all()
-  return {  # a mean over runs of which one diverged is inf (loss) and nan (accuracy)
+  finite = np.isfinite(loss).all()
+  return {  # over runs of which one diverged: loss inf, accuracy nan (it is nan there)
     "loss": float(np.mean(loss)) if finite else np.inf,
     "loss_std": float(np.std(loss)) if finite else np.nan,
-    "accuracy": float(np.mean(accuracy)) if finite else np.nan,
-    "accuracy_std": float(np.std(accuracy)) if finite else np.nan,
+    "accuracy": float(np.mean(accuracy)),
+    "accuracy_std": float(np.std(accuracy)),
     "seconds": float(np.mean([r.seconds for r in runs])),
     "epochs": float(np.mean([r.best_epoch for r in runs])),
     "diverged": int(np.sum(~np.isfinite(loss))),
