@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint bench-speed
+.PHONY: demo test lint bench-speed bench-quality
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,3 +20,6 @@ test: $(VENV)/.installed
 
 bench-speed: $(VENV)/.installed
 	$(PY) benchmarks/speed.py
+
+bench-quality: $(VENV)/.installed
+	$(PY) benchmarks/quality.py
