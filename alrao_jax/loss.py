@@ -126,6 +126,19 @@ def mixture_log_likelihood(
   return joint, jax.nn.logsumexp(joint, axis=0)
 
 
+def has_usable_copy(usable: jax.Array, posterior: jax.Array) -> jax.Array:
+  """Whether any copy is usable and has weight: else the mixture is undefined (its loss inf).
+
+  Args:
+    usable: boolean ``(N,)`` from :func:`masked_log_likelihoods`.
+    posterior: averaging weights ``(N,)``.
+
+  Returns:
+    A boolean scalar.
+  """
+  return (usable & (posterior > 0)).any()
+
+
 class AlraoLossAux(NamedTuple):
   """What :func:`alrao_loss` reports besides the loss to differentiate."""
 
@@ -185,7 +198,7 @@ def alrao_loss(
   # r_j * d(NLL_j)/d(outputs_j), with r_j copy j's posterior responsibility per example.
   ll = likelihood(_merge_routes(shared, own, responsibilities), targets).reshape(num_copies, -1)
   copy_nll = -jnp.mean(jnp.where(ok[:, None], ll, 0.0), axis=1)
-  any_usable = (ok & (posterior > 0)).any()
+  any_usable = has_usable_copy(ok, posterior)
   mixture_nll = jax.lax.stop_gradient(-jnp.mean(mixed))
   loss = mixture_nll + jnp.sum(copy_nll)
   aux = AlraoLossAux(

@@ -21,6 +21,7 @@ from alrao_jax.loss import (
   Likelihood,
   alrao_loss,
   categorical_log_likelihood,
+  has_usable_copy,
   masked_log_likelihoods,
   mixture_log_likelihood,
 )
@@ -246,7 +247,7 @@ def evaluation_metrics(
   masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
   best = jnp.argmax(posterior)
-  any_usable = (ok & (posterior > 0)).any()
+  any_usable = has_usable_copy(ok, posterior)
   metrics = {
     "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
     "best_copy_loss": jnp.where(ok[best], -jnp.mean(ll[best]), jnp.inf),

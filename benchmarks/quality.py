@@ -102,13 +102,12 @@ def task_section(task: Task, setting: Setting, result: Comparison, figures: dict
     "|---|---|---|---|---|---|---|",
   ]
   for name, s in stats.items():
-    lr = result.best_lr if name == "sgd" else (1e-3 if name == "adam" else None)
     runs = len(result.grid) if name == "sgd" else 1
     compute = grid_seconds(result, setting) if name == "sgd" else s["seconds"]
     label = (
       f"SGD, best lr {result.best_lr:g} (chosen on validation)"
       if name == "sgd"
-      else _label(name, lr)
+      else _label(name, result.runs[name][0].lr)
     )
     lines.append(
       f"| {label} | {_fmt(s['loss'], s['loss_std'])} | "
