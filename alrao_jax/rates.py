@@ -11,7 +11,7 @@ import math
 import numbers
 import re
 import warnings
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -252,6 +252,146 @@ def _copies_plan(path: tuple[str, ...], leaf: Any) -> _Plan:
   return _Plan(("copies", shape[0]), (shape[0],), _reshape_to(target), kind="copies")
 
 
+def _shape_only(shape: Sequence[int]) -> np.ndarray:
+  """A zero-cost array of ``shape`` (a broadcast view), for planning on shapes alone."""
+  return np.broadcast_to(np.zeros((), np.int8), tuple(shape))
+
+
+def _module_fits(module: tuple[str, ...], shapes: dict[tuple[str, ...], tuple]) -> bool:
+  """Whether a module with these leaf shapes matches a row of the SPEC table."""
+  if any(len(s) == 0 for s in shapes.values()):
+    return False
+  members = {path: _shape_only(s) for path, s in shapes.items()}
+  return not _module_plans(module, members)[1]
+
+
+def _stack_evidence(module: tuple[str, ...], shapes: dict[tuple[str, ...], tuple]) -> str:
+  """``"stacked"``, ``"ambiguous"`` or ``"no"``: does a leading layer axis explain the shapes?
+
+  ``"stacked"`` when the module fits the SPEC table once its common leading axis is removed
+  and only that axis explains its shapes (a norm of rank 2, a kernel and bias whose leading
+  axes agree but which are no ``DenseGeneral``); ``"ambiguous"`` when both readings fit.
+  """
+  if not shapes or any(len(s) == 0 for s in shapes.values()):
+    return "no"
+  if len({s[0] for s in shapes.values()}) != 1:
+    return "no"
+  if not _module_fits(module, {p: s[1:] for p, s in shapes.items()}):
+    return "no"
+  by_name = {path[-1]: s for path, s in shapes.items()}
+  kernel, bias = by_name.get("kernel"), by_name.get("bias")
+  if kernel is None:
+    known = [(n, s) for n, s in by_name.items() if n in _KNOWN_LEAVES]
+    return "stacked" if known and all(len(s) >= 2 + (n == "embedding") for n, s in known) else "no"
+  if bias is None or any(name.startswith("ConvLocal") for name in module):
+    return "no"  # a kernel alone, or ConvLocal's per-position axes: the shapes cannot tell
+  if len(bias) >= 2 and kernel[-len(bias) :] == bias:
+    return "ambiguous"  # fits a DenseGeneral / Einsum with several output axes as well
+  return "stacked"
+
+
+def _modules_of(paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], list]:
+  modules: dict[tuple[str, ...], list] = {}
+  for path in paths:
+    modules.setdefault(path[:-1], []).append(path)
+  return modules
+
+
+def _under(path: tuple[str, ...], prefix: tuple[str, ...]) -> bool:
+  return path[: len(prefix)] == prefix
+
+
+def _explicit_leads(
+  paths: list[tuple[str, ...]], shapes: dict[tuple[str, ...], tuple], stacked: Any
+) -> dict[tuple[str, ...], int]:
+  """Leading layer axes named by the user: ``{path prefix: number of axes}``."""
+  if stacked is None:
+    return {}
+  if not isinstance(stacked, Mapping):
+    raise TypeError(
+      f"stacked must be a mapping {{path prefix: number of layer axes}}, got {stacked!r}; "
+      "e.g. stacked={'ScanBlock_0': 1}."
+    )
+  leads = {}
+  for prefix, count in sorted(stacked.items(), key=lambda item: len(str(item[0]))):
+    if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
+      raise ValueError(f"stacked[{prefix!r}] must be an int >= 0 (layer axes), got {count!r}.")
+    parts = tuple(p for p in str(prefix).split("/") if p)
+    below = [p for p in paths if _under(p, parts)]
+    if not below:
+      modules = sorted({path_string(p[:-1]) for p in paths})
+      raise ValueError(
+        f"stacked names {prefix!r}, which matches no parameter path; module paths are "
+        f"e.g. {modules[:6]}."
+      )
+    leading = {shapes[p][:count] for p in below}
+    if any(len(shapes[p]) < count for p in below) or len(leading) != 1:
+      raise ValueError(
+        f"stacked[{prefix!r}] = {count}, but the parameters below it do not share {count} "
+        f"leading axes: {sorted({path_string(p): shapes[p] for p in below}.items())[:4]}."
+      )
+    leads.update(dict.fromkeys(below, int(count)))
+  return leads
+
+
+def stack_axes(paths: list[tuple[str, ...]], leaves: list[Any], *, stacked: Any = None) -> tuple:
+  """How many leading layer axes each leaf has (``nn.scan`` / ``nnx.vmap`` stacks).
+
+  A module whose shapes only a leading layer axis explains (see :func:`_stack_evidence`)
+  makes its enclosing scope stacked: the largest enclosing module whose parameters all
+  share that leading axis and still fit the SPEC table without it (a scanned block). This
+  repeats for stacks of stacks. ``stacked`` names prefixes explicitly (it wins below them).
+
+  Returns:
+    ``(leads, ambiguous)``: ``{path: number of leading layer axes}`` and the module paths
+    whose shapes fit both readings and were left unstacked.
+  """
+  shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves, strict=True)}
+  explicit = _explicit_leads(paths, shapes, stacked)
+  free = [p for p in paths if p not in explicit and COPIES_MODULE not in p[:-1]]
+  leads = dict.fromkeys(paths, 0) | explicit
+
+  def inner(p):
+    return shapes[p][leads[p] :]
+
+  def accepts(scope, size):
+    below = [p for p in paths if _under(p, scope)]
+    if any(p not in free or len(inner(p)) == 0 or inner(p)[0] != size for p in below):
+      return False
+    for module, members in _modules_of(below).items():
+      now = {p: inner(p) for p in members}
+      if _module_fits(module, now) and not _module_fits(module, {p: s[1:] for p, s in now.items()}):
+        return False
+    return True
+
+  while True:
+    modules = _modules_of(free)
+    found = {}
+    for module, members in sorted(modules.items()):
+      if any(_under(module, scope) for scope in found):
+        continue
+      now = {p: inner(p) for p in members}
+      if _stack_evidence(module, now) != "stacked":
+        continue
+      size = next(iter(now.values()))[0]
+      scope = module
+      while scope and accepts(scope[:-1], size):
+        scope = scope[:-1]
+      found = {s: n for s, n in found.items() if not _under(s, scope)} | {scope: size}
+    if not found:
+      break
+    for scope in found:
+      for p in free:
+        if _under(p, scope):
+          leads[p] += 1
+  ambiguous = [
+    module
+    for module, members in _modules_of(free).items()
+    if _stack_evidence(module, {p: inner(p) for p in members}) == "ambiguous"
+  ]
+  return leads, ambiguous
+
+
 def _feature_plans(paths: list[tuple[str, ...]], leaves: list[Any]) -> tuple[dict, list]:
   """The default rule of the SPEC table, for every leaf."""
   plans, unknown = {}, []
@@ -283,18 +423,29 @@ def _feature_plans(paths: list[tuple[str, ...]], leaves: list[Any]) -> tuple[dic
   return plans, unknown
 
 
-def _label_plan(label: Label, path: tuple[str, ...], leaf: Any, default: _Plan) -> _Plan:
+def _stacked_plan(plan: _Plan, lead: tuple[int, ...]) -> _Plan:
+  """A plan made for one layer, repeated with independent draws over the layer axes."""
+  if not lead or plan.kind != "sampled":
+    return plan
+  to_leaf = plan.to_leaf
+  for _ in lead:
+    to_leaf = jax.vmap(to_leaf)
+  return plan._replace(shape=(*lead, *plan.shape), to_leaf=to_leaf)
+
+
+def _label_plan(label: Label, path: tuple[str, ...], leaf: Any, lead: int, default: _Plan) -> _Plan:
+  """The plan for ``label``; ``default`` is the feature rule, already per layer."""
   shape = np.shape(leaf)
   where = path_string(path)
-  if label is None:
+  layers, inner = shape[:lead], shape[lead:]
+  if label is None or label == "feature":
     return default
   if isinstance(label, str):
-    if label == "feature":
-      return default
     if label == "weight":
       return _Plan(("weight", path), shape, _reshape_to(shape))
     if label == "layer":
-      return _Plan(("layer", path[:-1]), (), _reshape_to((1,) * len(shape)))
+      plan = _Plan(("layer", path[:-1]), (), _reshape_to((1,) * len(inner)))
+      return _stacked_plan(plan, layers)
     if label == "copies":
       return _copies_plan(path, leaf)
     raise ValueError(
@@ -309,8 +460,16 @@ def _label_plan(label: Label, path: tuple[str, ...], leaf: Any, default: _Plan) 
     if any(not -len(shape) <= a < len(shape) for a in label) or len(set(label)) != len(label):
       raise ValueError(f"rules gave feature axes {label} for {where} of shape {shape}.")
     axes = tuple(sorted(a % len(shape) for a in label))
+    if lead and not set(range(lead)) <= set(axes):
+      warnings.warn(
+        f"alrao_jax.sample_rates: rules gave feature axes {label} for {where}, whose leading "
+        f"{lead} axis(es) of size {layers} stack layers: those layers share rates. Include "
+        f"axes {tuple(range(lead))} to give each layer its own.",
+        stacklevel=4,
+      )
     sizes = tuple(shape[a] for a in axes)
-    return _Plan(("axes", path), sizes, _reshape_to(_broadcast_shape(len(shape), axes, sizes)))
+    shape_to = _broadcast_shape(len(shape), axes, sizes)
+    return _Plan(("axes", path[:-1], sizes), sizes, _reshape_to(shape_to))
   raise TypeError(f"rules gave {label!r} for {where}; labels are str, float, tuple or None.")
 
 
@@ -333,34 +492,45 @@ def _is_label(x: Any) -> bool:
   return x is None or isinstance(x, str | float | int | tuple)
 
 
-def rate_plans(params: Any, *, granularity: str = "feature", rules: Rules = None) -> tuple:
+def rate_plans(
+  params: Any, *, granularity: str = "feature", rules: Rules = None, stacked: Any = None
+) -> tuple:
   """Plans every leaf's rates; returns (paths, leaves, treedef, plans).
 
   Raises:
-    ValueError: an unknown ``granularity`` or a bad ``rules`` label.
+    ValueError: an unknown ``granularity``, a bad ``rules`` label or ``stacked`` entry.
   """
   if granularity not in GRANULARITIES:
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
   paths, leaves, treedef = leaf_paths(params)
-  feature, unknown = _feature_plans(paths, leaves)
-  defaults = []
-  for path, leaf in zip(paths, leaves, strict=True):
-    plan = feature[path]
-    if granularity != "feature" and plan.kind == "sampled":
-      plan = _label_plan(granularity, path, leaf, plan)
-    defaults.append(plan)
+  leads, ambiguous = stack_axes(paths, leaves, stacked=stacked)
+  inner = [_shape_only(np.shape(leaf)[leads[p] :]) for p, leaf in zip(paths, leaves, strict=True)]
+  feature, unknown = _feature_plans(paths, inner)
   labels = _labels(rules, paths, leaves, params)
-  plans = [
-    _label_plan(label, path, leaf, default)
-    for label, path, leaf, default in zip(labels, paths, leaves, defaults, strict=True)
-  ]
-  unknown = [
-    p for p, label in zip(paths, labels, strict=True) if p in set(unknown) and label is None
-  ]
+  plans = []
+  for label, path, leaf, one_layer in zip(labels, paths, leaves, inner, strict=True):
+    lead = np.shape(leaf)[: leads[path]]
+    default = feature[path]
+    if default.kind == "sampled":
+      if granularity != "feature":
+        default = _label_plan(granularity, path, one_layer, 0, default)
+      default = _stacked_plan(default, lead)
+    plans.append(_label_plan(label, path, leaf, len(lead), default))
+  unlabelled = {p for p, label in zip(paths, labels, strict=True) if label is None}
+  unknown = [p for p in unknown if p in unlabelled]
   if unknown and granularity == "feature":
     warnings.warn(
       "alrao_jax.sample_rates: no rule for these parameters, one rate per index of their "
       f"last axis is used (pass `rules` to choose): {[path_string(p) for p in unknown]}",
+      stacklevel=3,
+    )
+  ambiguous = [m for m in ambiguous if any(p in unlabelled for p in paths if p[:-1] == m)]
+  if ambiguous:
+    warnings.warn(
+      "alrao_jax.sample_rates: the shapes of these modules fit both one layer with several "
+      "output axes (DenseGeneral) and a stack of layers on a leading axis; they are read as "
+      "one layer, so a stack would share rates across its layers. Name it to choose, e.g. "
+      f"stacked={{'{path_string(ambiguous[0])}': 1}} (or 0): {list(map(path_string, ambiguous))}",
       stacklevel=3,
     )
   return paths, leaves, treedef, plans
@@ -378,6 +548,7 @@ def sample_rates(
   *,
   granularity: str = "feature",
   rules: Rules = None,
+  stacked: Mapping[str, int] | None = None,
 ) -> Any:
   """Samples one learning rate per feature, log-uniformly in ``[lr_min, lr_max]``.
 
@@ -389,6 +560,18 @@ def sample_rates(
   :class:`alrao_jax.AlraoHead`) get :func:`copy_rates` along their leading axis.
   Unknown parameters get one rate per index of their last axis, with a warning.
 
+  Stacked layers (``nn.scan``/``nn.vmap`` over blocks in linen, ``nnx.vmap``/``nnx.scan``
+  stacks in NNX) have leading layer axes: a stacked Dense kernel is ``(L, in, out)`` with
+  bias ``(L, out)``. Every rule above then holds per layer: kernel column ``[l, :, j]`` and
+  bias ``[l, j]`` share one rate, and layers never share rates (rate leaves ``(L, 1, out)``
+  and ``(L, out)``). The layer axes are detected from the shapes: a module that only a
+  leading layer axis explains (a norm of rank 2; a kernel and bias whose leading axes agree)
+  marks the largest enclosing module whose parameters all share that axis. Where the shapes
+  cannot tell (a scanned stack of Dense layers without bias or norm, or shapes that fit a
+  ``DenseGeneral`` too, which is warned about), name the stack with ``stacked``. A
+  ``ConvLocal`` is known by its module name (``ConvLocal_0``): its per-position axes have
+  a stack's shapes, and it keeps one rate per filter.
+
   Args:
     key: a PRNG key.
     params: a Flax parameter tree (linen dict, ``nnx.State`` or any pytree of arrays).
@@ -397,9 +580,15 @@ def sample_rates(
     granularity: ``"feature"`` (one rate per feature, the default), ``"weight"`` (one rate
       per scalar) or ``"layer"`` (one rate per module).
     rules: overrides per parameter: a callable ``(path, leaf) -> label`` with paths such as
-      ``"params/Dense_0/kernel"``, or a tree of labels with the structure of ``params``.
-      A label is ``None`` (the default rule), ``"feature"``, ``"weight"``, ``"layer"``,
-      ``"copies"``, a float (a fixed rate, e.g. ``0.0`` to freeze) or a tuple of feature axes.
+      ``"Dense_0/kernel"`` (the keys of ``params``, joined by ``/``), or a tree of labels with
+      the structure of ``params``. A label is ``None`` (the default rule), ``"feature"``,
+      ``"weight"``, ``"layer"`` (one rate per module, per layer of a stack), ``"copies"``, a
+      float (a fixed rate, e.g. ``0.0`` to freeze) or a tuple of feature axes of the whole
+      leaf (leaves of one module given axes of equal sizes share their draw, so ``(0, -1)``
+      on a stacked kernel and its bias gives one rate per layer and unit).
+    stacked: leading layer axes named explicitly, ``{path prefix: number of axes}``, e.g.
+      ``{'ScanBlock_0': 1}`` or ``{'decoder/layers': 1}``; every parameter below the prefix
+      has that many layer axes (``0``: none). Other parameters are detected from shapes.
 
   Returns:
     A rate tree with the structure of ``params``: float32 leaves that broadcast against
@@ -417,7 +606,7 @@ def sample_rates(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (section 2).
   """
   check_bounds(lr_min, lr_max)
-  _, _, treedef, plans = rate_plans(params, granularity=granularity, rules=rules)
+  _, _, treedef, plans = rate_plans(params, granularity=granularity, rules=rules, stacked=stacked)
   groups = {}
   for plan in plans:
     groups.setdefault(plan.group, plan)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -80,13 +80,20 @@ def _check_key(key: Any) -> None:
 
 
 def _rate_sampler(
-  key: jax.Array, lr_min: float, lr_max: float, granularity: str, rules: Rules
+  key: jax.Array,
+  lr_min: float,
+  lr_max: float,
+  granularity: str,
+  rules: Rules,
+  stacked: Mapping[str, int] | None,
 ) -> Callable[[optax.Params], optax.Params]:
   check_bounds(lr_min, lr_max)
   _check_key(key)
 
   def sample(params: optax.Params) -> optax.Params:
-    return sample_rates(key, params, lr_min, lr_max, granularity=granularity, rules=rules)
+    return sample_rates(
+      key, params, lr_min, lr_max, granularity=granularity, rules=rules, stacked=stacked
+    )
 
   return sample
 
@@ -100,6 +107,7 @@ def alrao_sgd(
   nesterov: bool = False,
   granularity: str = "feature",
   rules: Rules = None,
+  stacked: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Alrao-SGD: SGD where each feature has its own learning rate.
 
@@ -116,6 +124,8 @@ def alrao_sgd(
     nesterov: whether to use Nesterov momentum.
     granularity: ``"feature"``, ``"weight"`` or ``"layer"``; see :func:`sample_rates`.
     rules: per-parameter overrides; see :func:`sample_rates`.
+    stacked: layer axes of stacked (scanned) blocks, where shapes cannot tell; see
+      :func:`sample_rates`.
 
   Returns:
     ``optax.chain(trace, scale_by_rates, scale(-1))``.
@@ -132,7 +142,7 @@ def alrao_sgd(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1).
   """
-  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules)
+  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
   return optax.chain(
     optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else optax.identity(),
     scale_by_rates(sampler),
@@ -150,6 +160,7 @@ def alrao_adam(
   eps: float = 1e-8,
   granularity: str = "feature",
   rules: Rules = None,
+  stacked: Mapping[str, int] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Alrao-Adam: Adam's direction scaled by per-feature learning rates.
 
@@ -162,6 +173,8 @@ def alrao_adam(
     eps: term added to the denominator.
     granularity: ``"feature"``, ``"weight"`` or ``"layer"``; see :func:`sample_rates`.
     rules: per-parameter overrides; see :func:`sample_rates`.
+    stacked: layer axes of stacked (scanned) blocks, where shapes cannot tell; see
+      :func:`sample_rates`.
 
   Returns:
     ``optax.chain(scale_by_adam, scale_by_rates, scale(-1))``.
@@ -178,7 +191,7 @@ def alrao_adam(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Appendix C).
   """
-  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules)
+  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
   return optax.chain(
     optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
     scale_by_rates(sampler),

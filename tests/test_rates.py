@@ -90,6 +90,17 @@ def assert_features(params, rates, groups):
   assert covered == set(eff), f"uncovered: {set(eff) - covered}"
 
 
+class _Wrap(nn.Module):
+  """Applies one auto-named module, as a model does (its class name lands in the path)."""
+
+  cls: type
+  args: tuple
+
+  @nn.compact
+  def __call__(self, x):
+    return self.cls(*self.args)(x)
+
+
 X2 = jnp.ones((2, 5))
 X4 = jnp.ones((2, 8, 8, 3))
 RNG = nnx.Rngs(0)
@@ -133,9 +144,9 @@ CASES = {
     lambda: _nnx(nnx.ConvTranspose(3, 4, (3, 3), rngs=RNG)),
     {"c": {"kernel": _cols, "bias": _cols}},
   ),
-  "linen ConvLocal": (
-    lambda: _linen(nn.ConvLocal(4, (3, 3)), X4),
-    {"c": {"kernel": _cols, "bias": _cols}},
+  "linen ConvLocal": (  # inside a model: its name tells its per-position axes from layers
+    lambda: _linen(_Wrap(nn.ConvLocal, (4, (3, 3))), X4),
+    {"c": {"ConvLocal_0/kernel": _cols, "ConvLocal_0/bias": _cols}},
   ),
   "linen BatchNorm": (
     lambda: _linen(nn.BatchNorm(use_running_average=True), X2),
@@ -407,3 +418,210 @@ def test_optax_masked_passes_through():
   updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), state, params)
   np.testing.assert_array_equal(updates["bias"], np.ones(3))
   assert (np.asarray(updates["kernel"]) < 0).all()
+
+
+# Stacked layers (SPEC section 7): every rule holds per layer of a scanned / vmapped stack.
+
+
+def _per_layer(fn):
+  """Feature id of a stacked leaf: (layer, id of ``fn`` on one layer's shape)."""
+
+  def ids(shape):
+    inner = fn(shape[1:])
+    span = int(inner.max()) + 1
+    return np.arange(shape[0]).reshape(-1, *(1,) * len(shape[1:])) * span + inner
+
+  return ids
+
+
+def _copy_ids(shape):
+  return np.broadcast_to(np.arange(shape[0]).reshape(-1, *(1,) * (len(shape) - 1)), shape)
+
+
+class _Block(nn.Module):
+  """A pre-norm Transformer block: attention, LayerNorm, MLP."""
+
+  width: int
+
+  @nn.compact
+  def __call__(self, x, _):
+    h = nn.LayerNorm(name="ln1")(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2, name="attn")(h, h)
+    h = nn.gelu(nn.Dense(2 * self.width, name="up")(nn.LayerNorm(name="ln2")(x)))
+    return x + nn.Dense(self.width, name="down")(h), None
+
+
+def _scanned_blocks(layers, width):
+  return nn.scan(_Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers)(
+    width, name="blocks"
+  )
+
+
+class _ScannedGPT(nn.Module):
+  layers: int = 3
+  width: int = 8
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(13, self.width, name="embed")(tokens)
+    x, _ = _scanned_blocks(self.layers, self.width)(x, None)
+    return alrao_jax.AlraoHead(13, num_copies=3, name="head")(nn.LayerNorm(name="ln_f")(x))
+
+
+def _stacked_block_groups(prefix):
+  two = lambda s: _trailing(s, 2)  # noqa: E731
+  groups = {
+    f"{n}": {
+      f"{prefix}ln{n[-1]}/scale": _per_layer(_cols),
+      f"{prefix}ln{n[-1]}/bias": _per_layer(_cols),
+    }
+    for n in ("ln1", "ln2")
+  }
+  for name in ("query", "key", "value"):
+    groups[name] = {
+      f"{prefix}attn/{name}/kernel": _per_layer(two),
+      f"{prefix}attn/{name}/bias": _per_layer(two),
+    }
+  for name in ("attn/out", "up", "down"):
+    groups[name] = {
+      f"{prefix}{name}/kernel": _per_layer(_cols),
+      f"{prefix}{name}/bias": _per_layer(_cols),
+    }
+  return groups
+
+
+def test_scanned_transformer_gets_rates_per_layer():
+  params = _linen(_ScannedGPT(), jnp.zeros((2, 5), jnp.int32))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = alrao_jax.sample_rates(jax.random.key(7), params, LO, HI)
+  assert rates["blocks"]["up"]["kernel"].shape == (3, 1, 16)
+  assert rates["blocks"]["ln1"]["scale"].shape == (3, 8)
+  groups = _stacked_block_groups("blocks/")
+  groups["embed"] = {"embed/embedding": _cols}
+  groups["ln_f"] = {"ln_f/scale": _cols, "ln_f/bias": _cols}
+  groups["head"] = {"head/alrao_copies/kernel": _copy_ids, "head/alrao_copies/bias": _copy_ids}
+  assert_features(params, rates, groups)
+
+
+class _NNXBlock(nnx.Module):
+  def __init__(self, width, *, rngs):
+    self.ln1 = nnx.LayerNorm(width, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(2, width, decode=False, rngs=rngs)
+    self.ln2 = nnx.LayerNorm(width, rngs=rngs)
+    self.up = nnx.Linear(width, 2 * width, rngs=rngs)
+    self.down = nnx.Linear(2 * width, width, rngs=rngs)
+
+
+def test_nnx_vmapped_stack_gets_rates_per_layer():
+  @nnx.split_rngs(splits=3)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(rngs):
+    return _NNXBlock(8, rngs=rngs)
+
+  params = _nnx(make(nnx.Rngs(0)))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = alrao_jax.sample_rates(jax.random.key(7), params, LO, HI)
+  assert_features(params, rates, _stacked_block_groups(""))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_stacked_recurrent_cells_share_rates_per_unit_per_layer(fused):
+  hidden = 5
+  if fused:
+
+    @nnx.split_rngs(splits=4)
+    @nnx.vmap(in_axes=(0,), out_axes=0)
+    def make(rngs):
+      return nnx.GRUCell(3, hidden, rngs=rngs)
+
+    params = _nnx(make(nnx.Rngs(0)))
+    unit = _per_layer(_mod_hidden(hidden))
+    groups = {
+      "cell": {f"dense_{m}/{n}": unit for m, n in (("i", "kernel"), ("i", "bias"), ("h", "kernel"))}
+    }
+  else:
+    cell = nn.vmap(nn.GRUCell, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0)(
+      hidden
+    )
+    carry = jnp.zeros((4, 2, hidden))
+    params = cell.init(KEY, carry, jnp.ones((4, 2, 3)))["params"]
+    gates = ("ir", "iz", "in", "hr", "hz", "hn")
+    groups = {
+      "cell": {
+        **{f"{g}/kernel": _per_layer(_cols) for g in gates},
+        **{f"{g}/bias": _per_layer(_cols) for g in ("ir", "iz", "in", "hn")},
+      }
+    }
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = alrao_jax.sample_rates(jax.random.key(7), params, LO, HI)
+  assert_features(params, rates, groups)
+
+
+class _DenseBlock(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    return nn.relu(nn.Dense(x.shape[-1], name="dense")(x)), None
+
+
+def _dense_stack(layers, width):
+  stack = nn.scan(
+    _DenseBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=layers
+  )
+  return stack().init(KEY, jnp.ones((2, width)), None)["params"]
+
+
+def test_width_equal_to_depth_is_warned_and_named_explicitly():
+  params = _dense_stack(8, 8)  # kernel (8, 8, 8), bias (8, 8): a DenseGeneral fits too
+  with pytest.warns(UserWarning, match=r"stacked=\{'dense': 1\}"):
+    alrao_jax.sample_rates(KEY, params, LO, HI)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"dense": 1})
+  assert rates["dense"]["kernel"].shape == (8, 1, 8)
+  groups = {"d": {"kernel": _per_layer(_cols), "bias": _per_layer(_cols)}}
+  assert_features(params, rates, groups)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    flat = alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"dense": 0})
+  assert flat["dense"]["kernel"].shape == (1, 8, 8)
+
+
+def test_stacked_layer_granularity_and_axis_rules():
+  params = _dense_stack(3, 4)
+  per_layer = alrao_jax.sample_rates(KEY, params, LO, HI, granularity="layer")
+  assert per_layer["dense"]["kernel"].shape == (3, 1, 1)
+  np.testing.assert_array_equal(
+    per_layer["dense"]["kernel"].ravel(), per_layer["dense"]["bias"].ravel()
+  )
+  assert len(np.unique(per_layer["dense"]["bias"])) == 3
+  rates = alrao_jax.sample_rates(KEY, params, LO, HI, rules=lambda path, leaf: (0, -1))
+  np.testing.assert_array_equal(rates["dense"]["kernel"][:, 0, :], rates["dense"]["bias"])
+  with pytest.warns(UserWarning, match=r"layers share rates.*Include axes \(0,\)"):
+    alrao_jax.sample_rates(KEY, params, LO, HI, rules=lambda path, leaf: (-1,))
+
+
+def test_stacked_option_errors():
+  params = _dense_stack(3, 4)
+  with pytest.raises(ValueError, match="matches no parameter path.*'dense'"):
+    alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"blocks": 1})
+  with pytest.raises(ValueError, match="do not share 3 leading axes"):
+    alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"dense": 3})
+  with pytest.raises(ValueError, match="must be an int >= 0"):
+    alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"dense": -1})
+  with pytest.raises(TypeError, match="stacked must be a mapping"):
+    alrao_jax.alrao_sgd(LO, HI, key=KEY, stacked=1).init(params)
+
+
+def test_unstacked_models_are_not_taken_for_stacks():
+  """Coincidences of sizes that must not read as a layer axis."""
+  square = _linen(nn.Dense(5), X2)  # kernel (5, 5), bias (5,)
+  conv3 = _linen(nn.Conv(3, (3, 3)), jnp.ones((1, 4, 4, 3)))  # kernel (3, 3, 3, 3), bias (3,)
+  general = _linen(nn.DenseGeneral((3, 4)), jnp.ones((2, 7)))  # kernel (7, 3, 4), bias (3, 4)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    assert alrao_jax.sample_rates(KEY, square, LO, HI)["kernel"].shape == (1, 5)
+    assert alrao_jax.sample_rates(KEY, conv3, LO, HI)["kernel"].shape == (1, 1, 1, 3)
+    assert alrao_jax.sample_rates(KEY, general, LO, HI)["kernel"].shape == (1, 3, 4)
