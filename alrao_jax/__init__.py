@@ -7,7 +7,6 @@ from alrao_jax.head import (
   best_copy,
   copy_outputs,
   mixture_log_probs,
-  mixture_mean,
 )
 from alrao_jax.loss import (
   AlraoLossAux,
@@ -16,6 +15,7 @@ from alrao_jax.loss import (
   gaussian_log_likelihood,
 )
 from alrao_jax.lr_find import LRFindResult, lr_find
+from alrao_jax.predict import mixture_mean, predict
 from alrao_jax.rates import copy_rates, sample_rates
 from alrao_jax.screen import ScreenResult, screen
 from alrao_jax.switch import (
@@ -73,6 +73,7 @@ __all__ = [
   "mixture_mean",
   "nnx",
   "num_copies_of",
+  "predict",
   "sample_rates",
   "scale_by_rates",
   "screen",

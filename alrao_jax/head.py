@@ -80,11 +80,12 @@ def _forward(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 def _copy_outputs_fwd(z, kernel, bias):
   out = _forward(z, kernel, bias)
-  return CopyOutputs(out, out), (z, kernel)
+  # The bias rides along (N x K, small) for its dtype: every gradient keeps its input's dtype.
+  return CopyOutputs(out, out), (z, kernel, bias)
 
 
 def _copy_outputs_bwd(residuals, cotangents):
-  z, kernel = residuals
+  z, kernel, bias = residuals
   shared, own = cotangents
   # A diverged copy's cotangent is 0, but 0 * inf = NaN: zero its weights on the z route.
   safe = jnp.where(_finite_per_copy(kernel)[:, None, None], kernel, jnp.zeros_like(kernel))
@@ -97,7 +98,7 @@ def _copy_outputs_bwd(residuals, cotangents):
     dz = jnp.einsum("n...k,ndk->...d", shared, safe)
     dkernel = jnp.einsum("...d,n...k->ndk", z, own)
   dbias = own.reshape(n, -1, k).sum(axis=1)
-  return dz.astype(z.dtype), dkernel.astype(kernel.dtype), dbias
+  return dz.astype(z.dtype), dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)
 
 
 copy_outputs.defvjp(_copy_outputs_fwd, _copy_outputs_bwd)
@@ -189,21 +190,38 @@ def mask_diverged(values: jax.Array) -> tuple[jax.Array, jax.Array]:
   return jnp.where(broadcast_copy_axis(finite, values.ndim), values, 0.0), finite
 
 
-def mixture_log_weights(posterior: jax.Array, usable: jax.Array) -> jax.Array:
+Posterior = Any  # averaging weights (N,), or an averaging state with a ``log_posterior``
+
+
+def log_posterior_of(posterior: Posterior) -> jax.Array:
+  """The log averaging weights ``(N,)``, from probabilities or from an averaging state.
+
+  A state (:class:`alrao_jax.SwitchState`, :class:`alrao_jax.BayesState`) gives its log
+  posterior as is, so that weights below the float range (Bayes averaging after a few
+  hundred steps) stay > 0; probabilities equal to 0 give ``-inf``.
+  """
+  log_posterior = getattr(posterior, "log_posterior", None)
+  if log_posterior is not None:
+    return jnp.asarray(log_posterior)
+  weights = jnp.asarray(posterior)
+  return jnp.where(weights > 0, jnp.log(jnp.where(weights > 0, weights, 1.0)), -jnp.inf)
+
+
+def mixture_log_weights(log_posterior: jax.Array, usable: jax.Array) -> jax.Array:
   """Log mixture weights: the posterior renormalised over the usable copies.
 
   Args:
-    posterior: averaging weights ``(N,)``.
+    log_posterior: log averaging weights ``(N,)`` (see :func:`log_posterior_of`).
     usable: boolean ``(N,)``, False for a copy left out (diverged).
 
   Returns:
     Shape ``(N,)``: ``-inf`` for left-out copies. When no copy is usable, ``-log N`` for
     all, so that what is computed from them stays finite.
   """
-  usable = usable & (posterior > 0)
-  logw = jnp.where(usable, jnp.log(jnp.where(usable, posterior, 1.0)), -jnp.inf)
+  usable = usable & (log_posterior > -jnp.inf)
+  logw = jnp.where(usable, log_posterior, -jnp.inf)
   logw = logw - jax.nn.logsumexp(jnp.where(usable.any(), logw, 0.0))
-  return jnp.where(usable.any(), logw, -jnp.log(posterior.shape[0]))
+  return jnp.where(usable.any(), logw, -jnp.log(log_posterior.shape[0]))
 
 
 def broadcast_copy_axis(x: jax.Array, ndim: int) -> jax.Array:
@@ -211,12 +229,13 @@ def broadcast_copy_axis(x: jax.Array, ndim: int) -> jax.Array:
   return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
-def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
+def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
   """Log-probabilities of the mixture ``sum_j a_j softmax(logits_j)``.
 
   Args:
     outputs: copy logits ``(N, *batch, K)`` or :class:`CopyOutputs`.
-    posterior: averaging weights ``(N,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state (see
+      :func:`log_posterior_of`).
 
   Returns:
     Shape ``(*batch, K)``. Copies with non-finite logits are left out.
@@ -228,34 +247,18 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: jax.Array) ->
     [[0.5, 0.5]]
   """
   safe, finite = mask_diverged(copy_values(outputs))
-  logw = mixture_log_weights(posterior, finite)
+  logw = mixture_log_weights(log_posterior_of(posterior), finite)
   return jax.nn.logsumexp(broadcast_copy_axis(logw, safe.ndim) + jax.nn.log_softmax(safe), axis=0)
 
 
-def mixture_mean(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
-  """Posterior-weighted mean of the copies' regression outputs.
-
-  Args:
-    outputs: copy means ``(N, *batch, D)`` or :class:`CopyOutputs`.
-    posterior: averaging weights ``(N,)``.
-
-  Returns:
-    Shape ``(*batch, D)``; copies with non-finite outputs are left out and the weights of
-    the others renormalised.
-  """
-  safe, finite = mask_diverged(copy_values(outputs))
-  weights = jnp.exp(mixture_log_weights(posterior, finite))
-  return jnp.tensordot(weights, safe, axes=1)
-
-
-def best_copy(outputs: CopyOutputs | jax.Array, posterior: jax.Array) -> jax.Array:
+def best_copy(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
   """The outputs of the copy with the largest posterior weight.
 
   Args:
     outputs: ``(N, *batch, K)`` or :class:`CopyOutputs`.
-    posterior: averaging weights ``(N,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state.
 
   Returns:
     Shape ``(*batch, K)``.
   """
-  return copy_values(outputs)[jnp.argmax(posterior)]
+  return copy_values(outputs)[jnp.argmax(log_posterior_of(posterior))]

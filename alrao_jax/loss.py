@@ -5,22 +5,54 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from alrao_jax.head import CopyOutputs, broadcast_copy_axis, mask_diverged, mixture_log_weights
+from alrao_jax.head import (
+  CopyOutputs,
+  Posterior,
+  broadcast_copy_axis,
+  log_posterior_of,
+  mask_diverged,
+  mixture_log_weights,
+)
 
 Likelihood = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def _check_batch(values: jax.Array, targets: jax.Array, *, event_axes: int, what: str) -> None:
+  """Trace-time check that ``targets`` fit the copies' outputs ``(N, *batch, K)``."""
+  batch = values.shape[1:-1]
+  want = values.shape[1 : values.ndim - 1 + event_axes]
+  if np.shape(targets) != want:
+    hint = ""
+    if event_axes == 0 and np.shape(targets) == (*batch, values.shape[-1]):
+      hint = " They look one-hot: pass integer class indices, e.g. y.argmax(-1)."
+    elif event_axes == 0 and np.shape(targets) == (*batch, 1):
+      hint = " Drop the last axis, e.g. y[..., 0]."
+    elif event_axes == 1 and np.shape(targets) == batch:
+      hint = f" Add the output axis, e.g. y[..., None] (the head has {values.shape[-1]} output)."
+    raise ValueError(
+      f"{what} have shape {np.shape(targets)}, but the head's outputs {values.shape[1:]} "
+      f"(batch {batch}) need {what} of shape {want}.{hint}"
+    )
+  if math.prod(batch) == 0:
+    raise ValueError(f"the batch is empty (outputs of shape {values.shape}); pass >= 1 example.")
 
 
 def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-copy, per-example ``log softmax(logits)[label]``.
 
+  Shapes and dtypes are checked when traced (a `ValueError` or `TypeError`); label values
+  cannot be checked inside ``jit``, so a label outside ``[0, K)`` gives NaN (as optax's
+  cross-entropies do), never a silent 0.
+
   Args:
-    logits: ``(N, *batch, K)``.
-    labels: integer labels ``(*batch,)``.
+    logits: ``(N, *batch, K)`` with ``K >= 2``.
+    labels: integer labels ``(*batch,)`` in ``[0, K)``.
 
   Returns:
     Shape ``(N, *batch)``.
@@ -31,8 +63,43 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
     >>> ll.shape, round(float(ll[0, 0]), 4)
     ((3, 2), -1.3863)
   """
-  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-  return jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
+  num_classes = logits.shape[-1]
+  if num_classes < 2:
+    raise ValueError(
+      f"a categorical head needs K >= 2 classes, got K = {num_classes}; for one output use "
+      "alrao_jax.gaussian_log_likelihood(), or two classes."
+    )
+  if not jnp.issubdtype(jnp.result_type(labels), jnp.integer):
+    raise TypeError(
+      f"labels must be integer class indices, got dtype {jnp.result_type(labels)}; cast them "
+      "(y.astype(int)) or, for regression targets, use alrao_jax.gaussian_log_likelihood()."
+    )
+  _check_batch(logits, labels, event_axes=0, what="labels")
+  one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
+  ll = jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
+  in_range = (labels >= 0) & (labels < num_classes)
+  return jnp.where(in_range, ll, jnp.nan)
+
+
+def check_labels(labels: Any, num_classes: int, *, name: str = "labels") -> None:
+  """Raises a `ValueError` or `TypeError` unless ``labels`` are class indices in ``[0, K)``.
+
+  Label values cannot be checked inside ``jit``: :func:`alrao_jax.train.fit` calls this
+  once per split, on the host, before training.
+
+  Args:
+    labels: an array of labels.
+    num_classes: ``K``, the head's number of outputs.
+    name: what the labels are called in the message (e.g. ``"splits.train.targets"``).
+  """
+  values = np.asarray(labels)
+  if not np.issubdtype(values.dtype, np.integer):
+    raise TypeError(f"{name} must be integer class indices, got dtype {values.dtype}.")
+  if values.size and (values.min() < 0 or values.max() >= num_classes):
+    raise ValueError(
+      f"{name} must lie in [0, {num_classes}) (the head has {num_classes} outputs), but range "
+      f"from {values.min()} to {values.max()}; relabel them, or give the head more outputs."
+    )
 
 
 def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
@@ -42,7 +109,8 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
     sigma: the fixed standard deviation, > 0.
 
   Returns:
-    A function ``(means (N, *batch, D), targets (*batch, D)) -> (N, *batch)``.
+    A function ``(means (N, *batch, D), targets (*batch, D)) -> (N, *batch)``; it raises a
+    `ValueError` when traced with targets of another shape (e.g. ``(B,)`` for ``D = 1``).
 
   Example:
     >>> import jax.numpy as jnp, alrao_jax
@@ -58,6 +126,7 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
     raise ValueError(f"sigma must be a finite float > 0, got {sigma!r}.")
 
   def log_likelihood(means: jax.Array, targets: jax.Array) -> jax.Array:
+    _check_batch(means, targets, event_axes=1, what="targets")
     dim = means.shape[-1]
     sq = jnp.sum(jnp.square(means - targets), axis=-1)
     return -0.5 * sq / sigma**2 - dim * math.log(sigma) - 0.5 * dim * math.log(2 * math.pi)
@@ -99,44 +168,47 @@ def masked_log_likelihoods(
   Returns:
     ``(masked values, log-likelihoods (N, examples), usable (N,))``: a copy whose outputs
     are not all finite has its outputs replaced by 0 (masking the input, not only the
-    output, so that no NaN reaches a gradient); a copy is usable when its outputs and its
-    log-likelihoods are finite.
+    output, so that no NaN reaches a gradient); a copy is usable when its outputs are
+    finite and no log-likelihood is ``-inf``. A NaN log-likelihood comes from the targets
+    (a label out of range), not from a copy: it is kept, and makes the loss NaN.
   """
+  if math.prod(values.shape[1:-1]) == 0:
+    raise ValueError(f"the batch is empty (outputs of shape {values.shape}); pass >= 1 example.")
   masked, finite = mask_diverged(values)
   ll = likelihood(masked, targets).reshape(values.shape[0], -1)
-  return masked, ll, finite & jnp.isfinite(ll).all(axis=1)
+  return masked, ll, finite & ~(ll == -jnp.inf).any(axis=1)
 
 
 def mixture_log_likelihood(
-  log_likelihoods: jax.Array, usable: jax.Array, posterior: jax.Array
+  log_likelihoods: jax.Array, usable: jax.Array, posterior: Posterior
 ) -> tuple[jax.Array, jax.Array]:
   """The mixture's per-example log-likelihood over the usable copies.
 
   Args:
     log_likelihoods: ``(N, examples)``.
     usable: ``(N,)``; the others are left out and the weights renormalised.
-    posterior: averaging weights ``(N,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state.
 
   Returns:
     ``(joint (N, examples), mixture (examples,))`` with
     ``joint = log a_j + log p_j`` and ``mixture = logsumexp_j joint``.
   """
-  log_w = mixture_log_weights(posterior, usable)
+  log_w = mixture_log_weights(log_posterior_of(posterior), usable)
   joint = log_w[:, None] + jnp.where(usable[:, None], log_likelihoods, 0.0)
   return joint, jax.nn.logsumexp(joint, axis=0)
 
 
-def has_usable_copy(usable: jax.Array, posterior: jax.Array) -> jax.Array:
+def has_usable_copy(usable: jax.Array, posterior: Posterior) -> jax.Array:
   """Whether any copy is usable and has weight: else the mixture is undefined (its loss inf).
 
   Args:
     usable: boolean ``(N,)`` from :func:`masked_log_likelihoods`.
-    posterior: averaging weights ``(N,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state.
 
   Returns:
     A boolean scalar.
   """
-  return (usable & (posterior > 0)).any()
+  return (usable & (log_posterior_of(posterior) > -jnp.inf)).any()
 
 
 class AlraoLossAux(NamedTuple):
@@ -150,7 +222,7 @@ class AlraoLossAux(NamedTuple):
 def alrao_loss(
   outputs: CopyOutputs,
   targets: jax.Array,
-  posterior: jax.Array,
+  posterior: Posterior,
   *,
   likelihood: Likelihood = categorical_log_likelihood,
 ) -> tuple[jax.Array, AlraoLossAux]:
@@ -167,7 +239,8 @@ def alrao_loss(
   Args:
     outputs: :class:`CopyOutputs` of an :class:`alrao_jax.AlraoHead`.
     targets: labels ``(*batch,)`` or regression targets ``(*batch, D)``.
-    posterior: averaging weights ``(N,)`` (a constant for the gradient).
+    posterior: averaging weights ``(N,)`` or the averaging state, whose log posterior is
+      used without underflow (a constant for the gradient).
     likelihood: per-copy, per-example log-likelihood, e.g. :func:`categorical_log_likelihood`
       or ``gaussian_log_likelihood(sigma=...)``.
 

@@ -44,6 +44,15 @@ def check_bounds(
   """
   low, high = names
   for name, value in ((low, lr_min), (high, lr_max)):
+    if isinstance(value, jax.core.Tracer):
+      raise TypeError(
+        f"{name} is traced ({value!r}): the bounds set the rates sampled once at init, so "
+        "they cannot be injected hyper-parameters. Use optax.inject_hyperparams(alrao_sgd, "
+        "static_args=('lr_min', 'lr_max', 'key')) (momentum, b1, b2, eps stay injectable), "
+        "and scale every rate over time with optax.inject_hyperparams(optax.scale) in a chain."
+      )
+    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0:
+      value = float(value)
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
       raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
     if not math.isfinite(value):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -16,11 +16,19 @@ import optax
 from flax import nnx
 
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
-from alrao_jax.head import CopyOutputs, best_copy, copy_values, mixture_log_probs
+from alrao_jax.head import (
+  CopyOutputs,
+  Posterior,
+  best_copy,
+  copy_values,
+  log_posterior_of,
+  mixture_log_probs,
+)
 from alrao_jax.loss import (
   Likelihood,
   alrao_loss,
   categorical_log_likelihood,
+  check_labels,
   has_usable_copy,
   masked_log_likelihoods,
   mixture_log_likelihood,
@@ -42,19 +50,27 @@ class TrainState(flax.struct.PyTreeNode):
   rng: jax.Array  # PRNG key, split for dropout at every step
 
 
+def _head_kernel(params: Any) -> Any:
+  for path, leaf in zip(*leaf_paths(params)[:2], strict=True):
+    if COPIES_MODULE in path[:-1] and path[-1] == "kernel":
+      return leaf
+  raise ValueError(
+    "params hold no AlraoHead (no 'alrao_copies' module); end the model with "
+    "alrao_jax.AlraoHead(num_outputs=...) or alrao_jax.nnx.AlraoHead(...)."
+  )
+
+
+def _head_outputs(params: Any) -> int:
+  return int(jnp.shape(_head_kernel(params))[-1])
+
+
 def num_copies_of(params: Any) -> int:
   """Number of output copies in a parameter tree (the leading axis under ``alrao_copies``).
 
   Raises:
     ValueError: if the tree holds no :class:`alrao_jax.AlraoHead`.
   """
-  for path, leaf in zip(*leaf_paths(params)[:2], strict=True):
-    if COPIES_MODULE in path[:-1]:
-      return int(jax.numpy.shape(leaf)[0])
-  raise ValueError(
-    "params hold no AlraoHead (no 'alrao_copies' module); end the model with "
-    "alrao_jax.AlraoHead(num_outputs=...) or alrao_jax.nnx.AlraoHead(...)."
-  )
+  return int(jnp.shape(_head_kernel(params))[0])
 
 
 def create_train_state(
@@ -63,6 +79,7 @@ def create_train_state(
   key: jax.Array,
   *example_inputs: Any,
   averaging: ModelAveraging | None = None,
+  rng_streams: Sequence[str] = ("dropout",),
   **init_kwargs: Any,
 ) -> TrainState:
   """Initialises a linen model, its optimizer state and the model averaging.
@@ -73,15 +90,20 @@ def create_train_state(
     key: PRNG key for the parameters and dropout.
     *example_inputs: inputs for ``model.init``.
     averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
+    rng_streams: the RNG streams the model draws from besides ``params`` (each gets a key
+      at init and a fresh one at every step), e.g. ``("dropout", "noise")``.
     **init_kwargs: keyword arguments for ``model.init`` (e.g. ``train=False``).
 
   Returns:
     A :class:`TrainState` at step 0.
   """
   averaging = averaging or switch_averaging()
-  params_key, dropout_key, rng = jax.random.split(key, 3)
+  streams = _check_streams(rng_streams)
+  params_key, init_key, rng = jax.random.split(key, 3)
   variables = dict(
-    model.init({"params": params_key, "dropout": dropout_key}, *example_inputs, **init_kwargs)
+    model.init(
+      {"params": params_key, **_stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
+    )
   )
   params = variables.pop("params")
   return TrainState(
@@ -94,6 +116,26 @@ def create_train_state(
     averaging_state=averaging.init(num_copies_of(params)),
     rng=rng,
   )
+
+
+def _check_streams(rng_streams: Sequence[str]) -> tuple[str, ...]:
+  if isinstance(rng_streams, str) or not all(isinstance(n, str) for n in rng_streams):
+    raise TypeError(f"rng_streams must be a sequence of stream names, got {rng_streams!r}.")
+  if "params" in rng_streams:
+    raise ValueError("rng_streams names the streams used in a step; 'params' is only for init.")
+  return tuple(rng_streams)
+
+
+def _stream_keys(key: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:
+  return dict(zip(streams, jax.random.split(key, len(streams)), strict=True)) if streams else {}
+
+
+def averaging_weights(averaging: ModelAveraging, averaging_state: Any) -> Posterior:
+  """What the copies are weighed with: the state itself when it keeps a log posterior
+  (no weight underflows to 0), else ``averaging.posterior(state)``."""
+  if hasattr(averaging_state, "log_posterior"):
+    return averaging_state
+  return averaging.posterior(averaging_state)
 
 
 def _loss_and_grads(
@@ -115,16 +157,22 @@ def make_train_step(
   likelihood: Likelihood = categorical_log_likelihood,
   train_kwargs: Mapping[str, Any] | None = None,
   donate: bool = True,
+  rng_streams: Sequence[str] = ("dropout",),
 ) -> Callable:
   """Builds the jitted Alrao step: forward, one backward, optax update, averaging update.
 
   For a linen ``model``, returns ``step(state, inputs, targets) -> (state, metrics)`` on a
   :class:`TrainState`; non-param collections (BatchNorm's ``batch_stats``) are updated and
-  a fresh dropout key is split from ``state.rng`` at every step.
+  a fresh key per RNG stream (``rng_streams``) is split from ``state.rng`` at every step.
 
   For an NNX ``model`` (with an ``nnx.Optimizer`` built on it), returns
   ``step(averaging_state, inputs, targets) -> (averaging_state, metrics)``; the model and
-  optimizer are updated in place, the model in ``train()`` mode.
+  optimizer are updated in place, the model in ``train()`` mode. The graph of the model and
+  optimizer is traversed once, here (``nnx.cached_partial``), not at every call: build the
+  step again after changing the model's structure.
+
+  The optimizer's ``update`` receives ``value=`` the mixture loss, as
+  ``optax.contrib.reduce_on_plateau`` and other ``GradientTransformationExtraArgs`` expect.
 
   The copies are weighted with the posterior from *before* the batch, and the averaging
   is updated with the copies' log-likelihoods of that batch (prequential).
@@ -138,6 +186,8 @@ def make_train_step(
     train_kwargs: keyword arguments for the model call, e.g. ``{'train': True}`` (linen).
     donate: donate the linen ``state`` to the step, so that its buffers are reused for the
       new state (pass ``False`` to keep using the old state after the call).
+    rng_streams: linen: the RNG streams the model draws from in training (see
+      :func:`create_train_state`).
 
   Returns:
     The jitted step. ``metrics`` holds ``loss`` (mixture NLL), ``copy_nll`` (N,) and
@@ -166,25 +216,26 @@ def make_train_step(
     return _nnx_train_step(model, optimizer, averaging, likelihood, kwargs)
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
+  streams = _check_streams(rng_streams)
+  tx = optax.with_extra_args_support(optimizer)
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def step(state: TrainState, inputs: Any, targets: jax.Array) -> tuple[TrainState, Metrics]:
-    rng, dropout_key = jax.random.split(state.rng)
+    rng, step_key = jax.random.split(state.rng)
+    rngs = _stream_keys(step_key, streams)
     mutable = list(state.model_state)
 
     def apply(params):
       variables = {"params": params, **state.model_state}
       if not mutable:
-        return model.apply(variables, inputs, rngs={"dropout": dropout_key}, **kwargs), {}
-      return model.apply(
-        variables, inputs, rngs={"dropout": dropout_key}, mutable=mutable, **kwargs
-      )
+        return model.apply(variables, inputs, rngs=rngs, **kwargs), {}
+      return model.apply(variables, inputs, rngs=rngs, mutable=mutable, **kwargs)
 
-    posterior = averaging.posterior(state.averaging_state)
+    weights = averaging_weights(averaging, state.averaging_state)
     (_, (aux, model_state)), grads = _loss_and_grads(
-      apply, state.params, targets, posterior, likelihood
+      apply, state.params, targets, weights, likelihood
     )
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux.mixture_nll)
     averaging_state = averaging.update(state.averaging_state, aux.log_likelihoods)
     new_state = state.replace(
       step=state.step + 1,
@@ -204,29 +255,28 @@ def _train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
 
 
 def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
+  extra_args = isinstance(optimizer.tx, optax.GradientTransformationExtraArgs)
+
   @nnx.jit
   def jitted(model, optimizer, averaging_state, inputs, targets):
-    posterior = averaging.posterior(averaging_state)
+    weights = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model):
-      return alrao_loss(model(inputs, **kwargs), targets, posterior, likelihood=likelihood)
+      return alrao_loss(model(inputs, **kwargs), targets, weights, likelihood=likelihood)
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
-    optimizer.update(model, grads)
+    optimizer.update(model, grads, **({"value": aux.mixture_nll} if extra_args else {}))
     averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
     return averaging_state, _train_metrics(aux, averaging.posterior(averaging_state))
 
-  def step(averaging_state, inputs, targets):
-    model.train()
-    return jitted(model, optimizer, averaging_state, inputs, targets)
-
-  return step
+  model.train()  # the cached copy of the graph keeps this mode, whatever the model does later
+  return nnx.cached_partial(jitted, model, optimizer)
 
 
 def evaluation_metrics(
   outputs: CopyOutputs | jax.Array,
   targets: jax.Array,
-  posterior: jax.Array,
+  posterior: Posterior,
   *,
   likelihood: Likelihood = categorical_log_likelihood,
 ) -> Metrics:
@@ -235,7 +285,7 @@ def evaluation_metrics(
   Args:
     outputs: copy outputs ``(N, *batch, K)`` or :class:`CopyOutputs`.
     targets: labels or regression targets.
-    posterior: averaging weights ``(N,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state.
     likelihood: the per-copy log-likelihood used in training.
 
   Returns:
@@ -246,7 +296,7 @@ def evaluation_metrics(
   values = copy_values(outputs)
   masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
-  best = jnp.argmax(posterior)
+  best = jnp.argmax(log_posterior_of(posterior))
   any_usable = has_usable_copy(ok, posterior)
   metrics = {
     "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
@@ -271,7 +321,9 @@ def make_eval_step(
   """Builds a jitted evaluation step (see :func:`evaluation_metrics`).
 
   For a linen ``model``: ``evaluate(state, inputs, targets) -> metrics``; for an NNX
-  ``model``: ``evaluate(averaging_state, inputs, targets) -> metrics``, in ``eval()`` mode.
+  ``model``: ``evaluate(averaging_state, inputs, targets) -> metrics``, in ``eval()`` mode
+  (the model is left in ``eval()`` mode; a train step built with :func:`make_train_step`
+  keeps its own train-mode view of the same variables).
 
   Args:
     model: a linen or NNX module ending with an Alrao head.
@@ -290,26 +342,18 @@ def make_eval_step(
 
     @nnx.jit
     def jitted(model, averaging_state, inputs, targets):
-      return evaluation_metrics(
-        model(inputs, **kwargs),
-        targets,
-        averaging.posterior(averaging_state),
-        likelihood=likelihood,
-      )
+      weights = averaging_weights(averaging, averaging_state)
+      return evaluation_metrics(model(inputs, **kwargs), targets, weights, likelihood=likelihood)
 
-    def evaluate_nnx(averaging_state, inputs, targets):
-      model.eval()
-      return jitted(model, averaging_state, inputs, targets)
-
-    return evaluate_nnx
+    model.eval()  # the cached copy keeps eval mode; the train step's copy keeps train mode
+    return nnx.cached_partial(jitted, model)
 
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
     params = state.params if eval_params is None else eval_params(state)
     outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
-    return evaluation_metrics(
-      outputs, targets, averaging.posterior(state.averaging_state), likelihood=likelihood
-    )
+    weights = averaging_weights(averaging, state.averaging_state)
+    return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
   return evaluate
 
@@ -345,6 +389,7 @@ def fit(
   on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
   eval_params: Callable[[TrainState], Any] | None = None,
   patience: int | None = None,
+  rng_streams: Sequence[str] = ("dropout",),
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -375,9 +420,15 @@ def fit(
     eval_params: the parameters to evaluate, from the state; see :func:`make_eval_step`.
     patience: stop after this many epochs without a better validation loss (the paper
       uses 20); ``None`` runs every epoch.
+    rng_streams: the RNG streams the model draws from in training (see
+      :func:`create_train_state`).
 
   Returns:
     A :class:`FitResult`.
+
+  Raises:
+    ValueError: bad arguments, or (categorical likelihood) labels outside ``[0, K)`` in a
+      split, checked once on the host before training.
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}.")
@@ -395,10 +446,20 @@ def fit(
     jax.random.key(seed),
     train.inputs[:batch_size],
     averaging=averaging,
+    rng_streams=rng_streams,
     **dict(eval_kwargs or {}),
   )
+  if likelihood is categorical_log_likelihood:
+    num_classes = _head_outputs(state.params)
+    for name, split in zip(("train", "valid", "test"), splits, strict=True):
+      check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
   step = make_train_step(
-    model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
+    model,
+    optimizer,
+    averaging=averaging,
+    likelihood=likelihood,
+    train_kwargs=train_kwargs,
+    rng_streams=rng_streams,
   )
   evaluate = make_eval_step(
     model,

@@ -1,0 +1,125 @@
+"""Predictions of an Alrao model: the mixture of its copies, or its best copy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from alrao_jax.head import (
+  CopyOutputs,
+  Posterior,
+  best_copy,
+  broadcast_copy_axis,
+  copy_values,
+  log_posterior_of,
+  mask_diverged,
+  mixture_log_probs,
+)
+from alrao_jax.loss import Likelihood, categorical_log_likelihood, gaussian_log_likelihood
+
+
+def mixture_mean(
+  outputs: CopyOutputs | jax.Array,
+  posterior: Posterior,
+  *,
+  likelihood: Likelihood | None = None,
+) -> jax.Array:
+  """Posterior-weighted mean of the copies' regression outputs, over the copies that predict.
+
+  A copy predicts an example when its outputs are finite and its weighted likelihood of
+  the best copy's prediction, relative to the best copy's own, has not underflowed:
+  ``log a_j + log p_j(m) - log a_b - log p_b(m) > log(tiny)`` with ``m`` the best copy's
+  mean and ``tiny`` the smallest normal float of the outputs' dtype. A copy that has blown
+  up (outputs of 1e19 while the others predict 0.5) is therefore left out, whatever share
+  of the posterior the switch's prior still gives it; copies that could have produced the
+  best copy's prediction keep their posterior weights, renormalised.
+
+  Args:
+    outputs: copy means ``(N, *batch, D)`` or :class:`CopyOutputs`.
+    posterior: averaging weights ``(N,)`` or the averaging state.
+    likelihood: the per-copy log-likelihood used in training (default
+      ``gaussian_log_likelihood(sigma=1.0)``).
+
+  Returns:
+    Shape ``(*batch, D)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> means = jnp.array([[[0.5], [0.2]], [[3e19], [-3e19]]])
+    >>> alrao_jax.mixture_mean(means, jnp.array([0.999, 0.001])).tolist()
+    [[0.5], [0.20000000298023224]]
+  """
+  likelihood = likelihood or gaussian_log_likelihood()
+  values = copy_values(outputs)
+  safe, finite = mask_diverged(values)
+  log_posterior = log_posterior_of(posterior)
+  best = jnp.argmax(jnp.where(finite, log_posterior, -jnp.inf))
+  ll = likelihood(safe, safe[best])  # (N, *batch): each copy's likelihood of the best's means
+  log_prior = broadcast_copy_axis(log_posterior, ll.ndim)
+  joint = jnp.where(broadcast_copy_axis(finite, ll.ndim), log_prior + ll, -jnp.inf)
+  predicts = joint - joint[best] > jnp.log(jnp.finfo(values.dtype).tiny)
+  logw = jnp.where(predicts, log_prior, -jnp.inf)
+  weights = jnp.exp(logw - jax.nn.logsumexp(logw, axis=0))
+  return jnp.sum(weights[..., None] * safe, axis=0).astype(values.dtype)
+
+
+def _outputs(model: Any, state: Any, inputs: Any, model_kwargs: dict) -> tuple:
+  if isinstance(model, nnx.Module):
+    model.eval()
+    return model(inputs, **model_kwargs), state
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
+  variables = {"params": state.params, **state.model_state}
+  return model.apply(variables, inputs, **model_kwargs), state.averaging_state
+
+
+def predict(
+  model: nn.Module | nnx.Module,
+  state: Any,
+  inputs: Any,
+  *,
+  likelihood: Likelihood = categorical_log_likelihood,
+  best: bool = False,
+  **model_kwargs: Any,
+) -> jax.Array:
+  """What an Alrao model predicts: the mixture of its copies (default) or its best copy.
+
+  With :func:`alrao_jax.categorical_log_likelihood`, class probabilities: the mixture's
+  ``sum_j a_j softmax(logits_j)`` over the copies with finite logits (weights from the
+  log posterior, so none underflows), or the best copy's softmax. With any other
+  likelihood (regression), means: :func:`mixture_mean` (copies that have blown up are left
+  out) or the best copy's means, which is what the authors' code predicts.
+
+  Args:
+    model: the linen or NNX module ending with an Alrao head.
+    state: linen: the :class:`alrao_jax.TrainState`; NNX: the averaging state (the model
+      holds its parameters; it is put in ``eval()`` mode).
+    inputs: the model's inputs.
+    likelihood: the per-copy log-likelihood used in training.
+    best: predict with the copy of largest posterior weight instead of the mixture.
+    **model_kwargs: keyword arguments of the model call, e.g. ``train=False``.
+
+  Returns:
+    ``(*batch, K)`` class probabilities or ``(*batch, D)`` regression means.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> model = nn.Sequential([nn.Dense(8), nn.relu, alrao_jax.AlraoHead(3, num_copies=4)])
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+    >>> state = alrao_jax.create_train_state(model, tx, jax.random.key(0), jnp.ones((2, 5)))
+    >>> probs = alrao_jax.predict(model, state, jnp.ones((2, 5)))
+    >>> probs.shape, bool(jnp.allclose(probs.sum(-1), 1.0))
+    ((2, 3), True)
+  """
+  outputs, averaging_state = _outputs(model, state, inputs, model_kwargs)
+  if likelihood is categorical_log_likelihood:
+    if best:
+      return jax.nn.softmax(best_copy(outputs, averaging_state))
+    return jnp.exp(mixture_log_probs(outputs, averaging_state))
+  if best:
+    return best_copy(outputs, averaging_state)
+  return mixture_mean(outputs, averaging_state, likelihood=likelihood)
