@@ -168,7 +168,7 @@ def make_train_step(
   For an NNX ``model`` (with an ``nnx.Optimizer`` built on it), returns
   ``step(averaging_state, inputs, targets) -> (averaging_state, metrics)``; the model and
   optimizer are updated in place, the model in ``train()`` mode. The graph of the model and
-  optimizer is traversed once, here (``nnx.cached_partial``), not at every call: build the
+  optimizer is split once, here (see :func:`nnx_pure_call`), not at every call: build the
   step again after changing the model's structure.
 
   The optimizer's ``update`` receives ``value=`` the mixture loss, as
@@ -254,11 +254,51 @@ def _train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
   return {"loss": aux.mixture_nll, "copy_nll": aux.copy_nll, "posterior": posterior}
 
 
+def _is_variable(x: Any) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callable:
+  """``fn(*nodes, *args)`` as one pure ``jax.jit`` program; the nodes' variables updated in place.
+
+  The graph of ``nodes`` is split once, here; each call reads the current values of their
+  variables, runs the compiled program (the values donated) and writes the new values back
+  into the same variables. No graph traversal per call: an NNX step costs what a linen step
+  costs. The nodes' structure and static attributes (``train()``/``eval()`` mode) are those
+  at this call; build it again after changing them.
+
+  Args:
+    nodes: the NNX graph nodes, e.g. ``(model, optimizer)``.
+    fn: a function of the nodes and the other arguments; it may update the nodes.
+    donate: donate the variables' old values to the call.
+
+  Returns:
+    ``call(*args) -> fn's result``.
+  """
+  graphdef, state = nnx.split(nodes)
+  variables = jax.tree.leaves(state, is_leaf=_is_variable)
+  treedef = jax.tree.structure(state)
+
+  @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
+  def pure(values, *args):
+    merged = nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(values)))
+    out = fn(*merged, *args)
+    new = jax.tree.leaves(nnx.state(merged), is_leaf=_is_variable)
+    return [v.get_raw_value() for v in new], out
+
+  def call(*args):
+    values, out = pure([v.get_raw_value() for v in variables], *args)
+    for variable, value in zip(variables, values, strict=True):
+      variable.set_raw_value(value)
+    return out
+
+  return call
+
+
 def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
   extra_args = isinstance(optimizer.tx, optax.GradientTransformationExtraArgs)
 
-  @nnx.jit
-  def jitted(model, optimizer, averaging_state, inputs, targets):
+  def train(model, optimizer, averaging_state, inputs, targets):
     weights = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model):
@@ -269,8 +309,8 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
     return averaging_state, _train_metrics(aux, averaging.posterior(averaging_state))
 
-  model.train()  # the cached copy of the graph keeps this mode, whatever the model does later
-  return nnx.cached_partial(jitted, model, optimizer)
+  model.train()  # the step keeps this mode, whatever the model is set to later
+  return nnx_pure_call((model, optimizer), train)
 
 
 def evaluation_metrics(
@@ -340,13 +380,12 @@ def make_eval_step(
   kwargs = dict(eval_kwargs or {})
   if isinstance(model, nnx.Module):
 
-    @nnx.jit
-    def jitted(model, averaging_state, inputs, targets):
+    def evaluate_nnx(model, averaging_state, inputs, targets):
       weights = averaging_weights(averaging, averaging_state)
       return evaluation_metrics(model(inputs, **kwargs), targets, weights, likelihood=likelihood)
 
-    model.eval()  # the cached copy keeps eval mode; the train step's copy keeps train mode
-    return nnx.cached_partial(jitted, model)
+    model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
+    return nnx_pure_call((model,), evaluate_nnx, donate=False)
 
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:

@@ -25,3 +25,16 @@ def test_speed_quick_mode_reports_every_section(monkeypatch):
   extra = re.search(r"extra ([\d,]+) B against the paper's \(N-1\) x K x d = ([\d,]+) B", report)
   measured, paper = (int(g.replace(",", "")) for g in extra.groups())
   assert measured == paper + 9 * 10 * 4  # the paper's count plus the copies' biases
+
+
+def test_nnx_step_benchmark_quick_mode_reports_three_variants(monkeypatch):
+  monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+  sys.modules.pop("nnx_step", None)
+  import nnx_step
+
+  report = nnx_step.main(["--quick"])
+  rows = re.findall(
+    r"^\| (Alrao NNX|Alrao linen|plain NNX \(cached_partial\)) \| ([\d.]+) ", report, re.M
+  )
+  assert [name for name, _ in rows] == ["Alrao NNX", "Alrao linen", "plain NNX (cached_partial)"]
+  assert all(float(ms) > 0 for _, ms in rows)

@@ -1,0 +1,153 @@
+"""Per-step time of the Alrao NNX step, next to the Alrao linen step and a plain NNX step.
+
+Usage:
+  python benchmarks/nnx_step.py           # writes benchmarks/results/nnx_step.md
+  python benchmarks/nnx_step.py --quick   # seconds, for CI: fewer steps, no file
+
+One tiny model (64 inputs, Dense 64, ReLU, 10 classes, batch 32), built three ways: linen
+with an Alrao head (10 copies), NNX with an Alrao head, and NNX with a plain Linear output
+trained by ``optax.sgd`` through ``nnx.cached_partial`` (Flax's fast path). The variants run
+interleaved, round by round; each round's median per-step time is kept, and the table gives
+the median over rounds with the range of the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import optax
+from flax import nnx
+
+import alrao_jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import machine
+
+BATCH, WIDTH, CLASSES, COPIES = 32, 64, 10, 10
+
+
+class LinenNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return alrao_jax.AlraoHead(CLASSES, num_copies=COPIES)(nn.relu(nn.Dense(WIDTH)(x)))
+
+
+class NNXNet(nnx.Module):
+  def __init__(self, alrao: bool, rngs: nnx.Rngs):
+    self.hidden = nnx.Linear(WIDTH, WIDTH, rngs=rngs)
+    self.out = (
+      alrao_jax.nnx.AlraoHead(WIDTH, CLASSES, num_copies=COPIES, rngs=rngs)
+      if alrao
+      else nnx.Linear(WIDTH, CLASSES, rngs=rngs)
+    )
+
+  def __call__(self, x):
+    return self.out(nnx.relu(self.hidden(x)))
+
+
+def variants(x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
+  """One call = one training step, for each variant."""
+  key = jax.random.key(0)
+  linen_model = LinenNet()
+  tx = alrao_jax.alrao_sgd(1e-5, 10.0, key=key)
+  box = [alrao_jax.create_train_state(linen_model, tx, key, x)]
+  linen_step = alrao_jax.make_train_step(linen_model, tx)
+
+  def linen():
+    box[0], metrics = linen_step(box[0], x, y)
+    return metrics["loss"]
+
+  alrao_model = NNXNet(True, nnx.Rngs(0))
+  optimizer = nnx.Optimizer(alrao_model, alrao_jax.alrao_sgd(1e-5, 10.0, key=key), wrt=nnx.Param)
+  nnx_step = alrao_jax.make_train_step(alrao_model, optimizer)
+  averaging = [alrao_jax.switch_init(COPIES)]
+
+  def alrao_nnx():
+    averaging[0], metrics = nnx_step(averaging[0], x, y)
+    return metrics["loss"]
+
+  plain_model = NNXNet(False, nnx.Rngs(0))
+  plain_optimizer = nnx.Optimizer(plain_model, optax.sgd(0.01), wrt=nnx.Param)
+
+  @nnx.jit
+  def plain_step(model, optimizer, x, y):
+    def loss_fn(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  plain = nnx.cached_partial(plain_step, plain_model, plain_optimizer)
+  return {
+    "Alrao NNX": alrao_nnx,
+    "Alrao linen": linen,
+    "plain NNX (cached_partial)": lambda: plain(x, y),
+  }
+
+
+def time_rounds(
+  runs: dict[str, Callable[[], object]], *, rounds: int, per_round: int, warmup: int = 5
+) -> dict[str, list[float]]:
+  """Per-round median seconds per step of each variant, the variants interleaved."""
+  for run in runs.values():
+    for _ in range(warmup):
+      jax.block_until_ready(run())
+  medians = {name: [] for name in runs}
+  for _ in range(rounds):
+    for name, run in runs.items():
+      times = []
+      for _ in range(per_round):
+        start = time.perf_counter()
+        jax.block_until_ready(run())
+        times.append(time.perf_counter() - start)
+      medians[name].append(statistics.median(times))
+  return medians
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="CI smoke run: few steps, no file")
+  parser.add_argument("--rounds", type=int, default=5)
+  parser.add_argument("--steps", type=int, default=300, help="timed steps per round")
+  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results/nnx_step.md"))
+  args = parser.parse_args(argv)
+  rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
+  x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
+  y = jax.random.randint(jax.random.key(2), (BATCH,), 0, CLASSES)
+  medians = time_rounds(variants(x, y), rounds=rounds, per_round=steps)
+  nnx_ms = [1e3 * t for t in medians["Alrao NNX"]]
+  lines = [
+    "# NNX step time",
+    "",
+    f"Command: `python benchmarks/nnx_step.py` ({datetime.date.today()}; {machine()}).",
+    f"{rounds} interleaved rounds x {steps} timed steps; per round the median step time; "
+    "below the median over rounds [min - max of the rounds].",
+    "",
+    "| variant | ms per step | Alrao NNX / this (per round: median [min - max]) |",
+    "|---|---|---|",
+  ]
+  for name, values in medians.items():
+    ms = [1e3 * t for t in values]
+    ratios = [a / b for a, b in zip(nnx_ms, ms, strict=True)]
+    lines.append(
+      f"| {name} | {statistics.median(ms):.3f} [{min(ms):.3f} - {max(ms):.3f}] | "
+      f"{statistics.median(ratios):.2f} [{min(ratios):.2f} - {max(ratios):.2f}] |"
+    )
+  report = "\n".join(lines) + "\n"
+  print(report)
+  if not args.quick:
+    pathlib.Path(args.out).write_text(report)
+  return report
+
+
+if __name__ == "__main__":
+  main()
