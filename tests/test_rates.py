@@ -605,7 +605,7 @@ def test_stacked_layer_granularity_and_axis_rules():
 
 def test_stacked_option_errors():
   params = _dense_stack(3, 4)
-  with pytest.raises(ValueError, match="matches no parameter path.*'dense'"):
+  with pytest.raises(ValueError, match=r"matches no parameter path.*'dense'"):
     alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"blocks": 1})
   with pytest.raises(ValueError, match="do not share 3 leading axes"):
     alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"dense": 3})
