@@ -1,6 +1,12 @@
 """alrao-jax: All Learning Rates At Once, for JAX, Optax and Flax."""
 
 from alrao_jax import nnx
+from alrao_jax.checkpoint import (
+  restore_checkpoint,
+  restore_nnx_checkpoint,
+  save_checkpoint,
+  save_nnx_checkpoint,
+)
 from alrao_jax.head import (
   AlraoHead,
   CopyOutputs,
@@ -74,7 +80,11 @@ __all__ = [
   "nnx",
   "num_copies_of",
   "predict",
+  "restore_checkpoint",
+  "restore_nnx_checkpoint",
   "sample_rates",
+  "save_checkpoint",
+  "save_nnx_checkpoint",
   "scale_by_rates",
   "screen",
   "switch_averaging",

@@ -1,5 +1,6 @@
 """Orbax checkpoints of an Alrao run: parameters, optimizer state (rates included), switch
-state, step and RNG, plus the epoch and history needed to resume exactly."""
+state, step and RNG, plus the epoch and history needed to resume exactly; for linen
+:class:`alrao_jax.TrainState` runs and for NNX runs (model, optimizer, averaging state)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
+from flax import nnx
 
 if TYPE_CHECKING:
   from alrao_jax.train import TrainState
@@ -27,14 +29,22 @@ class Checkpoint(NamedTuple):
   meta: dict[str, Any]  # JSON-serialisable extras saved with it (history, best loss...)
 
 
-def _raw(state: TrainState) -> TrainState:
+def _is_key(x: Any) -> bool:
+  return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def _raw(tree: Any) -> Any:
   """Typed PRNG keys as raw key data: what Orbax stores."""
-  return state.replace(rng=jax.random.key_data(state.rng))
+  return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
 
 
-def _typed(raw: TrainState, like: TrainState) -> TrainState:
-  impl = jax.random.key_impl(like.rng)
-  return raw.replace(rng=jax.random.wrap_key_data(raw.rng, impl=impl))
+def _typed(raw: Any, like: Any) -> Any:
+  def typed(r, template):
+    if not _is_key(template):
+      return r
+    return jax.random.wrap_key_data(r, impl=jax.random.key_impl(template))
+
+  return jax.tree.map(typed, raw, like)
 
 
 def _signature(tree: Any) -> set[tuple[tuple[int, ...], str]]:
@@ -44,33 +54,83 @@ def _signature(tree: Any) -> set[tuple[tuple[int, ...], str]]:
   }
 
 
-def save_checkpoint(
-  directory: str | os.PathLike,
-  state: TrainState,
-  *,
-  best_state: TrainState,
-  epoch: int,
-  meta: dict[str, Any],
-) -> None:
-  """Writes a checkpoint, replacing any previous one in ``directory``; returns when written.
-
-  Args:
-    directory: the checkpoint folder.
-    state: the current :class:`alrao_jax.TrainState`.
-    best_state: the state kept by early stopping.
-    epoch: the last finished epoch.
-    meta: JSON-serialisable extras (e.g. the history).
-  """
+def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Writes ``items`` (pytrees) and ``meta`` atomically, replacing the folder's content."""
   folder = pathlib.Path(directory).resolve()
+  if folder.exists() and not folder.is_dir():
+    raise ValueError(f"checkpoint directory {folder} is a file; pass a folder path.")
   staging = folder.with_name(folder.name + ".tmp")
   shutil.rmtree(staging, ignore_errors=True)
   staging.mkdir(parents=True)
   with ocp.StandardCheckpointer() as checkpointer:
-    checkpointer.save(staging / "state", _raw(state))
-    checkpointer.save(staging / "best_state", _raw(best_state))
-  (staging / META).write_text(json.dumps({"epoch": epoch, **meta}))
+    for name, tree in items.items():
+      checkpointer.save(staging / name, _raw(tree))
+  (staging / META).write_text(json.dumps(meta))
   shutil.rmtree(folder, ignore_errors=True)
   staging.rename(folder)
+
+
+def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+  """Reads what :func:`_write` wrote, with the structure, shapes and dtypes of ``likes``."""
+  folder = pathlib.Path(directory).resolve()
+  if not (folder / META).is_file():
+    raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
+  try:
+    meta = json.loads((folder / META).read_text())
+    if not isinstance(meta, dict):
+      raise TypeError("not a JSON object")
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
+  restored = {}
+  try:
+    with ocp.StandardCheckpointer() as checkpointer:
+      for name, like in likes.items():
+        target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _raw(like))
+        stored = checkpointer.metadata(folder / name)
+        stored = getattr(stored, "item_metadata", stored)
+        stored = getattr(stored, "tree", stored)
+        missing = _signature(target) - _signature(stored)
+        if missing:  # checked first: a failed Orbax restore leaves work pending behind it
+          raise ValueError(f"the stored arrays lack {sorted(missing)[:3]} (shape, dtype)")
+        restored[name] = _typed(checkpointer.restore(folder / name, target), like)
+  except Exception as err:  # Orbax raises many types for missing, corrupt or mismatched trees
+    raise ValueError(
+      f"checkpoint in {folder} does not fit this model and optimizer, or is corrupt: {err}"
+    ) from err
+  return restored, meta
+
+
+def save_checkpoint(
+  directory: str | os.PathLike,
+  state: TrainState,
+  *,
+  best_state: TrainState | None = None,
+  epoch: int = 0,
+  meta: dict[str, Any] | None = None,
+) -> None:
+  """Writes a checkpoint of a linen run, replacing any previous one in ``directory``.
+
+  Args:
+    directory: the checkpoint folder.
+    state: the current :class:`alrao_jax.TrainState`.
+    best_state: the state kept by early stopping (default: ``state``).
+    epoch: the last finished epoch.
+    meta: JSON-serialisable extras (e.g. the history).
+
+  Example:
+    >>> import tempfile, jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> from alrao_jax.checkpoint import save_checkpoint, restore_checkpoint
+    >>> model = nn.Sequential([nn.Dense(4), alrao_jax.AlraoHead(3, num_copies=2)])
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+    >>> state = alrao_jax.create_train_state(model, tx, jax.random.key(1), jnp.ones((1, 2)))
+    >>> folder = tempfile.mkdtemp() + "/run"
+    >>> save_checkpoint(folder, state, epoch=1, meta={"note": "hi"})
+    >>> restore_checkpoint(folder, state).meta
+    {'note': 'hi'}
+  """
+  meta = {"epoch": epoch, **(meta or {})}
+  best_state = state if best_state is None else best_state
+  _write(directory, {"state": state, "best_state": best_state}, meta)
 
 
 def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkpoint:
@@ -88,27 +148,58 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkp
     FileNotFoundError: no checkpoint there. ValueError: it is corrupt or belongs to
       another model or optimizer.
   """
-  folder = pathlib.Path(directory).resolve()
-  if not (folder / META).is_file():
-    raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
+  restored, meta = _read(directory, {"state": like, "best_state": like})
   try:
-    meta = json.loads((folder / META).read_text())
     epoch = int(meta.pop("epoch"))
-  except (ValueError, KeyError, TypeError) as err:
-    raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _raw(like))
-  try:
-    with ocp.StandardCheckpointer() as checkpointer:
-      stored = checkpointer.metadata(folder / "state")
-      stored = getattr(stored, "item_metadata", stored)
-      stored = getattr(stored, "tree", stored)
-      missing = _signature(target) - _signature(stored)
-      if missing:  # checked first: a failed Orbax restore leaves work pending behind it
-        raise ValueError(f"the stored arrays lack {sorted(missing)[:3]} (shape, dtype)")
-      state = checkpointer.restore(folder / "state", target)
-      best = checkpointer.restore(folder / "best_state", target)
-  except Exception as err:  # Orbax raises many types for missing, corrupt or mismatched trees
-    raise ValueError(
-      f"checkpoint in {folder} does not fit this model and optimizer, or is corrupt: {err}"
-    ) from err
-  return Checkpoint(_typed(state, like), _typed(best, like), epoch, meta)
+  except (KeyError, TypeError, ValueError) as err:
+    raise ValueError(f"corrupt checkpoint in {directory}: {META} has no epoch ({err}).") from err
+  return Checkpoint(restored["state"], restored["best_state"], epoch, meta)
+
+
+def save_nnx_checkpoint(
+  directory: str | os.PathLike,
+  model: nnx.Module,
+  optimizer: nnx.Optimizer,
+  averaging_state: Any,
+  *,
+  meta: dict[str, Any] | None = None,
+) -> None:
+  """Writes a checkpoint of an NNX run: every variable of the model and optimizer (the
+  parameters, BatchNorm statistics, RNG state, the optimizer state with the rates) and the
+  averaging state.
+
+  Args:
+    directory: the checkpoint folder (replaced).
+    model: the NNX model.
+    optimizer: its ``nnx.Optimizer``.
+    averaging_state: e.g. the :class:`alrao_jax.SwitchState` of the run.
+    meta: JSON-serialisable extras (e.g. the epoch and history).
+  """
+  variables = nnx.to_pure_dict(nnx.state((model, optimizer)))
+  _write(directory, {"variables": variables, "averaging": averaging_state}, dict(meta or {}))
+
+
+def restore_nnx_checkpoint(
+  directory: str | os.PathLike, model: nnx.Module, optimizer: nnx.Optimizer, averaging_state: Any
+) -> tuple[Any, dict[str, Any]]:
+  """Reads a checkpoint written by :func:`save_nnx_checkpoint` into ``model`` and ``optimizer``.
+
+  Args:
+    directory: the checkpoint folder.
+    model: a model of the same architecture; its variables are replaced in place.
+    optimizer: its optimizer, built with the same transformation; replaced in place.
+    averaging_state: an averaging state of the same kind and size (e.g. ``switch_init(N)``).
+
+  Returns:
+    ``(averaging_state, meta)`` as saved.
+
+  Raises:
+    FileNotFoundError: no checkpoint there. ValueError: it is corrupt or belongs to
+      another model or optimizer.
+  """
+  state = nnx.state((model, optimizer))
+  like = {"variables": nnx.to_pure_dict(state), "averaging": averaging_state}
+  restored, meta = _read(directory, like)
+  nnx.replace_by_pure_dict(state, restored["variables"])
+  nnx.update((model, optimizer), state)
+  return restored["averaging"], meta

@@ -53,3 +53,51 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
   with pytest.raises(ValueError, match="corrupt checkpoint"):
     fit(model, _tx(), SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)
   assert np.isfinite(fit(model, _tx(), SPLITS, epochs=1, **KW).test["loss"])
+
+
+def test_nnx_checkpoint_restores_a_run_that_continues_identically(tmp_path):
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, rngs):
+      self.pre = nnx.Linear(4, 8, rngs=rngs)
+      self.bn = nnx.BatchNorm(8, rngs=rngs)
+      self.drop = nnx.Dropout(0.3, rngs=rngs)
+      self.head = alrao_jax.nnx.AlraoHead(8, 3, num_copies=3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(self.drop(nnx.relu(self.bn(self.pre(x)))))
+
+  def build(seed):
+    model = Net(nnx.Rngs(seed))
+    tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(seed), momentum=0.9)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return model, optimizer, alrao_jax.make_train_step(model, optimizer)
+
+  x = jax.random.normal(jax.random.key(1), (16, 4))
+  y = jax.numpy.arange(16) % 3
+  model, optimizer, step = build(0)
+  averaging = alrao_jax.switch_init(3)
+  for _ in range(3):
+    averaging, _ = step(averaging, x, y)
+  alrao_jax.save_nnx_checkpoint(tmp_path / "nnx", model, optimizer, averaging, meta={"step": 3})
+  for _ in range(2):
+    averaging, metrics = step(averaging, x, y)
+
+  other, other_optimizer, _ = build(7)  # other weights, other rates, other RNG state
+  restored, meta = alrao_jax.restore_nnx_checkpoint(
+    tmp_path / "nnx", other, other_optimizer, alrao_jax.switch_init(3)
+  )
+  assert meta == {"step": 3}
+  other_step = alrao_jax.make_train_step(other, other_optimizer)
+  for _ in range(2):
+    restored, other_metrics = other_step(restored, x, y)
+  chex.assert_trees_all_equal(
+    nnx.to_pure_dict(nnx.state(other)), nnx.to_pure_dict(nnx.state(model))
+  )
+  chex.assert_trees_all_equal(restored, averaging)
+  chex.assert_trees_all_equal(other_metrics, metrics)
+  with pytest.raises(ValueError, match="does not fit this model"):
+    alrao_jax.restore_nnx_checkpoint(
+      tmp_path / "nnx", other, other_optimizer, alrao_jax.switch_init(4)
+    )
