@@ -39,8 +39,6 @@ def _check_batch(values: jax.Array, targets: jax.Array, *, event_axes: int, what
       f"{what} have shape {np.shape(targets)}, but the head's outputs {values.shape[1:]} "
       f"(batch {batch}) need {what} of shape {want}.{hint}"
     )
-  if math.prod(batch) == 0:
-    raise ValueError(f"the batch is empty (outputs of shape {values.shape}); pass >= 1 example.")
 
 
 def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Array:
