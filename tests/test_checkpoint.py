@@ -4,6 +4,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from conftest import SmallNNXNet
 
 import alrao_jax
 from alrao_jax.checkpoint import restore_checkpoint
@@ -58,18 +59,8 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
 def test_nnx_checkpoint_restores_a_run_that_continues_identically(tmp_path):
   from flax import nnx
 
-  class Net(nnx.Module):
-    def __init__(self, rngs):
-      self.pre = nnx.Linear(4, 8, rngs=rngs)
-      self.bn = nnx.BatchNorm(8, rngs=rngs)
-      self.drop = nnx.Dropout(0.3, rngs=rngs)
-      self.head = alrao_jax.nnx.AlraoHead(8, 3, num_copies=3, rngs=rngs)
-
-    def __call__(self, x):
-      return self.head(self.drop(nnx.relu(self.bn(self.pre(x)))))
-
   def build(seed):
-    model = Net(nnx.Rngs(seed))
+    model = SmallNNXNet(4, 8, 3, 3, dropout=0.3, rngs=nnx.Rngs(seed))
     tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(seed), momentum=0.9)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     return model, optimizer, alrao_jax.make_train_step(model, optimizer)

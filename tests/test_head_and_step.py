@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 import scipy.stats
+from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
@@ -232,19 +233,8 @@ def test_the_step_donates_its_state():
   assert not new_state.params["pre"]["kernel"].is_deleted()
 
 
-class NnxNet(nnx.Module):
-  def __init__(self, rngs):
-    self.pre = nnx.Linear(3, D, rngs=rngs)
-    self.bn = nnx.BatchNorm(D, rngs=rngs)
-    self.drop = nnx.Dropout(0.2, rngs=rngs)
-    self.head = alrao_jax.nnx.AlraoHead(D, K, num_copies=N, rngs=rngs)
-
-  def __call__(self, x):
-    return self.head(self.drop(nnx.relu(self.bn(self.pre(x)))))
-
-
 def test_nnx_train_step_learns():
-  model = NnxNet(nnx.Rngs(0))
+  model = SmallNNXNet(3, D, K, N, dropout=0.2, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, alrao_jax.alrao_sgd(1e-2, 1.0, key=KEY), wrt=nnx.Param)
   step = alrao_jax.make_train_step(model, optimizer)
   evaluate = alrao_jax.make_eval_step(model)

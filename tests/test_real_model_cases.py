@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
@@ -263,19 +264,8 @@ def test_linen_models_can_draw_from_any_rng_stream():
 # 7. The NNX step: cached graph, train/eval modes kept apart.
 
 
-class _NNXNet(nnx.Module):
-  def __init__(self, rngs):
-    self.pre = nnx.Linear(2, 8, rngs=rngs)
-    self.bn = nnx.BatchNorm(8, rngs=rngs)
-    self.drop = nnx.Dropout(0.5, rngs=rngs)
-    self.head = alrao_jax.nnx.AlraoHead(8, 3, num_copies=3, rngs=rngs)
-
-  def __call__(self, x):
-    return self.head(self.drop(nnx.relu(self.bn(self.pre(x)))))
-
-
 def test_nnx_train_and_eval_steps_keep_their_own_modes():
-  model = _NNXNet(nnx.Rngs(0))
+  model = SmallNNXNet(2, 8, 3, 3, dropout=0.5, rngs=nnx.Rngs(0))
   optimizer = nnx.Optimizer(model, alrao_jax.alrao_sgd(1e-2, 1.0, key=KEY), wrt=nnx.Param)
   step = alrao_jax.make_train_step(model, optimizer)
   evaluate = alrao_jax.make_eval_step(model)  # puts the model in eval mode
