@@ -12,7 +12,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed
-	$(PY) -m alrao_jax.demo
+	$(PY) -m alrao_jax.experiments.demo
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .

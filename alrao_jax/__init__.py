@@ -1,7 +1,19 @@
-"""alrao-jax: All Learning Rates At Once, for JAX, Optax and Flax."""
+"""alrao-jax: All Learning Rates At Once, for JAX, Optax and Flax.
+
+The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.transform`
+(the optax transforms), :mod:`~alrao_jax.head` and :mod:`~alrao_jax.nnx` (the output copies),
+:mod:`~alrao_jax.switch` (model averaging), :mod:`~alrao_jax.loss`, :mod:`~alrao_jax.steps`
+(jitted steps) and :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
+:mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
+:mod:`~alrao_jax.lr_find` and :mod:`~alrao_jax.screen`. The bundled tasks, models, peers,
+comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experiments`.
+"""
+
+__version__ = "0.1.0"
 
 from alrao_jax import nnx
 from alrao_jax.checkpoint import (
+  Checkpoint,
   restore_checkpoint,
   restore_nnx_checkpoint,
   save_checkpoint,
@@ -14,6 +26,7 @@ from alrao_jax.head import (
   copy_outputs,
   mixture_log_probs,
 )
+from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import (
   AlraoLossAux,
   alrao_loss,
@@ -24,6 +37,15 @@ from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.predict import mixture_mean, predict
 from alrao_jax.rates import copy_rates, sample_rates
 from alrao_jax.screen import ScreenResult, screen
+from alrao_jax.splits import Split, Splits, split_arrays
+from alrao_jax.steps import (
+  TrainState,
+  create_train_state,
+  evaluation_metrics,
+  make_eval_step,
+  make_train_step,
+  num_copies_of,
+)
 from alrao_jax.switch import (
   BayesState,
   ModelAveraging,
@@ -37,25 +59,21 @@ from alrao_jax.switch import (
   switch_posterior,
   switch_update,
 )
-from alrao_jax.train import (
-  TrainState,
-  create_train_state,
-  evaluation_metrics,
-  make_eval_step,
-  make_train_step,
-  num_copies_of,
-)
 from alrao_jax.transform import ScaleByRatesState, alrao_adam, alrao_sgd, scale_by_rates
 
 __all__ = [
   "AlraoHead",
   "AlraoLossAux",
   "BayesState",
+  "Checkpoint",
   "CopyOutputs",
+  "FitResult",
   "LRFindResult",
   "ModelAveraging",
   "ScaleByRatesState",
   "ScreenResult",
+  "Split",
+  "Splits",
   "SwitchState",
   "TrainState",
   "alrao_adam",
@@ -71,6 +89,7 @@ __all__ = [
   "copy_rates",
   "create_train_state",
   "evaluation_metrics",
+  "fit",
   "gaussian_log_likelihood",
   "lr_find",
   "make_eval_step",
@@ -87,6 +106,7 @@ __all__ = [
   "save_nnx_checkpoint",
   "scale_by_rates",
   "screen",
+  "split_arrays",
   "switch_averaging",
   "switch_init",
   "switch_posterior",

@@ -4,10 +4,14 @@ state, step and RNG, plus the epoch and history needed to resume exactly; for li
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
 import shutil
+import signal
+import threading
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
@@ -15,7 +19,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 if TYPE_CHECKING:
-  from alrao_jax.train import TrainState
+  from alrao_jax.steps import TrainState
 
 META = "meta.json"
 
@@ -54,24 +58,47 @@ def _signature(tree: Any) -> set[tuple[tuple[int, ...], str]]:
   }
 
 
+@contextlib.contextmanager
+def _interrupts_deferred() -> Iterator[None]:
+  """Ctrl-C (SIGINT) during the block is raised after it, so that a checkpoint is never left
+  half written (main thread only; elsewhere signals do not arrive)."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  received = []
+  previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  if received:
+    raise KeyboardInterrupt
+
+
 def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
   """Writes ``items`` (pytrees) and ``meta`` atomically, replacing the folder's content."""
   folder = pathlib.Path(directory).resolve()
   if folder.exists() and not folder.is_dir():
     raise ValueError(f"checkpoint directory {folder} is a file; pass a folder path.")
   staging = folder.with_name(folder.name + ".tmp")
-  shutil.rmtree(staging, ignore_errors=True)
-  staging.mkdir(parents=True)
-  with ocp.StandardCheckpointer() as checkpointer:
-    for name, tree in items.items():
-      checkpointer.save(staging / name, _raw(tree))
-  (staging / META).write_text(json.dumps(meta))
-  shutil.rmtree(folder, ignore_errors=True)
-  staging.rename(folder)
+  with _interrupts_deferred():
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    with ocp.StandardCheckpointer() as checkpointer:
+      for name, tree in items.items():
+        checkpointer.save(staging / name, _raw(tree))
+    (staging / META).write_text(json.dumps(meta))
+    shutil.rmtree(folder, ignore_errors=True)
+    staging.rename(folder)
 
 
-def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-  """Reads what :func:`_write` wrote, with the structure, shapes and dtypes of ``likes``."""
+def checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
+  """The JSON extras of a checkpoint (``epoch`` included), read without its arrays: a quick
+  check that ``directory`` holds a readable checkpoint before a model is built.
+
+  Raises:
+    FileNotFoundError: no checkpoint there. ValueError: its metadata is corrupt.
+  """
   folder = pathlib.Path(directory).resolve()
   if not (folder / META).is_file():
     raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
@@ -81,6 +108,13 @@ def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str
       raise TypeError("not a JSON object")
   except (ValueError, TypeError) as err:
     raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
+  return meta
+
+
+def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
+  """Reads what :func:`_write` wrote, with the structure, shapes and dtypes of ``likes``."""
+  folder = pathlib.Path(directory).resolve()
+  meta = checkpoint_meta(folder)
   restored = {}
   try:
     with ocp.StandardCheckpointer() as checkpointer:

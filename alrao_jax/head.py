@@ -9,7 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.rates import COPIES_MODULE, check_num_copies
+from alrao_jax.checks import check_num_copies
+from alrao_jax.rates import COPIES_MODULE
 
 
 class CopyOutputs(NamedTuple):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -77,27 +77,6 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
   ll = jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
   in_range = (labels >= 0) & (labels < num_classes)
   return jnp.where(in_range, ll, jnp.nan)
-
-
-def check_labels(labels: Any, num_classes: int, *, name: str = "labels") -> None:
-  """Raises a `ValueError` or `TypeError` unless ``labels`` are class indices in ``[0, K)``.
-
-  Label values cannot be checked inside ``jit``: :func:`alrao_jax.train.fit` calls this
-  once per split, on the host, before training.
-
-  Args:
-    labels: an array of labels.
-    num_classes: ``K``, the head's number of outputs.
-    name: what the labels are called in the message (e.g. ``"splits.train.targets"``).
-  """
-  values = np.asarray(labels)
-  if not np.issubdtype(values.dtype, np.integer):
-    raise TypeError(f"{name} must be integer class indices, got dtype {values.dtype}.")
-  if values.size and (values.min() < 0 or values.max() >= num_classes):
-    raise ValueError(
-      f"{name} must lie in [0, {num_classes}) (the head has {num_classes} outputs), but range "
-      f"from {values.min()} to {values.max()}; relabel them, or give the head more outputs."
-    )
 
 
 def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:

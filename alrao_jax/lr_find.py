@@ -1,21 +1,29 @@
 """The learning-rate range test (Smith), as fastai's ``lr_find`` and Lightning's tuner run it.
 
-Provided next to Alrao as the usual alternative and for comparison: one short run with an
-exponentially growing learning rate, a smoothed loss curve, and suggested rates.
+One short run with an exponentially growing learning rate, a smoothed loss curve, suggested
+rates, and the interval it suggests for Alrao. It runs on any loss function, or directly on
+a linen or NNX model (with an Alrao head or a plain output), in training mode: BatchNorm
+normalises with the batch's statistics and updates its running averages, dropout is on.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from alrao_jax.rates import check_bounds
+from alrao_jax.checks import check_bounds
+from alrao_jax.head import CopyOutputs
+from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.steps import TrainState
 
 
 class LRFindResult(NamedTuple):
@@ -25,9 +33,11 @@ class LRFindResult(NamedTuple):
   losses: np.ndarray  # the batch loss at each step, before the update
   smoothed: np.ndarray  # bias-corrected exponential moving average of ``losses``
   suggestions: dict[str, float]  # 'steep', 'valley' and 'minimum'
+  alrao_interval: tuple[float, float]  # (lr_min, lr_max) suggested for Alrao with this optimizer
 
 
 SKIP_BEGIN, SKIP_END = 10, 1  # as Lightning: the first points are the noisiest
+ALRAO_DECADES = 4  # the suggested Alrao interval spans this many decades below its top
 
 
 def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
@@ -55,8 +65,82 @@ def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
   }
 
 
+def alrao_interval(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
+  """The Alrao interval a range test suggests: ``(lr_top / 10**4, lr_top)``.
+
+  ``lr_top`` is the rate at the lowest smoothed loss: beyond it the loss climbs towards
+  divergence, so units with larger rates would only saturate; below it, four decades leave
+  room for the layers that want smaller rates (Alrao works once the interval holds a good
+  rate, and a wider one costs only the share of units that get useless rates).
+  """
+  finite = np.isfinite(smoothed)
+  if not finite.any():
+    return (float("nan"), float("nan"))
+  top = float(lrs[finite][int(np.argmin(smoothed[finite]))])
+  return (top / 10.0**ALRAO_DECADES, top)
+
+
+def _batch_loss(outputs: Any, targets: jax.Array, likelihood: Likelihood) -> tuple:
+  """(objective to differentiate, loss to record) of one batch, for a plain or Alrao output."""
+  if isinstance(outputs, CopyOutputs):  # every copy trained at the test's rate, mixed evenly
+    num_copies = outputs.own.shape[0]
+    loss, aux = alrao_loss(
+      outputs, targets, jnp.full((num_copies,), 1.0 / num_copies), likelihood=likelihood
+    )
+    return loss, aux.mixture_nll
+  loss = -jnp.mean(likelihood(outputs[None], targets))
+  return loss, loss
+
+
+def _linen_objective(model, state, likelihood, kwargs, streams):
+  if isinstance(state, TrainState):
+    variables, rng = {"params": state.params, **state.model_state}, state.rng
+  elif isinstance(state, dict) and "params" in state:
+    variables, rng = dict(state), jax.random.key(0)
+  else:
+    raise TypeError(
+      "a linen model's range test needs its TrainState (alrao_jax.create_train_state) or its "
+      f"variables dict (model.init(...)), got {type(state).__name__}."
+    )
+  params = variables.pop("params")
+  mutable = list(variables)
+
+  def objective(params, carry, batch):
+    collections, rng = carry
+    rng, step_key = jax.random.split(rng)
+    rngs = dict(zip(streams, jax.random.split(step_key, len(streams)), strict=True))
+    outputs, collections = model.apply(
+      {"params": params, **collections}, batch[0], rngs=rngs, mutable=mutable, **kwargs
+    )
+    loss, recorded = _batch_loss(outputs, batch[1], likelihood)
+    return loss, (recorded, (dict(collections), rng))
+
+  return objective, params, (variables, rng)
+
+
+def _nnx_objective(model, likelihood, kwargs):
+  copy = nnx.clone(model)  # the caller's model keeps its values and its mode
+  copy.train()
+  graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
+
+  def objective(params, rest, batch):
+    module = nnx.merge(graphdef, params, rest)
+    loss, recorded = _batch_loss(module(batch[0], **kwargs), batch[1], likelihood)
+    return loss, (recorded, nnx.state(module, nnx.Not(nnx.Param)))
+
+  return objective, params, rest
+
+
+def _plain_objective(loss_fn):
+  def objective(params, carry, batch):
+    loss = loss_fn(params, batch)
+    return loss, (loss, carry)
+
+  return objective
+
+
 def lr_find(
-  loss_fn: Callable[[Any, Any], jax.Array],
+  loss_fn: Callable[[Any, Any], jax.Array] | nn.Module | nnx.Module,
   params: Any,
   batches: Iterable[Any],
   *,
@@ -66,32 +150,52 @@ def lr_find(
   num_steps: int = 100,
   beta: float = 0.98,
   diverge_factor: float = 4.0,
+  likelihood: Likelihood = categorical_log_likelihood,
+  train_kwargs: Mapping[str, Any] | None = None,
+  rng_streams: Sequence[str] = ("dropout",),
 ) -> LRFindResult:
-  """Runs the learning-rate range test; the caller's parameters are left as they were.
+  """Runs the learning-rate range test; the caller's parameters and model are left as they were.
 
   Step ``i`` trains with ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))`` and
   records the batch loss before its update. The test stops after ``num_steps`` steps, when
   ``batches`` runs out, or when the smoothed loss exceeds ``diverge_factor`` times its best
   (or is not finite). A sequence of batches is cycled; any other iterable is read once.
 
+  The first argument is a loss function ``(params, batch) -> scalar``, or a model:
+
+  * a linen module, with ``params`` its :class:`alrao_jax.TrainState` or variables dict;
+    it runs with ``train_kwargs`` (e.g. ``{"train": True}``), its other collections
+    (BatchNorm's ``batch_stats``) updated as in training and a fresh key per RNG stream;
+  * an NNX module, with ``params=None``; a clone of it runs in ``train()`` mode.
+
+  A model with an Alrao head trains every copy at the test's rate and records the loss of
+  their even mixture; a plain output records its own loss (``likelihood`` of its outputs).
+  Every parameter, each copy and each feature, gets the same rate: the curve says where the
+  network's good rates lie, which is what Alrao's interval must cover.
+
   Args:
-    loss_fn: ``(params, batch) -> scalar loss``, any model.
-    params: the starting parameters (not modified: JAX arrays are immutable and nothing is
-      donated).
-    batches: training batches.
-    optimizer: a factory ``learning_rate -> GradientTransformation`` such as ``optax.sgd``.
+    loss_fn: ``(params, batch) -> scalar loss``, or a linen or NNX model.
+    params: the starting parameters (a model's TrainState or variables; ``None`` for NNX).
+      Nothing is modified: JAX arrays are immutable and nothing is donated.
+    batches: training batches; ``(inputs, targets)`` pairs for a model.
+    optimizer: a factory ``learning_rate -> GradientTransformation`` such as ``optax.sgd``
+      or ``optax.adam``.
     start_lr: first learning rate, > 0.
     end_lr: last learning rate, > ``start_lr``.
     num_steps: number of steps of the ramp, >= 3.
     beta: smoothing factor of the moving average.
     diverge_factor: stop when the smoothed loss exceeds this multiple of its best.
+    likelihood: a model's per-example log-likelihood (default categorical).
+    train_kwargs: keyword arguments of a model's call in training.
+    rng_streams: a linen model's RNG streams in training (see
+      :func:`alrao_jax.create_train_state`).
 
   Returns:
     An :class:`LRFindResult`. Suggestions, read off the smoothed curve without its first 10
     and last point (as Lightning): ``steep`` (steepest fall against log lr, measured over
-    +-5% of the curve),
-    ``valley`` (middle of the longest stretch of falling loss) and ``minimum`` (a tenth of
-    the rate at the lowest smoothed loss).
+    +-5% of the curve), ``valley`` (middle of the longest stretch of falling loss) and
+    ``minimum`` (a tenth of the rate at the lowest smoothed loss); ``alrao_interval`` (see
+    :func:`alrao_interval`) for Alrao over the same optimizer.
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
@@ -108,20 +212,37 @@ def lr_find(
   check_bounds(start_lr, end_lr, names=("start_lr", "end_lr"))
   if end_lr <= start_lr:
     raise ValueError(f"end_lr ({end_lr}) must be > start_lr ({start_lr}).")
-  if not isinstance(num_steps, int) or num_steps < 3:
+  if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 3:
     raise ValueError(f"num_steps must be an int >= 3, got {num_steps!r}.")
   if not 0.0 <= beta < 1.0:
     raise ValueError(f"beta must be in [0, 1), got {beta}.")
   if not diverge_factor > 1.0:
     raise ValueError(f"diverge_factor must be > 1, got {diverge_factor}.")
+  kwargs = dict(train_kwargs or {})
+  if isinstance(loss_fn, nnx.Module):
+    if params is not None:
+      raise TypeError("an NNX model's range test takes params=None: the model holds them.")
+    objective, params, carry = _nnx_objective(loss_fn, likelihood, kwargs)
+  elif isinstance(loss_fn, nn.Module):
+    if isinstance(rng_streams, str) or "params" in rng_streams:
+      raise ValueError(f"rng_streams must name the training streams, got {rng_streams!r}.")
+    objective, params, carry = _linen_objective(
+      loss_fn, params, likelihood, kwargs, tuple(rng_streams)
+    )
+  elif callable(loss_fn):
+    if kwargs:
+      raise TypeError("train_kwargs apply to a model; a loss function takes (params, batch).")
+    objective, carry = _plain_objective(loss_fn), ()
+  else:
+    raise TypeError(f"loss_fn must be a loss function or a model, got {type(loss_fn).__name__}.")
   tx = optax.inject_hyperparams(optimizer)(learning_rate=start_lr)
 
   @jax.jit
-  def step(params, opt_state, batch, lr):
+  def step(params, opt_state, carry, batch, lr):
     opt_state.hyperparams["learning_rate"] = lr
-    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    grads, (loss, carry) = jax.grad(objective, has_aux=True)(params, carry, batch)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+    return optax.apply_updates(params, updates), opt_state, carry, loss
 
   source = itertools.cycle(batches) if isinstance(batches, list | tuple) else iter(batches)
   ratio = math.log(end_lr / start_lr)
@@ -130,7 +251,7 @@ def lr_find(
   average, best = 0.0, math.inf
   for i, batch in zip(range(num_steps), source, strict=False):
     lr = start_lr * math.exp(ratio * i / (num_steps - 1))
-    current, opt_state, loss = step(current, opt_state, batch, np.float32(lr))
+    current, opt_state, carry, loss = step(current, opt_state, carry, batch, np.float32(lr))
     loss = float(loss)
     average = beta * average + (1 - beta) * loss
     smooth = average / (1 - beta ** (i + 1))
@@ -140,6 +261,8 @@ def lr_find(
     if not math.isfinite(smooth) or smooth > diverge_factor * best:
       break
     best = min(best, smooth)
+  if not lrs:
+    raise ValueError("batches is empty: the range test needs at least one batch.")
   lrs_a, smoothed_a = np.asarray(lrs), np.asarray(smoothed)
   stable = np.isfinite(smoothed_a) & (smoothed_a <= diverge_factor * np.nanmin(smoothed_a))
   return LRFindResult(
@@ -147,4 +270,5 @@ def lr_find(
     losses=np.asarray(losses),
     smoothed=smoothed_a,
     suggestions=_suggest(lrs_a[stable], smoothed_a[stable]),
+    alrao_interval=alrao_interval(lrs_a[stable], smoothed_a[stable]),
   )

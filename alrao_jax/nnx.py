@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from alrao_jax.checks import check_num_copies
 from alrao_jax.head import CopyOutputs, copy_outputs
-from alrao_jax.rates import check_num_copies
 
 DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()

@@ -18,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alrao_jax.checks import check_bounds, check_num_copies
+
 Label = str | float | tuple[int, ...] | None
 Rules = Callable[[str, jax.Array], Label] | Any
 
@@ -30,45 +32,6 @@ _GRU_GATES = frozenset({"ir", "iz", "in", "hr", "hz", "hn"})
 _FUSED_CELL = frozenset({"dense_i", "dense_h"})
 _ATTENTION_INPUTS = frozenset({"query", "key", "value"})
 _VARIABLE_ATTRS = frozenset({"value", "raw_value"})
-
-
-def check_bounds(
-  lr_min: float, lr_max: float, *, names: tuple[str, str] = ("lr_min", "lr_max")
-) -> None:
-  """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``.
-
-  Args:
-    lr_min: smallest learning rate of the interval.
-    lr_max: largest learning rate of the interval.
-    names: the caller's names of the two arguments, for the messages.
-  """
-  low, high = names
-  for name, value in ((low, lr_min), (high, lr_max)):
-    if isinstance(value, jax.core.Tracer):
-      raise TypeError(
-        f"{name} is traced ({value!r}): the bounds set the rates sampled once at init, so "
-        "they cannot be injected hyper-parameters. Use optax.inject_hyperparams(alrao_sgd, "
-        "static_args=('lr_min', 'lr_max', 'key')) (momentum, b1, b2, eps stay injectable), "
-        "and scale every rate over time with optax.inject_hyperparams(optax.scale) in a chain."
-      )
-    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0:
-      value = float(value)
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-      raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
-    if not math.isfinite(value):
-      raise ValueError(f"{name} must be finite, got {value}; pass a finite positive rate.")
-  if lr_min <= 0:
-    raise ValueError(f"{low} must be > 0 (rates are log-uniform), got {lr_min}; use e.g. 1e-5.")
-  if lr_min > lr_max:
-    raise ValueError(f"{low} ({lr_min}) must be <= {high} ({lr_max}); swap the two bounds.")
-
-
-def check_num_copies(num_copies: int) -> None:
-  """Raises unless ``num_copies`` is an integer >= 1."""
-  if isinstance(num_copies, bool) or not isinstance(num_copies, numbers.Integral):
-    raise TypeError(f"num_copies must be an int, got {num_copies!r}.")
-  if num_copies < 1:
-    raise ValueError(f"num_copies must be >= 1, got {num_copies}; Alrao uses e.g. 10 copies.")
 
 
 def copy_rates(num_copies: int, lr_min: float, lr_max: float) -> jax.Array:

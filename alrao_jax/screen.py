@@ -1,36 +1,31 @@
-"""Screening architectures with one Alrao run each, optionally checked against tuned SGD."""
+"""Screening architectures with one Alrao run each, optionally checked against tuned SGD.
+
+The models are the user's: each is given as a builder ``num_copies -> linen module``
+ending with an :class:`alrao_jax.AlraoHead` of that many copies."""
 
 from __future__ import annotations
 
 import itertools
-import json
-import pathlib
 import time
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import optax
 
-from alrao_jax.compare import SGD_GRID
-from alrao_jax.models import MLP, DigitsCNN
-from alrao_jax.rates import check_bounds
-from alrao_jax.train import fit
+from alrao_jax.checks import check_bounds, check_num_copies
+from alrao_jax.loop import fit
+from alrao_jax.splits import Splits
 from alrao_jax.transform import alrao_sgd
 
-MODELS = {"mlp": MLP, "cnn": DigitsCNN}
-BUILTIN_DIGITS = {  # three widths of clearly different capacity, one hidden layer each
-  "mlp-width-2": {"model": "mlp", "width": 2, "depth": 1},
-  "mlp-width-8": {"model": "mlp", "width": 8, "depth": 1},
-  "mlp-width-128": {"model": "mlp", "width": 128, "depth": 1},
-}
+SGD_GRID = tuple(10.0**e for e in range(-5, 2))  # the paper's grid, 1e-5 ... 10
 
 
 class ScreenResult(NamedTuple):
   """What :func:`screen` returns."""
 
-  rows: list[dict[str, Any]]  # per configuration, best first by Alrao's validation loss
+  rows: list[dict[str, Any]]  # per model, best first by Alrao's validation loss
   kendall_tau: float | None  # Alrao's ranking against tuned SGD's (with verify)
   compute: dict[str, float]  # runs and seconds each ranking cost
 
@@ -54,38 +49,6 @@ def _sign(value: float) -> int:
   return (value > 0) - (value < 0)
 
 
-def build_model(config: Mapping[str, Any], num_copies: int) -> Any:
-  """A model from a configuration such as ``{"model": "mlp", "width": 16, "depth": 1}``."""
-  options = dict(config)
-  kind = options.pop("model", None)
-  if kind not in MODELS:
-    raise ValueError(f"configuration {config!r}: 'model' must be one of {sorted(MODELS)}.")
-  try:
-    return MODELS[kind](num_copies=num_copies, **options)
-  except TypeError as err:
-    raise ValueError(f"configuration {config!r}: {err}") from err
-
-
-def load_configs(path: str | pathlib.Path) -> dict[str, dict[str, Any]]:
-  """Reads configurations from a JSON or TOML file: a table of name -> configuration."""
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise FileNotFoundError(f"configuration file {path} not found.")
-  try:
-    data = (
-      tomllib.loads(path.read_text()) if path.suffix == ".toml" else json.loads(path.read_text())
-    )
-  except (ValueError, tomllib.TOMLDecodeError) as err:
-    raise ValueError(f"{path} is not valid {path.suffix[1:] or 'JSON'}: {err}") from err
-  if (
-    not isinstance(data, dict)
-    or len(data) < 2
-    or not all(isinstance(v, dict) for v in data.values())
-  ):
-    raise ValueError(f"{path} must map at least two names to configurations.")
-  return data
-
-
 def _run(
   model: Any,
   tx: optax.GradientTransformation,
@@ -101,8 +64,8 @@ def _run(
 
 
 def screen(
-  configs: Mapping[str, Mapping[str, Any]],
-  splits: Any,
+  models: Mapping[str, Callable[[int], nn.Module]],
+  splits: Splits,
   *,
   epochs: int,
   lr_min: float = 1e-5,
@@ -113,37 +76,43 @@ def screen(
   sgd_grid: Sequence[float] = SGD_GRID,
   fit_kwargs: Mapping[str, Any] | None = None,
 ) -> ScreenResult:
-  """Trains each configuration once with Alrao-SGD and ranks them by validation loss.
+  """Trains each model once with Alrao-SGD and ranks them by validation loss.
 
   Args:
-    configs: name -> configuration (see :func:`build_model`).
-    splits: an :class:`alrao_jax.data.Splits`.
+    models: name -> builder; ``builder(num_copies)`` returns a linen module ending with
+      ``alrao_jax.AlraoHead(K, num_copies=num_copies)`` (``builder(1)`` is the plain model
+      that ``verify`` trains with SGD).
+    splits: an :class:`alrao_jax.Splits`.
     epochs: epochs of every run (early stopping keeps the best validation epoch).
     lr_min: Alrao's smallest rate.
     lr_max: Alrao's largest rate.
     num_copies: Alrao's output copies.
     seed: seed of every run.
-    verify: also train each configuration with SGD at every rate of ``sgd_grid``, keep the
+    verify: also train each model with SGD at every rate of ``sgd_grid``, keep the
       best on validation, and compare the rankings.
     sgd_grid: the learning rates of the verification.
-    fit_kwargs: extra keyword arguments of :func:`alrao_jax.train.fit`.
+    fit_kwargs: extra keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
     A :class:`ScreenResult`.
   """
   check_bounds(lr_min, lr_max)
-  if len(configs) < 2:
-    raise ValueError("screen needs at least two configurations.")
+  check_num_copies(num_copies)
+  if len(models) < 2:
+    raise ValueError(f"screen needs at least two models to rank, got {len(models)}.")
+  for name, build in models.items():
+    if not callable(build):
+      raise TypeError(
+        f"models[{name!r}] must be a builder num_copies -> linen module, got "
+        f"{type(build).__name__}; e.g. lambda n: MyNet(num_copies=n)."
+      )
   if verify and not sgd_grid:
     raise ValueError("verify=True needs a non-empty sgd_grid.")
   kwargs = dict(fit_kwargs or {})
   rows, compute = [], {"alrao_runs": 0, "alrao_seconds": 0.0, "sgd_runs": 0, "sgd_seconds": 0.0}
-  for config in configs.values():
-    build_model(config, 1)  # bad configurations fail before any training
-
-  for name, config in configs.items():
+  for name, build in models.items():
     tx = alrao_sgd(lr_min, lr_max, key=jax.random.key(seed + 1))
-    valid, test, seconds = _run(build_model(config, num_copies), tx, splits, epochs, seed, kwargs)
+    valid, test, seconds = _run(build(num_copies), tx, splits, epochs, seed, kwargs)
     row = {
       "name": name,
       "alrao_valid_loss": valid,
@@ -156,9 +125,7 @@ def screen(
     if verify:
       best = (float("inf"), None, None)
       for lr in sgd_grid:
-        valid_sgd, test_sgd, seconds = _run(
-          build_model(config, 1), optax.sgd(lr), splits, epochs, seed, kwargs
-        )
+        valid_sgd, test_sgd, seconds = _run(build(1), optax.sgd(lr), splits, epochs, seed, kwargs)
         compute["sgd_runs"] += 1
         compute["sgd_seconds"] += seconds
         if valid_sgd < best[0]:

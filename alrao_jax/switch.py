@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.rates import check_num_copies
+from alrao_jax.checks import check_num_copies
 
 REDUCTIONS = ("mean", "sum", "sequential")
 

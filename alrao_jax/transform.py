@@ -8,7 +8,8 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from alrao_jax.rates import Rules, check_bounds, check_rates_fit, leaf_paths, sample_rates
+from alrao_jax.checks import check_bounds
+from alrao_jax.rates import Rules, check_rates_fit, leaf_paths, sample_rates
 
 
 class ScaleByRatesState(NamedTuple):

@@ -5,8 +5,8 @@ Usage:
                                          # benchmarks/results/quality.md and the PNG figures
   python benchmarks/quality.py --quick   # smoke test: tiny data, 2 epochs, 1 seed, short grid
 
-The protocol is the paper's Table 1 (see alrao_jax.compare): early stopping on the validation
-split, test metrics at the best validation epoch, SGD's learning rate chosen on validation.
+The protocol is the paper's Table 1 (see alrao_jax.experiments.compare): early stopping on
+the validation split, test metrics at the best validation epoch, SGD's rate chosen on validation.
 Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared/data/ptb-char).
 """
 
@@ -26,7 +26,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from alrao_jax.compare import (
+from alrao_jax.experiments.compare import (
   SGD_GRID,
   Comparison,
   RunResult,
@@ -35,10 +35,10 @@ from alrao_jax.compare import (
   run_method,
   summarize,
 )
-from alrao_jax.data import Split, Splits
-from alrao_jax.methods import LR_FREE, make_method
-from alrao_jax.plots import plot_curves, plot_heatmap, plot_posterior
-from alrao_jax.tasks import Task, load_task
+from alrao_jax.experiments.methods import LR_FREE, make_method
+from alrao_jax.experiments.plots import plot_curves, plot_heatmap, plot_posterior
+from alrao_jax.experiments.tasks import Task, load_task
+from alrao_jax.splits import Split, Splits
 
 PATIENCE = 20  # the paper's early stopping
 GAP = 1.15  # Alrao / best SGD test loss above which the ablations run
@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
       first["alrao-sgd"].history,
       out / figures["switch posterior"],
       make_method("alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies).copy_lrs,
-      title=f"{task.name}: switch posterior over Alrao's copies",
+      title=f"{task.name}, alrao-sgd [{task.lr_min:g}, {task.lr_max:g}]",
     )
     if task.name == settings[0].task:
       figures["interval heatmap"] = f"heatmap_{task.name}.png"

@@ -28,9 +28,9 @@ import numpy as np
 import optax
 
 import alrao_jax
+from alrao_jax.experiments.models import MLP, CharLSTM, DigitsCNN
 from alrao_jax.head import AlraoHead
-from alrao_jax.models import MLP, CharLSTM, DigitsCNN
-from alrao_jax.train import TrainState
+from alrao_jax.steps import TrainState
 
 BATCH = 32
 LR_MIN, LR_MAX = 1e-5, 10.0

@@ -8,9 +8,10 @@ from conftest import SmallNNXNet
 
 import alrao_jax
 from alrao_jax.checkpoint import restore_checkpoint
-from alrao_jax.data import Split, Splits, load_digits
-from alrao_jax.models import DigitsCNN
-from alrao_jax.train import fit
+from alrao_jax.experiments.data import load_digits
+from alrao_jax.experiments.models import DigitsCNN
+from alrao_jax.loop import fit
+from alrao_jax.splits import Split, Splits
 
 FULL = load_digits()
 SPLITS = Splits(Split(*(a[:256] for a in FULL.train)), FULL.valid, FULL.test)  # small and quick

@@ -1,21 +1,36 @@
-"""The alrao-jax command: exact resume, lr-find, and one-line errors with exit code 2."""
+"""The alrao-jax command: exact resume from saved settings, Ctrl-C, your own arrays, the
+extras, progress, and one-line errors with exit code 2 before any model is built."""
 
 import json
 import pickle
+import signal
 import subprocess
 import sys
+import time
 
 import chex
 import jax
+import numpy as np
+import optax
 import pytest
 
 import alrao_jax
-from alrao_jax import cli
 from alrao_jax.checkpoint import restore_checkpoint
-from alrao_jax.data import load_digits
-from alrao_jax.models import DigitsCNN
+from alrao_jax.experiments import cli
+from alrao_jax.experiments.data import load_digits
+from alrao_jax.experiments.methods import make_method, schedule_multiplier
+from alrao_jax.experiments.models import DigitsCNN
+from alrao_jax.experiments.tasks import ADAM_INTERVAL
 
 TRAIN = ["train", "--no-progress", "--copies", "4", "--seed", "1"]
+
+
+def _main(args):
+  """cli.main's exit code, argparse's own exits included."""
+  try:
+    return cli.main(args)
+  except SystemExit as exit_:
+    return exit_.code
 
 
 def _restored(folder):
@@ -29,10 +44,12 @@ def _restored(folder):
   return restore_checkpoint(folder / "checkpoint", like)
 
 
-def test_train_then_resume_equals_one_uninterrupted_run(tmp_path, capsys):
+def test_resume_alone_continues_the_run_and_equals_one_uninterrupted_run(tmp_path, capsys):
   assert cli.main([*TRAIN, "--epochs", "3", "--out", str(tmp_path / "whole")]) == 0
   assert cli.main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "split")]) == 0
-  assert cli.main([*TRAIN, "--epochs", "3", "--out", str(tmp_path / "split"), "--resume"]) == 0
+  capsys.readouterr()
+  # the saved settings: no flag repeated, only the new number of epochs; progress shown
+  assert cli.main(["train", "--resume", "--epochs", "3", "--out", str(tmp_path / "split")]) == 0
   whole, split = _restored(tmp_path / "whole"), _restored(tmp_path / "split")
   assert whole.epoch == split.epoch == 3
   chex.assert_trees_all_equal(split.state.params, whole.state.params)
@@ -43,37 +60,123 @@ def test_train_then_resume_equals_one_uninterrupted_run(tmp_path, capsys):
   assert len(lines) == 3 and len(json.loads(lines[0])["posterior"]) == 4
   for name in ("curves.png", "posterior.png"):
     assert (tmp_path / "split" / name).read_bytes()[:4] == b"\x89PNG"
-  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  captured = capsys.readouterr()
+  summary = json.loads(captured.out.strip().splitlines()[-1])
   assert summary["test_accuracy"] > 0.5
+  err = captured.err.replace("\r", "\n")
+  assert "alrao-sgd, rates in [1e-05, 10], 4 copies; compiling the step" in err.splitlines()[0]
+  for field in ("train loss", "valid loss", "valid acc", "leading copy lr"):
+    assert field in err
+  best = summary["best_epoch"]
+  final = [line for line in err.splitlines() if line.strip()][-1]
+  assert f"best epoch {best}:" in final and "3/3" in final
 
 
-def test_lr_find_command_prints_suggestions_and_saves_the_plot(tmp_path, capsys):
+def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
+  digits = load_digits()
+  data = tmp_path / "mine.npz"
+  np.savez(data, x=digits.train.inputs, y=digits.train.targets.astype(np.int64))
   args = [
-    "lr-find",
-    "--steps",
-    "40",
-    "--start-lr",
+    "train",
+    "--no-progress",
+    "--data",
+    str(data),
+    "--model",
+    "cnn",
+    "--width",
+    "8",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.05",
+    "--momentum",
+    "0.9",
+    "--weight-decay",
     "1e-4",
-    "--end-lr",
-    "100",
+    "--clip",
+    "5",
+    "--schedule",
+    "cosine",
+    "--epochs",
+    "3",
     "--out",
-    str(tmp_path),
+    str(tmp_path / "run"),
   ]
   assert cli.main(args) == 0
-  out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["test_accuracy"] > 0.6  # chance 0.1; valid and test cut from x, 10% each
+  settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+  assert settings["momentum"] == 0.9 and settings["schedule"] == "cosine"
+  assert settings["model"] == "cnn" and settings["task"] is None
+  assert not (tmp_path / "run" / "posterior.png").exists()  # one output: no posterior figure
+  configs = tmp_path / "configs.json"
+  configs.write_text(
+    json.dumps(
+      {
+        "tiny": {"model": "mlp", "width": 2, "depth": 1},
+        "wide": {"model": "mlp", "width": 64, "depth": 1},
+      }
+    )
+  )
+  assert cli.main(["screen", "--data", str(data), "--configs", str(configs), "--epochs", "2"]) == 0
+  ranked = [line.split(" | ")[1] for line in capsys.readouterr().out.splitlines()[1:3]]
+  assert ranked == ["wide", "tiny"]
+
+
+def test_extras_equal_the_optax_chain_written_by_hand():
+  params = {"Dense_0": {"kernel": jax.numpy.ones((3, 2)), "bias": jax.numpy.ones((2,))}}
+  grads = jax.tree.map(lambda p: 3.0 * p, params)
+  schedule = schedule_multiplier("linear", 10)
+  tx = make_method(
+    "sgd", lr=0.1, momentum=0.9, weight_decay=0.01, clip=1.0, schedule=schedule
+  ).optimizer
+  mask = {"Dense_0": {"kernel": True, "bias": False}}
+  oracle = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    optax.add_decayed_weights(0.01, mask=mask),
+    optax.sgd(0.1, momentum=0.9),
+    optax.scale_by_schedule(schedule),
+  )
+  state, oracle_state = tx.init(params), oracle.init(params)
+  for _ in range(3):
+    updates, state = tx.update(grads, state, params)
+    expected, oracle_state = oracle.update(grads, oracle_state, params)
+    chex.assert_trees_all_close(updates, expected)
+  alrao = make_method(
+    "alrao-sgd", lr_min=1e-3, lr_max=1.0, copies=2, momentum=0.5, clip=1.0
+  ).optimizer
+  assert len(alrao.init(params)) == 2  # clip, then Alrao-SGD with its momentum trace
+
+
+def test_alrao_adam_has_its_own_interval_and_learns(tmp_path, capsys):
+  args = ["train", "--no-progress", "--optimizer", "alrao-adam", "--epochs", "4"]
+  assert cli.main([*args, "--out", str(tmp_path / "run")]) == 0
+  settings = json.loads((tmp_path / "run" / "settings.json").read_text())
+  assert (settings["lr_min"], settings["lr_max"]) == ADAM_INTERVAL == (1e-6, 1.0)
+  assert json.loads(capsys.readouterr().out.splitlines()[-1])["test_accuracy"] > 0.8
+
+
+def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_path, capsys):
+  args = ["lr-find", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "100"]
+  assert cli.main([*args, "--out", str(tmp_path)]) == 0
+  captured = capsys.readouterr()
+  out = json.loads(captured.out.strip().splitlines()[-1])
   assert set(out["suggestions"]) == {"steep", "valley", "minimum"}
   assert 1e-4 <= out["suggestions"]["steep"] <= 100
+  low, high = out["alrao_sgd_interval"]
+  assert high == pytest.approx(1e4 * low) and 1e-4 <= high <= 100
+  assert f"--lr-min {low:.2g} --lr-max {high:.2g}" in captured.err
   assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def _run(args, tmp_path):
-  return subprocess.run(
-    [sys.executable, "-m", "alrao_jax.cli", *args],
-    capture_output=True,
-    text=True,
-    cwd=tmp_path,
-    timeout=300,
-  )
+def test_help_shows_defaults_in_plain_text_and_version(capsys):
+  assert _main(["train", "--help"]) == 0
+  text = capsys.readouterr().out
+  assert "``" not in text
+  for default in ("(default: alrao-sgd)", "(default: 10;", "(default: runs/alrao)", "1e-6"):
+    assert default in text
+  assert _main(["--version"]) == 0
+  assert capsys.readouterr().out.strip() == f"alrao-jax {alrao_jax.__version__}"
 
 
 def _bad_cifar(tmp_path):
@@ -84,10 +187,30 @@ def _bad_cifar(tmp_path):
   return str(folder)
 
 
-def _corrupt_run(tmp_path):
-  assert cli.main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
-  (tmp_path / "run" / "checkpoint" / "meta.json").write_text("{")
-  return str(tmp_path / "run")
+def _saved_run(tmp_path, checkpoint_meta=None, **changes):
+  """A run folder as train leaves it, made by hand: settings.json and a checkpoint's meta."""
+  folder = tmp_path / "run"
+  (folder / "checkpoint").mkdir(parents=True)
+  settings = {**cli.RUN_DEFAULTS, "task": "digits", "lr_min": 1e-5, "lr_max": 10.0, "copies": 4}
+  (folder / "settings.json").write_text(json.dumps({**settings, **changes}))
+  if checkpoint_meta is not None:
+    (folder / "checkpoint" / "meta.json").write_text(checkpoint_meta)
+  return str(folder)
+
+
+def _corrupt_settings(tmp_path):
+  folder = _saved_run(tmp_path)
+  (tmp_path / "run" / "settings.json").write_text("{")
+  return folder
+
+
+def _npz(tmp_path, **arrays):
+  path = tmp_path / "data.npz"
+  np.savez(path, **arrays)
+  return str(path)
+
+
+X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
 
 
 @pytest.mark.parametrize(
@@ -100,32 +223,110 @@ def _corrupt_run(tmp_path):
     (lambda p: ["train", "--task", "cifar10", "--data", _bad_cifar(p)], "not a CIFAR-10"),
     (lambda p: ["train", "--task", "ptb-char", "--data", str(p)], "ptb.char.valid.txt"),
     (lambda p: ["train", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min (1.0) must be <="),
+    (lambda p: ["train", "--lr-min", "100"], "--lr-min (100.0) must be <= --lr-max (10.0)"),
+    (lambda p: ["train", "--lr-max", "-1"], "--lr-max must be > 0"),
     (lambda p: ["train", "--optimizer", "sgd", "--copies", "3"], "apply to alrao-* optimizers"),
-    (lambda p: ["train", "--epochs", "2", "--resume", "--out", _corrupt_run(p)], "corrupt"),
-    (lambda p: ["train", "--resume", "--copies", "6", "--out", str(p / "run")], "no checkpoint"),
+    (lambda p: ["train", "--lr", "0.1"], "--lr applies to the other optimizers"),
+    (lambda p: ["train", "--optimizer", "sgd", "--lr", "0"], "--lr must be > 0"),
+    (lambda p: ["train", "--copies", "0"], "--copies must be >= 1"),
+    (lambda p: ["train", "--epochs", "0"], "--epochs must be >= 1"),
+    (lambda p: ["train", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (lambda p: ["train", "--optimizer", "adam", "--momentum", "0.9"], "--momentum applies to"),
+    (lambda p: ["train", "--momentum", "1.5"], "--momentum must be in [0, 1)"),
+    (lambda p: ["train", "--weight-decay", "-1"], "--weight-decay must be >= 0"),
+    (lambda p: ["train", "--clip", "0"], "--clip must be > 0"),
+    (lambda p: ["train", "--optimizer", "schedule-free-sgd", "--clip", "1"], "averaged parameters"),
+    (lambda p: ["train", "--schedule", "step"], "invalid choice: 'step'"),
+    (lambda p: ["train", "--out", str(p / "file.txt")], "is a file; name a folder"),
+    (lambda p: ["train", "--resume", "--out", str(p / "empty")], "no run to resume"),
+    (lambda p: ["train", "--out", _saved_run(p)], "holds a run already"),
+    (lambda p: ["train", "--resume", "--out", _saved_run(p, "{")], "corrupt checkpoint"),
+    (
+      lambda p: ["train", "--resume", "--copies", "6", "--out", _saved_run(p)],
+      "--copies 6 differs",
+    ),
+    (lambda p: ["train", "--resume", "--out", _corrupt_settings(p)], "settings.json is corrupt"),
+    (lambda p: ["train", "--model", "cnn"], "--model applies with --data FILE.npz"),
+    (lambda p: ["train", "--data", str(p / "none.npz")], "not found"),
+    (lambda p: ["train", "--data", _npz(p, x=X), "--task", "digits"], "Pass one of them"),
+    (lambda p: ["train", "--data", _npz(p, x=X)], "must hold arrays 'x' and 'y'"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y * 1.0)], "integer class labels"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y[:5])], "must be (N, features...)"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y, x_test=X)], "come in pairs"),
+    (lambda p: ["train", "--data", _npz(p, x=X[..., 0, 0], y=Y), "--model", "cnn"], "images"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y), "--batch-size", "64"], "exceeds the 32"),
+    (lambda p: ["lr-find", "--steps", "0"], "--steps must be >= 3"),
+    (lambda p: ["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "must be <="),
+    (lambda p: ["screen", "--grid", "0.1,fast", "--verify"], "--grid must be comma-separated"),
+    (lambda p: ["screen", "--task", "mnist1d"], "pass --configs FILE"),
   ],
 )
-def test_bad_input_gives_one_line_and_exit_code_2(make_args, message, tmp_path):
-  result = _run(make_args(tmp_path), tmp_path)
-  assert result.returncode == 2, result.stderr
-  lines = [line for line in result.stderr.splitlines() if line.strip()]
-  assert len(lines) == 1 and message in lines[0], result.stderr
-  assert "Traceback" not in result.stderr
+def test_bad_input_gives_one_line_and_exit_2_before_any_model_is_built(
+  make_args, message, tmp_path, capsys, monkeypatch
+):
+  (tmp_path / "file.txt").write_text("not a folder")
+
+  def built(*args, **kwargs):
+    raise AssertionError("a model was built before the input was checked")
+
+  for target, name in ((cli, "fit"), (cli, "screen"), (alrao_jax, "create_train_state")):
+    monkeypatch.setattr(target, name, built)
+  assert _main(make_args(tmp_path)) == 2
+  err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+  assert len(err) == 1 and message in err[0], err
 
 
-def test_a_checkpoint_of_another_model_is_refused(tmp_path, capsys):
-  assert cli.main([*TRAIN, "--epochs", "1", "--out", str(tmp_path / "run")]) == 0
-  args = [
-    "train",
-    "--no-progress",
-    "--copies",
-    "6",
-    "--epochs",
-    "2",
-    "--resume",
-    "--out",
-    str(tmp_path / "run"),
+def test_a_bad_run_exits_2_without_a_traceback_in_a_fresh_process(tmp_path):
+  result = subprocess.run(
+    [sys.executable, "-m", "alrao_jax.experiments.cli", "train", "--out", _saved_run(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert result.returncode == 2 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines() == [
+    f"alrao-jax: error: {tmp_path / 'run'} holds a run already; pass --resume to continue it, "
+    "or another --out"
   ]
-  assert cli.main(args) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and "does not fit this model" in err[0]
+
+
+def _interrupt(tmp_path, ready, *flags):
+  """Starts a run in a fresh process, sends Ctrl-C once ``ready(stderr so far)``."""
+  out = tmp_path / "run"
+  command = [sys.executable, "-m", "alrao_jax.experiments.cli", "train", "--no-progress"]
+  process = subprocess.Popen(
+    [*command, "--copies", "2", "--out", str(out), *flags],
+    stderr=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    text=True,
+  )
+  lines = [process.stderr.readline()]
+  deadline = time.time() + 200
+  while not ready(out) and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGINT)
+  _, rest = process.communicate(timeout=200)
+  return process.returncode, [line for line in lines + rest.splitlines() if line.strip()], out
+
+
+@pytest.mark.parametrize("when", ["compiling", "after an epoch"])
+def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
+  if when == "compiling":
+    code, err, out = _interrupt(tmp_path, lambda out: True, "--epochs", "2")
+  else:
+    flags = ("--epochs", "6", "--batch-size", "4")  # about a second per epoch
+    code, err, out = _interrupt(tmp_path, lambda o: (o / "metrics.jsonl").exists(), *flags)
+  assert code == 130, err
+  assert "compiling the step" in err[0] and len(err) == 2, err
+  assert "Traceback" not in "".join(err)
+  assert err[1].startswith("alrao-jax: interrupted ")
+  assert f"`alrao-jax train --resume --out {out}` continues the run" in err[1]
+  if when == "compiling":
+    assert "before its first epoch" in err[1]
+  else:
+    done = len((out / "metrics.jsonl").read_text().splitlines())
+    assert f"after epoch {done}" in err[1] and 1 <= done < 6
+  assert cli.main(["train", "--resume", "--no-progress", "--out", str(out)]) == 0
+  records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  epochs = json.loads((out / "settings.json").read_text())["epochs"]
+  assert [r["epoch"] for r in records] == list(range(1, epochs + 1))

@@ -5,12 +5,19 @@ import numpy as np
 import optax
 import pytest
 
-from alrao_jax.compare import RunResult, alrao_ablations, compare, run_method, select_lr, summarize
-from alrao_jax.data import Split, Splits
-from alrao_jax.methods import LR_FREE, METHODS, make_method
-from alrao_jax.models import MLP
-from alrao_jax.tasks import MODES, TASKS, load_task
-from alrao_jax.train import fit
+from alrao_jax.experiments.compare import (
+  RunResult,
+  alrao_ablations,
+  compare,
+  run_method,
+  select_lr,
+  summarize,
+)
+from alrao_jax.experiments.methods import LR_FREE, METHODS, make_method
+from alrao_jax.experiments.models import MLP
+from alrao_jax.experiments.tasks import MODES, TASKS, load_task
+from alrao_jax.loop import fit
+from alrao_jax.splits import Split, Splits
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ import pickle
 import numpy as np
 import pytest
 
-from alrao_jax.data import END_OF_LINE, load_cifar10, load_ptb_char, ptb_char_dir
+from alrao_jax.experiments.data import END_OF_LINE, load_cifar10, load_ptb_char, ptb_char_dir
 
 
 def test_ptb_char_split_and_windows():

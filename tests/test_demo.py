@@ -3,10 +3,11 @@
 import optax
 import pytest
 
-from alrao_jax import demo
-from alrao_jax.data import load_digits, split_arrays
-from alrao_jax.models import DigitsCNN
-from alrao_jax.train import fit
+from alrao_jax.experiments import demo
+from alrao_jax.experiments.data import load_digits
+from alrao_jax.experiments.models import DigitsCNN
+from alrao_jax.loop import fit
+from alrao_jax.splits import split_arrays
 
 
 def test_demo_quick_mode_learns_far_above_chance(capsys):

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from alrao_jax.methods import LR_FREE
+from alrao_jax.experiments.methods import LR_FREE
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -11,8 +11,8 @@ from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
-from alrao_jax.data import Split, Splits
-from alrao_jax.train import fit
+from alrao_jax.loop import fit
+from alrao_jax.splits import Split, Splits
 
 KEY = jax.random.key(0)
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
-from alrao_jax import cli
-from alrao_jax.screen import BUILTIN_DIGITS, build_model, kendall_tau, load_configs
+from alrao_jax.experiments import cli
+from alrao_jax.experiments.tasks import BUILTIN_CONFIGS, load_configs, model_builder
+from alrao_jax.screen import kendall_tau
 
 
 def test_screen_verify_ranks_the_builtin_variants_in_the_right_order(capsys):
@@ -13,7 +14,7 @@ def test_screen_verify_ranks_the_builtin_variants_in_the_right_order(capsys):
   assert cli.main(args) == 0
   out = capsys.readouterr().out.splitlines()
   ranked = [line.split(" | ")[1] for line in out[1:4]]
-  widths = sorted(BUILTIN_DIGITS, key=lambda n: -BUILTIN_DIGITS[n]["width"])
+  widths = sorted(BUILTIN_CONFIGS, key=lambda n: -BUILTIN_CONFIGS[n]["width"])
   assert ranked == widths  # the widest first, as capacity says
   assert "Kendall tau between the rankings: 1.000" in out[-1]
   assert "Alrao ranking: 3 runs" in out[-2] and "tuned SGD ranking: 9 runs" in out[-1]
@@ -26,8 +27,8 @@ def test_kendall_tau_counts_concordant_pairs():
 
 
 def test_configuration_files(tmp_path):
-  (tmp_path / "a.json").write_text(json.dumps(BUILTIN_DIGITS))
-  assert load_configs(tmp_path / "a.json") == BUILTIN_DIGITS
+  (tmp_path / "a.json").write_text(json.dumps(BUILTIN_CONFIGS))
+  assert load_configs(tmp_path / "a.json") == BUILTIN_CONFIGS
   (tmp_path / "b.toml").write_text('[small]\nmodel = "mlp"\nwidth = 4\n[big]\nmodel = "cnn"\n')
   assert load_configs(tmp_path / "b.toml")["big"] == {"model": "cnn"}
   (tmp_path / "c.json").write_text("{")
@@ -37,9 +38,9 @@ def test_configuration_files(tmp_path):
   with pytest.raises(ValueError, match="at least two"):
     load_configs(tmp_path / "d.json")
   with pytest.raises(ValueError, match="'model' must be one of"):
-    build_model({"model": "resnet"}, 1)
+    model_builder({"model": "resnet"})
   with pytest.raises(ValueError, match="unexpected keyword"):
-    build_model({"model": "mlp", "heads": 3}, 1)
+    model_builder({"model": "mlp", "heads": 3})
 
 
 def test_bad_screen_input_is_one_line_exit_2(tmp_path, capsys):

@@ -28,7 +28,7 @@ class DigitsCNN(nn.Module):
 
   Example:
     >>> import jax, jax.numpy as jnp
-    >>> from alrao_jax.models import DigitsCNN
+    >>> from alrao_jax.experiments.models import DigitsCNN
     >>> model = DigitsCNN(num_copies=3)
     >>> variables = model.init(jax.random.key(0), jnp.ones((2, 8, 8, 1)), train=False)
     >>> model.apply(variables, jnp.ones((2, 8, 8, 1)), train=False).own.shape

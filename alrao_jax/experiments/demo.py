@@ -1,6 +1,7 @@
 """The main demo: Alrao-SGD on scikit-learn's digits, next to tuned SGD and default Adam.
 
-Run ``python -m alrao_jax.demo`` (or ``make demo``); ``--quick`` is the reduced mode CI runs.
+Run ``python -m alrao_jax.experiments.demo`` (or ``make demo``); ``--quick`` is the reduced
+mode CI runs.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from collections.abc import Sequence
 import jax
 import optax
 
-from alrao_jax.data import load_digits
-from alrao_jax.models import DigitsCNN
-from alrao_jax.train import fit
+from alrao_jax.experiments.data import load_digits
+from alrao_jax.experiments.models import DigitsCNN
+from alrao_jax.loop import fit
 from alrao_jax.transform import alrao_sgd
 
 LR_MIN, LR_MAX, NUM_COPIES = 1e-5, 10.0, 10
@@ -79,7 +80,7 @@ def format_table(rows: list[dict]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> list[dict]:
   """Command-line entry point of the demo."""
-  parser = argparse.ArgumentParser(prog="python -m alrao_jax.demo", description=__doc__)
+  parser = argparse.ArgumentParser(prog="python -m alrao_jax.experiments.demo", description=__doc__)
   parser.add_argument("--epochs", type=int, default=30, help="epochs per method (default 30)")
   parser.add_argument("--quick", action="store_true", help="3 epochs: the CI smoke test")
   parser.add_argument("--seed", type=int, default=0)

@@ -14,12 +14,11 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from alrao_jax.methods import LR_FREE, Method, make_method
-from alrao_jax.tasks import MODES, Task
-from alrao_jax.train import fit
+from alrao_jax.experiments.methods import LR_FREE, Method, make_method
+from alrao_jax.experiments.tasks import MODES, Task
+from alrao_jax.loop import fit
+from alrao_jax.screen import SGD_GRID
 from alrao_jax.transform import alrao_sgd
-
-SGD_GRID = tuple(10.0**e for e in range(-5, 2))  # the paper's grid, 1e-5 ... 10
 
 
 class RunResult(NamedTuple):
@@ -31,7 +30,7 @@ class RunResult(NamedTuple):
   best_epoch: int  # 0 when no epoch had a finite validation loss
   valid_loss: float  # at the best epoch, in nats; inf when there is none
   test: dict[str, float]  # test metrics at the best epoch
-  history: list[dict[str, Any]]  # per epoch, see alrao_jax.train.fit
+  history: list[dict[str, Any]]  # per epoch, see alrao_jax.fit
   seconds: float  # wall time of the whole run, compilation included
 
 
@@ -50,11 +49,11 @@ def run_method(
   """Trains ``task``'s model with ``method`` and times it.
 
   Args:
-    task: an :class:`alrao_jax.tasks.Task`.
-    method: an :class:`alrao_jax.methods.Method` (built with the same ``seed``).
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
+    method: an :class:`alrao_jax.experiments.methods.Method` (built with the same ``seed``).
     seed: seed of the parameters and of the data order.
     epochs: the most epochs (early stopping keeps the best validation epoch).
-    **fit_kwargs: more keyword arguments of :func:`alrao_jax.train.fit`, e.g. ``patience``.
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`, e.g. ``patience``.
 
   Returns:
     A :class:`RunResult`.
@@ -83,7 +82,7 @@ def select_lr(grid: Mapping[float, Sequence[RunResult]]) -> float:
   """The learning rate whose runs have the lowest mean validation loss (inf if diverged).
 
   Example:
-    >>> from alrao_jax.compare import RunResult, select_lr
+    >>> from alrao_jax.experiments.compare import RunResult, select_lr
     >>> run = lambda lr, v: RunResult('sgd', lr, 0, 1, v, {}, [], 0.0)
     >>> select_lr({0.1: [run(0.1, 0.3)], 1.0: [run(1.0, float('inf'))], 0.01: [run(0.01, 0.5)]})
     0.1
@@ -108,19 +107,19 @@ def compare(
   """Runs the paper's comparison on ``task``: the SGD grid, then every method per seed.
 
   Alrao uses the task's interval and copies; Adam and the learning-rate-free optimizers
-  their defaults (see :mod:`alrao_jax.methods`). All runs see the same splits, and runs
+  their defaults (see :mod:`alrao_jax.experiments.methods`). All runs see the same splits, and runs
   with the same seed the same initialisation and data order.
 
   Args:
-    task: an :class:`alrao_jax.tasks.Task`.
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
     epochs: the most epochs per run.
     seeds: one run per seed and method.
     grid: SGD's learning rates.
     grid_seeds: run the whole grid on the first ``grid_seeds`` seeds only (default: all),
       then the selected rate on the other seeds; the selection uses those first seeds.
-    methods: the methods besides SGD, names from :data:`alrao_jax.methods.METHODS`.
+    methods: the methods besides SGD, names from :data:`alrao_jax.experiments.methods.METHODS`.
     on_run: called with each :class:`RunResult` as it finishes.
-    **fit_kwargs: more keyword arguments of :func:`alrao_jax.train.fit`.
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
     A :class:`Comparison`.
@@ -163,7 +162,7 @@ def summarize(runs: Sequence[RunResult], *, loss_scale: float = 1.0) -> dict[str
 
   Args:
     runs: runs of one method.
-    loss_scale: factor from nats to the reported unit (:attr:`alrao_jax.tasks.Task.loss_scale`).
+    loss_scale: factor from nats to the reported unit (``Task.loss_scale``).
 
   Returns:
     ``loss``, ``loss_std``, ``accuracy``, ``accuracy_std``, ``seconds`` (mean per run),
@@ -193,11 +192,11 @@ def alrao_ablations(
   * ``interval [lr/10, 10 lr]``: full Alrao in a narrow interval around ``lr``.
 
   Args:
-    task: an :class:`alrao_jax.tasks.Task`.
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
     lr: the reference rate, e.g. :attr:`Comparison.best_lr`.
     seed: the seed of every run.
     epochs: the most epochs per run.
-    **fit_kwargs: more keyword arguments of :func:`alrao_jax.train.fit`.
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
     Name -> :class:`RunResult`.

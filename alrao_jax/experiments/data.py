@@ -1,54 +1,14 @@
-"""Small offline data sets for the demo, tests and benchmarks."""
+"""The bundled data sets of the demo, tests and benchmarks, all offline."""
 
 from __future__ import annotations
 
 import os
 import pathlib
 import pickle
-from typing import NamedTuple
 
 import numpy as np
 
-
-class Split(NamedTuple):
-  """Inputs and targets of one split."""
-
-  inputs: np.ndarray
-  targets: np.ndarray
-
-
-class Splits(NamedTuple):
-  """Train, validation (for early stopping) and test splits."""
-
-  train: Split
-  valid: Split
-  test: Split
-
-
-def split_arrays(
-  inputs: np.ndarray, targets: np.ndarray, *, valid: int, test: int, seed: int = 0
-) -> Splits:
-  """Shuffles once with ``seed`` and cuts ``test`` and ``valid`` examples off the end.
-
-  Args:
-    inputs: all inputs, examples on axis 0.
-    targets: all targets.
-    valid: number of validation examples.
-    test: number of test examples.
-    seed: seed of the shuffle.
-
-  Returns:
-    The three :class:`Split` s, disjoint.
-  """
-  if valid + test >= len(inputs):
-    raise ValueError(
-      f"valid ({valid}) + test ({test}) must leave training examples out of {len(inputs)}."
-    )
-  order = np.random.default_rng(seed).permutation(len(inputs))
-  inputs, targets = inputs[order], targets[order]
-  n_train = len(inputs) - valid - test
-  cut = (slice(0, n_train), slice(n_train, n_train + valid), slice(n_train + valid, None))
-  return Splits(*(Split(inputs[c], targets[c]) for c in cut))
+from alrao_jax.splits import Split, Splits, split_arrays
 
 
 def _hold_out(inputs: np.ndarray, targets: np.ndarray, count: int, seed: int) -> tuple:
@@ -68,7 +28,7 @@ def load_digits(*, seed: int = 0) -> Splits:
     :class:`Splits` with inputs of shape ``(n, 8, 8, 1)`` float32 and int32 labels.
 
   Example:
-    >>> from alrao_jax.data import load_digits
+    >>> from alrao_jax.experiments.data import load_digits
     >>> splits = load_digits()
     >>> splits.train.inputs.shape, splits.test.inputs.shape
     ((1197, 8, 8, 1), (300, 8, 8, 1))
@@ -107,7 +67,7 @@ def load_mnist1d(*, seed: int = 0) -> Splits:
   return Splits(train, valid, test)
 
 
-DATA_ROOT = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_ROOT = pathlib.Path(__file__).resolve().parents[3] / "shared" / "data"
 END_OF_LINE = "<eol>"
 
 
@@ -232,3 +192,77 @@ def load_cifar10(directory: str | os.PathLike, *, valid: int = 10_000, seed: int
 
 def _unit(images: np.ndarray) -> np.ndarray:
   return (images / 255.0).astype(np.float32)
+
+
+NPZ_SPLITS = (("x", "y"), ("x_valid", "y_valid"), ("x_test", "y_test"))
+
+
+def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -> Splits:
+  """Splits of a classification data set saved with ``numpy.savez``.
+
+  The file holds ``x`` (inputs, examples on axis 0) and ``y`` (integer class labels), and
+  optionally ``x_valid``/``y_valid`` and ``x_test``/``y_test``. A missing split is cut off
+  the training arrays (``held_out`` of them each, shuffled once with ``seed``). Inputs are
+  cast to float32 and labels to int32.
+
+  Args:
+    path: the ``.npz`` file.
+    seed: seed of the hold-out shuffle.
+    held_out: fraction of ``x`` taken for each missing split.
+
+  Returns:
+    The three splits.
+
+  Raises:
+    FileNotFoundError: no such file.
+    ValueError: a file that is no ``.npz`` archive, missing or unpaired arrays, lengths that
+      differ, non-integer or negative labels, fewer than two classes, or too few examples.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"{path} not found; --data takes an .npz file with arrays x and y.")
+  try:
+    with np.load(path, allow_pickle=False) as archive:
+      arrays = {name: archive[name] for name in archive.files}
+  except (OSError, ValueError) as err:
+    raise ValueError(f"{path} is not an .npz archive (numpy.savez): {err}") from err
+  if "x" not in arrays or "y" not in arrays:
+    raise ValueError(f"{path} must hold arrays 'x' and 'y'; it holds {sorted(arrays)}.")
+  unknown = sorted(set(arrays) - {name for pair in NPZ_SPLITS for name in pair})
+  if unknown:
+    raise ValueError(
+      f"{path}: unknown arrays {unknown}; expected x, y, x_valid, y_valid, x_test, y_test."
+    )
+  found = []
+  for x_name, y_name in NPZ_SPLITS:
+    if (x_name in arrays) != (y_name in arrays):
+      raise ValueError(f"{path}: {x_name} and {y_name} come in pairs; one is missing.")
+    if x_name not in arrays:
+      found.append(None)
+      continue
+    x, y = arrays[x_name], arrays[y_name]
+    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y):
+      raise ValueError(
+        f"{path}: {x_name} must be (N, features...) and {y_name} (N,), got {x.shape} and {y.shape}."
+      )
+    if not np.issubdtype(y.dtype, np.integer):
+      raise ValueError(f"{path}: {y_name} must hold integer class labels, got dtype {y.dtype}.")
+    if y.size and y.min() < 0:
+      raise ValueError(f"{path}: {y_name} holds negative labels; classes are 0, 1, ..., K-1.")
+    found.append(Split(x.astype(np.float32), y.astype(np.int32)))
+  train, valid, test = found
+  if len(np.unique(train.targets)) < 2:
+    raise ValueError(f"{path}: y must hold at least two classes.")
+  shapes = {s.inputs.shape[1:] for s in found if s is not None}
+  if len(shapes) > 1:
+    raise ValueError(f"{path}: the splits' inputs differ in shape: {sorted(shapes)}.")
+  count = round(held_out * len(train.inputs))
+  for missing in ("valid", "test"):
+    if (valid if missing == "valid" else test) is None:
+      if count < 1 or len(train.inputs) - count < 2:
+        raise ValueError(
+          f"{path}: too few examples in x ({len(train.inputs)}) to hold out {missing}."
+        )
+      train, held = _hold_out(train.inputs, train.targets, count, seed)
+      valid, test = (held, test) if missing == "valid" else (valid, held)
+  return Splits(train, valid, test)

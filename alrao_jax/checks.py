@@ -1,0 +1,71 @@
+"""Argument checks shared by the whole package: each raises a clear `ValueError` or
+`TypeError` that names the argument and the fix, outside ``jit``."""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def check_bounds(
+  lr_min: float, lr_max: float, *, names: tuple[str, str] = ("lr_min", "lr_max")
+) -> None:
+  """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``.
+
+  Args:
+    lr_min: smallest learning rate of the interval.
+    lr_max: largest learning rate of the interval.
+    names: the caller's names of the two arguments, for the messages.
+  """
+  low, high = names
+  for name, value in ((low, lr_min), (high, lr_max)):
+    if isinstance(value, jax.core.Tracer):
+      raise TypeError(
+        f"{name} is traced ({value!r}): the bounds set the rates sampled once at init, so "
+        "they cannot be injected hyper-parameters. Use optax.inject_hyperparams(alrao_sgd, "
+        "static_args=('lr_min', 'lr_max', 'key')) (momentum, b1, b2, eps stay injectable), "
+        "and scale every rate over time with optax.inject_hyperparams(optax.scale) in a chain."
+      )
+    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0:
+      value = float(value)
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+      raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__}).")
+    if not math.isfinite(value):
+      raise ValueError(f"{name} must be finite, got {value}; pass a finite positive rate.")
+  if lr_min <= 0:
+    raise ValueError(f"{low} must be > 0 (rates are log-uniform), got {lr_min}; use e.g. 1e-5.")
+  if lr_min > lr_max:
+    raise ValueError(f"{low} ({lr_min}) must be <= {high} ({lr_max}); swap the two bounds.")
+
+
+def check_num_copies(num_copies: int) -> None:
+  """Raises unless ``num_copies`` is an integer >= 1."""
+  if isinstance(num_copies, bool) or not isinstance(num_copies, numbers.Integral):
+    raise TypeError(f"num_copies must be an int, got {num_copies!r}.")
+  if num_copies < 1:
+    raise ValueError(f"num_copies must be >= 1, got {num_copies}; Alrao uses e.g. 10 copies.")
+
+
+def check_labels(labels: Any, num_classes: int, *, name: str = "labels") -> None:
+  """Raises a `ValueError` or `TypeError` unless ``labels`` are class indices in ``[0, K)``.
+
+  Label values cannot be checked inside ``jit``: :func:`alrao_jax.fit` calls this
+  once per split, on the host, before training.
+
+  Args:
+    labels: an array of labels.
+    num_classes: ``K``, the head's number of outputs.
+    name: what the labels are called in the message (e.g. ``"splits.train.targets"``).
+  """
+  values = np.asarray(labels)
+  if not np.issubdtype(values.dtype, np.integer):
+    raise TypeError(f"{name} must be integer class indices, got dtype {values.dtype}.")
+  if values.size and (values.min() < 0 or values.max() >= num_classes):
+    raise ValueError(
+      f"{name} must lie in [0, {num_classes}) (the head has {num_classes} outputs), but range "
+      f"from {values.min()} to {values.max()}; relabel them, or give the head more outputs."
+    )

@@ -1,0 +1,580 @@
+"""The alrao-jax command: train, lr-find and screen, on a bundled task or on your own arrays.
+
+Every input is checked before any model is built; bad input (an unknown task or optimizer,
+missing or malformed data, options that do not apply, bounds out of order, a corrupt or
+mismatched run) gives one line on stderr and exit code 2. Ctrl-C stops with one line and
+exit code 130, leaving a run that ``train --resume`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+import alrao_jax
+from alrao_jax.checkpoint import checkpoint_meta
+from alrao_jax.checks import check_bounds
+from alrao_jax.experiments.methods import (
+  ALRAO,
+  METHODS,
+  SCHEDULES,
+  WITH_MOMENTUM,
+  Method,
+  make_method,
+  schedule_multiplier,
+)
+from alrao_jax.experiments.plots import plot_history, plot_lr_find
+from alrao_jax.experiments.tasks import (
+  BUILTIN_CONFIGS,
+  MODEL_KINDS,
+  MODES,
+  TASKS,
+  Task,
+  arrays_task,
+  load_configs,
+  load_task,
+  model_builder,
+)
+from alrao_jax.loop import FitResult, fit
+from alrao_jax.lr_find import lr_find
+from alrao_jax.screen import SGD_GRID, screen
+
+SETTINGS = "settings.json"
+# Every option of a run, with its default: what settings.json holds and --resume restores.
+# None means "the task's or the optimizer's default", resolved when the run starts.
+RUN_DEFAULTS: dict[str, Any] = {
+  "task": None,  # digits, unless --data names your arrays
+  "data": None,
+  "model": None,
+  "width": None,
+  "depth": None,
+  "batch_size": None,
+  "seed": 0,
+  "optimizer": "alrao-sgd",
+  "lr": None,
+  "lr_min": None,
+  "lr_max": None,
+  "copies": None,
+  "momentum": None,
+  "weight_decay": 0.0,
+  "clip": None,
+  "schedule": "constant",
+  "epochs": 10,
+}
+CHANGEABLE_ON_RESUME = ("epochs",)  # a resumed run may be given more epochs
+
+
+class UsageError(Exception):
+  """Bad input: reported on one line, exit code 2."""
+
+
+class RunInterruptedError(Exception):
+  """Ctrl-C during a run; the message says how to continue it."""
+
+
+def _flag(name: str) -> str:
+  return "--" + name.replace("_", "-")
+
+
+def _resolve(args: argparse.Namespace, names: Sequence[str]) -> dict[str, Any]:
+  """The options given on the command line, the defaults for the others."""
+  return {n: RUN_DEFAULTS[n] if getattr(args, n, None) is None else getattr(args, n) for n in names}
+
+
+def _check_data_options(s: dict[str, Any]) -> None:
+  arrays = s["data"] is not None and str(s["data"]).endswith(".npz")
+  if arrays and s["task"] is not None:
+    raise UsageError(
+      f"--data {s['data']} trains on your arrays; --task {s['task']} names a bundled task. "
+      "Pass one of them."
+    )
+  if not arrays:
+    for name in ("model", "width", "depth"):
+      if s.get(name) is not None:
+        raise UsageError(f"{_flag(name)} applies with --data FILE.npz (your arrays), not a task")
+  if not arrays and s["task"] is None:
+    s["task"] = "digits"
+  if s["task"] == "cifar10" and s["data"] is None:
+    raise UsageError("--task cifar10 needs --data PATH to the cifar-10-batches-py folder")
+  if s["data"] is not None and not arrays and s["task"] not in ("cifar10", "ptb-char"):
+    raise UsageError(
+      f"--data is a folder for cifar10 or ptb-char, or an .npz file; got {s['data']} "
+      f"with --task {s['task']}"
+    )
+  if s.get("model") is not None and s["model"] not in MODEL_KINDS:
+    raise UsageError(f"--model must be one of {', '.join(MODEL_KINDS)}, got {s['model']!r}")
+  for name in ("width", "depth", "batch_size", "epochs"):
+    if s.get(name) is not None and s[name] < 1:
+      raise UsageError(f"{_flag(name)} must be >= 1, got {s[name]}")
+
+
+def _check_given_bounds(s: dict[str, Any]) -> None:
+  """Each bound given is a positive finite rate; both given are in order (the task's defaults
+  fill in a missing one later)."""
+  given = {n: s[n] for n in ("lr_min", "lr_max") if s[n] is not None}
+  for name, value in given.items():
+    check_bounds(value, value, names=(_flag(name), _flag(name)))
+  if len(given) == 2:
+    check_bounds(s["lr_min"], s["lr_max"], names=("--lr-min", "--lr-max"))
+
+
+def _check_optimizer_options(s: dict[str, Any]) -> None:
+  alrao = s["optimizer"] in ALRAO
+  if alrao and s["lr"] is not None:
+    raise UsageError(
+      f"--lr applies to the other optimizers; {s['optimizer']} takes --lr-min/--lr-max"
+    )
+  if not alrao and any(s[n] is not None for n in ("lr_min", "lr_max", "copies")):
+    raise UsageError(
+      f"--lr-min, --lr-max and --copies apply to alrao-* optimizers, not {s['optimizer']}; use --lr"
+    )
+  if s["lr"] is not None and not s["lr"] > 0:
+    raise UsageError(f"--lr must be > 0, got {s['lr']}")
+  if s["copies"] is not None and s["copies"] < 1:
+    raise UsageError(f"--copies must be >= 1, got {s['copies']}")
+  _check_given_bounds(s)
+  if s["momentum"] is not None and s["optimizer"] not in WITH_MOMENTUM:
+    raise UsageError(f"--momentum applies to {' and '.join(WITH_MOMENTUM)}, not {s['optimizer']}")
+  if s["momentum"] is not None and not 0 <= s["momentum"] < 1:
+    raise UsageError(f"--momentum must be in [0, 1), got {s['momentum']}; e.g. 0.9")
+  if not s["weight_decay"] >= 0:
+    raise UsageError(f"--weight-decay must be >= 0, got {s['weight_decay']}; e.g. 5e-4")
+  if s["clip"] is not None and not s["clip"] > 0:
+    raise UsageError(f"--clip must be > 0 (the largest gradient norm), got {s['clip']}")
+
+
+def _load(s: dict[str, Any]) -> Task:
+  if s["data"] is not None and str(s["data"]).endswith(".npz"):
+    model = {"model": s["model"] or "mlp"}
+    model.update({n: s[n] for n in ("width", "depth") if s[n] is not None})
+    return arrays_task(s["data"], model=model, batch_size=s["batch_size"], seed=s["seed"])
+  return load_task(s["task"], data=s["data"], batch_size=s["batch_size"])
+
+
+def _method(s: dict[str, Any], task: Task) -> Method:
+  """The optimizer of a run; ``s``'s task-dependent defaults are filled in."""
+  if s["optimizer"] in ALRAO:
+    default_min, default_max = task.interval(s["optimizer"])
+    s["lr_min"] = default_min if s["lr_min"] is None else s["lr_min"]
+    s["lr_max"] = default_max if s["lr_max"] is None else s["lr_max"]
+    s["copies"] = task.copies if s["copies"] is None else s["copies"]
+    check_bounds(s["lr_min"], s["lr_max"], names=("--lr-min", "--lr-max"))
+  steps = len(task.splits.train.inputs) // task.batch_size * s["epochs"]
+  schedule = None if s["schedule"] == "constant" else schedule_multiplier(s["schedule"], steps)
+  return make_method(
+    s["optimizer"],
+    lr=s["lr"],
+    lr_min=s["lr_min"],
+    lr_max=s["lr_max"],
+    copies=s["copies"],
+    seed=s["seed"],
+    momentum=s["momentum"],
+    weight_decay=s["weight_decay"],
+    clip=s["clip"],
+    schedule=schedule,
+  )
+
+
+def _describe(s: dict[str, Any], task: Task, method: Method) -> str:
+  if s["optimizer"] in ALRAO:
+    what = f"{s['optimizer']}, rates in [{s['lr_min']:g}, {s['lr_max']:g}], {s['copies']} copies"
+  else:
+    what = f"{s['optimizer']} lr={method.copy_lrs[0]:g}"
+  extras = [f"{n.replace('_', ' ')} {s[n]:g}" for n in ("momentum", "weight_decay", "clip") if s[n]]
+  if s["schedule"] != "constant":
+    extras.append(f"{s['schedule']} schedule")
+  return ", ".join([f"{task.name}: {what}", *extras])
+
+
+class _CtrlC:
+  """SIGINT raises KeyboardInterrupt and is remembered: where Python drops the exception (a
+  garbage-collection callback inside JAX), the flag stops the run at the end of the epoch,
+  and the dropped exception's report is silenced."""
+
+  def __init__(self) -> None:
+    self.pressed = False
+
+  def __enter__(self) -> _CtrlC:
+    def handler(signum: int, frame: Any) -> None:
+      self.pressed = True
+      raise KeyboardInterrupt
+
+    def unraisable(report: Any) -> None:
+      if not issubclass(report.exc_type, KeyboardInterrupt):
+        self.previous_hook(report)
+
+    self.previous_handler = signal.signal(signal.SIGINT, handler)
+    self.previous_hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    return self
+
+  def __exit__(self, *exc: Any) -> None:
+    signal.signal(signal.SIGINT, self.previous_handler)
+    sys.unraisablehook = self.previous_hook
+
+  def check(self) -> None:
+    if self.pressed:
+      raise KeyboardInterrupt
+
+
+class _Reporter:
+  """Per epoch: metrics.jsonl (the whole history), the progress bar and the PNG plots."""
+
+  def __init__(
+    self, out: pathlib.Path, epochs: int, show: bool, method: Method, title: str, ctrl_c: _CtrlC
+  ):
+    self.out, self.epochs, self.show, self.method, self.title = out, epochs, show, method, title
+    self.bar, self.epoch, self.ctrl_c = None, 0, ctrl_c
+
+  def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+    self.epoch = record["epoch"]
+    (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    self.ctrl_c.check()  # the epoch is checkpointed and recorded: a good place to stop
+    if self.bar is None:
+      from tqdm import tqdm
+
+      self.bar = tqdm(
+        total=self.epochs,
+        initial=record["epoch"] - 1,
+        disable=not self.show,
+        unit="epoch",
+        file=sys.stderr,
+        dynamic_ncols=True,
+      )
+    self.bar.set_postfix_str(_fields(record, self.method))
+    self.bar.update(1)
+    plot_history(history, self.out, self.method.copy_lrs, title=self.title)
+
+  def close(self, result: FitResult | None = None) -> None:
+    if self.bar is None:
+      return
+    if result is not None and result.best_epoch:
+      best = result.history[result.best_epoch - 1]
+      line = f"best epoch {result.best_epoch}: {_fields(best, self.method)}"
+      self.bar.set_postfix_str(line, refresh=False)
+    self.bar.close()
+
+
+def _fields(record: dict[str, Any], method: Method) -> str:
+  fields = [f"train loss {record['train_loss']:.3f}", f"valid loss {record['valid_loss']:.3f}"]
+  if "valid_accuracy" in record:
+    fields.append(f"valid acc {record['valid_accuracy']:.3f}")
+  if len(method.copy_lrs) > 1:
+    fields.append(f"leading copy lr {method.copy_lrs[int(np.argmax(record['posterior']))]:.2g}")
+  return ", ".join(fields)
+
+
+def _run_folder(args: argparse.Namespace) -> pathlib.Path:
+  out = pathlib.Path(args.out)
+  if out.exists() and not out.is_dir():
+    raise UsageError(f"--out {out} is a file; name a folder for the run")
+  return out
+
+
+def _train_settings(args: argparse.Namespace, out: pathlib.Path) -> tuple[dict[str, Any], bool]:
+  """The run's settings and whether it continues a saved run."""
+  saved_path = out / SETTINGS
+  if not args.resume:
+    if saved_path.exists() or (out / "metrics.jsonl").exists():
+      raise UsageError(f"{out} holds a run already; pass --resume to continue it, or another --out")
+    return _resolve(args, RUN_DEFAULTS), False
+  if not saved_path.is_file():
+    raise UsageError(f"no run to resume in {out} (no {SETTINGS}); start it without --resume")
+  try:
+    saved = json.loads(saved_path.read_text())
+  except ValueError as err:
+    raise UsageError(f"{saved_path} is corrupt ({err}); start a new run in another --out") from err
+  if not isinstance(saved, dict) or set(saved) != set(RUN_DEFAULTS):
+    raise UsageError(f"{saved_path} is not a run's settings; start a new run in another --out")
+  for name in RUN_DEFAULTS:
+    given = getattr(args, name, None)
+    if given is not None and given != saved[name] and name not in CHANGEABLE_ON_RESUME:
+      raise UsageError(
+        f"{_flag(name)} {given} differs from this run's {saved[name]} ({saved_path}); "
+        "drop it to continue the run, or start a new one in another --out"
+      )
+  if args.epochs is not None:
+    saved["epochs"] = args.epochs
+  return saved, True
+
+
+def _train(args: argparse.Namespace) -> FitResult:
+  out = _run_folder(args)
+  settings, resuming = _train_settings(args, out)
+  _check_data_options(settings)
+  _check_optimizer_options(settings)
+  task = _load(settings)
+  method = _method(settings, task)
+  checkpoint = out / "checkpoint"
+  if resuming and checkpoint.exists():
+    checkpoint_meta(checkpoint)  # a corrupt run is refused before the model is built
+  out.mkdir(parents=True, exist_ok=True)
+  (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
+  title = _describe(settings, task, method)
+  print(f"alrao-jax: {title}; compiling the step (the first epoch includes it)", file=sys.stderr)
+  ctrl_c = _CtrlC()
+  reporter = _Reporter(out, settings["epochs"], not args.no_progress, method, title, ctrl_c)
+  result = None
+  try:
+    with ctrl_c:
+      result = fit(
+        task.build(len(method.copy_lrs)),
+        method.optimizer,
+        task.splits,
+        epochs=settings["epochs"],
+        seed=settings["seed"],
+        batch_size=task.batch_size,
+        **MODES,
+        checkpoint_dir=checkpoint,
+        resume=resuming and checkpoint.exists(),
+        on_epoch=reporter,
+        eval_params=method.eval_params,
+      )
+  except KeyboardInterrupt as err:
+    reporter.close()
+    done = f"after epoch {reporter.epoch}" if reporter.epoch else "before its first epoch"
+    raise RunInterruptedError(
+      f"interrupted {done}; `alrao-jax train --resume --out {out}` continues the run"
+    ) from err
+  finally:
+    reporter.close(result)
+  summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
+  print(json.dumps(summary))
+  return result
+
+
+def _screen(args: argparse.Namespace) -> None:
+  s = _resolve(args, ("task", "data", "batch_size", "seed", "lr_min", "lr_max", "copies", "epochs"))
+  s.update({"model": None, "width": None, "depth": None})
+  _check_data_options(s)
+  _check_given_bounds(s)
+  if s["copies"] is not None and s["copies"] < 1:
+    raise UsageError(f"--copies must be >= 1, got {s['copies']}")
+  try:
+    grid = [float(v) for v in (args.grid or ",".join(f"{v:g}" for v in SGD_GRID)).split(",")]
+  except ValueError as err:
+    raise UsageError(f"--grid must be comma-separated numbers, got {args.grid!r}") from err
+  if not all(v > 0 for v in grid):
+    raise UsageError(f"--grid rates must be > 0, got {args.grid!r}")
+  arrays = s["data"] is not None and str(s["data"]).endswith(".npz")
+  if args.configs is None and not (arrays or s["task"] == "digits"):
+    raise UsageError("built-in configurations suit digits or --data FILE.npz; pass --configs FILE")
+  configs = load_configs(args.configs) if args.configs else BUILTIN_CONFIGS
+  task = _load(s)
+  models = {name: model_builder(c, num_classes=task.num_classes) for name, c in configs.items()}
+  result = screen(
+    models,
+    task.splits,
+    epochs=s["epochs"],
+    lr_min=task.lr_min if s["lr_min"] is None else s["lr_min"],
+    lr_max=task.lr_max if s["lr_max"] is None else s["lr_max"],
+    num_copies=task.copies if s["copies"] is None else s["copies"],
+    seed=s["seed"],
+    verify=args.verify,
+    sgd_grid=grid,
+    fit_kwargs={"batch_size": task.batch_size, **MODES},
+  )
+  header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
+  print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))
+  for rank, row in enumerate(result.rows, 1):
+    line = (
+      f"{rank} | {row['name']} | {row['alrao_valid_loss']:.4f} | {row['alrao_test_accuracy']:.3f}"
+    )
+    if args.verify:
+      line += f" | {row['sgd_valid_loss']:.4f} | {row['sgd_best_lr']:g}"
+    print(line)
+  c = result.compute
+  print(f"Alrao ranking: {c['alrao_runs']} runs, {c['alrao_seconds']:.1f} s")
+  if args.verify:
+    print(
+      f"tuned SGD ranking: {c['sgd_runs']} runs, {c['sgd_seconds']:.1f} s; "
+      f"Kendall tau between the rankings: {result.kendall_tau:.3f}"
+    )
+
+
+LR_FIND_OPTIMIZERS: dict[str, Callable] = {"sgd": optax.sgd, "adam": optax.adam}
+
+
+def _lr_find(args: argparse.Namespace) -> None:
+  s = _resolve(args, ("task", "data", "model", "width", "depth", "batch_size", "seed"))
+  _check_data_options(s)
+  steps = 100 if args.steps is None else args.steps
+  start_lr = 1e-7 if args.start_lr is None else args.start_lr
+  end_lr = 10.0 if args.end_lr is None else args.end_lr
+  if steps < 3:
+    raise UsageError(f"--steps must be >= 3 (the ramp needs a curve), got {steps}; e.g. 100")
+  check_bounds(start_lr, end_lr, names=("--start-lr", "--end-lr"))
+  if not end_lr > start_lr:
+    raise UsageError(f"--end-lr ({end_lr}) must be > --start-lr ({start_lr})")
+  out = _run_folder(args)
+  optimizer = args.optimizer or "sgd"
+  task = _load(s)
+  copies = task.copies
+  train = task.splits.train
+  model = task.build(copies)
+  state = alrao_jax.create_train_state(
+    model, optax.sgd(0.1), jax.random.key(s["seed"]), train.inputs[: task.batch_size], train=False
+  )
+  rng = np.random.default_rng(s["seed"])
+  batch = task.batch_size
+  epochs = -(-steps * batch // len(train.inputs))  # enough shuffled passes
+  order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
+  rows = order[: steps * batch].reshape(steps, batch)
+  batches = [(train.inputs[i], train.targets[i]) for i in rows]
+  result = lr_find(
+    model,
+    state,
+    batches,
+    optimizer=LR_FIND_OPTIMIZERS[optimizer],
+    start_lr=start_lr,
+    end_lr=end_lr,
+    num_steps=steps,
+    train_kwargs=MODES["train_kwargs"],
+  )
+  out.mkdir(parents=True, exist_ok=True)
+  plot_lr_find(result, out / "lr_find.png", title=f"{task.name}, {optimizer}, {copies} copies")
+  low, high = result.alrao_interval
+  print(
+    json.dumps(
+      {
+        "suggestions": result.suggestions,
+        f"alrao_{optimizer}_interval": [low, high],
+        "steps": len(result.learning_rates),
+        "plot": str(out / "lr_find.png"),
+      }
+    )
+  )
+  print(
+    f"alrao-jax train --optimizer alrao-{optimizer} --lr-min {low:.2g} --lr-max {high:.2g}"
+    + ("" if s["data"] is None else f" --data {s['data']}")
+    + ("" if s["task"] in (None, "digits") else f" --task {s['task']}"),
+    file=sys.stderr,
+  )
+
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message: str) -> None:  # one line, exit 2
+    self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _data_options(sub: argparse.ArgumentParser, *, models: bool) -> None:
+  sub.add_argument("--task", choices=TASKS, help="a bundled task (default: digits)")
+  sub.add_argument(
+    "--data",
+    help="an .npz file of your arrays (x, y; optional x_valid, y_valid, x_test, y_test), "
+    "or the data folder of cifar10 (required) or ptb-char (default: ../shared/data/ptb-char)",
+  )
+  if models:
+    sub.add_argument(
+      "--model", choices=tuple(MODEL_KINDS), help="for --data FILE.npz (default: mlp)"
+    )
+    sub.add_argument("--width", type=int, help="units (mlp) or channels (cnn) (default: 256 / 16)")
+    sub.add_argument("--depth", type=int, help="hidden layers of the mlp (default: 2)")
+  sub.add_argument("--batch-size", type=int, help="examples per step (default: 32; ptb-char 20)")
+  sub.add_argument("--seed", type=int, help="seed of parameters, rates and shuffles (default: 0)")
+
+
+def _alrao_options(sub: argparse.ArgumentParser) -> None:
+  sub.add_argument(
+    "--lr-min",
+    type=float,
+    help="Alrao's smallest rate (default: the task's, 1e-5 for alrao-sgd, 1e-6 for alrao-adam)",
+  )
+  sub.add_argument(
+    "--lr-max",
+    type=float,
+    help="Alrao's largest rate (default: 10 for alrao-sgd, 1 for alrao-adam)",
+  )
+  sub.add_argument("--copies", type=int, help="Alrao's output copies (default: 10; ptb-char 6)")
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = _Parser(prog="alrao-jax", description=__doc__.split("\n\n")[0])
+  parser.add_argument("--version", action="version", version=f"alrao-jax {alrao_jax.__version__}")
+  commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+  train = commands.add_parser(
+    "train",
+    help="train with one optimizer; writes metrics, plots and a resumable checkpoint",
+    description="Train a bundled task or your arrays with one optimizer.",
+  )
+  finder = commands.add_parser(
+    "lr-find",
+    help="learning-rate range test; suggests Alrao's interval",
+    description="Run the learning-rate range test on the model (training mode) and suggest "
+    "rates and an interval for Alrao.",
+  )
+  screener = commands.add_parser(
+    "screen",
+    help="rank model configurations with one Alrao run each",
+    description="Train each configuration once with Alrao-SGD and rank them by validation loss.",
+  )
+  _data_options(train, models=True)
+  _data_options(finder, models=True)
+  _data_options(screener, models=False)
+  train.add_argument("--optimizer", choices=METHODS, help="(default: alrao-sgd)")
+  train.add_argument(
+    "--lr", type=float, help="rate of the other optimizers (default: sgd 0.1, adam 1e-3, others 1)"
+  )
+  _alrao_options(train)
+  train.add_argument("--momentum", type=float, help="momentum of sgd and alrao-sgd (default: none)")
+  train.add_argument(
+    "--weight-decay", type=float, help="L2 on the kernels, added to the gradient (default: 0)"
+  )
+  train.add_argument("--clip", type=float, help="clip the gradient's global norm (default: none)")
+  train.add_argument(
+    "--schedule",
+    choices=SCHEDULES,
+    help="multiplier of every update over the run (default: constant)",
+  )
+  train.add_argument("--epochs", type=int, help="(default: 10; with --resume: the new total)")
+  train.add_argument("--out", default="runs/alrao", help="folder of the run (default: runs/alrao)")
+  train.add_argument(
+    "--resume", action="store_true", help="continue the run in --out with its saved settings"
+  )
+  train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  finder.add_argument("--optimizer", choices=tuple(LR_FIND_OPTIMIZERS), help="(default: sgd)")
+  finder.add_argument("--start-lr", type=float, help="(default: 1e-7)")
+  finder.add_argument("--end-lr", type=float, help="(default: 10)")
+  finder.add_argument("--steps", type=int, help="steps of the ramp, >= 3 (default: 100)")
+  finder.add_argument(
+    "--out", default="runs/lr-find", help="folder of lr_find.png (default: runs/lr-find)"
+  )
+  screener.add_argument("--configs", help="JSON or TOML file: name -> {model, width, depth}")
+  _alrao_options(screener)
+  screener.add_argument("--epochs", type=int, help="(default: 5)")
+  screener.add_argument("--verify", action="store_true", help="also run the SGD grid per model")
+  screener.add_argument(
+    "--grid", help=f"SGD rates for --verify (default: {','.join(f'{v:g}' for v in SGD_GRID)})"
+  )
+  return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point of the ``alrao-jax`` console script; returns the exit code."""
+  args = _parser().parse_args(argv)
+  if args.command == "screen" and args.epochs is None:
+    args.epochs = 5
+  try:
+    {"train": _train, "lr-find": _lr_find, "screen": _screen}[args.command](args)
+  except (UsageError, OSError, ValueError, TypeError) as err:
+    print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
+    return 2
+  except RunInterruptedError as err:
+    print(f"alrao-jax: {err}", file=sys.stderr)
+    return 130
+  except KeyboardInterrupt:
+    print("alrao-jax: interrupted", file=sys.stderr)
+    return 130
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,236 @@
+"""PNG figures of training runs, written with matplotlib's file-only backend.
+
+matplotlib is imported on first use (it is in the ``cli`` and ``test`` extras).
+"""
+
+from __future__ import annotations
+
+import pathlib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+History = Sequence[Mapping[str, Any]]  # per epoch, as alrao_jax.fit records it
+
+
+def _figure(ncols: int = 1) -> tuple[Any, Any]:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  return plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+
+
+def _save(fig: Any, path: str | pathlib.Path) -> None:
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+def _positive(values: Sequence[float]) -> list[float]:
+  """Non-finite values are left out of a log-scale curve (gaps) instead of breaking it."""
+  return [v if np.isfinite(v) and v > 0 else np.nan for v in values]
+
+
+def _integer_epochs(ax: Any) -> None:
+  from matplotlib.ticker import MaxNLocator
+
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def best_epoch(history: History) -> int | None:
+  """The epoch of the lowest finite validation loss (what :func:`alrao_jax.fit` keeps)."""
+  losses = [(r["valid_loss"], r["epoch"]) for r in history if np.isfinite(r["valid_loss"])]
+  return min(losses)[1] if losses else None
+
+
+def plot_history(
+  history: History,
+  out: str | pathlib.Path,
+  copy_lrs: Sequence[float] | None = None,
+  *,
+  title: str = "",
+) -> None:
+  """Writes ``curves.png`` (losses per epoch) of one run into ``out``, and ``posterior.png``
+  when the run has several output copies (``copy_lrs``, the copies' rates).
+
+  Args:
+    history: per epoch, as :func:`alrao_jax.fit` records it.
+    out: the run's folder.
+    copy_lrs: the copies' learning rates; ``None`` or one rate: no posterior figure.
+    title: what the run is (task and optimizer), over both figures.
+  """
+  out = pathlib.Path(out)
+  epochs = [r["epoch"] for r in history]
+  fig, axes = _figure()
+  ax = axes[0, 0]
+  for key in ("train_loss", "valid_loss", "test_loss"):
+    ax.plot(epochs, _positive([r[key] for r in history]), marker="o", label=key.replace("_", " "))
+  best = best_epoch(history)
+  if best is not None:
+    ax.axvline(best, color="0.5", linestyle=":", label=f"best epoch ({best}), kept")
+  ax.set(xlabel="epoch", ylabel="loss (nats)", yscale="log", title=title or "learning curves")
+  _integer_epochs(ax)
+  ax.legend(fontsize="small")
+  _save(fig, out / "curves.png")
+  if copy_lrs is not None and len(copy_lrs) > 1:
+    plot_posterior(history, out / "posterior.png", copy_lrs, title=title)
+
+
+def plot_posterior(
+  history: History,
+  path: str | pathlib.Path,
+  copy_lrs: Sequence[float],
+  *,
+  title: str = "",
+) -> None:
+  """Writes the switch posterior per epoch as stacked bands, one per copy, coloured by the
+  copy's log learning rate (a colour bar, for any number of copies).
+
+  Args:
+    history: per epoch, with ``posterior`` (one weight per copy).
+    path: the PNG file.
+    copy_lrs: the copies' learning rates, increasing.
+    title: what the run is.
+  """
+  import matplotlib
+
+  epochs = [r["epoch"] for r in history]
+  posterior = np.array([r["posterior"] for r in history]).T
+  if len(copy_lrs) != len(posterior):
+    raise ValueError(f"copy_lrs has {len(copy_lrs)} rates for {len(posterior)} copies.")
+  log_lrs = np.log10(np.asarray(copy_lrs, float))
+  norm = matplotlib.colors.Normalize(log_lrs.min(), max(log_lrs.max(), log_lrs.min() + 1e-9))
+  cmap = matplotlib.colormaps["viridis"]
+  fig, axes = _figure()
+  ax = axes[0, 0]
+  ax.stackplot(epochs, posterior, colors=[cmap(norm(v)) for v in log_lrs], edgecolor="w", lw=0.3)
+  ax.set(
+    xlabel="epoch",
+    ylabel="posterior weight",
+    ylim=(0, 1),
+    xlim=(min(epochs), max(epochs)) if len(epochs) > 1 else None,
+    title=(title + "\n" if title else "") + "switch posterior over the output copies",
+  )
+  _integer_epochs(ax)
+  bar = fig.colorbar(matplotlib.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax)
+  bar.set_label("copy's learning rate (log10)")
+  _save(fig, path)
+
+
+def plot_curves(
+  histories: Mapping[str, History],
+  path: str | pathlib.Path,
+  *,
+  loss_scale: float = 1.0,
+  unit: str = "nats",
+  title: str = "",
+) -> None:
+  """Writes train (left) and test (right) loss per epoch of several runs, one line each.
+
+  Args:
+    histories: label -> history of one run.
+    path: the PNG file.
+    loss_scale: factor from nats to ``unit``.
+    unit: the loss unit on the y axes.
+    title: a title over both panels.
+  """
+  fig, axes = _figure(2)
+  for (label, history), color in zip(histories.items(), _colors(len(histories)), strict=True):
+    epochs = [r["epoch"] for r in history]
+    for ax, key in zip(axes[0], ("train_loss", "test_loss"), strict=True):
+      values = [r[key] * loss_scale for r in history]
+      ax.plot(epochs, _positive(values), color=color, label=label)
+  for ax, split in zip(axes[0], ("train", "test"), strict=True):
+    ax.set(xlabel="epoch", ylabel=f"{split} loss ({unit})", yscale="log")
+  axes[0, 1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
+  fig.suptitle(title)
+  _save(fig, path)
+
+
+def _colors(n: int) -> list[Any]:
+  import matplotlib
+
+  cmap = matplotlib.colormaps["tab20"]
+  return [cmap(i % 20) for i in range(n)]
+
+
+def plot_heatmap(
+  values: np.ndarray,
+  lr_mins: Sequence[float],
+  lr_maxs: Sequence[float],
+  path: str | pathlib.Path,
+  *,
+  title: str,
+  label: str,
+) -> None:
+  """Writes a heatmap of ``values[i, j]`` at (``lr_mins[i]``, ``lr_maxs[j]``), NaN blank.
+
+  Args:
+    values: shape ``(len(lr_mins), len(lr_maxs))``; NaN where there is no run or it diverged.
+    lr_mins: the rows' smallest rates.
+    lr_maxs: the columns' largest rates.
+    path: the PNG file.
+    title: the figure's title.
+    label: the colour bar's label.
+  """
+  fig, axes = _figure()
+  ax = axes[0, 0]
+  shown = np.ma.masked_invalid(np.asarray(values, float))
+  image = ax.imshow(shown, origin="lower", cmap="viridis_r")
+  for (i, j), v in np.ndenumerate(np.asarray(values, float)):
+    if np.isfinite(v):
+      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+  ax.set_xticks(range(len(lr_maxs)), [f"{v:g}" for v in lr_maxs], rotation=45)
+  ax.set_yticks(range(len(lr_mins)), [f"{v:g}" for v in lr_mins])
+  ax.set(xlabel="lr_max", ylabel="lr_min", title=title)
+  fig.colorbar(image, ax=ax, label=label)
+  _save(fig, path)
+
+
+def plot_lr_find(result: Any, path: str | pathlib.Path, *, title: str = "") -> None:
+  """Writes the range test's batch and smoothed loss against the rate: the suggestions
+  marked and explained, the interval suggested for Alrao shaded, the y axis clipped to the
+  useful range (the divergence spike would flatten the curve).
+
+  Args:
+    result: an :class:`alrao_jax.LRFindResult`.
+    path: the PNG file.
+    title: what was tested (task, optimizer).
+  """
+  fig, axes = _figure()
+  fig.set_size_inches(10, 4.5)
+  ax = axes[0, 0]
+  lrs, smoothed = result.learning_rates, result.smoothed
+  low, high = result.alrao_interval
+  if np.isfinite(low) and np.isfinite(high):
+    ax.axvspan(low, high, color="C1", alpha=0.12, label=f"Alrao interval: [{low:.2g}, {high:.2g}]")
+  ax.plot(lrs, result.losses, color="C0", alpha=0.3, label="batch loss")
+  ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+  meaning = {
+    "steep": "steepest fall",
+    "valley": "middle of the longest fall",
+    "minimum": "lowest loss's rate / 10",
+  }
+  for (name, lr), color in zip(result.suggestions.items(), ("C2", "C3", "C4"), strict=False):
+    if np.isfinite(lr):
+      ax.axvline(
+        lr, color=color, linestyle="--", label=f"{name} ({meaning.get(name, name)}): {lr:.2g}"
+      )
+  finite = smoothed[np.isfinite(smoothed)]
+  if len(finite):
+    bottom, start = float(finite.min()), float(finite[: max(1, len(finite) // 10)].max())
+    top = max(start, bottom) + 0.25 * (max(start, bottom) - bottom + 1e-12)
+    ax.set_ylim(bottom - 0.1 * (top - bottom), top)
+  ax.set(
+    xscale="log",
+    xlabel="learning rate",
+    ylabel="training loss",
+    title=(title + ": " if title else "") + "learning-rate range test",
+  )
+  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+  _save(fig, path)

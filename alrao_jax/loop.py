@@ -1,0 +1,177 @@
+"""The training loop: :func:`fit` trains a linen model with early stopping on validation,
+checkpoints every epoch and resumes exactly."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
+from alrao_jax.checks import check_labels
+from alrao_jax.loss import Likelihood, categorical_log_likelihood
+from alrao_jax.steps import (
+  TrainState,
+  create_train_state,
+  head_outputs,
+  make_eval_step,
+  make_train_step,
+)
+from alrao_jax.switch import ModelAveraging, switch_averaging
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns."""
+
+  state: TrainState  # at the best validation epoch
+  last_state: TrainState  # after the last epoch
+  best_epoch: int  # 1-based; 0 when no epoch had a finite validation loss
+  history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
+  test: dict[str, float]  # test metrics at the best validation epoch
+
+
+def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
+  return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
+
+
+def fit(
+  model: nn.Module,
+  optimizer: optax.GradientTransformation,
+  splits: Any,
+  *,
+  epochs: int,
+  seed: int = 0,
+  batch_size: int = 32,
+  averaging: ModelAveraging | None = None,
+  likelihood: Likelihood = categorical_log_likelihood,
+  train_kwargs: Mapping[str, Any] | None = None,
+  eval_kwargs: Mapping[str, Any] | None = None,
+  checkpoint_dir: str | os.PathLike | None = None,
+  resume: bool = False,
+  on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None = None,
+  eval_params: Callable[[TrainState], Any] | None = None,
+  patience: int | None = None,
+  rng_streams: Sequence[str] = ("dropout",),
+) -> FitResult:
+  """Trains a linen model with early stopping on the validation loss.
+
+  Each epoch shuffles the training split with a seed of its own, ``(seed, epoch)`` (the last
+  partial batch is dropped so that one compiled step serves every batch), and evaluates the
+  validation and test splits whole. Training stops early after ``patience`` epochs without a
+  better validation loss, and at once when the training loss is not finite (plain models
+  cannot recover from it; an Alrao mixture stays finite while one copy is usable). With
+  ``checkpoint_dir``, a checkpoint is written after
+  every epoch; ``resume=True`` continues from it, and the result equals that of a run that
+  was never interrupted.
+
+  Args:
+    model: a linen module ending with an Alrao head.
+    optimizer: any optax transformation, e.g. :func:`alrao_jax.alrao_sgd` or ``optax.sgd``.
+    splits: an :class:`alrao_jax.Splits`.
+    epochs: number of epochs, >= 1.
+    seed: seed of the parameters and of the shuffles (the rates come from the optimizer's key).
+    batch_size: examples per step.
+    averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
+    likelihood: the per-copy log-likelihood.
+    train_kwargs: keyword arguments of the model call in training, e.g. ``{'train': True}``.
+    eval_kwargs: keyword arguments of the model call in evaluation.
+    checkpoint_dir: folder for an Orbax checkpoint (see :mod:`alrao_jax.checkpoint`).
+    resume: continue from the checkpoint in ``checkpoint_dir``.
+    on_epoch: called after each epoch (and its checkpoint) with the epoch's record and the
+      history so far.
+    eval_params: the parameters to evaluate, from the state; see :func:`make_eval_step`.
+    patience: stop after this many epochs without a better validation loss (the paper
+      uses 20); ``None`` runs every epoch.
+    rng_streams: the RNG streams the model draws from in training (see
+      :func:`create_train_state`).
+
+  Returns:
+    A :class:`FitResult`.
+
+  Raises:
+    ValueError: bad arguments, or (categorical likelihood) labels outside ``[0, K)`` in a
+      split, checked once on the host before training.
+  """
+  if epochs < 1:
+    raise ValueError(f"epochs must be >= 1, got {epochs}.")
+  if patience is not None and patience < 1:
+    raise ValueError(f"patience must be >= 1 or None, got {patience}.")
+  if resume and checkpoint_dir is None:
+    raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+  train, valid, test = splits
+  if batch_size < 1 or batch_size > len(train.inputs):
+    raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
+  averaging = averaging or switch_averaging()
+  state = create_train_state(
+    model,
+    optimizer,
+    jax.random.key(seed),
+    train.inputs[:batch_size],
+    averaging=averaging,
+    rng_streams=rng_streams,
+    **dict(eval_kwargs or {}),
+  )
+  if likelihood is categorical_log_likelihood:
+    num_classes = head_outputs(state.params)
+    for name, split in zip(("train", "valid", "test"), splits, strict=True):
+      check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+  step = make_train_step(
+    model,
+    optimizer,
+    averaging=averaging,
+    likelihood=likelihood,
+    train_kwargs=train_kwargs,
+    rng_streams=rng_streams,
+  )
+  evaluate = make_eval_step(
+    model,
+    averaging=averaging,
+    likelihood=likelihood,
+    eval_kwargs=eval_kwargs,
+    eval_params=eval_params,
+  )
+  steps = len(train.inputs) // batch_size
+  history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0
+  if resume:
+    saved = restore_checkpoint(checkpoint_dir, state)
+    state, best_state, done = saved.state, saved.best_state, saved.epoch
+    history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
+  for epoch in range(done + 1, epochs + 1):
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(train.inputs))[: steps * batch_size].reshape(steps, batch_size)
+    losses = []
+    for idx in order:
+      state, metrics = step(state, train.inputs[idx], train.targets[idx])
+      losses.append(metrics["loss"])
+    record = {
+      "epoch": epoch,
+      "train_loss": float(jnp.mean(jnp.stack(losses))),
+      "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
+    }
+    for prefix, split in (("valid", valid), ("test", test)):
+      metrics = _as_floats(evaluate(state, split.inputs, split.targets))
+      record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+    history.append(record)
+    if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
+      # The step donates its state: keep a copy, not the buffers the next step reuses.
+      best, best_state, best_epoch = record["valid_loss"], jax.tree.map(jnp.copy, state), epoch
+    if checkpoint_dir is not None:
+      meta = {"history": history, "best": best, "best_epoch": best_epoch}
+      save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
+    if on_epoch is not None:
+      on_epoch(record, history)
+    stalled = patience is not None and epoch - best_epoch >= patience
+    if not np.isfinite(record["train_loss"]) or stalled:
+      break
+  test_metrics = (
+    {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
+    if best_epoch
+    else {"loss": float("inf"), "accuracy": float("nan")}
+  )
+  return FitResult(best_state, state, best_epoch, history, test_metrics)
