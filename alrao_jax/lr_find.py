@@ -124,7 +124,7 @@ def _nnx_objective(model, likelihood, kwargs):
   graphdef, params, rest = nnx.split(copy, nnx.Param, ...)
 
   def objective(params, rest, batch):
-    module = nnx.merge(graphdef, params, rest)
+    module = nnx.merge(graphdef, params, rest, copy=True)
     loss, recorded = _batch_loss(module(batch[0], **kwargs), batch[1], likelihood)
     return loss, (recorded, nnx.state(module, nnx.Not(nnx.Param)))
 

@@ -1,9 +1,12 @@
 """The learning-rate range test on a problem whose good rates are known in closed form."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
+from flax import nnx
 
 import alrao_jax
 
@@ -102,3 +105,81 @@ def test_suggestions_skip_the_noisy_start_of_the_ramp():
     v >= first_kept * (1 - 1e-9)
     for v in (result.suggestions["steep"], result.suggestions["valley"])
   )
+
+
+def _digits_batches(count):
+  from alrao_jax.experiments.data import load_digits
+
+  train = load_digits().train
+  return [
+    (train.inputs[32 * i : 32 * (i + 1)], train.targets[32 * i : 32 * (i + 1)])
+    for i in range(count)
+  ]
+
+
+def _mixture_nll(outputs, targets):
+  uniform = jnp.full((outputs.own.shape[0],), 1.0 / outputs.own.shape[0])
+  return float(alrao_jax.alrao_loss(outputs, targets, uniform)[1].mixture_nll)
+
+
+def test_an_alrao_linen_model_runs_directly_with_batchnorm_in_training_mode():
+  from alrao_jax.experiments.models import DigitsCNN
+
+  model = DigitsCNN(num_copies=3)
+  batches = _digits_batches(4)
+  state = alrao_jax.create_train_state(
+    model,
+    alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1)),
+    jax.random.key(0),
+    batches[0][0],
+    train=False,
+  )
+  before = jax.tree.map(np.asarray, (state.params, state.model_state))
+  result = alrao_jax.lr_find(model, state, batches, num_steps=4, train_kwargs={"train": True})
+  variables = {"params": state.params, **state.model_state}
+  x, y = batches[0]
+  trained = model.apply(variables, x, train=True, mutable=["batch_stats"])[0]
+  evaluated = model.apply(variables, x, train=False)
+  assert result.losses[0] == pytest.approx(_mixture_nll(trained, y), rel=1e-5)
+  assert abs(_mixture_nll(evaluated, y) - _mixture_nll(trained, y)) > 1e-3  # the mode matters
+  after = jax.tree.map(np.asarray, (state.params, state.model_state))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
+  low, high = result.alrao_interval
+  assert high == pytest.approx(1e4 * low) and high in result.learning_rates
+
+
+def _values(tree):
+  def raw(x):
+    return jax.random.key_data(x) if jnp.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+
+  return jax.tree.map(lambda x: np.asarray(raw(x)), tree)
+
+
+def test_an_nnx_model_runs_directly_in_training_mode_and_is_left_as_it_was():
+  from conftest import SmallNNXNet
+
+  model = SmallNNXNet(64, 16, 10, 2, dropout=0.0, rngs=nnx.Rngs(0))
+  model.eval()
+  before = _values(nnx.state(model))
+  batches = [(x.reshape(32, -1), y) for x, y in _digits_batches(3)]
+  result = alrao_jax.lr_find(model, None, batches, num_steps=3)
+  jax.tree.map(np.testing.assert_array_equal, before, _values(nnx.state(model)))
+  assert model.bn.use_running_average  # still in eval mode
+  oracle = nnx.clone(model)
+  oracle.train()
+  trained = oracle(batches[0][0])
+  assert result.losses[0] == pytest.approx(_mixture_nll(trained, batches[0][1]), rel=1e-5)
+  with pytest.raises(TypeError, match="params=None"):
+    alrao_jax.lr_find(model, {"params": {}}, batches)
+
+
+def test_a_plain_linen_model_records_its_cross_entropy():
+  model = nn.Dense(10)
+  x, y = _digits_batches(1)[0]
+  x = x.reshape(32, -1)
+  variables = model.init(jax.random.key(0), x)
+  result = alrao_jax.lr_find(model, variables, [(x, y)], num_steps=3)
+  expected = optax.softmax_cross_entropy_with_integer_labels(model.apply(variables, x), y).mean()
+  assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)
+  with pytest.raises(TypeError, match=r"TrainState .* or its variables"):
+    alrao_jax.lr_find(model, variables["params"]["kernel"], [(x, y)])

@@ -1,0 +1,78 @@
+"""The package's layout is its architecture: the method and the tools never import the bundled
+experiments, and no two modules import each other (directly or through others)."""
+
+import ast
+import pathlib
+
+import alrao_jax
+
+PACKAGE = pathlib.Path(alrao_jax.__file__).parent
+METHOD = ("checks", "rates", "transform", "head", "nnx", "switch", "loss", "steps", "predict")
+AROUND = ("loop", "checkpoint", "splits")
+TOOLS = ("lr_find", "screen")
+
+
+def _imports() -> dict[str, set[str]]:
+  """module -> the alrao_jax modules it imports (at any level), names relative to the package."""
+  graph = {}
+  for path in PACKAGE.rglob("*.py"):
+    name = ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+      if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("alrao_jax"):
+        modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      elif isinstance(node, ast.Import):
+        modules = [a.name for a in node.names if a.name.startswith("alrao_jax")]
+      else:
+        continue
+      for module in modules:
+        relative = module.removeprefix("alrao_jax").lstrip(".")
+        if (PACKAGE / f"{relative.replace('.', '/')}.py").exists():
+          found.add(relative)
+    graph[name] = found - {name}
+  return graph
+
+
+def test_the_method_and_the_tools_never_import_the_experiments():
+  graph = _imports()
+  for module in METHOD + AROUND + TOOLS:
+    assert module in graph, module
+    bundled = sorted(m for m in graph[module] if m.startswith("experiments"))
+    assert not bundled, f"{module} imports {bundled}"
+  for module in METHOD + AROUND:
+    assert not graph[module] & set(TOOLS), module  # the tools sit beside the method
+  assert graph["checks"] == set()  # everything may import the checks
+
+
+def test_no_import_cycles():
+  graph = _imports()
+  state = {}
+
+  def visit(module, stack):
+    state[module] = "open"
+    for other in graph.get(module, ()):
+      if state.get(other) == "open":
+        raise AssertionError(f"import cycle: {' -> '.join([*stack, module, other])}")
+      if other not in state:
+        visit(other, [*stack, module])
+    state[module] = "done"
+
+  for module in graph:
+    if module not in state:
+      visit(module, [])
+
+
+def test_the_public_api():
+  for name in (
+    "fit",
+    "predict",
+    "save_checkpoint",
+    "restore_checkpoint",
+    "Splits",
+    "split_arrays",
+    "lr_find",
+    "screen",
+    "alrao_sgd",
+    "AlraoHead",
+  ):
+    assert name in alrao_jax.__all__ and hasattr(alrao_jax, name), name
