@@ -70,6 +70,28 @@ def num_copies_of(params: Any) -> int:
   return int(jnp.shape(_head_kernel(params))[0])
 
 
+def init_averaging(model: nnx.Module | Any, averaging: ModelAveraging | None = None) -> Any:
+  """The model averaging's initial state for a model's Alrao head (NNX steps carry it).
+
+  Args:
+    model: an NNX module holding an Alrao head, or a parameter tree (linen ``params``).
+    averaging: :func:`alrao_jax.switch_averaging` (default) or :func:`alrao_jax.bayes_averaging`.
+
+  Returns:
+    ``averaging.init(N)`` for the head's ``N`` copies.
+
+  Example:
+    >>> import alrao_jax
+    >>> from flax import nnx
+    >>> head = alrao_jax.nnx.AlraoHead(8, 3, num_copies=5, rngs=nnx.Rngs(0))
+    >>> alrao_jax.init_averaging(head).log_posterior.shape
+    (5,)
+  """
+  averaging = averaging or switch_averaging()
+  params = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+  return averaging.init(num_copies_of(params))
+
+
 def create_train_state(
   model: nn.Module,
   optimizer: optax.GradientTransformation,

@@ -1,17 +1,63 @@
-"""The README's quickstart runs as written."""
+"""The README's code runs as written, and its demo table is what the demo prints."""
 
 import pathlib
 import re
 
+import pytest
+
+from alrao_jax.experiments import demo
+
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_quickstart_runs(capsys):
+def _blocks(title, until="\n## "):
   text = README.read_text()
-  section = text[text.index("## Quickstart") :]
-  code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+  start = text.index(title)
+  section = text[start : text.index(until, start + len(title))]
+  return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def test_quickstart_runs(capsys):
+  code = _blocks("## Quickstart")[0]
   assert len(code.strip().splitlines()) <= 20
   exec(compile(code, "README quickstart", "exec"), {})
   out = capsys.readouterr().out
   accuracy = float(re.search(r"train accuracy: ([0-9.]+)", out).group(1))
   assert accuracy > 0.5  # 256 random points, 10 classes: the network must fit them
+
+
+@pytest.mark.parametrize("title", ["### Flax linen", "### Flax NNX"])
+def test_your_own_model_loops_run(title, capsys):
+  code = "\n".join(_blocks(title, until="\n### " if "linen" in title else "\n## "))
+  exec(compile(code, f"README {title}", "exec"), {})
+  out = capsys.readouterr().out
+  for split in ("valid", "test"):
+    accuracy = float(re.search(rf"{split} accuracy: ([0-9.]+)", out).group(1))
+    assert accuracy > 0.8, out  # three classes; a linear rule of two inputs
+  if "linen" in title:
+    assert float(re.search(r"fit: best epoch \d+ test accuracy ([0-9.]+)", out).group(1)) > 0.8
+
+
+def _table(text):
+  rows = re.findall(
+    r"^\| (Alrao-SGD.*?|SGD lr.*?|Adam lr.*?) \| (.*?) \| (.*?)% \| (\d+) \|", text, re.M
+  )
+  posterior = re.search(r"copies \(lr from 1e-5 to 10\): ([0-9. ]+)", text).group(1).split()
+  return {name: (float(loss), float(acc), int(epoch)) for name, loss, acc, epoch in rows}, [
+    float(p) for p in posterior
+  ]
+
+
+def test_the_readme_quotes_what_the_demo_prints(capsys):
+  quoted, quoted_posterior = _table(README.read_text())
+  assert len(quoted) == 3
+  demo.main([])
+  printed, posterior = _table(capsys.readouterr().out)
+  assert quoted.keys() == printed.keys()
+  for name, (loss, accuracy, epoch) in printed.items():
+    want_loss, want_accuracy, want_epoch = quoted[name]
+    # Another CPU may round differently along 30 epochs: small drifts pass, stale numbers not.
+    assert abs(loss - want_loss) <= 0.005, (name, loss, want_loss)
+    assert abs(accuracy - want_accuracy) < 1.0, (name, accuracy, want_accuracy)
+    assert abs(epoch - want_epoch) <= 3, (name, epoch, want_epoch)
+  assert max(abs(a - b) for a, b in zip(posterior, quoted_posterior, strict=True)) <= 0.1
