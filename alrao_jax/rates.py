@@ -552,7 +552,8 @@ def sample_rates(
     granularity: ``"feature"`` (one rate per feature, the default), ``"weight"`` (one rate
       per scalar) or ``"layer"`` (one rate per module).
     rules: overrides per parameter: a callable ``(path, leaf) -> label`` with paths such as
-      ``"Dense_0/kernel"`` (the keys of ``params``, joined by ``/``), or a tree of labels with
+      ``"Dense_0/kernel"`` (the keys of ``params``, joined by ``/``; the optimizer sees
+      ``state.params``, so its paths have no ``"params/"`` prefix), or a tree of labels with
       the structure of ``params``. A label is ``None`` (the default rule), ``"feature"``,
       ``"weight"``, ``"layer"`` (one rate per module, per layer of a stack), ``"copies"``, a
       float (a fixed rate, e.g. ``0.0`` to freeze) or a tuple of feature axes of the whole
