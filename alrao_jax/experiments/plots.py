@@ -147,6 +147,7 @@ def plot_curves(
       ax.plot(epochs, _positive(values), color=color, label=label)
   for ax, split in zip(axes[0], ("train", "test"), strict=True):
     ax.set(xlabel="epoch", ylabel=f"{split} loss ({unit})", yscale="log")
+    _integer_epochs(ax)
   axes[0, 1].legend(fontsize="small", loc="upper left", bbox_to_anchor=(1, 1))
   fig.suptitle(title)
   _save(fig, path)
