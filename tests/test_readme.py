@@ -42,7 +42,9 @@ def _table(text):
   rows = re.findall(
     r"^\| (Alrao-SGD.*?|SGD lr.*?|Adam lr.*?) \| (.*?) \| (.*?)% \| (\d+) \|", text, re.M
   )
-  posterior = re.search(r"copies \(lr from 1e-5 to 10\): ([0-9. ]+)", text).group(1).split()
+  posterior = (
+    re.search(r"copies at the kept epoch \(lr from 1e-5 to 10\): ([0-9. ]+)", text).group(1).split()
+  )
   return {name: (float(loss), float(acc), int(epoch)) for name, loss, acc, epoch in rows}, [
     float(p) for p in posterior
   ]
