@@ -1,23 +1,12 @@
-"""The main demo in its reduced mode, and fit's argument checks."""
+"""The demo's data, and fit's argument checks (the README test runs the demo itself)."""
 
 import optax
 import pytest
 
-from alrao_jax.experiments import demo
 from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.models import DigitsCNN
 from alrao_jax.loop import fit
 from alrao_jax.splits import split_arrays
-
-
-def test_demo_quick_mode_learns_far_above_chance(capsys):
-  rows = demo.main(["--quick"])
-  out = capsys.readouterr().out
-  alrao = rows[0]
-  assert alrao["method"].startswith("Alrao-SGD")
-  assert alrao["test_accuracy"] > 0.6  # chance is 0.1
-  assert abs(sum(alrao["posterior"]) - 1) < 1e-4
-  assert "| Alrao-SGD [1e-05, 10], 10 copies |" in out and "| SGD lr=0.1 |" in out
 
 
 def test_digits_splits_are_disjoint_and_complete():

@@ -53,8 +53,10 @@ def _table(text):
 def test_the_readme_quotes_what_the_demo_prints(capsys):
   quoted, quoted_posterior = _table(README.read_text())
   assert len(quoted) == 3
-  demo.main([])
+  rows = demo.main([])
   printed, posterior = _table(capsys.readouterr().out)
+  assert rows[0]["method"].startswith("Alrao-SGD") and rows[0]["test_accuracy"] > 0.9
+  assert abs(sum(rows[0]["posterior"]) - 1) < 1e-4
   assert quoted.keys() == printed.keys()
   for name, (loss, accuracy, epoch) in printed.items():
     want_loss, want_accuracy, want_epoch = quoted[name]

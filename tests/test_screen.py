@@ -10,14 +10,14 @@ from alrao_jax.screen import kendall_tau
 
 
 def test_screen_verify_ranks_the_builtin_variants_in_the_right_order(capsys):
-  args = ["screen", "--task", "digits", "--epochs", "3", "--verify", "--grid", "0.01,0.1,1"]
+  args = ["screen", "--task", "digits", "--epochs", "3", "--verify", "--grid", "0.1,1"]
   assert cli.main(args) == 0
   out = capsys.readouterr().out.splitlines()
   ranked = [line.split(" | ")[1] for line in out[1:4]]
   widths = sorted(BUILTIN_CONFIGS, key=lambda n: -BUILTIN_CONFIGS[n]["width"])
   assert ranked == widths  # the widest first, as capacity says
   assert "Kendall tau between the rankings: 1.000" in out[-1]
-  assert "Alrao ranking: 3 runs" in out[-2] and "tuned SGD ranking: 9 runs" in out[-1]
+  assert "Alrao ranking: 3 runs" in out[-2] and "tuned SGD ranking: 6 runs" in out[-1]
 
 
 def test_kendall_tau_counts_concordant_pairs():
