@@ -322,7 +322,9 @@ def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
   assert err[1].startswith("alrao-jax: interrupted ")
   assert f"`alrao-jax train --resume --out {out}` continues the run" in err[1]
   if when == "compiling":
-    assert "before its first epoch" in err[1]
+    # A SIGINT that lands in one of JAX's garbage-collection callbacks is dropped by Python;
+    # the CLI then stops at the end of the epoch it is in.
+    assert "before its first epoch" in err[1] or "after epoch 1;" in err[1]
   else:
     done = len((out / "metrics.jsonl").read_text().splitlines())
     assert f"after epoch {done}" in err[1] and 1 <= done < 3
