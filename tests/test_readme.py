@@ -61,7 +61,7 @@ def test_the_readme_quotes_what_the_demo_prints(capsys):
   for name, (loss, accuracy, epoch) in printed.items():
     want_loss, want_accuracy, want_epoch = quoted[name]
     # Another CPU may round differently along 30 epochs: small drifts pass, stale numbers not.
-    assert abs(loss - want_loss) <= 0.005, (name, loss, want_loss)
+    assert abs(loss - want_loss) <= 0.008, (name, loss, want_loss)
     assert abs(accuracy - want_accuracy) < 1.0, (name, accuracy, want_accuracy)
-    assert abs(epoch - want_epoch) <= 3, (name, epoch, want_epoch)
-  assert max(abs(a - b) for a, b in zip(posterior, quoted_posterior, strict=True)) <= 0.1
+    assert abs(epoch - want_epoch) <= 5, (name, epoch, want_epoch)
+  assert max(abs(a - b) for a, b in zip(posterior, quoted_posterior, strict=True)) <= 0.15
