@@ -316,7 +316,9 @@ def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
   else:
     flags = ("--epochs", "3", "--batch-size", "4")  # about a second per epoch
     code, err, out = _interrupt(tmp_path, lambda o: (o / "metrics.jsonl").exists(), *flags)
-  assert code == 130, err
+  # 130; or -2 (shown as 130 by a shell) when Python, finishing after the handled interrupt,
+  # ends itself with SIGINT: seen once in CI, the run's state and message being the same.
+  assert code in (130, -signal.SIGINT), (code, err)
   assert "compiling the step" in err[0] and len(err) == 2, err
   assert "Traceback" not in "".join(err)
   assert err[1].startswith("alrao-jax: interrupted ")

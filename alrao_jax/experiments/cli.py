@@ -568,7 +568,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
     return 2
   except RunInterruptedError as err:
-    print(f"alrao-jax: {err}", file=sys.stderr)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is saved: a second Ctrl-C may not
+    print(f"alrao-jax: {err}", file=sys.stderr)  # break the clean exit
     return 130
   except KeyboardInterrupt:
     print("alrao-jax: interrupted", file=sys.stderr)
