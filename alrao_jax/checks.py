@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -69,3 +70,16 @@ def check_labels(labels: Any, num_classes: int, *, name: str = "labels") -> None
       f"{name} must lie in [0, {num_classes}) (the head has {num_classes} outputs), but range "
       f"from {values.min()} to {values.max()}; relabel them, or give the head more outputs."
     )
+
+
+def check_rng_streams(rng_streams: Sequence[str]) -> tuple[str, ...]:
+  """The RNG stream names a linen model draws from in a step, as a tuple.
+
+  Raises:
+    TypeError: not a sequence of names. ValueError: it names ``'params'`` (init only).
+  """
+  if isinstance(rng_streams, str) or not all(isinstance(n, str) for n in rng_streams):
+    raise TypeError(f"rng_streams must be a sequence of stream names, got {rng_streams!r}.")
+  if "params" in rng_streams:
+    raise ValueError("rng_streams names the streams used in a step; 'params' is only for init.")
+  return tuple(rng_streams)

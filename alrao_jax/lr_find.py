@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from flax import nnx
 
-from alrao_jax.checks import check_bounds
+from alrao_jax.checks import check_bounds, check_rng_streams
 from alrao_jax.head import CopyOutputs
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
-from alrao_jax.steps import TrainState
+from alrao_jax.steps import TrainState, stream_keys
 
 
 class LRFindResult(NamedTuple):
@@ -108,7 +108,7 @@ def _linen_objective(model, state, likelihood, kwargs, streams):
   def objective(params, carry, batch):
     collections, rng = carry
     rng, step_key = jax.random.split(rng)
-    rngs = dict(zip(streams, jax.random.split(step_key, len(streams)), strict=True))
+    rngs = stream_keys(step_key, streams)
     outputs, collections = model.apply(
       {"params": params, **collections}, batch[0], rngs=rngs, mutable=mutable, **kwargs
     )
@@ -224,11 +224,8 @@ def lr_find(
       raise TypeError("an NNX model's range test takes params=None: the model holds them.")
     objective, params, carry = _nnx_objective(loss_fn, likelihood, kwargs)
   elif isinstance(loss_fn, nn.Module):
-    if isinstance(rng_streams, str) or "params" in rng_streams:
-      raise ValueError(f"rng_streams must name the training streams, got {rng_streams!r}.")
-    objective, params, carry = _linen_objective(
-      loss_fn, params, likelihood, kwargs, tuple(rng_streams)
-    )
+    streams = check_rng_streams(rng_streams)
+    objective, params, carry = _linen_objective(loss_fn, params, likelihood, kwargs, streams)
   elif callable(loss_fn):
     if kwargs:
       raise TypeError("train_kwargs apply to a model; a loss function takes (params, batch).")

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from alrao_jax.checks import check_rng_streams
 from alrao_jax.head import (
   CopyOutputs,
   Posterior,
@@ -117,11 +118,11 @@ def create_train_state(
     A :class:`TrainState` at step 0.
   """
   averaging = averaging or switch_averaging()
-  streams = _check_streams(rng_streams)
+  streams = check_rng_streams(rng_streams)
   params_key, init_key, rng = jax.random.split(key, 3)
   variables = dict(
     model.init(
-      {"params": params_key, **_stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
+      {"params": params_key, **stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
     )
   )
   params = variables.pop("params")
@@ -137,15 +138,8 @@ def create_train_state(
   )
 
 
-def _check_streams(rng_streams: Sequence[str]) -> tuple[str, ...]:
-  if isinstance(rng_streams, str) or not all(isinstance(n, str) for n in rng_streams):
-    raise TypeError(f"rng_streams must be a sequence of stream names, got {rng_streams!r}.")
-  if "params" in rng_streams:
-    raise ValueError("rng_streams names the streams used in a step; 'params' is only for init.")
-  return tuple(rng_streams)
-
-
-def _stream_keys(key: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:
+def stream_keys(key: jax.Array, streams: tuple[str, ...]) -> dict[str, jax.Array]:
+  """A fresh key per RNG stream, split from ``key`` (none for no streams)."""
   return dict(zip(streams, jax.random.split(key, len(streams)), strict=True)) if streams else {}
 
 
@@ -235,13 +229,13 @@ def make_train_step(
     return _nnx_train_step(model, optimizer, averaging, likelihood, kwargs)
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
-  streams = _check_streams(rng_streams)
+  streams = check_rng_streams(rng_streams)
   tx = optax.with_extra_args_support(optimizer)
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def step(state: TrainState, inputs: Any, targets: jax.Array) -> tuple[TrainState, Metrics]:
     rng, step_key = jax.random.split(state.rng)
-    rngs = _stream_keys(step_key, streams)
+    rngs = stream_keys(step_key, streams)
     mutable = list(state.model_state)
 
     def apply(params):

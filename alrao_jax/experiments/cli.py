@@ -117,9 +117,11 @@ def _check_data_options(s: dict[str, Any]) -> None:
       raise UsageError(f"{_flag(name)} must be >= 1, got {s[name]}")
 
 
-def _check_given_bounds(s: dict[str, Any]) -> None:
+def _check_given_alrao_options(s: dict[str, Any]) -> None:
   """Each bound given is a positive finite rate; both given are in order (the task's defaults
-  fill in a missing one later)."""
+  fill in a missing one later); copies given are >= 1."""
+  if s["copies"] is not None and s["copies"] < 1:
+    raise UsageError(f"--copies must be >= 1, got {s['copies']}")
   given = {n: s[n] for n in ("lr_min", "lr_max") if s[n] is not None}
   for name, value in given.items():
     check_bounds(value, value, names=(_flag(name), _flag(name)))
@@ -139,9 +141,7 @@ def _check_optimizer_options(s: dict[str, Any]) -> None:
     )
   if s["lr"] is not None and not s["lr"] > 0:
     raise UsageError(f"--lr must be > 0, got {s['lr']}")
-  if s["copies"] is not None and s["copies"] < 1:
-    raise UsageError(f"--copies must be >= 1, got {s['copies']}")
-  _check_given_bounds(s)
+  _check_given_alrao_options(s)
   if s["momentum"] is not None and s["optimizer"] not in WITH_MOMENTUM:
     raise UsageError(f"--momentum applies to {' and '.join(WITH_MOMENTUM)}, not {s['optimizer']}")
   if s["momentum"] is not None and not 0 <= s["momentum"] < 1:
@@ -355,9 +355,7 @@ def _screen(args: argparse.Namespace) -> None:
   s = _resolve(args, ("task", "data", "batch_size", "seed", "lr_min", "lr_max", "copies", "epochs"))
   s.update({"model": None, "width": None, "depth": None})
   _check_data_options(s)
-  _check_given_bounds(s)
-  if s["copies"] is not None and s["copies"] < 1:
-    raise UsageError(f"--copies must be >= 1, got {s['copies']}")
+  _check_given_alrao_options(s)
   try:
     grid = [float(v) for v in (args.grid or ",".join(f"{v:g}" for v in SGD_GRID)).split(",")]
   except ValueError as err:

@@ -257,12 +257,11 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
   if len(shapes) > 1:
     raise ValueError(f"{path}: the splits' inputs differ in shape: {sorted(shapes)}.")
   count = round(held_out * len(train.inputs))
-  for missing in ("valid", "test"):
-    if (valid if missing == "valid" else test) is None:
+  held = []
+  for name, split in (("valid", valid), ("test", test)):
+    if split is None:
       if count < 1 or len(train.inputs) - count < 2:
-        raise ValueError(
-          f"{path}: too few examples in x ({len(train.inputs)}) to hold out {missing}."
-        )
-      train, held = _hold_out(train.inputs, train.targets, count, seed)
-      valid, test = (held, test) if missing == "valid" else (valid, held)
-  return Splits(train, valid, test)
+        raise ValueError(f"{path}: too few examples in x ({len(train.inputs)}) to hold out {name}.")
+      train, split = _hold_out(train.inputs, train.targets, count, seed)
+    held.append(split)
+  return Splits(train, *held)
