@@ -1,6 +1,10 @@
 """Orbax checkpoints of an Alrao run: parameters, optimizer state (rates included), switch
 state, step and RNG, plus the epoch and history needed to resume exactly; for linen
-:class:`alrao_jax.TrainState` runs and for NNX runs (model, optimizer, averaging state)."""
+:class:`alrao_jax.TrainState` runs and for NNX runs (model, optimizer, averaging state).
+
+Sharded states are written shard by shard, by every process of a multi-process run (all
+call the same function; one moves the folders), and restored in the shardings of the
+``like`` state given, on any number of devices and processes."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
+from jax.experimental import multihost_utils
 
 if TYPE_CHECKING:
   from alrao_jax.steps import TrainState
@@ -81,15 +86,27 @@ def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, 
   if folder.exists() and not folder.is_dir():
     raise ValueError(f"checkpoint directory {folder} is a file; pass a folder path.")
   staging = folder.with_name(folder.name + ".tmp")
+  primary = jax.process_index() == 0  # several processes: one moves folders, all write shards
   with _interrupts_deferred():
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    if primary:
+      shutil.rmtree(staging, ignore_errors=True)
+      staging.mkdir(parents=True)
+    _sync("alrao_jax_checkpoint_staged")
     with ocp.StandardCheckpointer() as checkpointer:
       for name, tree in items.items():
         checkpointer.save(staging / name, _raw(tree))
-    (staging / META).write_text(json.dumps(meta))
-    shutil.rmtree(folder, ignore_errors=True)
-    staging.rename(folder)
+    _sync("alrao_jax_checkpoint_saved")
+    if primary:
+      (staging / META).write_text(json.dumps(meta))
+      shutil.rmtree(folder, ignore_errors=True)
+      staging.rename(folder)
+    _sync("alrao_jax_checkpoint_done")
+
+
+def _sync(name: str) -> None:
+  """Waits for every process of a multi-process run (nothing to wait for in one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:

@@ -579,7 +579,9 @@ def sample_rates(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (section 2).
   """
   check_bounds(lr_min, lr_max)
-  _, _, treedef, plans = rate_plans(params, granularity=granularity, rules=rules, stacked=stacked)
+  _, leaves, treedef, plans = rate_plans(
+    params, granularity=granularity, rules=rules, stacked=stacked
+  )
   groups = {}
   for plan in plans:
     groups.setdefault(plan.group, plan)
@@ -597,8 +599,27 @@ def sample_rates(
       u = jax.random.uniform(group_key, plan.shape, jnp.float32)
       drawn[group] = lr_min * jnp.exp(u * log_ratio)
   # Each leaf owns its buffer, so that a state holding the rates can be donated to jit.
-  rate_leaves = [jnp.copy(plan.to_leaf(drawn[plan.group])) for plan in plans]
+  rate_leaves = [
+    _sharded_like(jnp.copy(plan.to_leaf(drawn[plan.group])), leaf)
+    for plan, leaf in zip(plans, leaves, strict=True)
+  ]
   return jax.tree_util.tree_unflatten(treedef, rate_leaves)
+
+
+def _sharded_like(rate: jax.Array, param: Any) -> jax.Array:
+  """Under explicit sharding (sharding in types), the rates take their parameter's sharding
+  on the axes they have (replicated on their size-1 axes), so that no update gathers."""
+  if not isinstance(param, jax.Array):
+    return rate
+  sharding = getattr(jax.typeof(param), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  if mesh is None or not any(sharding.spec) or not mesh.are_all_axes_explicit:
+    return rate  # not sharded in its type: placed by jit (see alrao_jax.sharding)
+  names = (*sharding.spec, *(None,) * (rate.ndim - len(sharding.spec)))
+  spec = jax.sharding.PartitionSpec(
+    *(None if size == 1 else name for size, name in zip(rate.shape, names, strict=False))
+  )
+  return jax.sharding.reshard(rate, jax.sharding.NamedSharding(mesh, spec))
 
 
 def check_rates_fit(rates: Any, params: Any) -> None:

@@ -271,6 +271,18 @@ def _is_variable(x: Any) -> bool:
   return isinstance(x, nnx.Variable)
 
 
+def _mesh_placement(value: Any) -> jax.sharding.NamedSharding | None:
+  """A value's sharding over a mesh of several devices, else None."""
+  sharding = getattr(value, "sharding", None)
+  if isinstance(sharding, jax.sharding.NamedSharding) and sharding.mesh.size > 1:
+    return sharding
+  return None
+
+
+def _keep(value: Any, placement: jax.sharding.NamedSharding | None) -> Any:
+  return value if placement is None else jax.lax.with_sharding_constraint(value, placement)
+
+
 def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callable:
   """``fn(*nodes, *args)`` as one pure ``jax.jit`` program; the nodes' variables updated in place.
 
@@ -278,7 +290,8 @@ def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callabl
   variables, runs the compiled program (the values donated) and writes the new values back
   into the same variables. No graph traversal per call: an NNX step costs what a linen step
   costs. The nodes' structure and static attributes (``train()``/``eval()`` mode) are those
-  at this call; build it again after changing them.
+  at this call; build it again after changing them. Variables placed on a mesh (see
+  :func:`alrao_jax.sharding.shard_nnx`) keep their shardings across calls.
 
   Args:
     nodes: the NNX graph nodes, e.g. ``(model, optimizer)``.
@@ -291,13 +304,14 @@ def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callabl
   graphdef, state = nnx.split(nodes)
   variables = jax.tree.leaves(state, is_leaf=_is_variable)
   treedef = jax.tree.structure(state)
+  placements = [_mesh_placement(v.get_raw_value()) for v in variables]
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
   def pure(values, *args):
     merged = nnx.merge(graphdef, jax.tree.unflatten(treedef, jax.tree.leaves(values)))
     out = fn(*merged, *args)
     new = jax.tree.leaves(nnx.state(merged), is_leaf=_is_variable)
-    return [v.get_raw_value() for v in new], out
+    return [_keep(v.get_raw_value(), p) for v, p in zip(new, placements, strict=True)], out
 
   def call(*args):
     values, out = pure([v.get_raw_value() for v in variables], *args)

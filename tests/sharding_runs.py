@@ -1,0 +1,207 @@
+"""Runs shared by the sharding tests: the same model, data and steps on one device, on a mesh
+of simulated CPU devices, and on several processes (``python tests/sharding_runs.py ...``,
+started by ``tests/test_sharding.py`` with the device count set in the environment)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import alrao_jax
+from alrao_jax import sharding
+
+STEPS = 20
+BATCH = 32
+FEATURES = 12
+CLASSES = 16
+COPIES = 8
+MESHES = ((8, 1), (4, 2), (2, 4), (1, 8))  # (data, copies)
+
+
+class Body(nn.Module):
+  """Dense, LayerNorm, Dense (its kernel partitioned over a model axis when asked), head."""
+
+  model_axis: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.LayerNorm()(nn.Dense(32)(x)))
+    init = nn.initializers.lecun_normal()
+    if self.model_axis is not None:
+      init = nn.with_partitioning(init, (None, self.model_axis))
+    x = nn.relu(nn.Dense(32, kernel_init=init)(x))
+    return alrao_jax.AlraoHead(CLASSES, num_copies=COPIES)(x)
+
+
+class NNXBody(nnx.Module):
+  """The NNX twin, with BatchNorm (its statistics are sharded state too)."""
+
+  def __init__(self, rngs):
+    self.dense1 = nnx.Linear(FEATURES, 32, rngs=rngs)
+    self.norm = nnx.BatchNorm(32, rngs=rngs)
+    self.dense2 = nnx.Linear(32, 32, rngs=rngs)
+    self.head = alrao_jax.nnx.AlraoHead(32, CLASSES, num_copies=COPIES, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.dense2(nnx.relu(self.norm(self.dense1(x))))))
+
+
+def data(steps=STEPS):
+  """The first ``steps`` batches of one fixed stream (any ``steps`` up to ``STEPS + 5``)."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(STEPS + 5, BATCH, FEATURES)).astype(np.float32)
+  y = rng.integers(0, CLASSES, size=(STEPS + 5, BATCH)).astype(np.int32)
+  return x[:steps], y[:steps]
+
+
+def optimizer():
+  return alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1), momentum=0.9)
+
+
+def single_device_run(model, steps=STEPS):
+  """The oracle: the same run on one device."""
+  x, y = data(steps)
+  tx = optimizer()
+  state = alrao_jax.create_train_state(model, tx, jax.random.key(0), x[0])
+  step = alrao_jax.make_train_step(model, tx)
+  for i in range(steps):
+    state, _ = step(state, x[i], y[i])
+  return state
+
+
+def mesh_run(model, mesh, steps=STEPS):
+  """The run on a mesh, and the collectives of its compiled step."""
+  x, y = data(steps)
+  tx = optimizer()
+  state = sharding.create_sharded_train_state(model, tx, jax.random.key(0), x[0], mesh=mesh)
+  step = sharding.shard_train_step(alrao_jax.make_train_step(model, tx), state, mesh)
+  compiled = step.lower(state, *sharding.shard_batch((x[0], y[0]), mesh)).compile()
+  for i in range(steps):
+    state, _ = compiled(state, *sharding.shard_batch((x[i], y[i]), mesh))
+  return state, sharding.collectives(compiled)
+
+
+def nnx_run(mesh, steps=STEPS):
+  x, y = data(steps)
+  with nnx.use_eager_sharding(False):
+    model = NNXBody(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, optimizer(), wrt=nnx.Param)
+  if mesh is not None:
+    sharding.shard_nnx(model, opt, mesh)
+  averaging = alrao_jax.init_averaging(model)
+  step = alrao_jax.make_train_step(model, opt)
+  for i in range(steps):
+    batch = (x[i], y[i]) if mesh is None else sharding.shard_batch((x[i], y[i]), mesh)
+    averaging, _ = step(averaging, *batch)
+  return model, averaging
+
+
+def max_difference(a, b):
+  pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+  return max(float(jnp.max(jnp.abs(u - v))) for u, v in pairs)
+
+
+def leaf_specs(tree):
+  return {
+    jax.tree_util.keystr(path): str(leaf.sharding.spec)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
+
+
+def meshes_report():
+  """Every mesh's run against the single-device one, the state's shardings, the collectives."""
+  model = Body()
+  reference = single_device_run(model)
+  report = {}
+  for data_size, copies in MESHES:
+    state, found = mesh_run(model, sharding.make_mesh({"data": data_size, "copies": copies}))
+    report[f"{data_size}x{copies}"] = {
+      "params": max_difference(reference.params, state.params),
+      "log_posterior": max_difference(
+        reference.averaging_state.log_posterior, state.averaging_state.log_posterior
+      ),
+      "specs": leaf_specs(state),
+      "collectives": [c._asdict() for c in found],
+    }
+  annotated = Body(model_axis="copies")
+  state, _ = mesh_run(annotated, sharding.make_mesh({"data": 4, "copies": 2}))
+  report["annotated"] = {
+    "params": max_difference(single_device_run(annotated).params, state.params),
+    "specs": leaf_specs(state),
+  }
+  nnx_model, nnx_averaging = nnx_run(None)
+  model, averaging = nnx_run(sharding.make_mesh({"data": 2, "copies": 4}))
+  report["nnx"] = {
+    "params": max_difference(nnx.state(nnx_model), nnx.state(model)),
+    "log_posterior": max_difference(nnx_averaging.log_posterior, averaging.log_posterior),
+    "specs": {
+      "/".join(map(str, path)): str(v.get_raw_value().sharding.spec)
+      for path, v in nnx.to_flat_state(nnx.state(model))
+    },
+  }
+  return report
+
+
+def explicit_report():
+  """optax's sharding contract (sharding in types): init and update keep the state's types,
+  and the rates are sharded like their parameters."""
+  mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
+  report = {}
+  with jax.set_mesh(mesh):
+    params = {
+      "kernel": jnp.zeros((4, 16), out_sharding=jax.P(None, "x")),
+      "bias": jnp.zeros((16,), out_sharding=jax.P("x")),
+    }
+    adam = alrao_jax.alrao_adam(1e-5, 0.1, key=jax.random.key(1))
+    for name, tx in (("sgd", optimizer()), ("adam", adam)):
+      state = tx.init(params)
+      updates, new_state = tx.update(params, state, params)
+      types = jax.tree.map(jax.typeof, state)
+      report[name] = {
+        "update_keeps_types": types == jax.tree.map(jax.typeof, new_state),
+        "jit_init_keeps_types": types == jax.tree.map(jax.typeof, jax.jit(tx.init)(params)),
+        "rates": {k: str(jax.typeof(v)) for k, v in state[-2].rates.items()},
+        "updates": {k: str(jax.typeof(v)) for k, v in updates.items()},
+      }
+  return report
+
+
+def process_run(process_id, port, folder):
+  """One of 2 processes x 4 devices: 20 steps on its own half of every batch, a checkpoint
+  written by both processes, and the parameters gathered to process 0."""
+  jax.distributed.initialize(f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
+  mesh = sharding.make_mesh({"data": 4, "copies": 2})
+  model, tx = Body(), optimizer()
+  x, y = data()
+  state = sharding.create_sharded_train_state(model, tx, jax.random.key(0), x[0], mesh=mesh)
+  step = sharding.shard_train_step(alrao_jax.make_train_step(model, tx), state, mesh)
+  rows = slice(process_id * BATCH // 2, (process_id + 1) * BATCH // 2)
+  for i in range(STEPS):
+    state, _ = step(state, *sharding.shard_process_batch((x[i, rows], y[i, rows]), mesh))
+  alrao_jax.save_checkpoint(f"{folder}/checkpoint", state, epoch=1)
+  from jax.experimental import multihost_utils
+
+  gathered = multihost_utils.process_allgather(state.params, tiled=True)
+  if process_id == 0:
+    flat = {
+      jax.tree_util.keystr(p): np.asarray(v)
+      for p, v in jax.tree_util.tree_flatten_with_path(gathered)[0]
+    }
+    np.savez(f"{folder}/params.npz", **flat)
+  jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+  if sys.argv[1] == "meshes":
+    jax.config.update("jax_num_cpu_devices", 8)
+    print(json.dumps({"meshes": meshes_report(), "explicit": explicit_report()}))
+  else:
+    jax.config.update("jax_num_cpu_devices", 4)
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    process_run(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

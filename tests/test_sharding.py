@@ -1,0 +1,229 @@
+"""Alrao on several devices: the sharded steps equal the single-device step, the head's
+copies are never gathered, and a run on 2 processes equals one on a single process. The
+meshes run in subprocesses of 8 simulated CPU devices (``tests/sharding_runs.py``)."""
+
+import functools
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import AbstractMesh, AxisType
+
+import alrao_jax
+from alrao_jax import sharding
+
+RUNS = pathlib.Path(__file__).with_name("sharding_runs.py")
+sys.path.insert(0, str(RUNS.parent))
+import sharding_runs  # noqa: E402
+
+TOLERANCE = 1e-5  # float32, 20 steps
+
+
+def _python(*args, timeout=300):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.Popen(
+    [sys.executable, str(RUNS), *map(str, args)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env=env,
+  )
+
+
+def _finish(process, timeout=300):
+  try:
+    out, err = process.communicate(timeout=timeout)
+  except subprocess.TimeoutExpired:
+    process.kill()
+    raise
+  assert process.returncode == 0, err[-3000:]
+  return out
+
+
+@functools.cache
+def _meshes():
+  return json.loads(_finish(_python("meshes")).splitlines()[-1])
+
+
+@pytest.mark.parametrize("mesh", ["8x1", "4x2", "2x4", "1x8"])
+def test_sharded_step_equals_single_device_step(mesh):
+  run = _meshes()["meshes"][mesh]
+  assert run["params"] < TOLERANCE
+  assert run["log_posterior"] < TOLERANCE
+
+
+@pytest.mark.parametrize("mesh", ["4x2", "2x4", "1x8"])
+def test_copies_and_their_rates_are_sharded_and_the_rest_replicated(mesh):
+  specs = _meshes()["meshes"][mesh]["specs"]
+  head = "['AlraoHead_0']['alrao_copies']"
+  for tree in (".params", ".opt_state[0].trace", ".opt_state[1].rates"):
+    assert specs[f"{tree}{head}['kernel']"] == "P('copies', None, None)"
+    assert specs[f"{tree}{head}['bias']"] == "P('copies', None)"
+    assert specs[f"{tree}['Dense_1']['kernel']"] == "P(None, None)"
+  assert specs[".averaging_state.log_weights"] == "P(None, None)"
+  assert specs[".rng"] == "P()"
+
+
+@pytest.mark.parametrize("mesh", ["4x2", "2x4", "1x8"])
+def test_compiled_step_never_gathers_the_head(mesh):
+  found = _meshes()["meshes"][mesh]["collectives"]
+  one_copy = 32 * sharding_runs.CLASSES  # elements of one copy's kernel
+  gathers = [c for c in found if c["op"] == "all-gather"]
+  assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
+  # Not a vacuous parse: the data-parallel gradients are all-reduced.
+  if not mesh.startswith("1x"):
+    assert any(c["op"] == "all-reduce" and c["bytes"] > 4 * one_copy for c in found)
+
+
+def test_model_partitioning_metadata_is_kept_and_the_rates_follow_it():
+  run = _meshes()["meshes"]["annotated"]
+  assert run["params"] < TOLERANCE
+  for tree in (".params", ".opt_state[0].trace", ".opt_state[1].rates"):
+    assert run["specs"][f"{tree}['Dense_1']['kernel'].value"] == "P(None, 'copies')"
+
+
+def test_nnx_sharded_step_equals_single_device_step():
+  run = _meshes()["meshes"]["nnx"]
+  assert run["params"] < TOLERANCE
+  assert run["log_posterior"] < TOLERANCE
+  assert run["specs"]["head/alrao_copies/kernel"] == "P('copies',)"
+  assert run["specs"]["dense1/kernel"] == "P()"
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_explicit_sharding_types_kept_and_rates_sharded_like_params(optimizer):
+  run = _meshes()["explicit"][optimizer]
+  assert run["update_keeps_types"] and run["jit_init_keeps_types"]
+  assert run["rates"] == {"kernel": "float32[1,16@x]", "bias": "float32[16@x]"}
+  assert run["updates"] == {"kernel": "float32[4,16@x]", "bias": "float32[16@x]"}
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
+  port = _free_port()
+  workers = [_python("process", i, port, tmp_path) for i in range(2)]
+  for worker in workers:
+    _finish(worker, timeout=240)
+  model = sharding_runs.Body()
+  reference = sharding_runs.single_device_run(model)
+  gathered = np.load(tmp_path / "params.npz")
+  flat = jax.tree_util.tree_flatten_with_path(reference.params)[0]
+  assert sorted(gathered.files) == sorted(jax.tree_util.keystr(p) for p, _ in flat)
+  for path, leaf in flat:
+    np.testing.assert_allclose(gathered[jax.tree_util.keystr(path)], leaf, atol=TOLERANCE)
+  # Restored on one process and one device, 5 more steps equal 25 uninterrupted ones.
+  x, y = sharding_runs.data(sharding_runs.STEPS + 5)
+  tx = sharding_runs.optimizer()
+  like = alrao_jax.create_train_state(model, tx, jax.random.key(0), x[0])
+  state = alrao_jax.restore_checkpoint(tmp_path / "checkpoint", like).state
+  step = alrao_jax.make_train_step(model, tx)
+  for i in range(sharding_runs.STEPS, sharding_runs.STEPS + 5):
+    state, _ = step(state, x[i], y[i])
+  longer = sharding_runs.single_device_run(model, steps=sharding_runs.STEPS + 5)
+  assert sharding_runs.max_difference(longer.params, state.params) < TOLERANCE
+  assert sharding_runs.max_difference(longer.opt_state, state.opt_state) < TOLERANCE
+  assert (
+    sharding_runs.max_difference(
+      longer.averaging_state.log_posterior, state.averaging_state.log_posterior
+    )
+    < TOLERANCE
+  )
+
+
+# In-process checks of the arguments, on abstract meshes (no devices needed).
+
+
+def _abstract_mesh(**axes):
+  return AbstractMesh(tuple(axes.values()), tuple(axes), axis_types=(AxisType.Auto,) * len(axes))
+
+
+def _state(copies=4, kernel_names=None):
+  init = nn.initializers.lecun_normal()
+  if kernel_names is not None:
+    init = nn.with_partitioning(init, kernel_names)
+  model = nn.Sequential([nn.Dense(16, kernel_init=init), alrao_jax.AlraoHead(8, num_copies=copies)])
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+  return jax.eval_shape(
+    lambda: alrao_jax.create_train_state(model, tx, jax.random.key(1), jnp.ones((4, 6)))
+  )
+
+
+def test_state_shardings_rates_are_replicated_on_their_size_one_axes():
+  shardings = sharding.state_shardings(
+    _state(kernel_names=("model", None)),
+    _abstract_mesh(data=2, copies=2, model=2),
+    outputs_axis="model",
+  )
+  assert shardings.params["layers_0"]["kernel"].value.spec == jax.P("model", None)
+  assert shardings.opt_state[1].rates["layers_0"]["kernel"].value.spec == jax.P(None, None)
+  head = shardings.params["layers_1"]["alrao_copies"]
+  assert head["kernel"].spec == jax.P("copies", None, "model")
+  assert head["bias"].spec == jax.P("copies", "model")
+  assert shardings.opt_state[1].rates["layers_1"]["alrao_copies"]["kernel"].spec == jax.P(
+    "copies", None, None
+  )
+
+
+def test_state_shardings_without_a_copies_axis_replicate_the_head():
+  shardings = sharding.state_shardings(_state(), _abstract_mesh(data=8))
+  assert shardings.params["layers_1"]["alrao_copies"]["kernel"].spec == jax.P(None, None, None)
+
+
+@pytest.mark.parametrize(
+  ("state", "mesh", "message"),
+  [
+    (dict(copies=10), dict(data=1, copies=8), "num_copies a multiple of the 'copies'"),
+    (dict(kernel_names=(None, "model")), dict(data=8), "lacks; add the axis"),
+    (dict(kernel_names=(None, "model")), dict(data=1, model=3), "does not divide"),
+  ],
+)
+def test_state_shardings_bad_layouts_are_named(state, mesh, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.state_shardings(_state(**state), _abstract_mesh(**mesh))
+
+
+@pytest.mark.parametrize(
+  ("axes", "message"),
+  [
+    ({"data": 2}, "has 2 devices but 1 are given"),
+    ({"data": -1, "copies": -1}, "only one mesh axis"),
+    ({"data": 0}, "needs a size >= 1"),
+    ({}, "at least one mesh axis"),
+  ],
+)
+def test_make_mesh_bad_axes(axes, message):
+  with pytest.raises(ValueError, match=message):
+    sharding.make_mesh(axes)
+
+
+def test_shard_batch_rows_must_divide_over_the_data_axis():
+  with pytest.raises(ValueError, match="use a batch size that is a multiple of 8"):
+    sharding.shard_batch((np.ones((12, 3)), np.ones(12)), _abstract_mesh(data=8))
+
+
+def test_collectives_parses_sync_async_and_tuple_collectives():
+  text = "\n".join(
+    [
+      "  %ag = f32[8,256,100]{2,1,0} all-gather(f32[1,256,100]{2,1,0} %p), dimensions={0}",
+      "  %ars = (f32[32]{0}, bf16[4,4]{1,0}) all-reduce-start(f32[32]{0} %a, bf16[4,4]{1,0} %b)",
+      "  %ard = (f32[32]{0}, bf16[4,4]{1,0}) all-reduce-done(%ars)",
+      "  %add = f32[32]{0} add(f32[32]{0} %a, f32[32]{0} %a)",
+    ]
+  )
+  assert sharding.collectives(text) == [
+    sharding.Collective("all-gather", ((8, 256, 100),), 4 * 8 * 256 * 100),
+    sharding.Collective("all-reduce", ((4, 4),), 32),
+  ]
