@@ -216,7 +216,9 @@ def state_shardings(
     >>> mesh = alrao_sharding.make_mesh({"data": -1, "copies": 1})
     >>> shardings = alrao_sharding.state_shardings(state, mesh)
     >>> shardings.params['layers_1']['alrao_copies']['kernel'].spec
-    PartitionSpec()
+    P('copies', None, None)
+    >>> shardings.opt_state[1].rates['layers_1']['alrao_copies']['kernel'].spec
+    P('copies', None, None)
   """
 
   def sharding(path, x):
