@@ -3,6 +3,7 @@ checkpoints every epoch and resumes exactly."""
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -16,6 +17,14 @@ import optax
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
 from alrao_jax.checks import check_labels
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
+from alrao_jax.sharding import (
+  DATA_AXIS,
+  create_sharded_train_state,
+  replicate,
+  shard_batch,
+  shard_eval_step,
+  shard_train_step,
+)
 from alrao_jax.steps import (
   TrainState,
   create_train_state,
@@ -40,6 +49,33 @@ def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
   return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
 
 
+def _check_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> None:
+  if DATA_AXIS not in mesh.axis_names:
+    raise ValueError(f"mesh needs a {DATA_AXIS!r} axis for the batch, got {dict(mesh.shape)}.")
+  if batch_size % mesh.shape[DATA_AXIS]:
+    raise ValueError(
+      f"batch_size {batch_size} does not divide over the mesh's {DATA_AXIS!r} axis of size "
+      f"{mesh.shape[DATA_AXIS]}; use a multiple of it."
+    )
+
+
+def _placer(mesh: jax.sharding.Mesh | None) -> Callable[[Any], Any]:
+  return (lambda batch: batch) if mesh is None else functools.partial(shard_batch, mesh=mesh)
+
+
+def _sharded_evaluation(evaluate: Callable, state: TrainState, mesh: jax.sharding.Mesh):
+  """Evaluates a split sharded over the data axis when its size divides, else replicated."""
+  sharded = shard_eval_step(evaluate, state, mesh)
+  whole = shard_eval_step(evaluate, state, mesh, data_axis=None)
+
+  def evaluate_split(state, inputs, targets):
+    if len(inputs) % mesh.shape[DATA_AXIS] == 0:
+      return sharded(state, *shard_batch((inputs, targets), mesh))
+    return whole(state, *replicate((inputs, targets), mesh))
+
+  return evaluate_split
+
+
 def fit(
   model: nn.Module,
   optimizer: optax.GradientTransformation,
@@ -58,6 +94,7 @@ def fit(
   eval_params: Callable[[TrainState], Any] | None = None,
   patience: int | None = None,
   rng_streams: Sequence[str] = ("dropout",),
+  mesh: jax.sharding.Mesh | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -90,6 +127,11 @@ def fit(
       uses 20); ``None`` runs every epoch.
     rng_streams: the RNG streams the model draws from in training (see
       :func:`create_train_state`).
+    mesh: train on several devices (see :mod:`alrao_jax.sharding`): each batch sharded over
+      the mesh's ``data`` axis, the head's copies over its ``copies`` axis, the state created
+      in its shards; the validation and test splits are sharded when their sizes divide
+      over ``data``, else replicated. The result equals one device's to float rounding.
+      On several processes, every process calls ``fit`` with the same arguments and data.
 
   Returns:
     A :class:`FitResult`.
@@ -108,7 +150,12 @@ def fit(
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
   averaging = averaging or switch_averaging()
-  state = create_train_state(
+  if mesh is not None:
+    _check_mesh(mesh, batch_size)
+  create = (
+    create_train_state if mesh is None else functools.partial(create_sharded_train_state, mesh=mesh)
+  )
+  state = create(
     model,
     optimizer,
     jax.random.key(seed),
@@ -136,6 +183,10 @@ def fit(
     eval_kwargs=eval_kwargs,
     eval_params=eval_params,
   )
+  place = _placer(mesh)
+  if mesh is not None:
+    step = shard_train_step(step, state, mesh)
+    evaluate = _sharded_evaluation(evaluate, state, mesh)
   steps = len(train.inputs) // batch_size
   history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0
   if resume:
@@ -147,7 +198,7 @@ def fit(
     order = rng.permutation(len(train.inputs))[: steps * batch_size].reshape(steps, batch_size)
     losses = []
     for idx in order:
-      state, metrics = step(state, train.inputs[idx], train.targets[idx])
+      state, metrics = step(state, *place((train.inputs[idx], train.targets[idx])))
       losses.append(metrics["loss"])
     record = {
       "epoch": epoch,

@@ -255,6 +255,12 @@ X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
     (lambda p: ["train", "--data", _npz(p, x=X, y=Y, x_test=X)], "come in pairs"),
     (lambda p: ["train", "--data", _npz(p, x=X[..., 0, 0], y=Y), "--model", "cnn"], "images"),
     (lambda p: ["train", "--data", _npz(p, x=X, y=Y), "--batch-size", "64"], "exceeds the 32"),
+    (lambda p: ["train", "--mesh", "data"], "--mesh takes NAME=SIZE,... such as"),
+    (lambda p: ["train", "--mesh", "copies=1"], "--mesh needs a data axis"),
+    (lambda p: ["train", "--mesh", "data=1,data=1"], "names the axis 'data' twice"),
+    (lambda p: ["train", "--mesh", "data=2"], "has 2 devices but 1 are given"),
+    (lambda p: ["train", "--devices", "2", "--mesh", "data=2"], "before JAX starts"),
+    (lambda p: ["train", "--devices", "0"], "--devices must be >= 1"),
     (lambda p: ["lr-find", "--steps", "0"], "--steps must be >= 3"),
     (lambda p: ["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "must be <="),
     (lambda p: ["screen", "--grid", "0.1,fast", "--verify"], "--grid must be comma-separated"),
@@ -287,6 +293,39 @@ def test_a_bad_run_exits_2_without_a_traceback_in_a_fresh_process(tmp_path):
   assert result.stderr.strip().splitlines() == [
     f"alrao-jax: error: {tmp_path / 'run'} holds a run already; pass --resume to continue it, "
     "or another --out"
+  ]
+
+
+def test_mesh_run_in_a_fresh_process_equals_the_one_device_run(tmp_path, capsys):
+  rng = np.random.default_rng(0)
+  data = tmp_path / "mine.npz"
+  np.savez(data, x=rng.normal(size=(400, 12)).astype(np.float32), y=rng.integers(0, 5, 400))
+  common = ["train", "--no-progress", "--data", str(data), "--width", "32", "--epochs", "2"]
+  common += ["--copies", "4", "--lr-min", "1e-3", "--lr-max", "0.1", "--batch-size", "16"]
+  command = [sys.executable, "-m", "alrao_jax.experiments.cli", *common, "--devices", "8"]
+  good = subprocess.Popen(
+    [*command, "--mesh", "data=4,copies=2", "--out", str(tmp_path / "mesh")],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  bad = subprocess.Popen(
+    [*command, "--mesh", "data=2,copies=4", "--copies", "6", "--out", str(tmp_path / "bad")],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
+  assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
+  one = json.loads(capsys.readouterr().out.splitlines()[-1])
+  out, err = good.communicate(timeout=300)
+  assert good.returncode == 0, err
+  mesh = json.loads(out.splitlines()[-1])
+  assert mesh.keys() == one.keys() and mesh["best_epoch"] == one["best_epoch"]
+  for name in one:
+    assert abs(mesh[name] - one[name]) < 1e-5, name
+  _, err = bad.communicate(timeout=300)
+  assert bad.returncode == 2 and err.strip().splitlines() == [
+    "alrao-jax: error: --copies 6 does not divide over --mesh copies=4"
   ]
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import optax
 
 import alrao_jax
+from alrao_jax import sharding
 from alrao_jax.checkpoint import checkpoint_meta
 from alrao_jax.checks import check_bounds
 from alrao_jax.experiments.methods import (
@@ -306,6 +307,60 @@ def _train_settings(args: argparse.Namespace, out: pathlib.Path) -> tuple[dict[s
   return saved, True
 
 
+def _mesh_axes(text: str) -> dict[str, int]:
+  """``data=4,copies=2`` -> ``{"data": 4, "copies": 2}``."""
+  axes = {}
+  for part in text.split(","):
+    name, _, size = part.partition("=")
+    if not name.strip() or not size.strip().lstrip("-").isdigit():
+      raise UsageError(f"--mesh takes NAME=SIZE,... such as data=4,copies=2; got {text!r}")
+    if name.strip() in axes:
+      raise UsageError(f"--mesh names the axis {name.strip()!r} twice")
+    axes[name.strip()] = int(size)
+  if sharding.DATA_AXIS not in axes:
+    raise UsageError(f"--mesh needs a data axis for the batch, e.g. data=4,copies=2; got {text!r}")
+  return axes
+
+
+def _use_devices(count: int | None) -> None:
+  """Simulates ``count`` CPU devices; JAX must not have started yet."""
+  if count is None:
+    return
+  if count < 1:
+    raise UsageError(f"--devices must be >= 1, got {count}")
+  try:
+    jax.config.update("jax_num_cpu_devices", count)
+  except RuntimeError as err:  # JAX has started: its device count is fixed
+    raise UsageError(
+      "--devices must be set before JAX starts; run alrao-jax in a new process"
+    ) from err
+  jax.config.update("jax_platforms", "cpu")
+
+
+def _mesh(args: argparse.Namespace, settings: dict[str, Any], task: Task):
+  """The mesh of ``--mesh``, checked against the batch and the copies before any model is
+  built; None without ``--mesh``."""
+  if args.mesh is None:
+    if args.devices is not None:
+      raise UsageError("--devices simulates devices for --mesh; pass --mesh too, e.g. data=8")
+    return None
+  axes = _mesh_axes(args.mesh)
+  try:
+    mesh = sharding.make_mesh(axes)
+  except (ValueError, TypeError) as err:
+    raise UsageError(f"--mesh {args.mesh}: {err}") from err
+  if task.batch_size % mesh.shape[sharding.DATA_AXIS]:
+    raise UsageError(
+      f"--batch-size {task.batch_size} does not divide over --mesh data="
+      f"{mesh.shape[sharding.DATA_AXIS]}; use a multiple of it"
+    )
+  parts = mesh.shape.get(sharding.COPIES_AXIS, 1)
+  copies = settings["copies"] or 1
+  if copies % parts:
+    raise UsageError(f"--copies {copies} does not divide over --mesh copies={parts}")
+  return mesh
+
+
 def _train(args: argparse.Namespace) -> FitResult:
   out = _run_folder(args)
   settings, resuming = _train_settings(args, out)
@@ -313,6 +368,7 @@ def _train(args: argparse.Namespace) -> FitResult:
   _check_optimizer_options(settings)
   task = _load(settings)
   method = _method(settings, task)
+  mesh = _mesh(args, settings, task)
   checkpoint = out / "checkpoint"
   if resuming and checkpoint.exists():
     checkpoint_meta(checkpoint)  # a corrupt run is refused before the model is built
@@ -337,6 +393,7 @@ def _train(args: argparse.Namespace) -> FitResult:
         resume=resuming and checkpoint.exists(),
         on_epoch=reporter,
         eval_params=method.eval_params,
+        mesh=mesh,
       )
   except KeyboardInterrupt as err:
     reporter.close()
@@ -538,6 +595,14 @@ def _parser() -> argparse.ArgumentParser:
     "--resume", action="store_true", help="continue the run in --out with its saved settings"
   )
   train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  train.add_argument(
+    "--mesh",
+    help="train on several devices: mesh axes NAME=SIZE, data (the batch) and copies (the "
+    "head's copies), e.g. data=4,copies=2 (default: one device)",
+  )
+  train.add_argument(
+    "--devices", type=int, help="simulate this many CPU devices for --mesh (default: the real ones)"
+  )
   finder.add_argument("--optimizer", choices=tuple(LR_FIND_OPTIMIZERS), help="(default: sgd)")
   finder.add_argument("--start-lr", type=float, help="(default: 1e-7)")
   finder.add_argument("--end-lr", type=float, help="(default: 10)")
@@ -561,6 +626,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   if args.command == "screen" and args.epochs is None:
     args.epochs = 5
   try:
+    if args.command == "train":
+      _use_devices(args.devices)  # before anything starts JAX
     {"train": _train, "lr-find": _lr_find, "screen": _screen}[args.command](args)
   except (UsageError, OSError, ValueError, TypeError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
