@@ -26,7 +26,8 @@ class CopyOutputs(NamedTuple):
 
 
 def _finite_per_copy(values: jax.Array) -> jax.Array:
-  return jnp.isfinite(values).reshape(values.shape[0], -1).all(axis=1)
+  # Reduced over the axes, not a reshape: a reshape would gather an axis sharded on a mesh.
+  return jnp.isfinite(values).all(axis=tuple(range(1, values.ndim)))
 
 
 @jax.custom_vjp

@@ -2,6 +2,8 @@
 
 import pathlib
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -65,3 +67,17 @@ def test_the_readme_quotes_what_the_demo_prints(capsys):
     assert abs(accuracy - want_accuracy) < 1.0, (name, accuracy, want_accuracy)
     assert abs(epoch - want_epoch) <= 5, (name, epoch, want_epoch)
   assert max(abs(a - b) for a, b in zip(posterior, quoted_posterior, strict=True)) <= 0.15
+
+
+def test_several_devices_code_runs_on_eight_simulated_devices(tmp_path):
+  code = _blocks("## Several devices and hosts")[0]
+  assert 'jax.config.update("jax_num_cpu_devices", 8)' in code
+  result = subprocess.run(
+    [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+  )
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = result.stdout
+  assert "head kernel: P('copies', None, None)" in out
+  for name in ("linen loss", "fit test loss", "nnx loss"):
+    loss = float(re.search(rf"{name}: ([0-9.]+)", out).group(1))
+    assert loss < 1.0, out  # log 4 = 1.39 at chance
