@@ -3,7 +3,8 @@
 The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.transform`
 (the optax transforms), :mod:`~alrao_jax.head` and :mod:`~alrao_jax.nnx` (the output copies),
 :mod:`~alrao_jax.switch` (model averaging), :mod:`~alrao_jax.loss`, :mod:`~alrao_jax.steps`
-(jitted steps) and :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
+(jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
+:mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
 :mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
 :mod:`~alrao_jax.lr_find` and :mod:`~alrao_jax.screen`. The bundled tasks, models, peers,
 comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experiments`.
@@ -11,7 +12,7 @@ comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experim
 
 __version__ = "0.1.0"
 
-from alrao_jax import nnx
+from alrao_jax import nnx, sharding
 from alrao_jax.checkpoint import (
   Checkpoint,
   restore_checkpoint,
@@ -108,6 +109,7 @@ __all__ = [
   "save_nnx_checkpoint",
   "scale_by_rates",
   "screen",
+  "sharding",
   "split_arrays",
   "switch_averaging",
   "switch_init",

@@ -7,7 +7,18 @@ import pathlib
 import alrao_jax
 
 PACKAGE = pathlib.Path(alrao_jax.__file__).parent
-METHOD = ("checks", "rates", "transform", "head", "nnx", "switch", "loss", "steps", "predict")
+METHOD = (
+  "checks",
+  "rates",
+  "transform",
+  "head",
+  "nnx",
+  "switch",
+  "loss",
+  "steps",
+  "sharding",
+  "predict",
+)
 AROUND = ("loop", "checkpoint", "splits")
 TOOLS = ("lr_find", "screen")
 
@@ -74,5 +85,20 @@ def test_the_public_api():
     "screen",
     "alrao_sgd",
     "AlraoHead",
+    "sharding",
   ):
     assert name in alrao_jax.__all__ and hasattr(alrao_jax, name), name
+  for name in (
+    "make_mesh",
+    "state_shardings",
+    "create_sharded_train_state",
+    "shard_train_state",
+    "shard_train_step",
+    "shard_eval_step",
+    "shard_nnx",
+    "shard_batch",
+    "shard_process_batch",
+    "replicate",
+    "collectives",
+  ):
+    assert name in alrao_jax.sharding.__all__ and hasattr(alrao_jax.sharding, name), name
