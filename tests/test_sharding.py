@@ -227,3 +227,49 @@ def test_collectives_parses_sync_async_and_tuple_collectives():
     sharding.Collective("all-gather", ((8, 256, 100),), 4 * 8 * 256 * 100),
     sharding.Collective("all-reduce", ((4, 4),), 32),
   ]
+
+
+class _ScannedBlock(nn.Module):
+  @nn.compact
+  def __call__(self, h, _):
+    init = nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+    h = nn.relu(nn.Dense(16, kernel_init=init)(h))
+    return h, None
+
+
+class _ScannedStack(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    stack = nn.scan(
+      _ScannedBlock,
+      variable_axes={"params": 0},
+      split_rngs={"params": True},
+      length=3,
+      metadata_params={nn.PARTITION_NAME: "layers"},
+    )
+    h, _ = stack()(nn.Dense(16)(x), None)
+    return alrao_jax.AlraoHead(8, num_copies=4)(h)
+
+
+def test_scanned_layers_with_logical_names_map_through_the_rules():
+  model = _ScannedStack()
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0), momentum=0.9)
+  state = jax.eval_shape(
+    lambda: alrao_jax.create_train_state(model, tx, jax.random.key(1), jnp.ones((4, 6)))
+  )
+  rules = (("layers", None), ("embed", None), ("mlp", "model"))
+  shardings = sharding.state_shardings(
+    state, _abstract_mesh(data=2, copies=2, model=2), rules=rules
+  )
+  kernel = ("Scan_ScannedBlock_0", "Dense_0", "kernel")  # stacked: (3, 16, 16), rates (3, 1, 16)
+
+  def spec(tree):
+    for key in kernel:
+      tree = tree[key]
+    return tree.value.spec
+
+  assert spec(shardings.params) == jax.P(None, None, "model")
+  assert spec(shardings.opt_state[0].trace) == jax.P(None, None, "model")
+  assert spec(shardings.opt_state[1].rates) == jax.P(None, None, "model")
+  with pytest.raises(ValueError, match="lacks; add the axis"):  # the rules map to 'model'
+    sharding.state_shardings(state, _abstract_mesh(data=8), rules=rules)
