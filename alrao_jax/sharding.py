@@ -250,10 +250,16 @@ def _put(value: Any, sharding: NamedSharding) -> jax.Array:
 
 
 def place(tree: Any, shardings: Any) -> Any:
-  """Puts every array of ``tree`` on its sharding (a tree of the same structure).
+  """Puts every array of ``tree`` on its sharding.
 
-  On several processes, each process must hold the same (whole) values; each places the
-  shards its devices own.
+  Args:
+    tree: a pytree of arrays (host or device), the same on every process of a multi-process
+      run; each process places the shards its devices own.
+    shardings: a pytree of the same structure holding ``NamedSharding`` leaves (e.g. from
+      :func:`state_shardings`).
+
+  Returns:
+    ``tree`` with every array placed.
   """
   return jax.tree.map(_put, tree, shardings)
 
@@ -266,9 +272,20 @@ def shard_train_state(
   outputs_axis: str | None = None,
   rules: Any = None,
 ) -> TrainState:
-  """Places an existing linen :class:`alrao_jax.TrainState` on a mesh (see
-  :func:`state_shardings` for the arguments). For a large model, prefer
-  :func:`create_sharded_train_state`, which never builds the state on one device."""
+  """Places an existing linen :class:`alrao_jax.TrainState` on a mesh (e.g. one restored
+  on one device). For a large model, prefer :func:`create_sharded_train_state`, which never
+  builds the state on one device.
+
+  Args:
+    state: the state.
+    mesh: see :func:`make_mesh`.
+    copies_axis: the mesh axis of the head's copies.
+    outputs_axis: a mesh axis for the head's outputs, or ``None``.
+    rules: logical axis rules.
+
+  Returns:
+    The state, placed as :func:`state_shardings` says.
+  """
   shardings = state_shardings(
     state, mesh, copies_axis=copies_axis, outputs_axis=outputs_axis, rules=rules
   )
@@ -334,7 +351,11 @@ def _shardings_of(tree: Any) -> Any:
 
 
 def batch_sharding(mesh: Mesh, *, data_axis: str = DATA_AXIS) -> NamedSharding:
-  """The sharding of a batch: its leading axis split over ``data_axis``."""
+  """The sharding of a batch: its leading axis split over ``data_axis``.
+
+  Raises:
+    ValueError: the mesh has no such axis.
+  """
   if data_axis not in mesh.axis_names:
     raise ValueError(f"the mesh {dict(mesh.shape)} has no data axis {data_axis!r}.")
   return NamedSharding(mesh, PartitionSpec(data_axis))
@@ -356,13 +377,28 @@ def _check_rows(batch: Any, parts: int, what: str) -> None:
 
 
 def shard_batch(batch: Any, mesh: Mesh, *, data_axis: str = DATA_AXIS) -> Any:
-  """Places a global batch (every leaf's leading axis) sharded over ``data_axis``.
+  """Places a global batch, every leaf's leading axis sharded over ``data_axis``.
 
   Every process passes the same whole batch and places the rows its devices own; to feed
   each process its own rows instead, use :func:`shard_process_batch`.
 
+  Args:
+    batch: a pytree of arrays with a leading batch axis, e.g. ``(inputs, targets)``.
+    mesh: see :func:`make_mesh`.
+    data_axis: the mesh axis of the batch.
+
+  Returns:
+    The batch as global ``jax.Array`` leaves.
+
   Raises:
     ValueError: a leaf's rows do not divide over the data axis.
+
+  Example:
+    >>> import numpy as np, alrao_jax.sharding as alrao_sharding
+    >>> mesh = alrao_sharding.make_mesh()
+    >>> x, y = alrao_sharding.shard_batch((np.ones((4, 3)), np.zeros(4)), mesh)
+    >>> x.sharding.spec
+    P('data',)
   """
   sharding = batch_sharding(mesh, data_axis=data_axis)
   _check_rows(batch, mesh.shape[data_axis], "the batch")
@@ -372,6 +408,14 @@ def shard_batch(batch: Any, mesh: Mesh, *, data_axis: str = DATA_AXIS) -> Any:
 def shard_process_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = DATA_AXIS) -> Any:
   """Builds a global batch from each process's own rows, in process order
   (``jax.make_array_from_process_local_data``).
+
+  Args:
+    local_batch: this process's rows, a pytree of arrays with a leading batch axis.
+    mesh: a mesh over every process's devices.
+    data_axis: the mesh axis of the batch.
+
+  Returns:
+    The global batch (``jax.Array`` leaves).
 
   Raises:
     ValueError: a leaf's rows do not divide over this process's devices on the data axis.
@@ -385,8 +429,16 @@ def shard_process_batch(local_batch: Any, mesh: Mesh, *, data_axis: str = DATA_A
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
-  """Places every array of ``tree`` whole on every device of ``mesh`` (e.g. an NNX run's
-  averaging state)."""
+  """Places every array of ``tree`` whole on every device of ``mesh``.
+
+  Args:
+    tree: a pytree of arrays, the same on every process, e.g. an NNX run's averaging state
+      (which a multi-process run must place before its first step).
+    mesh: see :func:`make_mesh`.
+
+  Returns:
+    ``tree`` with every array replicated.
+  """
   return jax.tree.map(lambda x: _put(x, replicated(mesh)), tree)
 
 
@@ -419,9 +471,18 @@ def shard_train_step(
 def shard_eval_step(
   evaluate: Callable, state: TrainState, mesh: Mesh, *, data_axis: str | None = DATA_AXIS
 ) -> Callable:
-  """A linen evaluation step (:func:`alrao_jax.make_eval_step`) on ``state``'s shardings,
-  the inputs sharded over ``data_axis`` (or replicated with ``data_axis=None``), the metrics
-  replicated."""
+  """A linen evaluation step (:func:`alrao_jax.make_eval_step`) on ``state``'s shardings.
+
+  Args:
+    evaluate: ``evaluate(state, inputs, targets) -> metrics``.
+    state: a state placed on ``mesh``.
+    mesh: the mesh.
+    data_axis: the mesh axis of the inputs, or ``None`` to replicate them (a split whose
+      size does not divide over the data axis).
+
+  Returns:
+    The jitted evaluation, same signature; the metrics replicated.
+  """
   inputs = replicated(mesh) if data_axis is None else batch_sharding(mesh, data_axis=data_axis)
   return jax.jit(
     evaluate,
