@@ -82,21 +82,28 @@ def _forward(z: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
 
 def _copy_outputs_fwd(z, kernel, bias):
   out = _forward(z, kernel, bias)
+  # A copy with a non-finite weight has non-finite outputs (0 * inf is NaN): the outputs, N x
+  # batch x K, say which copies diverged without reading the N x d x K kernel again.
   # The bias rides along (N x K, small) for its dtype: every gradient keeps its input's dtype.
-  return CopyOutputs(out, out), (z, kernel, bias)
+  return CopyOutputs(out, out), (z, kernel, bias, _finite_per_copy(out))
 
 
 def _copy_outputs_bwd(residuals, cotangents):
-  z, kernel, bias = residuals
+  z, kernel, bias, finite = residuals
   shared, own = cotangents
-  # A diverged copy's cotangent is 0, but 0 * inf = NaN: zero its weights on the z route.
-  safe = jnp.where(_finite_per_copy(kernel)[:, None, None], kernel, jnp.zeros_like(kernel))
   n, k = kernel.shape[0], kernel.shape[-1]
+  # A diverged copy's cotangent is 0, but 0 * inf = NaN: its share of dz must be dropped.
   if _batched(kernel):
+    # Large heads: after the matmul, per copy (N x batch x d), rather than by zeroing its
+    # weights before it (a copy of the kernel each step); on CPU this batched form is also
+    # faster than one contraction over copies and classes.
     flat = _broadcast_examples(z, n)
-    dz = jnp.einsum("nek,ndk->ed", shared.reshape(n, -1, k), safe).reshape(z.shape)
+    per_copy = jnp.einsum("nek,ndk->ned", shared.reshape(n, -1, k), kernel)
+    dz = jnp.where(finite[:, None, None], per_copy, 0.0).sum(axis=0).reshape(z.shape)
     dkernel = jnp.einsum("ned,nek->ndk", flat, own.reshape(n, -1, k))
   else:
+    # Small heads (K < BATCHED_MIN_OUTPUTS): zeroing the small kernel is cheaper.
+    safe = jnp.where(finite[:, None, None], kernel, jnp.zeros_like(kernel))
     dz = jnp.einsum("n...k,ndk->...d", shared, safe)
     dkernel = jnp.einsum("...d,n...k->ndk", z, own)
   dbias = own.reshape(n, -1, k).sum(axis=1)

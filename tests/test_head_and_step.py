@@ -359,3 +359,19 @@ def test_evaluation_of_diverged_copies_is_never_a_good_score():
   dead = alrao_jax.evaluation_metrics(logits[:1], labels, jnp.ones(1))
   assert dead["loss"] == np.inf and dead["best_copy_loss"] == np.inf  # was 0: looked perfect
   assert np.isnan(dead["accuracy"]) and np.isnan(dead["best_copy_accuracy"])
+
+
+@pytest.mark.parametrize("outputs", [5, alrao_jax.head.BATCHED_MIN_OUTPUTS + 3])
+@pytest.mark.parametrize("bad", [jnp.inf, jnp.nan])
+def test_copy_outputs_drops_a_diverged_copy_from_dz_in_both_layouts(outputs, bad):
+  z = jax.random.normal(KEY, (7, D))
+  kernel = jax.random.normal(jax.random.key(3), (N, D, outputs)).at[2, 0, 1].set(bad)
+  bias = jax.random.normal(jax.random.key(4), (N, outputs))
+  c_shared = jax.random.normal(jax.random.key(5), (N, 7, outputs)).at[2].set(0.0)  # as the loss
+
+  def routed(z):
+    return jnp.sum(alrao_jax.copy_outputs(z, kernel, bias).shared * c_shared)
+
+  keep = np.arange(N) != 2
+  expected = jnp.einsum("nek,ndk->ed", c_shared[keep], kernel[keep])
+  np.testing.assert_allclose(jax.grad(routed)(z), expected, rtol=1e-5, atol=1e-5)
