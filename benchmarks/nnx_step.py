@@ -18,7 +18,6 @@ import datetime
 import pathlib
 import statistics
 import sys
-import time
 from collections.abc import Callable
 
 import flax.linen as nn
@@ -29,7 +28,7 @@ from flax import nnx
 import alrao_jax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import machine
+from speed import machine, time_rounds
 
 BATCH, WIDTH, CLASSES, COPIES = 32, 64, 10, 10
 
@@ -94,25 +93,6 @@ def variants(x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
   }
 
 
-def time_rounds(
-  runs: dict[str, Callable[[], object]], *, rounds: int, per_round: int, warmup: int = 5
-) -> dict[str, list[float]]:
-  """Per-round median seconds per step of each variant, the variants interleaved."""
-  for run in runs.values():
-    for _ in range(warmup):
-      jax.block_until_ready(run())
-  medians = {name: [] for name in runs}
-  for _ in range(rounds):
-    for name, run in runs.items():
-      times = []
-      for _ in range(per_round):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
-      medians[name].append(statistics.median(times))
-  return medians
-
-
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI smoke run: few steps, no file")
@@ -123,7 +103,7 @@ def main(argv: list[str] | None = None) -> str:
   rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
   y = jax.random.randint(jax.random.key(2), (BATCH,), 0, CLASSES)
-  medians = time_rounds(variants(x, y), rounds=rounds, per_round=steps)
+  medians = time_rounds(variants(x, y), rounds=rounds, per_round=steps, warmup=5)
   nnx_ms = [1e3 * t for t in medians["Alrao NNX"]]
   lines = [
     "# NNX step time",

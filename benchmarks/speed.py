@@ -240,21 +240,32 @@ def _set(tree, path, value):
   return {**tree, path[0]: _set(tree[path[0]], path[1:], value)}
 
 
-def interleaved(
+def time_rounds(
   variants: dict[str, Callable[[], object]], *, rounds: int, per_round: int, warmup: int = 3
-) -> dict[str, float]:
-  """Median per-step seconds of each variant, timed round-robin to share machine noise."""
+) -> dict[str, list[float]]:
+  """Per-round median seconds per step of each variant, timed round-robin to share machine
+  noise (each step blocked with ``block_until_ready``)."""
   for run in variants.values():
     for _ in range(warmup):
       jax.block_until_ready(run())
-  times = {name: [] for name in variants}
+  medians = {name: [] for name in variants}
   for _ in range(rounds):
     for name, run in variants.items():
+      times = []
       for _ in range(per_round):
         start = time.perf_counter()
         jax.block_until_ready(run())
-        times[name].append(time.perf_counter() - start)
-  return {name: statistics.median(t) for name, t in times.items()}
+        times.append(time.perf_counter() - start)
+      medians[name].append(statistics.median(times))
+  return medians
+
+
+def interleaved(
+  variants: dict[str, Callable[[], object]], *, rounds: int, per_round: int, warmup: int = 3
+) -> dict[str, float]:
+  """Median over rounds of the per-round median seconds per step (see :func:`time_rounds`)."""
+  found = time_rounds(variants, rounds=rounds, per_round=per_round, warmup=warmup)
+  return {name: statistics.median(values) for name, values in found.items()}
 
 
 def _stepper(step: Callable, state, x, y) -> Callable[[], object]:
@@ -281,7 +292,8 @@ def _setups(case: Case):
   )
 
 
-def time_steps(case: Case, rounds: int, per_round: int, naive: bool) -> dict[str, float]:
+def time_steps(case: Case, rounds: int, per_round: int, naive: bool) -> dict[str, list[float]]:
+  """Per-round median seconds per step of the Alrao, plain (and naive) steps."""
   (am, atx, ast), (pm, ptx, pst) = _setups(case)
   alrao = alrao_jax.make_train_step(am, atx, train_kwargs={"train": True})
   naive_state = jax.tree.map(jnp.copy, ast)  # its own copy: the Alrao step donates ast
@@ -292,7 +304,23 @@ def time_steps(case: Case, rounds: int, per_round: int, naive: bool) -> dict[str
   if naive:
     slow = NaiveAlrao(am, atx, naive_state)
     variants["naive"] = lambda: slow.step(case.x, case.y)
-  return interleaved(variants, rounds=rounds, per_round=per_round)
+  return time_rounds(variants, rounds=rounds, per_round=per_round)
+
+
+def flop_ratio(alrao: Callable, alrao_state, plain: Callable, plain_state, x, y) -> float:
+  """Alrao step FLOPs / plain step FLOPs, as XLA counts them in the compiled steps: the time
+  ratio that the extra arithmetic of the copies alone predicts."""
+
+  def flops(step, state):
+    return step.lower(state, x, y).compile().cost_analysis()["flops"]
+
+  return flops(alrao, alrao_state) / flops(plain, plain_state)
+
+
+def case_flop_ratio(case: Case) -> float:
+  (am, atx, ast), (pm, ptx, pst) = _setups(case)
+  alrao = alrao_jax.make_train_step(am, atx, train_kwargs={"train": True})
+  return flop_ratio(alrao, ast, plain_step(pm, ptx), pst, case.x, case.y)
 
 
 def compile_seconds(case: Case) -> dict[str, float]:
@@ -350,26 +378,31 @@ def scaling(quick: bool, rounds: int, per_round: int) -> list[str]:
   outputs = (1000,) if quick else (10, 1000, 10000)
   x = jax.random.normal(jax.random.key(0), (BATCH, 40))
   rows = [
+    "Each cell: Alrao step / plain step, then in parentheses that ratio over its FLOP limit "
+    "(1.00 = as fast as the extra arithmetic allows).\n",
     "| K \\ N | plain (ms) | " + " | ".join(f"N={n}" for n in copies) + " |",
     "|---" * (len(copies) + 2) + "|",
   ]
   for k in outputs:
     y = jax.random.randint(jax.random.key(1), (BATCH,), 0, k)
-    variants = {}
+    variants, limits = {}, {}
     plain_model = MLP(num_classes=k, num_copies=None)
     ptx = optax.sgd(0.01)
-    variants["plain"] = _stepper(
-      plain_step(plain_model, ptx), _plain_state(plain_model, ptx, x), x, y
-    )
+    plain, plain_state = plain_step(plain_model, ptx), _plain_state(plain_model, ptx, x)
+    variants["plain"] = _stepper(plain, plain_state, x, y)
     for n in copies:
       model = MLP(num_classes=k, num_copies=n)
       tx = alrao_jax.alrao_sgd(LR_MIN, LR_MAX, key=jax.random.key(3))
       state = alrao_jax.create_train_state(model, tx, jax.random.key(1), x)
-      variants[n] = _stepper(alrao_jax.make_train_step(model, tx), state, x, y)
+      step = alrao_jax.make_train_step(model, tx)
+      limits[n] = flop_ratio(step, state, plain, plain_state, x, y)
+      variants[n] = _stepper(step, state, x, y)
     med = interleaved(variants, rounds=rounds, per_round=per_round)
     rows.append(
       f"| {k} | {1e3 * med['plain']:.2f} | "
-      + " | ".join(f"{med[n] / med['plain']:.2f}" for n in copies)
+      + " | ".join(
+        f"{med[n] / med['plain']:.2f} ({med[n] / med['plain'] / limits[n]:.2f})" for n in copies
+      )
       + " |"
     )
   return rows
@@ -452,15 +485,23 @@ def main(argv: list[str] | None = None) -> str:
     f"Date: {datetime.date.today()}; batch {BATCH}; median of {rounds * per_round} "
     "timed steps per variant, variants interleaved.\n",
     "## (a, b) Step time: Alrao-SGD / plain optax.sgd, and naive Alrao / Alrao\n",
-    "| model | copies | plain (ms) | Alrao (ms) | Alrao / plain | naive (ms) | naive / Alrao |",
-    "|---|---|---|---|---|---|---|",
+    f"Ratios: median over the {rounds} rounds of each round's median, [min - max] of the "
+    "rounds. FLOP limit: Alrao step FLOPs / plain step FLOPs (XLA's count of the compiled "
+    "steps), the ratio the copies' extra arithmetic alone predicts.\n",
+    "| model | copies | plain (ms) | Alrao (ms) | Alrao / plain | FLOP limit | "
+    "Alrao / plain / FLOP limit | naive (ms) | naive / Alrao |",
+    "|---|---|---|---|---|---|---|---|---|",
   ]
   all_cases = cases(args.quick)
   for case in all_cases:
-    med = time_steps(case, rounds, per_round, naive=True)
+    found = time_steps(case, rounds, per_round, naive=True)
+    med = {name: statistics.median(values) for name, values in found.items()}
+    ratios = [a / p for a, p in zip(found["alrao"], found["plain"], strict=True)]
+    ratio, limit = statistics.median(ratios), case_flop_ratio(case)
     lines.append(
       f"| {case.name} | {case.num_copies} | {1e3 * med['plain']:.2f} | "
-      f"{1e3 * med['alrao']:.2f} | {med['alrao'] / med['plain']:.3f} | "
+      f"{1e3 * med['alrao']:.2f} | {ratio:.3f} [{min(ratios):.3f} - {max(ratios):.3f}] | "
+      f"{limit:.3f} | {ratio / limit:.3f} | "
       f"{1e3 * med['naive']:.2f} | {med['naive'] / med['alrao']:.1f}x |"
     )
     print(lines[-1], flush=True)
