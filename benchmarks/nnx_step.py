@@ -31,6 +31,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import machine, time_rounds
 
 BATCH, WIDTH, CLASSES, COPIES = 32, 64, 10, 10
+DEFAULT_OUT = "benchmarks/results/nnx_step.md"
 
 
 class LinenNet(nn.Module):
@@ -98,9 +99,12 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument("--quick", action="store_true", help="CI smoke run: few steps, no file")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--steps", type=int, default=300, help="timed steps per round")
-  parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results/nnx_step.md"))
+  parser.add_argument("--out", default=DEFAULT_OUT, help=f"(default: {DEFAULT_OUT})")
   args = parser.parse_args(argv)
   rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
+  command = "python benchmarks/nnx_step.py" + (
+    f" --out {args.out}" if args.out != DEFAULT_OUT else ""
+  )
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
   y = jax.random.randint(jax.random.key(2), (BATCH,), 0, CLASSES)
   medians = time_rounds(variants(x, y), rounds=rounds, per_round=steps, warmup=5)
@@ -108,7 +112,7 @@ def main(argv: list[str] | None = None) -> str:
   lines = [
     "# NNX step time",
     "",
-    f"Command: `python benchmarks/nnx_step.py` ({datetime.date.today()}; {machine()}).",
+    f"Command: `{command}` ({datetime.date.today()}; {machine()}).",
     f"{rounds} interleaved rounds x {steps} timed steps; per round the median step time; "
     "below the median over rounds [min - max of the rounds].",
     "",
