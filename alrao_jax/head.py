@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -92,19 +93,20 @@ def _copy_outputs_bwd(residuals, cotangents):
   z, kernel, bias, finite = residuals
   shared, own = cotangents
   n, k = kernel.shape[0], kernel.shape[-1]
-  # A diverged copy's cotangent is 0, but 0 * inf = NaN: its share of dz must be dropped.
-  if _batched(kernel):
-    # Large heads: after the matmul, per copy (N x batch x d), rather than by zeroing its
-    # weights before it (a copy of the kernel each step); on CPU this batched form is also
-    # faster than one contraction over copies and classes.
-    flat = _broadcast_examples(z, n)
+  # A diverged copy's cotangent is 0, but 0 * inf = NaN: its share of dz must be dropped,
+  # either by zeroing its weights before the matmul (a copy of the N x d x K kernel) or its
+  # share after it (an N x examples x d array): whichever is smaller.
+  if _batched(kernel) and k > math.prod(z.shape[:-1]):
+    # A large head (per copy is then also the faster contraction on CPU).
     per_copy = jnp.einsum("nek,ndk->ned", shared.reshape(n, -1, k), kernel)
     dz = jnp.where(finite[:, None, None], per_copy, 0.0).sum(axis=0).reshape(z.shape)
-    dkernel = jnp.einsum("ned,nek->ndk", flat, own.reshape(n, -1, k))
   else:
-    # Small heads (K < BATCHED_MIN_OUTPUTS): zeroing the small kernel is cheaper.
     safe = jnp.where(finite[:, None, None], kernel, jnp.zeros_like(kernel))
     dz = jnp.einsum("n...k,ndk->...d", shared, safe)
+  if _batched(kernel):
+    flat = _broadcast_examples(z, n)
+    dkernel = jnp.einsum("ned,nek->ndk", flat, own.reshape(n, -1, k))
+  else:
     dkernel = jnp.einsum("...d,n...k->ndk", z, own)
   dbias = own.reshape(n, -1, k).sum(axis=1)
   return dz.astype(z.dtype), dkernel.astype(kernel.dtype), dbias.astype(bias.dtype)

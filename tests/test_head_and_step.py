@@ -361,13 +361,20 @@ def test_evaluation_of_diverged_copies_is_never_a_good_score():
   assert np.isnan(dead["accuracy"]) and np.isnan(dead["best_copy_accuracy"])
 
 
-@pytest.mark.parametrize("outputs", [5, alrao_jax.head.BATCHED_MIN_OUTPUTS + 3])
+@pytest.mark.parametrize(
+  ("outputs", "examples"),
+  [
+    (5, 7),  # small head: its kernel zeroed
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 40),  # batched, more examples than classes: same
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 7),  # large head: dz dropped per copy
+  ],
+)
 @pytest.mark.parametrize("bad", [jnp.inf, jnp.nan])
-def test_copy_outputs_drops_a_diverged_copy_from_dz_in_both_layouts(outputs, bad):
-  z = jax.random.normal(KEY, (7, D))
+def test_copy_outputs_drops_a_diverged_copy_from_dz_in_every_regime(outputs, examples, bad):
+  z = jax.random.normal(KEY, (examples, D))
   kernel = jax.random.normal(jax.random.key(3), (N, D, outputs)).at[2, 0, 1].set(bad)
   bias = jax.random.normal(jax.random.key(4), (N, outputs))
-  c_shared = jax.random.normal(jax.random.key(5), (N, 7, outputs)).at[2].set(0.0)  # as the loss
+  c_shared = jax.random.normal(jax.random.key(5), (N, examples, outputs)).at[2].set(0.0)
 
   def routed(z):
     return jnp.sum(alrao_jax.copy_outputs(z, kernel, bias).shared * c_shared)
