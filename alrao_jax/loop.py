@@ -4,6 +4,7 @@ checkpoints every epoch and resumes exactly."""
 from __future__ import annotations
 
 import functools
+import operator
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -47,6 +48,40 @@ class FitResult(NamedTuple):
 
 def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
   return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
+
+
+def evaluate_in_chunks(
+  evaluate: Callable, state: Any, inputs: Any, targets: Any, chunk: int | None
+) -> dict[str, float]:
+  """Metrics of a whole split, evaluated ``chunk`` examples at a time (all at once for None):
+  each metric is a mean over examples, so the chunks' means weighted by their sizes give the
+  split's. Memory then grows with ``chunk``, not with the split; at most two shapes compile
+  (the full chunks and the last one). A copy is left out of the chunks where its outputs are
+  not finite.
+
+  Args:
+    evaluate: ``evaluate(state, inputs, targets) -> metrics`` (see
+      :func:`alrao_jax.make_eval_step`).
+    state: its first argument.
+    inputs: the split's inputs, examples on the leading axis (a pytree of arrays).
+    targets: its targets.
+    chunk: examples per evaluation call, >= 1, or None.
+
+  Returns:
+    Each metric as a float.
+  """
+  rows = len(jax.tree.leaves(inputs)[0])
+  chunk = rows if chunk is None else chunk
+  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+    raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {chunk!r}.")
+  totals: dict[str, float] = {}
+  for start in range(0, rows, chunk):
+    part = slice(start, min(start + chunk, rows))
+    found = evaluate(state, jax.tree.map(operator.itemgetter(part), inputs), targets[part])
+    share = (part.stop - part.start) / rows
+    for name, value in _as_floats(found).items():
+      totals[name] = totals.get(name, 0.0) + share * value
+  return totals
 
 
 def _check_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> None:
@@ -95,6 +130,7 @@ def fit(
   patience: int | None = None,
   rng_streams: Sequence[str] = ("dropout",),
   mesh: jax.sharding.Mesh | None = None,
+  eval_batch_size: int | None = 1024,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -132,6 +168,9 @@ def fit(
       in its shards; the validation and test splits are sharded when their sizes divide
       over ``data``, else replicated. The result equals one device's to float rounding.
       On several processes, every process calls ``fit`` with the same arguments and data.
+    eval_batch_size: the validation and test splits are evaluated this many examples at a
+      time (see :func:`evaluate_in_chunks`), so that evaluation memory does not grow with
+      the split; ``None`` evaluates each split at once.
 
   Returns:
     A :class:`FitResult`.
@@ -146,6 +185,10 @@ def fit(
     raise ValueError(f"patience must be >= 1 or None, got {patience}.")
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+  if eval_batch_size is not None and (
+    isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
+  ):
+    raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {eval_batch_size!r}.")
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
@@ -206,7 +249,7 @@ def fit(
       "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
     }
     for prefix, split in (("valid", valid), ("test", test)):
-      metrics = _as_floats(evaluate(state, split.inputs, split.targets))
+      metrics = evaluate_in_chunks(evaluate, state, split.inputs, split.targets, eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
     history.append(record)
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:

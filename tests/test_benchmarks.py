@@ -18,8 +18,11 @@ def test_speed_quick_mode_reports_every_section(monkeypatch):
     "(c) Compile time",
     "(d) Optimizer-state bytes",
     "(e) Scaling",
+    "(f) Evaluation memory",
   ):
     assert section in report
+  peaks = [float(p) for p in re.findall(r"windows.*\| [\d.]+ \| [\d.]+ \| ([\d.]+) \|", report)]
+  assert len(peaks) == 2 and peaks[1] < peaks[0] / 5  # 64 windows against 640
   rows = re.findall(
     r"\| (\d+\.\d+) \[[\d.]+ - [\d.]+\] \| ([\d.]+) \| ([\d.]+) \| [\d.]+ \| [\d.]+x \|", report
   )

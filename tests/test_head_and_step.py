@@ -382,3 +382,23 @@ def test_copy_outputs_drops_a_diverged_copy_from_dz_in_every_regime(outputs, exa
   keep = np.arange(N) != 2
   expected = jnp.einsum("nek,ndk->ed", c_shared[keep], kernel[keep])
   np.testing.assert_allclose(jax.grad(routed)(z), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_evaluation_in_chunks_equals_the_whole_split():
+  from alrao_jax.loop import evaluate_in_chunks
+
+  model = nn.Sequential([nn.Dense(8), nn.relu, alrao_jax.AlraoHead(3, num_copies=4)])
+  x = jax.random.normal(KEY, (50, 5))
+  y = jax.random.randint(jax.random.key(9), (50,), 0, 3)
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+  state = alrao_jax.create_train_state(model, tx, jax.random.key(0), x)
+  state, _ = alrao_jax.make_train_step(model, tx)(state, x, y)
+  evaluate = alrao_jax.make_eval_step(model)
+  whole = evaluate_in_chunks(evaluate, state, x, y, None)
+  assert whole == {k: float(v) for k, v in evaluate(state, x, y).items()}
+  chunked = evaluate_in_chunks(evaluate, state, x, y, 16)  # 16, 16, 16 and 2 examples
+  assert chunked.keys() == whole.keys()
+  for name in whole:
+    assert chunked[name] == pytest.approx(whole[name], rel=1e-6), name
+  with pytest.raises(ValueError, match="eval_batch_size must be an int >= 1"):
+    evaluate_in_chunks(evaluate, state, x, y, 0)
