@@ -26,6 +26,7 @@ import optax
 from flax import nnx
 
 import alrao_jax
+from alrao_jax.steps import nnx_pure_call
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import machine, time_rounds
@@ -94,6 +95,94 @@ def variants(x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
   }
 
 
+class NNXMLP(nnx.Module):
+  """speed.py's MLP 40-256-256-10 (tanh) in NNX."""
+
+  def __init__(self, copies: int | None, rngs: nnx.Rngs):
+    self.hidden = nnx.List([nnx.Linear(40, 256, rngs=rngs), nnx.Linear(256, 256, rngs=rngs)])
+    self.out = _output(256, copies, rngs)
+
+  def __call__(self, x):
+    for layer in self.hidden:
+      x = nnx.tanh(layer(x))
+    return self.out(x)
+
+
+class NNXDigitsCNN(nnx.Module):
+  """speed.py's digits CNN (conv16-BN-conv32-BN-dense64) in NNX."""
+
+  def __init__(self, copies: int | None, rngs: nnx.Rngs):
+    self.convs = nnx.List([nnx.Conv(1, 16, (3, 3), rngs=rngs), nnx.Conv(16, 32, (3, 3), rngs=rngs)])
+    self.norms = nnx.List([nnx.BatchNorm(16, rngs=rngs), nnx.BatchNorm(32, rngs=rngs)])
+    self.dense = nnx.Linear(2 * 2 * 32, 64, rngs=rngs)
+    self.out = _output(64, copies, rngs)
+
+  def __call__(self, x):
+    for conv, norm in zip(self.convs, self.norms, strict=True):
+      x = nn.max_pool(nnx.relu(norm(conv(x))), (2, 2), strides=(2, 2))
+    return self.out(nnx.relu(self.dense(x.reshape(x.shape[0], -1))))
+
+
+def _output(features: int, copies: int | None, rngs: nnx.Rngs) -> nnx.Module:
+  if copies is None:
+    return nnx.Linear(features, CLASSES, rngs=rngs)
+  return alrao_jax.nnx.AlraoHead(features, CLASSES, num_copies=copies, rngs=rngs)
+
+
+def model_variants(build, x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
+  """The Alrao NNX step and a plain NNX step (optax.sgd, Linear output) on one model; both run
+  through the same pure call (``alrao_jax.steps.nnx_pure_call``), so the ratio is Alrao's."""
+  model = build(COPIES, nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, alrao_jax.alrao_sgd(1e-5, 10.0, key=jax.random.key(0)), wrt=nnx.Param
+  )
+  step = alrao_jax.make_train_step(model, optimizer)
+  averaging = [alrao_jax.init_averaging(model)]
+
+  def alrao():
+    averaging[0], metrics = step(averaging[0], x, y)
+    return metrics["loss"]
+
+  plain_model = build(None, nnx.Rngs(0))
+  plain_model.train()
+
+  def train(model, optimizer, x, y):
+    def loss_fn(model):
+      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+    loss, grads = nnx.value_and_grad(loss_fn)(model)
+    optimizer.update(model, grads)
+    return loss
+
+  plain_optimizer = nnx.Optimizer(plain_model, optax.sgd(0.01), wrt=nnx.Param)
+  plain = nnx_pure_call((plain_model, plain_optimizer), train)
+  return {"alrao": alrao, "plain": lambda: plain(x, y)}
+
+
+def model_rows(quick: bool, rounds: int, steps: int) -> list[str]:
+  key = jax.random.key(3)
+  labels = jax.random.randint(key, (BATCH,), 0, CLASSES)
+  models = [("MLP 40-256-256-10", NNXMLP, jax.random.normal(key, (BATCH, 40)))]
+  if not quick:
+    models.append(
+      ("digits CNN (width 16)", NNXDigitsCNN, jax.random.uniform(key, (BATCH, 8, 8, 1)))
+    )
+  rows = [
+    "| model (NNX) | plain NNX (ms) | Alrao NNX (ms) | "
+    "Alrao / plain (per round: median [min - max]) |",
+    "|---|---|---|---|",
+  ]
+  for name, build, x in models:
+    found = time_rounds(model_variants(build, x, labels), rounds=rounds, per_round=steps, warmup=5)
+    ratios = [a / p for a, p in zip(found["alrao"], found["plain"], strict=True)]
+    rows.append(
+      f"| {name} | {1e3 * statistics.median(found['plain']):.3f} | "
+      f"{1e3 * statistics.median(found['alrao']):.3f} | "
+      f"{statistics.median(ratios):.3f} [{min(ratios):.3f} - {max(ratios):.3f}] |"
+    )
+  return rows
+
+
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI smoke run: few steps, no file")
@@ -126,6 +215,14 @@ def main(argv: list[str] | None = None) -> str:
       f"| {name} | {statistics.median(ms):.3f} [{min(ms):.3f} - {max(ms):.3f}] | "
       f"{statistics.median(ratios):.2f} [{min(ratios):.2f} - {max(ratios):.2f}] |"
     )
+  lines += [
+    "",
+    "The benchmark models of `speed.py` in NNX, 10 copies, against a plain NNX step (Linear "
+    "output, optax.sgd) run through the same pure call; compare with the FLOP limits in "
+    "`speed.md` (the same arithmetic):",
+    "",
+    *model_rows(args.quick, rounds, steps),
+  ]
   report = "\n".join(lines) + "\n"
   print(report)
   if not args.quick:
