@@ -1,5 +1,9 @@
-"""Helpers shared by several test files."""
+"""Helpers shared by several test files, and the early start of the sharding runs."""
 
+import pathlib
+import sys
+
+import pytest
 from flax import nnx
 
 import alrao_jax
@@ -16,3 +20,13 @@ class SmallNNXNet(nnx.Module):
 
   def __call__(self, x):
     return self.head(self.drop(nnx.relu(self.bn(self.pre(x)))))
+
+
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected
+def pytest_collection_modifyitems(session, config, items):
+  """When the sharding tests are selected, their subprocesses start now, in the background."""
+  if any(pathlib.Path(str(item.fspath)).name == "test_sharding.py" for item in items):
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    import sharding_runs
+
+    sharding_runs.start_early()

@@ -5,7 +5,11 @@ started by ``tests/test_sharding.py`` with the device count set in the environme
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
 import sys
+import tempfile
 
 import flax.linen as nn
 import jax
@@ -50,6 +54,37 @@ class NNXBody(nnx.Module):
 
   def __call__(self, x):
     return self.head(nnx.relu(self.dense2(nnx.relu(self.norm(self.dense1(x))))))
+
+
+def launch(*args) -> subprocess.Popen:
+  """This file in a new process (CPU only), its output piped."""
+  return subprocess.Popen(
+    [sys.executable, __file__, *map(str, args)],
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+    env={**os.environ, "JAX_PLATFORMS": "cpu"},
+  )
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+STARTED: dict[str, object] = {}  # runs started in the background, by start_early
+
+
+def start_early() -> None:
+  """Starts the mesh runs and the two processes in the background: tests/conftest.py calls it
+  once the sharding tests are collected, so that their compiles overlap the other tests'."""
+  if STARTED:
+    return
+  STARTED["meshes"] = launch("meshes")
+  folder = tempfile.mkdtemp(prefix="alrao-sharding-")
+  port = free_port()
+  STARTED["processes"] = (folder, [launch("process", i, port, folder) for i in range(2)])
 
 
 def data(steps=STEPS):

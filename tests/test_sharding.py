@@ -1,12 +1,12 @@
 """Alrao on several devices: the sharded steps equal the single-device step, the head's
 copies are never gathered, and a run on 2 processes equals one on a single process. The
-meshes run in subprocesses of 8 simulated CPU devices (``tests/sharding_runs.py``)."""
+meshes run in subprocesses of 8 simulated CPU devices (``tests/sharding_runs.py``), started
+in the background as soon as these tests are collected (``tests/conftest.py``)."""
 
 import functools
 import json
-import os
 import pathlib
-import socket
+import shutil
 import subprocess
 import sys
 
@@ -27,17 +27,6 @@ import sharding_runs  # noqa: E402
 TOLERANCE = 1e-5  # float32, 20 steps
 
 
-def _python(*args, timeout=300):
-  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-  return subprocess.Popen(
-    [sys.executable, str(RUNS), *map(str, args)],
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-    env=env,
-  )
-
-
 def _finish(process, timeout=300):
   try:
     out, err = process.communicate(timeout=timeout)
@@ -50,7 +39,8 @@ def _finish(process, timeout=300):
 
 @functools.cache
 def _meshes():
-  return json.loads(_finish(_python("meshes")).splitlines()[-1])
+  process = sharding_runs.STARTED.pop("meshes", None) or sharding_runs.launch("meshes")
+  return json.loads(_finish(process).splitlines()[-1])
 
 
 @pytest.mark.parametrize("mesh", ["8x1", "4x2", "2x4", "1x8"])
@@ -106,17 +96,19 @@ def test_explicit_sharding_types_kept_and_rates_sharded_like_params(optimizer):
   assert run["updates"] == {"kernel": "float32[4,16@x]", "bias": "float32[16@x]"}
 
 
-def _free_port():
-  with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
-    return s.getsockname()[1]
-
-
 def test_two_processes_equal_one_and_their_checkpoint_resumes_in_one(tmp_path):
-  port = _free_port()
-  workers = [_python("process", i, port, tmp_path) for i in range(2)]
+  folder, workers = sharding_runs.STARTED.pop("processes", (None, None))
+  if workers is None:
+    port = sharding_runs.free_port()
+    folder, workers = (
+      tmp_path,
+      [sharding_runs.launch("process", i, port, tmp_path) for i in range(2)],
+    )
   for worker in workers:
     _finish(worker, timeout=240)
+  if pathlib.Path(folder) != tmp_path:  # started early, in a folder of its own: move it here
+    shutil.move(folder, tmp_path / "early")
+    tmp_path = tmp_path / "early"
   model = sharding_runs.Body()
   reference = sharding_runs.single_device_run(model)
   gathered = np.load(tmp_path / "params.npz")
