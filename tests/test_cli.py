@@ -123,6 +123,20 @@ def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
   assert ranked == ["wide", "tiny"]
 
 
+def test_schedules_have_their_shapes():
+  def at(name, *steps):
+    schedule = schedule_multiplier(name, 100)
+    return [round(float(schedule(t)), 4) for t in steps]
+
+  assert at("constant", 0, 99) == [1.0, 1.0]
+  assert at("onecycle", 0, 30, 100) == [0.04, 1.0, 0.0]  # 1/25, the peak at 30%, 1/25e4
+  assert at("warmup-linear", 0, 5, 55, 100) == [0.0, 1.0, 0.4737, 0.0]
+  assert at("warmup-cosine", 0, 5, 100) == [0.0, 1.0, 0.0]
+  assert at("cosine", 0, 50, 100) == [1.0, 0.5, 0.0]
+  with pytest.raises(ValueError, match="schedule must be one of"):
+    schedule_multiplier("step", 100)
+
+
 def test_extras_equal_the_optax_chain_written_by_hand():
   params = {"Dense_0": {"kernel": jax.numpy.ones((3, 2)), "bias": jax.numpy.ones((2,))}}
   grads = jax.tree.map(lambda p: 3.0 * p, params)

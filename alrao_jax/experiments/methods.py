@@ -38,7 +38,8 @@ EVAL_PARAMS = {  # optimizers whose model is evaluated at other parameters than 
 ALRAO = {"alrao-sgd": alrao_sgd, "alrao-adam": alrao_adam}
 METHODS = (*ALRAO, *PEERS)
 WITH_MOMENTUM = ("alrao-sgd", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup-cosine", "linear")
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "onecycle", "linear", "warmup-linear")
+WARMUP_FRACTION = 0.05  # of the steps, for the warmup-* schedules
 
 
 class Method(NamedTuple):
@@ -54,12 +55,21 @@ def schedule_multiplier(name: str, total_steps: int) -> optax.Schedule:
   """A multiplier of every update over ``total_steps`` steps, from 1 (see :data:`SCHEDULES`).
 
   ``constant`` (1), ``cosine`` (1 to 0), ``warmup-cosine`` (0 to 1 over the first 5% of the
-  steps, then cosine to 0) and ``linear`` (1 to 0).
+  steps, then cosine to 0), ``onecycle`` (L. Smith's 1cycle, ``optax.cosine_onecycle_schedule``:
+  from 1/25 up to 1 over the first 30% of the steps, then down to 1/25e4), ``linear`` (1 to 0)
+  and ``warmup-linear`` (0 to 1 over the first 5%, then linearly to 0). On Alrao every rate,
+  the copies' included, is multiplied by it.
 
   Example:
     >>> from alrao_jax.experiments.methods import schedule_multiplier
     >>> float(schedule_multiplier('linear', 100)(50))
     0.5
+    >>> round(float(schedule_multiplier('onecycle', 100)(30)), 3)
+    1.0
+
+  References:
+    Smith, `Super-convergence: very fast training of neural networks using large learning
+    rates <https://arxiv.org/abs/1708.07120>`_, 2018 (1cycle).
   """
   if name not in SCHEDULES:
     raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {name!r}.")
@@ -67,11 +77,21 @@ def schedule_multiplier(name: str, total_steps: int) -> optax.Schedule:
     raise ValueError(f"total_steps must be an int >= 1, got {total_steps!r}.")
   if name == "cosine":
     return optax.cosine_decay_schedule(1.0, total_steps)
+  warmup = max(1, int(total_steps * WARMUP_FRACTION))
   if name == "warmup-cosine":
-    warmup = max(1, total_steps // 20)
     return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(total_steps, warmup + 1))
+  if name == "onecycle":
+    return optax.cosine_onecycle_schedule(max(total_steps, 2), 1.0)
   if name == "linear":
     return optax.linear_schedule(1.0, 0.0, total_steps)
+  if name == "warmup-linear":
+    return optax.join_schedules(
+      [
+        optax.linear_schedule(0.0, 1.0, warmup),
+        optax.linear_schedule(1.0, 0.0, max(total_steps - warmup, 1)),
+      ],
+      [warmup],
+    )
   return optax.constant_schedule(1.0)
 
 
