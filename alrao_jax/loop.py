@@ -50,6 +50,11 @@ def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
   return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
 
 
+def _check_eval_batch_size(chunk: Any) -> None:
+  if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+    raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {chunk!r}.")
+
+
 def evaluate_in_chunks(
   evaluate: Callable, state: Any, inputs: Any, targets: Any, chunk: int | None
 ) -> dict[str, float]:
@@ -71,9 +76,8 @@ def evaluate_in_chunks(
     Each metric as a float.
   """
   rows = len(jax.tree.leaves(inputs)[0])
+  _check_eval_batch_size(chunk)
   chunk = rows if chunk is None else chunk
-  if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-    raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {chunk!r}.")
   totals: dict[str, float] = {}
   for start in range(0, rows, chunk):
     part = slice(start, min(start + chunk, rows))
@@ -185,10 +189,7 @@ def fit(
     raise ValueError(f"patience must be >= 1 or None, got {patience}.")
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs the checkpoint_dir to resume from.")
-  if eval_batch_size is not None and (
-    isinstance(eval_batch_size, bool) or not isinstance(eval_batch_size, int) or eval_batch_size < 1
-  ):
-    raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {eval_batch_size!r}.")
+  _check_eval_batch_size(eval_batch_size)
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")

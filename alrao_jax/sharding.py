@@ -36,7 +36,7 @@ from flax import nnx
 from flax.core import meta
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from alrao_jax.rates import COPIES_MODULE
+from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.steps import TrainState, create_train_state
 
 DATA_AXIS = "data"
@@ -94,13 +94,6 @@ def make_mesh(
     axis_types=(AxisType.Auto,) * len(axes),
     devices=devices,
   )
-
-
-def _key_name(entry: Any) -> str:
-  for attr in ("key", "name", "idx"):
-    if hasattr(entry, attr):
-      return str(getattr(entry, attr))
-  return str(entry)
 
 
 def _is_boxed(x: Any) -> bool:
@@ -225,9 +218,8 @@ def state_shardings(
     value = _unboxed(x)
     if not hasattr(value, "shape"):
       return x
-    names = tuple(_key_name(entry) for entry in path)
     spec = _leaf_spec(
-      names, tuple(value.shape), _declared_names(x, rules), mesh, copies_axis, outputs_axis
+      path, tuple(value.shape), _declared_names(x, rules), mesh, copies_axis, outputs_axis
     )
     named = NamedSharding(mesh, spec)
     if isinstance(x, nnx.Variable):
@@ -236,7 +228,8 @@ def state_shardings(
       return x.replace_boxed(named)
     return named
 
-  return jax.tree_util.tree_map_with_path(sharding, state, is_leaf=_is_boxed)
+  paths, leaves, treedef = leaf_paths(state, is_leaf=_is_boxed)
+  return jax.tree_util.tree_unflatten(treedef, map(sharding, paths, leaves))
 
 
 def _put(value: Any, sharding: NamedSharding) -> jax.Array:

@@ -54,6 +54,31 @@ class NNXNet(nnx.Module):
     return self.out(nnx.relu(self.hidden(x)))
 
 
+def _plain_train(model: nnx.Module, optimizer: nnx.Optimizer, x: jax.Array, y: jax.Array):
+  """A plain NNX step: cross-entropy of a Linear output, one backward, the optax update."""
+
+  def loss_fn(model):
+    return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+
+  loss, grads = nnx.value_and_grad(loss_fn)(model)
+  optimizer.update(model, grads)
+  return loss
+
+
+def _alrao_nnx(model: nnx.Module, x: jax.Array, y: jax.Array) -> Callable[[], object]:
+  """One call = one Alrao NNX step of ``model`` (Alrao-SGD over [1e-5, 10])."""
+  key = jax.random.key(0)
+  optimizer = nnx.Optimizer(model, alrao_jax.alrao_sgd(1e-5, 10.0, key=key), wrt=nnx.Param)
+  step = alrao_jax.make_train_step(model, optimizer)
+  averaging = [alrao_jax.init_averaging(model)]
+
+  def run():
+    averaging[0], metrics = step(averaging[0], x, y)
+    return metrics["loss"]
+
+  return run
+
+
 def variants(x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
   """One call = one training step, for each variant."""
   key = jax.random.key(0)
@@ -66,30 +91,11 @@ def variants(x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
     box[0], metrics = linen_step(box[0], x, y)
     return metrics["loss"]
 
-  alrao_model = NNXNet(True, nnx.Rngs(0))
-  optimizer = nnx.Optimizer(alrao_model, alrao_jax.alrao_sgd(1e-5, 10.0, key=key), wrt=nnx.Param)
-  nnx_step = alrao_jax.make_train_step(alrao_model, optimizer)
-  averaging = [alrao_jax.switch_init(COPIES)]
-
-  def alrao_nnx():
-    averaging[0], metrics = nnx_step(averaging[0], x, y)
-    return metrics["loss"]
-
   plain_model = NNXNet(False, nnx.Rngs(0))
   plain_optimizer = nnx.Optimizer(plain_model, optax.sgd(0.01), wrt=nnx.Param)
-
-  @nnx.jit
-  def plain_step(model, optimizer, x, y):
-    def loss_fn(model):
-      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
-  plain = nnx.cached_partial(plain_step, plain_model, plain_optimizer)
+  plain = nnx.cached_partial(nnx.jit(_plain_train), plain_model, plain_optimizer)
   return {
-    "Alrao NNX": alrao_nnx,
+    "Alrao NNX": _alrao_nnx(NNXNet(True, nnx.Rngs(0)), x, y),
     "Alrao linen": linen,
     "plain NNX (cached_partial)": lambda: plain(x, y),
   }
@@ -132,31 +138,11 @@ def _output(features: int, copies: int | None, rngs: nnx.Rngs) -> nnx.Module:
 def model_variants(build, x: jax.Array, y: jax.Array) -> dict[str, Callable[[], object]]:
   """The Alrao NNX step and a plain NNX step (optax.sgd, Linear output) on one model; both run
   through the same pure call (``alrao_jax.steps.nnx_pure_call``), so the ratio is Alrao's."""
-  model = build(COPIES, nnx.Rngs(0))
-  optimizer = nnx.Optimizer(
-    model, alrao_jax.alrao_sgd(1e-5, 10.0, key=jax.random.key(0)), wrt=nnx.Param
-  )
-  step = alrao_jax.make_train_step(model, optimizer)
-  averaging = [alrao_jax.init_averaging(model)]
-
-  def alrao():
-    averaging[0], metrics = step(averaging[0], x, y)
-    return metrics["loss"]
-
   plain_model = build(None, nnx.Rngs(0))
   plain_model.train()
-
-  def train(model, optimizer, x, y):
-    def loss_fn(model):
-      return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-    loss, grads = nnx.value_and_grad(loss_fn)(model)
-    optimizer.update(model, grads)
-    return loss
-
   plain_optimizer = nnx.Optimizer(plain_model, optax.sgd(0.01), wrt=nnx.Param)
-  plain = nnx_pure_call((plain_model, plain_optimizer), train)
-  return {"alrao": alrao, "plain": lambda: plain(x, y)}
+  plain = nnx_pure_call((plain_model, plain_optimizer), _plain_train)
+  return {"alrao": _alrao_nnx(build(COPIES, nnx.Rngs(0)), x, y), "plain": lambda: plain(x, y)}
 
 
 def model_rows(quick: bool, rounds: int, steps: int) -> list[str]:

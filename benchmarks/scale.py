@@ -80,9 +80,7 @@ def _setup(name, axes, copies, classes, width, batch):
     state = alrao_jax.create_train_state(model, tx, key, x)
     devices = 1
   else:
-    devices = 1
-    for size in axes.values():
-      devices *= size
+    devices = math.prod(axes.values())
     mesh = sharding.make_mesh(axes, devices=jax.devices()[:devices])
     state = sharding.create_sharded_train_state(
       model, tx, key, x, mesh=mesh, outputs_axis=OUTPUTS_AXIS
