@@ -88,6 +88,12 @@ def test_nnx_sharded_step_equals_single_device_step():
   assert run["specs"]["dense1/kernel"] == "P()"
 
 
+@pytest.mark.parametrize("name", ["gpt", "gru", "regression", "resnet"])
+def test_the_zoo_sharded_over_the_batch_equals_one_device(name):
+  run = _meshes()["zoo"][name]  # params and log posterior after 10 steps, linen and NNX
+  assert run["linen"] < TOLERANCE and run["nnx"] < TOLERANCE
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_explicit_sharding_types_kept_and_rates_sharded_like_params(optimizer):
   run = _meshes()["explicit"][optimizer]
