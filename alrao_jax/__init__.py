@@ -6,8 +6,9 @@ The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.tra
 (jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
 :mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
-:mod:`~alrao_jax.lr_find` and :mod:`~alrao_jax.screen`. The bundled tasks, models, peers,
-comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experiments`.
+:mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The
+bundled tasks, models, peers, comparison protocol, plots, demo and command line are in
+:mod:`alrao_jax.experiments`.
 """
 
 __version__ = "0.1.0"
@@ -26,6 +27,14 @@ from alrao_jax.head import (
   best_copy,
   copy_outputs,
   mixture_log_probs,
+)
+from alrao_jax.layer_schedule import (
+  LayerDepths,
+  ScaleByLayerScheduleState,
+  discriminative_schedule,
+  layer_depths,
+  scale_by_layer_schedule,
+  smith_schedule,
 )
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import (
@@ -71,7 +80,9 @@ __all__ = [
   "CopyOutputs",
   "FitResult",
   "LRFindResult",
+  "LayerDepths",
   "ModelAveraging",
+  "ScaleByLayerScheduleState",
   "ScaleByRatesState",
   "ScreenResult",
   "Split",
@@ -90,10 +101,12 @@ __all__ = [
   "copy_outputs",
   "copy_rates",
   "create_train_state",
+  "discriminative_schedule",
   "evaluation_metrics",
   "fit",
   "gaussian_log_likelihood",
   "init_averaging",
+  "layer_depths",
   "lr_find",
   "make_eval_step",
   "make_train_step",
@@ -107,9 +120,11 @@ __all__ = [
   "sample_rates",
   "save_checkpoint",
   "save_nnx_checkpoint",
+  "scale_by_layer_schedule",
   "scale_by_rates",
   "screen",
   "sharding",
+  "smith_schedule",
   "split_arrays",
   "switch_averaging",
   "switch_init",
