@@ -1,0 +1,226 @@
+"""A learning rate for plain SGD, read off one Alrao run.
+
+The switch posterior says which output copy, and so which of the copies' rates, predicts
+best; the body's features, each at its own rate, say how far their weights moved from their
+start. :func:`suggest_lr` returns the posterior's choice with both pieces of evidence.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from flax import nnx
+
+from alrao_jax.rates import COPIES_MODULE, leaf_paths
+from alrao_jax.steps import TrainState
+from alrao_jax.switch import ModelAveraging, switch_averaging
+from alrao_jax.transform import ScaleByRatesState
+
+BIN_DECADES = 0.5  # width of the rate bins of the body's evidence, in decades
+MIN_PER_BIN = 3  # features a bin needs to be reported
+
+
+class LRSuggestion(NamedTuple):
+  """A learning rate for plain SGD and the evidence behind it (see :func:`suggest_lr`)."""
+
+  lr: float  # the suggestion: the posterior's geometric mean of the copies' rates
+  copy_lrs: np.ndarray  # (N,) the output copies' rates
+  posterior: np.ndarray  # (N,) the averaging posterior over the copies
+  leading_lr: float  # the rate of the copy of largest posterior weight
+  body: tuple[dict[str, float], ...]  # per bin of body rates: lr_low, lr_high, features, movement
+
+
+def _unwrap(tree: Any) -> Any:
+  """NNX variables -> their arrays; anything else unchanged."""
+  return jax.tree.map(
+    lambda v: v[...] if isinstance(v, nnx.Variable) else v,
+    tree,
+    is_leaf=lambda v: isinstance(v, nnx.Variable),
+  )
+
+
+def find_rates(opt_state: Any) -> Any:
+  """The rate tree held by the :func:`alrao_jax.scale_by_rates` inside an optimizer state.
+
+  Raises:
+    ValueError: the state holds no rates, or several rate trees.
+  """
+  found = [
+    s
+    for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, ScaleByRatesState))
+    if isinstance(s, ScaleByRatesState)
+  ]
+  if len(found) != 1:
+    what = "no" if not found else f"{len(found)}"
+    raise ValueError(
+      f"opt_state holds {what} Alrao rate trees (ScaleByRatesState); pass the state of an "
+      "optimizer built with alrao_jax.alrao_sgd or alrao_jax.alrao_adam."
+    )
+  return found[0].rates
+
+
+def _copy_rates(paths: list, rate_leaves: list) -> np.ndarray:
+  for path, rate in zip(paths, rate_leaves, strict=True):
+    if COPIES_MODULE in path[:-1] and path[-1] == "kernel":
+      return np.asarray(rate, np.float64).reshape(-1)
+  raise ValueError(
+    "the rate tree has no output copies (no 'alrao_copies' kernel); the model must end with "
+    "alrao_jax.AlraoHead or alrao_jax.nnx.AlraoHead."
+  )
+
+
+def body_movement(params: Any, initial_params: Any, rates: Any) -> tuple[dict[str, float], ...]:
+  """How far the body's features moved from their start, binned by their rates.
+
+  For each weight of rank >= 2 outside the head (kernels, embeddings, stacked layers), each
+  feature's relative movement is ``|w_T - w_0| / |w_0|`` over the entries that share its
+  rate. Features are binned by rate in half decades; each bin with at least 3 features
+  reports its median movement.
+
+  Args:
+    params: the parameters now.
+    initial_params: the parameters at step 0, the same tree.
+    rates: the rate tree (:func:`find_rates`).
+
+  Returns:
+    One dict per bin, by increasing rate: ``lr_low``, ``lr_high``, ``features`` and
+    ``movement`` (the median relative movement).
+  """
+  paths, now, _ = leaf_paths(_unwrap(params))
+  start_paths, start, _ = leaf_paths(_unwrap(initial_params))
+  _, rate_leaves, _ = leaf_paths(_unwrap(rates))
+  if start_paths != paths or len(rate_leaves) != len(paths):
+    raise ValueError(
+      "initial_params must have the structure of params (the same model at step 0), e.g. "
+      "alrao_jax.create_train_state(model, tx, key, x).params with the run's key."
+    )
+  feature_rates, movements = [], []
+  for path, w, w0, rate in zip(paths, now, start, rate_leaves, strict=True):
+    w, w0, rate = np.asarray(w, np.float64), np.asarray(w0, np.float64), np.asarray(rate)
+    if COPIES_MODULE in path[:-1] or w.ndim < 2 or rate.size <= 1:
+      continue
+    shared = tuple(a for a in range(w.ndim) if rate.shape[a] == 1)
+    moved = np.sqrt(np.sum((w - w0) ** 2, axis=shared))
+    size = np.sqrt(np.sum(w0**2, axis=shared))
+    keep = size > 0
+    feature_rates.append(np.broadcast_to(rate, w.shape).max(axis=shared)[keep])
+    movements.append((moved[keep] / size[keep]).reshape(-1))
+  if not feature_rates:
+    return ()
+  lrs = np.log10(np.concatenate([r.reshape(-1) for r in feature_rates]))
+  moves = np.concatenate(movements)
+  low = np.floor(lrs.min() / BIN_DECADES) * BIN_DECADES
+  bins = []
+  for edge in np.arange(low, lrs.max() + BIN_DECADES / 2, BIN_DECADES):
+    inside = (lrs >= edge) & (lrs < edge + BIN_DECADES)
+    if inside.sum() >= MIN_PER_BIN:
+      bins.append(
+        {
+          "lr_low": float(10**edge),
+          "lr_high": float(10 ** (edge + BIN_DECADES)),
+          "features": int(inside.sum()),
+          "movement": float(np.median(moves[inside])),
+        }
+      )
+  return tuple(bins)
+
+
+def suggest_lr(
+  params: Any,
+  opt_state: Any = None,
+  averaging_state: Any = None,
+  *,
+  averaging: ModelAveraging | None = None,
+  initial_params: Any = None,
+) -> LRSuggestion:
+  """Suggests a learning rate for plain SGD on the same model, from an Alrao run.
+
+  The suggestion is the geometric mean of the output copies' rates under the averaging
+  posterior, ``exp(sum_j p_j log lr_j)``: where the switch puts its weight, between two
+  neighbouring copies when it is split between them. Use the state of the epoch you would
+  keep (``fit``'s ``best_state``); a running state works too. With ``initial_params``, the
+  evidence also holds how far the body's features moved, binned by their rates (see
+  :func:`body_movement`): units with rates far below the suggestion barely move; those far
+  above it move their weights by more than their initial size.
+
+  Args:
+    params: the model's parameters (a linen ``TrainState.params`` or ``nnx.state(model,
+      nnx.Param)``); or a whole :class:`alrao_jax.TrainState`, with the next two left out.
+    opt_state: the optimizer state holding the Alrao rates (``TrainState.opt_state`` or
+      ``nnx.Optimizer.opt_state``).
+    averaging_state: the switch's state (``TrainState.averaging_state``, or what the NNX
+      step returns).
+    averaging: the model averaging of the run (default :func:`alrao_jax.switch_averaging`).
+    initial_params: the parameters at step 0, for the body's evidence (optional).
+
+  Returns:
+    An :class:`LRSuggestion`.
+
+  Raises:
+    ValueError: the optimizer state holds no Alrao rates, or the model no Alrao head.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return alrao_jax.AlraoHead(2, num_copies=3)(nn.relu(nn.Dense(8)(x)))
+    >>> x, y = jax.random.normal(jax.random.key(0), (64, 4)), jnp.arange(64) % 2
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 10.0, key=jax.random.key(1))
+    >>> state = alrao_jax.create_train_state(Net(), tx, jax.random.key(2), x)
+    >>> step = alrao_jax.make_train_step(Net(), tx)
+    >>> for _ in range(50):
+    ...   state, _ = step(state, x, y)
+    >>> suggestion = alrao_jax.suggest_lr(state)
+    >>> suggestion.copy_lrs.round(3).tolist(), bool(1e-3 <= suggestion.lr <= 10.0)
+    ([0.001, 0.1, 10.0], True)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (section 4: the switch's posterior).
+  """
+  if isinstance(params, TrainState):
+    if opt_state is not None or averaging_state is not None:
+      raise TypeError("pass a TrainState alone, or params, opt_state and averaging_state.")
+    params, opt_state, averaging_state = params.params, params.opt_state, params.averaging_state
+  elif opt_state is None or averaging_state is None:
+    raise TypeError(
+      "suggest_lr needs a TrainState, or params, opt_state and averaging_state (NNX: "
+      "nnx.state(model, nnx.Param), optimizer.opt_state and the switch's state)."
+    )
+  averaging = averaging or switch_averaging()
+  rates = _unwrap(find_rates(_unwrap(opt_state)))
+  paths, rate_leaves, _ = leaf_paths(rates)
+  lrs = _copy_rates(paths, rate_leaves)
+  posterior = np.asarray(averaging.posterior(_unwrap(averaging_state)), np.float64)
+  if posterior.shape != lrs.shape:
+    raise ValueError(
+      f"averaging_state is over {posterior.size} copies but the head has {lrs.size}; pass "
+      "the state of the same run."
+    )
+  posterior = posterior / posterior.sum()
+  body = () if initial_params is None else body_movement(params, initial_params, rates)
+  return LRSuggestion(
+    lr=float(np.exp(np.sum(posterior * np.log(lrs)))),
+    copy_lrs=lrs,
+    posterior=posterior,
+    leading_lr=float(lrs[int(np.argmax(posterior))]),
+    body=body,
+  )
+
+
+def describe(suggestion: LRSuggestion) -> str:
+  """The suggestion and its evidence in a few lines of text."""
+  lines = [f"suggested lr for SGD: {suggestion.lr:.3g} (leading copy: {suggestion.leading_lr:.3g})"]
+  weights = ", ".join(
+    f"{lr:.2g}: {p:.2f}" for lr, p in zip(suggestion.copy_lrs, suggestion.posterior, strict=True)
+  )
+  lines.append(f"switch posterior over the copies' rates: {weights}")
+  for b in suggestion.body:
+    lines.append(
+      f"body features with rates in [{b['lr_low']:.2g}, {b['lr_high']:.2g}): {b['features']}, "
+      f"median relative movement {b['movement']:.3g}"
+    )
+  return "\n".join(lines)

@@ -1,0 +1,120 @@
+"""suggest_lr: the posterior's geometric mean of the copies' rates (linen and NNX), the body's
+movement against a brute-force count, and named errors."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from conftest import SmallNNXNet
+from flax import nnx
+
+import alrao_jax
+from alrao_jax.suggest_lr import body_movement, describe
+
+
+class Net(nn.Module):
+  width: int = 16
+
+  @nn.compact
+  def __call__(self, x):
+    return alrao_jax.AlraoHead(3, num_copies=4)(nn.relu(nn.Dense(self.width)(x)))
+
+
+def _state(width=16):
+  x = jax.random.normal(jax.random.key(0), (8, 5))
+  tx = alrao_jax.alrao_sgd(1e-4, 1.0, key=jax.random.key(1))
+  return alrao_jax.create_train_state(Net(width), tx, jax.random.key(2), x), tx, x
+
+
+def test_the_suggestion_is_the_posterior_geometric_mean_of_the_copies_rates():
+  state, _, _ = _state()
+  posterior = jnp.array([0.1, 0.6, 0.3, 0.0])
+  averaging_state = state.averaging_state._replace(log_posterior=jnp.log(posterior))
+  suggestion = alrao_jax.suggest_lr(state.replace(averaging_state=averaging_state))
+  lrs = np.geomspace(1e-4, 1.0, 4)
+  np.testing.assert_allclose(suggestion.copy_lrs, lrs, rtol=1e-6)
+  np.testing.assert_allclose(suggestion.posterior, posterior, atol=1e-7)
+  want = np.exp(0.1 * np.log(lrs[0]) + 0.6 * np.log(lrs[1]) + 0.3 * np.log(lrs[2]))
+  np.testing.assert_allclose(suggestion.lr, want, rtol=1e-6)
+  assert suggestion.leading_lr == pytest.approx(lrs[1], rel=1e-6)
+  assert suggestion.body == ()  # no initial parameters given
+  assert "0.6" in describe(suggestion).splitlines()[1]
+
+
+def test_a_chained_optimizer_and_explicit_parts():
+  x = jax.random.normal(jax.random.key(0), (8, 5))
+  tx = optax.chain(
+    optax.clip_by_global_norm(1.0),
+    alrao_jax.alrao_sgd(1e-3, 10.0, key=jax.random.key(1), momentum=0.9),
+    optax.scale_by_schedule(optax.cosine_decay_schedule(1.0, 10)),
+  )
+  state = alrao_jax.create_train_state(Net(), tx, jax.random.key(2), x)
+  suggestion = alrao_jax.suggest_lr(state.params, state.opt_state, state.averaging_state)
+  # a uniform posterior over 4 copies from 1e-3 to 10: the interval's geometric middle
+  np.testing.assert_allclose(suggestion.lr, 0.1, rtol=1e-5)
+
+
+def test_nnx_model_and_optimizer():
+  model = SmallNNXNet(4, 8, 3, 5, dropout=0.0, rngs=nnx.Rngs(0))
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  averaging = alrao_jax.init_averaging(model)
+  n = averaging.log_posterior.shape[0]
+  one_hot = jnp.log(jnp.eye(n)[n - 1] * (1 - 1e-6) + 1e-6 / n)
+  suggestion = alrao_jax.suggest_lr(
+    nnx.state(model, nnx.Param), optimizer.opt_state, averaging._replace(log_posterior=one_hot)
+  )
+  np.testing.assert_allclose(suggestion.leading_lr, 1.0, rtol=1e-6)
+  assert 0.9 < suggestion.lr <= 1.0
+
+
+def test_body_movement_against_a_brute_force_count():
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=(6, 40))
+  rates = np.geomspace(1e-4, 1.0, 40)[None, :].astype(np.float32)
+  moved = w0 + rng.normal(size=w0.shape) * np.sqrt(rates)
+  params = {"Dense_0": {"kernel": moved, "bias": np.zeros(40)}}
+  start = {"Dense_0": {"kernel": w0, "bias": np.zeros(40)}}
+  rate_tree = {"Dense_0": {"kernel": rates, "bias": rates[0]}}
+  bins = body_movement(params, start, rate_tree)
+  relative = np.linalg.norm(moved - w0, axis=0) / np.linalg.norm(w0, axis=0)
+  log_rates = np.log10(rates[0])
+  edges = np.arange(-4.0, 0.01, 0.5)  # half decades from 1e-4; 1.0 alone in the last
+  counts = [np.sum((log_rates >= e - 1e-6) & (log_rates < e + 0.5 - 1e-6)) for e in edges]
+  assert [b["features"] for b in bins] == [c for c in counts if c >= 3]
+  for b in bins:
+    low, high = np.log10(b["lr_low"]) - 1e-6, np.log10(b["lr_high"]) - 1e-6
+    inside = (log_rates >= low) & (log_rates < high)
+    assert inside.sum() == b["features"]
+    np.testing.assert_allclose(b["movement"], np.median(relative[inside]), rtol=1e-6)
+  assert bins[0]["movement"] < bins[-1]["movement"]
+
+
+def test_a_trained_run_reports_the_body():
+  state, tx, x = _state(width=256)
+  y = jnp.arange(8) % 3
+  start = jax.tree.map(jnp.copy, state.params)  # the step donates the state
+  step = alrao_jax.make_train_step(Net(256), tx)
+  for _ in range(20):
+    state, _ = step(state, x, y)
+  suggestion = alrao_jax.suggest_lr(state, initial_params=start)
+  assert sum(b["features"] for b in suggestion.body) == 256  # every bin has >= 3 units
+  assert suggestion.body[0]["lr_low"] <= 1e-4 and suggestion.body[-1]["lr_high"] >= 1.0
+  assert suggestion.body[0]["movement"] < suggestion.body[-1]["movement"]
+
+
+def test_bad_input_is_named():
+  state, _, x = _state()
+  with pytest.raises(ValueError, match="holds no Alrao rate trees"):
+    plain = alrao_jax.create_train_state(Net(), optax.sgd(0.1), jax.random.key(2), x)
+    alrao_jax.suggest_lr(plain)
+  with pytest.raises(TypeError, match="a TrainState alone"):
+    alrao_jax.suggest_lr(state, state.opt_state)
+  with pytest.raises(TypeError, match="needs a TrainState"):
+    alrao_jax.suggest_lr(state.params)
+  with pytest.raises(ValueError, match="over 5 copies but the head has 4"):
+    alrao_jax.suggest_lr(state.params, state.opt_state, alrao_jax.switch_init(5))
+  with pytest.raises(ValueError, match="initial_params must have the structure"):
+    alrao_jax.suggest_lr(state, initial_params={"other": jnp.ones(2)})
