@@ -24,6 +24,7 @@ from alrao_jax.sharding import (
   replicate,
   shard_batch,
   shard_eval_step,
+  shard_train_state,
   shard_train_step,
 )
 from alrao_jax.steps import (
@@ -135,6 +136,7 @@ def fit(
   rng_streams: Sequence[str] = ("dropout",),
   mesh: jax.sharding.Mesh | None = None,
   eval_batch_size: int | None = 1024,
+  initial_state: TrainState | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -175,6 +177,9 @@ def fit(
     eval_batch_size: the validation and test splits are evaluated this many examples at a
       time (see :func:`evaluate_in_chunks`), so that evaluation memory does not grow with
       the split; ``None`` evaluates each split at once.
+    initial_state: start from this state (a warm start, e.g. the ``state`` of an earlier
+      ``fit`` with its optimizer state changed) instead of a fresh one; the epochs, the
+      shuffles and the history start again from epoch 1.
 
   Returns:
     A :class:`FitResult`.
@@ -189,6 +194,10 @@ def fit(
     raise ValueError(f"patience must be >= 1 or None, got {patience}.")
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs the checkpoint_dir to resume from.")
+  if resume and initial_state is not None:
+    raise ValueError(
+      "resume=True continues the checkpoint; pass initial_state or resume, not both."
+    )
   _check_eval_batch_size(eval_batch_size)
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
@@ -208,6 +217,15 @@ def fit(
     rng_streams=rng_streams,
     **dict(eval_kwargs or {}),
   )
+  if initial_state is not None:
+    if not isinstance(initial_state, TrainState):
+      raise TypeError(f"initial_state must be a TrainState, got {type(initial_state).__name__}.")
+    if jax.tree.structure(initial_state) != jax.tree.structure(state):
+      raise ValueError(
+        "initial_state does not fit this model and optimizer (its tree differs from a fresh "
+        "state's); pass a state of the same model, with optimizer.init's state."
+      )
+    state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
   if likelihood is categorical_log_likelihood:
     num_classes = head_outputs(state.params)
     for name, split in zip(("train", "valid", "test"), splits, strict=True):

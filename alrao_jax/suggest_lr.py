@@ -140,7 +140,7 @@ def suggest_lr(
   The suggestion is the geometric mean of the output copies' rates under the averaging
   posterior, ``exp(sum_j p_j log lr_j)``: where the switch puts its weight, between two
   neighbouring copies when it is split between them. Use the state of the epoch you would
-  keep (``fit``'s ``best_state``); a running state works too. With ``initial_params``, the
+  keep (``fit``'s ``state``); a running state works too. With ``initial_params``, the
   evidence also holds how far the body's features moved, binned by their rates (see
   :func:`body_movement`): units with rates far below the suggestion barely move; those far
   above it move their weights by more than their initial size.
@@ -222,5 +222,13 @@ def describe(suggestion: LRSuggestion) -> str:
     lines.append(
       f"body features with rates in [{b['lr_low']:.2g}, {b['lr_high']:.2g}): {b['features']}, "
       f"median relative movement {b['movement']:.3g}"
+    )
+  if suggestion.body:
+    peak = max(suggestion.body, key=lambda b: b["movement"])
+    lines.append(
+      f"the body's units moved most at rates in [{peak['lr_low']:.2g}, {peak['lr_high']:.2g}); "
+      "faster ones moved less (too fast to learn steadily)"
+      if peak is not suggestion.body[-1]
+      else "the body's units moved more the faster their rates, up to the interval's top"
     )
   return "\n".join(lines)

@@ -16,7 +16,7 @@ import numpy as np
 
 from alrao_jax.experiments.methods import LR_FREE, Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
-from alrao_jax.loop import fit
+from alrao_jax.loop import FitResult, fit
 from alrao_jax.screen import SGD_GRID
 from alrao_jax.transform import alrao_sgd
 
@@ -43,9 +43,18 @@ class Comparison(NamedTuple):
   runs: dict[str, list[RunResult]]  # per method, one run per seed ('sgd' at best_lr)
 
 
-def run_method(
+def run_result(method: Method, seed: int, result: FitResult, seconds: float) -> RunResult:
+  """The :class:`RunResult` of a finished :func:`alrao_jax.fit` of ``method``."""
+  best = result.history[result.best_epoch - 1]["valid_loss"] if result.best_epoch else np.inf
+  lr = None if method.name.startswith("alrao-") else method.copy_lrs[0]
+  return RunResult(
+    method.name, lr, seed, result.best_epoch, float(best), result.test, result.history, seconds
+  )
+
+
+def timed_fit(
   task: Task, method: Method, *, seed: int, epochs: int, **fit_kwargs: Any
-) -> RunResult:
+) -> tuple[RunResult, FitResult]:
   """Trains ``task``'s model with ``method`` and times it.
 
   Args:
@@ -56,7 +65,7 @@ def run_method(
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`, e.g. ``patience``.
 
   Returns:
-    A :class:`RunResult`.
+    The :class:`RunResult` and the whole :class:`alrao_jax.FitResult` (its states).
   """
   start = time.perf_counter()
   result = fit(
@@ -70,12 +79,14 @@ def run_method(
     **MODES,
     **fit_kwargs,
   )
-  seconds = time.perf_counter() - start
-  best = result.history[result.best_epoch - 1]["valid_loss"] if result.best_epoch else np.inf
-  lr = None if method.name.startswith("alrao-") else method.copy_lrs[0]
-  return RunResult(
-    method.name, lr, seed, result.best_epoch, float(best), result.test, result.history, seconds
-  )
+  return run_result(method, seed, result, time.perf_counter() - start), result
+
+
+def run_method(
+  task: Task, method: Method, *, seed: int, epochs: int, **fit_kwargs: Any
+) -> RunResult:
+  """Trains ``task``'s model with ``method``, timed (:func:`timed_fit` without the states)."""
+  return timed_fit(task, method, seed=seed, epochs=epochs, **fit_kwargs)[0]
 
 
 def select_lr(grid: Mapping[float, Sequence[RunResult]]) -> float:

@@ -1,0 +1,148 @@
+"""Alrao as a learning-rate tuner: one Alrao run, then plain SGD at the rate it suggests.
+
+:func:`tune` is the two-run protocol of ``alrao-jax tune``; :func:`refocus` is a one-run
+variant that narrows the body's rates around the suggestion after a warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from alrao_jax.experiments.compare import RunResult, timed_fit
+from alrao_jax.experiments.methods import Method, make_method
+from alrao_jax.experiments.tasks import MODES, Task
+from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
+from alrao_jax.steps import create_train_state
+from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
+from alrao_jax.transform import ScaleByRatesState
+
+REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
+
+
+class TuneResult(NamedTuple):
+  """What :func:`tune` returns."""
+
+  suggestion: LRSuggestion
+  alrao: RunResult
+  sgd: RunResult  # plain SGD at ``suggestion.lr``
+
+
+def initial_params(task: Task, method: Method, seed: int) -> Any:
+  """The parameters :func:`alrao_jax.fit` starts ``task``'s model from with this seed."""
+  model = task.build(len(method.copy_lrs))
+  x = task.splits.train.inputs[: task.batch_size]
+  state = create_train_state(
+    model, method.optimizer, jax.random.key(seed), x, **MODES["eval_kwargs"]
+  )
+  return state.params
+
+
+def tune(
+  task: Task,
+  *,
+  epochs: int,
+  seed: int = 0,
+  make: Callable[..., Method] = make_method,
+  alrao_options: dict[str, Any] | None = None,
+  **fit_kwargs: Any,
+) -> TuneResult:
+  """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, one SGD run at that rate.
+
+  Args:
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
+    epochs: epochs of each run (the best validation epoch is kept).
+    seed: seed of both runs (the same initialisation and data order).
+    make: builds a method from ``(name, lr=..., lr_min=..., lr_max=..., copies=..., seed=...)``
+      (e.g. :func:`alrao_jax.experiments.methods.make_method` with momentum or a schedule
+      bound), used for both runs.
+    alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
+
+  Returns:
+    A :class:`TuneResult`.
+  """
+  options = {"lr_min": task.lr_min, "lr_max": task.lr_max, "copies": task.copies}
+  options.update(alrao_options or {})
+  alrao = make("alrao-sgd", seed=seed, **options)
+  alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit_kwargs)
+  suggestion = suggest_lr(result.state, initial_params=initial_params(task, alrao, seed))
+  sgd_run, _ = timed_fit(
+    task, make("sgd", lr=suggestion.lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
+  )
+  return TuneResult(suggestion, alrao_run, sgd_run)
+
+
+def replace_body_rates(opt_state: Any, rates: Any) -> Any:
+  """``opt_state`` with the Alrao body's rates taken from ``rates`` (the copies' kept)."""
+  old = find_rates(opt_state)
+  paths, old_leaves, treedef = leaf_paths(old)
+  _, new_leaves, _ = leaf_paths(rates)
+  merged = [
+    o if COPIES_MODULE in p[:-1] else n
+    for p, o, n in zip(paths, old_leaves, new_leaves, strict=True)
+  ]
+  tree = jax.tree_util.tree_unflatten(treedef, merged)
+  return jax.tree.map(
+    lambda s: ScaleByRatesState(tree) if isinstance(s, ScaleByRatesState) else s,
+    opt_state,
+    is_leaf=lambda s: isinstance(s, ScaleByRatesState),
+  )
+
+
+def refocus(
+  task: Task, *, epochs: int, warmup_epochs: int, seed: int = 0, **fit_kwargs: Any
+) -> tuple[RunResult, LRSuggestion]:
+  """One Alrao run that narrows its body's rates after a warm-up (a one-run variant).
+
+  The run trains ``warmup_epochs`` with the task's interval, reads :func:`suggest_lr` off its
+  state, resamples every body feature's rate log-uniformly in ``[lr / 10, 10 lr]`` (the output
+  copies, their rates and the switch go on unchanged), and trains the remaining epochs. The
+  result is the epoch with the best validation loss over the whole run.
+
+  Args:
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
+    epochs: epochs of the whole run.
+    warmup_epochs: epochs before the rates are narrowed, in ``[1, epochs)``.
+    seed: seed of the run.
+    **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
+
+  Returns:
+    The run's :class:`RunResult` (method ``alrao-sgd refocused``; seconds of both phases) and
+    the suggestion the body was narrowed around.
+  """
+  if not 1 <= warmup_epochs < epochs:
+    raise ValueError(f"warmup_epochs must be in [1, {epochs}), got {warmup_epochs}.")
+  method = make_method(
+    "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
+  )
+  first, warm = timed_fit(task, method, seed=seed, epochs=warmup_epochs, **fit_kwargs)
+  suggestion = suggest_lr(warm.last_state)
+  low, high = suggestion.lr / 10**REFOCUS_DECADES, suggestion.lr * 10**REFOCUS_DECADES
+  body = sample_rates(jax.random.key(seed + 2), warm.last_state.params, low, high)
+  state = warm.last_state.replace(opt_state=replace_body_rates(warm.last_state.opt_state, body))
+  second, _ = timed_fit(
+    task, method, seed=seed + 1000, epochs=epochs - warmup_epochs, initial_state=state, **fit_kwargs
+  )
+  history = first.history + [{**r, "epoch": r["epoch"] + warmup_epochs} for r in second.history]
+  best = min(range(len(history)), key=lambda i: _valid(history[i]))
+  test = {k[len("test_") :]: v for k, v in history[best].items() if k.startswith("test_")}
+  run = RunResult(
+    "alrao-sgd refocused",
+    None,
+    seed,
+    best + 1,
+    _valid(history[best]),
+    test,
+    history,
+    first.seconds + second.seconds,
+  )
+  return run, suggestion
+
+
+def _valid(record: dict[str, Any]) -> float:
+  loss = record["valid_loss"]
+  return float(loss) if np.isfinite(loss) else float("inf")
