@@ -1,4 +1,4 @@
-"""The alrao-jax command: train, lr-find and screen, on a bundled task or on your own arrays.
+"""The alrao-jax command: train, tune, lr-find and screen, on a bundled task or on your own arrays.
 
 Every input is checked before any model is built; bad input (an unknown task or optimizer,
 missing or malformed data, options that do not apply, bounds out of order, a corrupt or
@@ -24,13 +24,17 @@ import alrao_jax
 from alrao_jax import sharding
 from alrao_jax.checkpoint import checkpoint_meta
 from alrao_jax.checks import check_bounds
+from alrao_jax.experiments.compare import RunResult, select_lr, timed_fit
 from alrao_jax.experiments.methods import (
   ALRAO,
+  LAYER_SCHEDULES,
   METHODS,
   SCHEDULES,
   WITH_MOMENTUM,
   Method,
+  layer_schedule,
   make_method,
+  model_depths,
   schedule_multiplier,
 )
 from alrao_jax.experiments.plots import plot_history, plot_lr_find
@@ -45,9 +49,11 @@ from alrao_jax.experiments.tasks import (
   load_task,
   model_builder,
 )
+from alrao_jax.experiments.tune import tune
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.lr_find import lr_find
 from alrao_jax.screen import SGD_GRID, screen
+from alrao_jax.suggest_lr import describe
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -69,6 +75,7 @@ RUN_DEFAULTS: dict[str, Any] = {
   "weight_decay": 0.0,
   "clip": None,
   "schedule": "constant",
+  "layer_schedule": "uniform",
   "epochs": 10,
 }
 CHANGEABLE_ON_RESUME = ("epochs",)  # a resumed run may be given more epochs
@@ -171,6 +178,12 @@ def _method(s: dict[str, Any], task: Task) -> Method:
     check_bounds(s["lr_min"], s["lr_max"], names=("--lr-min", "--lr-max"))
   steps = len(task.splits.train.inputs) // task.batch_size * s["epochs"]
   schedule = None if s["schedule"] == "constant" else schedule_multiplier(s["schedule"], steps)
+  layers = None
+  if s["layer_schedule"] != "uniform":
+    copies = s["copies"] if s["optimizer"] in ALRAO else 1
+    inputs = task.splits.train.inputs[: task.batch_size]
+    depths = model_depths(task.build(copies), inputs, **MODES["eval_kwargs"])
+    layers = layer_schedule(s["layer_schedule"], depths, steps)
   return make_method(
     s["optimizer"],
     lr=s["lr"],
@@ -182,6 +195,7 @@ def _method(s: dict[str, Any], task: Task) -> Method:
     weight_decay=s["weight_decay"],
     clip=s["clip"],
     schedule=schedule,
+    layers=layers,
   )
 
 
@@ -193,6 +207,8 @@ def _describe(s: dict[str, Any], task: Task, method: Method) -> str:
   extras = [f"{n.replace('_', ' ')} {s[n]:g}" for n in ("momentum", "weight_decay", "clip") if s[n]]
   if s["schedule"] != "constant":
     extras.append(f"{s['schedule']} schedule")
+  if s["layer_schedule"] != "uniform":
+    extras.append(f"{s['layer_schedule']} layer schedule")
   return ", ".join([f"{task.name}: {what}", *extras])
 
 
@@ -293,8 +309,9 @@ def _train_settings(args: argparse.Namespace, out: pathlib.Path) -> tuple[dict[s
     saved = json.loads(saved_path.read_text())
   except ValueError as err:
     raise UsageError(f"{saved_path} is corrupt ({err}); start a new run in another --out") from err
-  if not isinstance(saved, dict) or set(saved) != set(RUN_DEFAULTS):
+  if not isinstance(saved, dict) or not {"task", "optimizer"} <= set(saved) <= set(RUN_DEFAULTS):
     raise UsageError(f"{saved_path} is not a run's settings; start a new run in another --out")
+  saved = {**RUN_DEFAULTS, **saved}  # runs saved before an option existed have its default
   for name in RUN_DEFAULTS:
     given = getattr(args, name, None)
     if given is not None and given != saved[name] and name not in CHANGEABLE_ON_RESUME:
@@ -413,12 +430,7 @@ def _screen(args: argparse.Namespace) -> None:
   s.update({"model": None, "width": None, "depth": None})
   _check_data_options(s)
   _check_given_alrao_options(s)
-  try:
-    grid = [float(v) for v in (args.grid or ",".join(f"{v:g}" for v in SGD_GRID)).split(",")]
-  except ValueError as err:
-    raise UsageError(f"--grid must be comma-separated numbers, got {args.grid!r}") from err
-  if not all(v > 0 for v in grid):
-    raise UsageError(f"--grid rates must be > 0, got {args.grid!r}")
+  grid = _grid(args.grid)
   arrays = s["data"] is not None and str(s["data"]).endswith(".npz")
   if args.configs is None and not (arrays or s["task"] == "digits"):
     raise UsageError("built-in configurations suit digits or --data FILE.npz; pass --configs FILE")
@@ -453,6 +465,73 @@ def _screen(args: argparse.Namespace) -> None:
       f"tuned SGD ranking: {c['sgd_runs']} runs, {c['sgd_seconds']:.1f} s; "
       f"Kendall tau between the rankings: {result.kendall_tau:.3f}"
     )
+
+
+def _grid(text: str | None) -> list[float]:
+  try:
+    grid = [float(v) for v in (text or ",".join(f"{v:g}" for v in SGD_GRID)).split(",")]
+  except ValueError as err:
+    raise UsageError(f"--grid must be comma-separated numbers, got {text!r}") from err
+  if not all(v > 0 for v in grid):
+    raise UsageError(f"--grid rates must be > 0, got {text!r}")
+  return grid
+
+
+TUNE_OPTIONS = (
+  *("task", "data", "model", "width", "depth", "batch_size", "seed", "lr_min", "lr_max"),
+  *("copies", "momentum", "weight_decay", "clip", "schedule", "layer_schedule", "epochs"),
+)
+
+
+def _run_summary(run: RunResult) -> dict[str, Any]:
+  return {
+    "best_epoch": run.best_epoch,
+    **{f"test_{k}": v for k, v in run.test.items()},
+    "seconds": round(run.seconds, 2),
+  }
+
+
+def _tune(args: argparse.Namespace) -> None:
+  s = _resolve(args, TUNE_OPTIONS)
+  s.update({"optimizer": "alrao-sgd", "lr": None})
+  _check_data_options(s)
+  _check_optimizer_options(s)
+  grid = _grid(args.grid) if args.verify else []
+  out = _run_folder(args)
+  task = _load(s)
+  alrao = _method(s, task)  # fills in the task's interval and copies; checked before any run
+
+  def make(name: str, **options: Any) -> Method:
+    settings = {**s, "optimizer": name, "lr": options.get("lr")}
+    if name != "alrao-sgd":
+      settings.update({"lr_min": None, "lr_max": None, "copies": None})
+    return _method(settings, task)
+
+  print(f"alrao-jax tune: {_describe(s, task, alrao)}", file=sys.stderr)
+  result = tune(task, epochs=s["epochs"], seed=s["seed"], make=make)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "suggestion.txt").write_text(describe(result.suggestion) + "\n")
+  print(describe(result.suggestion), file=sys.stderr)
+  summary: dict[str, Any] = {
+    "suggested_lr": result.suggestion.lr,
+    "leading_copy_lr": result.suggestion.leading_lr,
+    "alrao": _run_summary(result.alrao),
+    "sgd": _run_summary(result.sgd),
+  }
+  if args.verify:
+    runs = {
+      lr: timed_fit(task, make("sgd", lr=lr), seed=s["seed"], epochs=s["epochs"])[0] for lr in grid
+    }
+    best = select_lr({lr: [run] for lr, run in runs.items()})
+    summary["verify"] = {
+      "grid": {f"{lr:g}": _run_summary(run) for lr, run in runs.items()},
+      "best_lr": best,
+      "decades_from_best": float(np.log10(result.suggestion.lr / best)),
+      "test_loss_over_best": result.sgd.test["loss"] / runs[best].test["loss"],
+      "grid_seconds": round(sum(r.seconds for r in runs.values()), 2),
+    }
+  (out / "tune.json").write_text(json.dumps(summary, indent=1) + "\n")
+  print(json.dumps(summary))
 
 
 LR_FIND_OPTIMIZERS: dict[str, Callable] = {"sgd": optax.sgd, "adam": optax.adam}
@@ -571,7 +650,14 @@ def _parser() -> argparse.ArgumentParser:
     help="rank model configurations with one Alrao run each",
     description="Train each configuration once with Alrao-SGD and rank them by validation loss.",
   )
+  tuner = commands.add_parser(
+    "tune",
+    help="one Alrao run, then SGD at the learning rate it suggests",
+    description="Train with Alrao-SGD, suggest a learning rate for plain SGD from its switch "
+    "posterior (alrao_jax.suggest_lr), and train SGD at it. The last line is JSON.",
+  )
   _data_options(train, models=True)
+  _data_options(tuner, models=True)
   _data_options(finder, models=True)
   _data_options(screener, models=False)
   train.add_argument("--optimizer", choices=METHODS, help="(default: alrao-sgd)")
@@ -589,6 +675,13 @@ def _parser() -> argparse.ArgumentParser:
     choices=SCHEDULES,
     help="multiplier of every update over the run (default: constant)",
   )
+  train.add_argument(
+    "--layer-schedule",
+    choices=LAYER_SCHEDULES,
+    help="multiplier of each layer's rates from its depth and the step: discriminative "
+    "(fastai, /2.6 per layer below the output), smith (early layers fast then slow, late "
+    "layers slow then fast) or smith-reverse (default: uniform)",
+  )
   train.add_argument("--epochs", type=int, help="(default: 10; with --resume: the new total)")
   train.add_argument("--out", default="runs/alrao", help="folder of the run (default: runs/alrao)")
   train.add_argument(
@@ -602,6 +695,24 @@ def _parser() -> argparse.ArgumentParser:
   )
   train.add_argument(
     "--devices", type=int, help="simulate this many CPU devices for --mesh (default: the real ones)"
+  )
+  _alrao_options(tuner)
+  tuner.add_argument("--momentum", type=float, help="momentum of both runs (default: none)")
+  tuner.add_argument("--weight-decay", type=float, help="L2 on the kernels (default: 0)")
+  tuner.add_argument("--clip", type=float, help="clip the gradient's global norm (default: none)")
+  tuner.add_argument("--schedule", choices=SCHEDULES, help="of both runs (default: constant)")
+  tuner.add_argument(
+    "--layer-schedule", choices=LAYER_SCHEDULES, help="of both runs (default: uniform)"
+  )
+  tuner.add_argument("--epochs", type=int, help="of each run (default: 10)")
+  tuner.add_argument(
+    "--out", default="runs/tune", help="folder of tune.json and suggestion.txt (default: runs/tune)"
+  )
+  tuner.add_argument(
+    "--verify", action="store_true", help="also run the SGD grid and place the suggestion in it"
+  )
+  tuner.add_argument(
+    "--grid", help=f"SGD rates for --verify (default: {','.join(f'{v:g}' for v in SGD_GRID)})"
   )
   finder.add_argument("--optimizer", choices=tuple(LR_FIND_OPTIMIZERS), help="(default: sgd)")
   finder.add_argument("--start-lr", type=float, help="(default: 1e-7)")
@@ -628,7 +739,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "train":
       _use_devices(args.devices)  # before anything starts JAX
-    {"train": _train, "lr-find": _lr_find, "screen": _screen}[args.command](args)
+    {"train": _train, "tune": _tune, "lr-find": _lr_find, "screen": _screen}[args.command](args)
   except (UsageError, OSError, ValueError, TypeError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
     return 2

@@ -11,12 +11,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
 from alrao_jax.checks import check_bounds, check_num_copies
+from alrao_jax.layer_schedule import (
+  LayerDepths,
+  discriminative_schedule,
+  layer_depths,
+  scale_by_layer_schedule,
+  smith_schedule,
+)
 from alrao_jax.rates import copy_rates
 from alrao_jax.transform import alrao_adam, alrao_sgd
 
@@ -40,6 +48,7 @@ METHODS = (*ALRAO, *PEERS)
 WITH_MOMENTUM = ("alrao-sgd", "sgd")
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "onecycle", "linear", "warmup-linear")
 WARMUP_FRACTION = 0.05  # of the steps, for the warmup-* schedules
+LAYER_SCHEDULES = ("uniform", "discriminative", "smith", "smith-reverse")
 
 
 class Method(NamedTuple):
@@ -95,6 +104,50 @@ def schedule_multiplier(name: str, total_steps: int) -> optax.Schedule:
   return optax.constant_schedule(1.0)
 
 
+def model_depths(model: nn.Module, inputs: Any, **kwargs: Any) -> LayerDepths:
+  """:func:`alrao_jax.layer_depths` of a linen model (traced on ``inputs``, nothing computed).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from alrao_jax.experiments.methods import model_depths
+    >>> from alrao_jax.experiments.models import DigitsCNN
+    >>> model_depths(DigitsCNN(num_copies=2), jnp.zeros((1, 8, 8, 1)), train=False).num_layers
+    4
+  """
+  shapes = jax.eval_shape(lambda key: model.init(key, inputs, **kwargs), jax.random.key(0))
+  rest = {k: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), v) for k, v in shapes.items()}
+  params = rest.pop("params")
+  return layer_depths(lambda p: model.apply({"params": p, **rest}, inputs, **kwargs), params)
+
+
+def layer_schedule(
+  name: str, depths: LayerDepths, total_steps: int
+) -> optax.GradientTransformation | None:
+  """The layer-wise multiplier named ``name`` (see :data:`LAYER_SCHEDULES`); None for uniform.
+
+  ``discriminative``: fastai's, each layer's rate divided by 2.6 per layer below the output.
+  ``smith``: L. Smith's, first layer 1.5 and output layer 0.5 at the start, linearly
+  reversed over the run; ``smith-reverse``: the mirror (early layers slow, then fast).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from alrao_jax.experiments.methods import layer_schedule, model_depths
+    >>> from alrao_jax.experiments.models import MLP
+    >>> depths = model_depths(MLP(num_copies=1), jnp.zeros((1, 4)), train=False)
+    >>> depths.num_layers, layer_schedule('uniform', depths, 100) is None
+    (3, True)
+  """
+  if name not in LAYER_SCHEDULES:
+    raise ValueError(f"layer schedule must be one of {', '.join(LAYER_SCHEDULES)}, got {name!r}.")
+  if name == "uniform":
+    return None
+  if name == "discriminative":
+    multiplier = discriminative_schedule(depths.num_layers)
+  else:
+    multiplier = smith_schedule(total_steps, reverse=name == "smith-reverse")
+  return scale_by_layer_schedule(multiplier, depths)
+
+
 def _kernels(params: Any) -> Any:
   return jax.tree.map(lambda p: jnp.ndim(p) > 1, params)
 
@@ -111,11 +164,13 @@ def make_method(
   weight_decay: float = 0.0,
   clip: float | None = None,
   schedule: optax.Schedule | None = None,
+  layers: optax.GradientTransformation | None = None,
 ) -> Method:
   """Builds a named method: Alrao (``alrao-sgd``, ``alrao-adam``) or a peer (:data:`PEERS`).
 
   With the extras, the optimizer is ``optax.chain(clip_by_global_norm(clip),
-  add_decayed_weights(weight_decay, mask=kernels), <the method>, scale_by_schedule(schedule))``
+  add_decayed_weights(weight_decay, mask=kernels), <the method>, layers,
+  scale_by_schedule(schedule))``
   (each link only when asked for): the gradient is clipped, then L2 weight decay on the
   kernels (not biases or norm scales) is added to it, as PyTorch's ``weight_decay`` does, and
   every update (each feature's rate included) is scaled by the schedule.
@@ -133,6 +188,7 @@ def make_method(
     weight_decay: L2 coefficient on the kernels, >= 0.
     clip: the largest global gradient norm, > 0.
     schedule: a multiplier of the updates per step, e.g. :func:`schedule_multiplier`.
+    layers: a layer-wise multiplier, e.g. :func:`layer_schedule`, applied after the method.
 
   Returns:
     A :class:`Method`; train the model built with ``len(method.copy_lrs)`` copies.
@@ -146,7 +202,7 @@ def make_method(
   """
   if name not in METHODS:
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}.")
-  _check_extras(name, momentum, weight_decay, clip, schedule)
+  _check_extras(name, momentum, weight_decay, clip, schedule or layers)
   if name in ALRAO:
     if lr is not None:
       raise ValueError(f"{name} samples its rates in [lr_min, lr_max]; lr applies to peers.")
@@ -158,14 +214,14 @@ def make_method(
     tx = ALRAO[name](lr_min, lr_max, key=jax.random.key(seed + 1), **options)
     lrs = tuple(float(str(v)) for v in np.asarray(copy_rates(copies, lr_min, lr_max)))
     # each rate as its shortest float32 decimal
-    return Method(name, _with_extras(tx, weight_decay, clip, schedule), lrs, None)
+    return Method(name, _with_extras(tx, weight_decay, clip, schedule, layers), lrs, None)
   if lr_min is not None or lr_max is not None or copies is not None:
     raise ValueError(f"lr_min, lr_max and copies apply to alrao-* methods, not {name}; use lr.")
   lr = DEFAULT_LR.get(name, 1.0) if lr is None else lr
   if not lr > 0:
     raise ValueError(f"lr must be > 0, got {lr}.")
   tx = optax.sgd(lr, momentum=momentum or None) if name == "sgd" else PEERS[name](lr)
-  tx = _with_extras(tx, weight_decay, clip, schedule)
+  tx = _with_extras(tx, weight_decay, clip, schedule, layers)
   return Method(name, tx, (float(lr),), EVAL_PARAMS.get(name))
 
 
@@ -191,6 +247,7 @@ def _with_extras(
   weight_decay: float,
   clip: float | None,
   schedule: optax.Schedule | None,
+  layers: optax.GradientTransformation | None = None,
 ) -> optax.GradientTransformation:
   links = []
   if clip is not None:
@@ -198,6 +255,8 @@ def _with_extras(
   if weight_decay:
     links.append(optax.add_decayed_weights(weight_decay, mask=_kernels))
   links.append(tx)
+  if layers is not None:
+    links.append(layers)
   if schedule is not None:
     links.append(optax.scale_by_schedule(schedule))
   return tx if len(links) == 1 else optax.chain(*links)
