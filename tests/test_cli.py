@@ -123,6 +123,45 @@ def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
   assert ranked == ["wide", "tiny"]
 
 
+def test_tune_trains_sgd_at_the_suggested_rate_and_places_it_in_the_grid(tmp_path, capsys):
+  digits = load_digits()
+  data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
+  common = ["--data", data, "--width", "32", "--epochs", "2", "--layer-schedule", "smith"]
+  assert (
+    cli.main(
+      [
+        "tune",
+        *common,
+        "--copies",
+        "4",
+        "--verify",
+        "--grid",
+        "0.1,1",
+        "--out",
+        str(tmp_path / "t"),
+      ]
+    )
+    == 0
+  )
+  out, err = capsys.readouterr()
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary == json.loads((tmp_path / "t" / "tune.json").read_text())
+  assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
+  verify = summary["verify"]
+  assert set(verify["grid"]) == {"0.1", "1"} and verify["best_lr"] in (0.1, 1.0)
+  assert verify["decades_from_best"] == pytest.approx(
+    np.log10(summary["suggested_lr"] / verify["best_lr"])
+  )
+  # the SGD run is `train --optimizer sgd` at the suggested rate, the layer schedule included
+  lr = str(summary["suggested_lr"])
+  train = ["train", "--no-progress", *common, "--optimizer", "sgd", "--lr", lr]
+  assert cli.main([*train, "--out", str(tmp_path / "sgd")]) == 0
+  alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert alone["test_loss"] == summary["sgd"]["test_loss"]
+  settings = json.loads((tmp_path / "sgd" / "settings.json").read_text())
+  assert settings["layer_schedule"] == "smith"
+
+
 def test_schedules_have_their_shapes():
   def at(name, *steps):
     schedule = schedule_multiplier(name, 100)
@@ -279,6 +318,14 @@ X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
     (lambda p: ["lr-find", "--start-lr", "1", "--end-lr", "0.1"], "must be <="),
     (lambda p: ["screen", "--grid", "0.1,fast", "--verify"], "--grid must be comma-separated"),
     (lambda p: ["screen", "--task", "mnist1d"], "pass --configs FILE"),
+    (lambda p: ["tune", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min (1.0) must be <="),
+    (lambda p: ["tune", "--verify", "--grid", "0,1"], "--grid rates must be > 0"),
+    (lambda p: ["tune", "--momentum", "2"], "--momentum must be in [0, 1)"),
+    (lambda p: ["train", "--layer-schedule", "deep"], "invalid choice: 'deep'"),
+    (
+      lambda p: ["train", "--optimizer", "schedule-free-sgd", "--layer-schedule", "smith"],
+      "averaged parameters",
+    ),
   ],
 )
 def test_bad_input_gives_one_line_and_exit_2_before_any_model_is_built(
@@ -289,7 +336,8 @@ def test_bad_input_gives_one_line_and_exit_2_before_any_model_is_built(
   def built(*args, **kwargs):
     raise AssertionError("a model was built before the input was checked")
 
-  for target, name in ((cli, "fit"), (cli, "screen"), (alrao_jax, "create_train_state")):
+  targets = ((cli, "fit"), (cli, "screen"), (cli, "tune"), (alrao_jax, "create_train_state"))
+  for target, name in targets:
     monkeypatch.setattr(target, name, built)
   assert _main(make_args(tmp_path)) == 2
   err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
