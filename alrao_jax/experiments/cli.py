@@ -49,9 +49,8 @@ from alrao_jax.experiments.tasks import (
   load_task,
   model_builder,
 )
-from alrao_jax.experiments.tune import tune
+from alrao_jax.experiments.tune import task_lr_find, tune
 from alrao_jax.loop import FitResult, fit
-from alrao_jax.lr_find import lr_find
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
 
@@ -552,26 +551,13 @@ def _lr_find(args: argparse.Namespace) -> None:
   optimizer = args.optimizer or "sgd"
   task = _load(s)
   copies = task.copies
-  train = task.splits.train
-  model = task.build(copies)
-  state = alrao_jax.create_train_state(
-    model, optax.sgd(0.1), jax.random.key(s["seed"]), train.inputs[: task.batch_size], train=False
-  )
-  rng = np.random.default_rng(s["seed"])
-  batch = task.batch_size
-  epochs = -(-steps * batch // len(train.inputs))  # enough shuffled passes
-  order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
-  rows = order[: steps * batch].reshape(steps, batch)
-  batches = [(train.inputs[i], train.targets[i]) for i in rows]
-  result = lr_find(
-    model,
-    state,
-    batches,
+  result = task_lr_find(
+    task,
+    seed=s["seed"],
     optimizer=LR_FIND_OPTIMIZERS[optimizer],
     start_lr=start_lr,
     end_lr=end_lr,
     num_steps=steps,
-    train_kwargs=MODES["train_kwargs"],
   )
   out.mkdir(parents=True, exist_ok=True)
   plot_lr_find(result, out / "lr_find.png", title=f"{task.name}, {optimizer}, {copies} copies")

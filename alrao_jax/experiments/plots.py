@@ -235,3 +235,43 @@ def plot_lr_find(result: Any, path: str | pathlib.Path, *, title: str = "") -> N
   )
   ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
   _save(fig, path)
+
+
+def plot_bars(
+  series: Mapping[str, Sequence[float]],
+  groups: Sequence[str],
+  path: str | pathlib.Path,
+  *,
+  title: str = "",
+  ylabel: str = "",
+  reference: float | None = 1.0,
+) -> None:
+  """Grouped bars: one group per entry of ``groups``, one bar per series in each.
+
+  Args:
+    series: name -> one value per group (non-finite values leave a gap).
+    groups: the groups' labels.
+    path: the PNG file.
+    title: the figure's title.
+    ylabel: the y axis's label.
+    reference: a dashed horizontal line at this value (None: no line).
+  """
+  fig, axes = _figure()
+  fig.set_size_inches(8.5, 4)  # room for the legend on the right
+  ax = axes[0, 0]
+  width = 0.8 / max(len(series), 1)
+  x = np.arange(len(groups))
+  finite = [v for values in series.values() for v in values if np.isfinite(v)]
+  for i, (name, values) in enumerate(series.items()):
+    values = [v if np.isfinite(v) else np.nan for v in values]
+    ax.bar(x + (i - (len(series) - 1) / 2) * width, values, width, label=name)
+  if reference is not None:
+    ax.axhline(reference, color="black", linestyle="--", linewidth=0.8)
+  if finite:  # the bars start below the smallest value, so that differences show
+    low, high = min(finite), max(finite)
+    ax.set_ylim(max(0.0, low - 0.15 * (high - low + 1e-9)), high + 0.05 * (high - low + 1e-9))
+  ax.set_xticks(x, list(groups))
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
+  _save(fig, path)

@@ -11,10 +11,12 @@ from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import optax
 
 from alrao_jax.experiments.compare import RunResult, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
+from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
 from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
@@ -39,6 +41,49 @@ def initial_params(task: Task, method: Method, seed: int) -> Any:
     model, method.optimizer, jax.random.key(seed), x, **MODES["eval_kwargs"]
   )
   return state.params
+
+
+def task_lr_find(
+  task: Task,
+  *,
+  seed: int = 0,
+  copies: int | None = None,
+  optimizer: Callable[..., optax.GradientTransformation] = optax.sgd,
+  **options: Any,
+) -> LRFindResult:
+  """:func:`alrao_jax.lr_find` on ``task``'s model: shuffled training batches, training mode.
+
+  Args:
+    task: an :class:`alrao_jax.experiments.tasks.Task`.
+    seed: seed of the parameters and of the batches' order.
+    copies: output copies of the model (default: the task's; 1 is a plain SGD model).
+    optimizer: the factory ``learning_rate -> GradientTransformation`` the test runs.
+    **options: more keyword arguments of :func:`alrao_jax.lr_find` (``start_lr``,
+      ``end_lr``, ``num_steps``; 100 steps from 1e-7 to 10 by default).
+
+  Returns:
+    The :class:`alrao_jax.LRFindResult`.
+  """
+  copies = task.copies if copies is None else copies
+  steps = options.setdefault("num_steps", 100)
+  train, batch = task.splits.train, task.batch_size
+  model = task.build(copies)
+  state = create_train_state(
+    model, optax.sgd(0.1), jax.random.key(seed), train.inputs[:batch], **MODES["eval_kwargs"]
+  )
+  rng = np.random.default_rng(seed)
+  epochs = -(-steps * batch // len(train.inputs))  # enough shuffled passes
+  order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
+  rows = order[: steps * batch].reshape(steps, batch)
+  batches = [(train.inputs[i], train.targets[i]) for i in rows]
+  return lr_find(
+    model,
+    state,
+    batches,
+    optimizer=optimizer,
+    train_kwargs=MODES["train_kwargs"],
+    **options,
+  )
 
 
 def tune(

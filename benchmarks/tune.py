@@ -1,0 +1,293 @@
+"""Alrao as a learning-rate tuner, a one-run variant, and Alrao with a cosine schedule.
+
+Usage:
+  python benchmarks/tune.py           # full run, writes benchmarks/results/tune.md,
+                                      # tune.json and tune_schedules.png
+  python benchmarks/tune.py --quick   # smoke test: tiny data, 2 epochs, 1 seed, short grid
+
+Per bundled task and seed: the SGD grid (constant rate, and with a cosine schedule), one
+Alrao-SGD run and SGD at the rate ``alrao_jax.suggest_lr`` reads off it (``alrao-jax tune``),
+the range test's suggestions (``lr_find``: fastai's ``valley`` and ``minimum``) each followed
+by one SGD run, the one-run variant (``refocus``: the body's rates narrowed to
+``[lr / 10, 10 lr]`` around the suggestion after a quarter of the epochs), and Alrao-SGD with
+a cosine schedule against tuned SGD with the same schedule (the paper's open question). Every
+run keeps its best validation epoch (early stopping with patience 20, as the paper).
+Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared/data/ptb-char).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import pathlib
+import platform
+import sys
+import time
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+
+from alrao_jax.experiments.compare import RunResult, run_method, select_lr, timed_fit
+from alrao_jax.experiments.methods import make_method, schedule_multiplier
+from alrao_jax.experiments.plots import plot_bars
+from alrao_jax.experiments.tasks import Task, load_task
+from alrao_jax.experiments.tune import refocus, task_lr_find, tune
+from alrao_jax.screen import SGD_GRID
+from alrao_jax.splits import Split, Splits
+
+PATIENCE = 20
+
+
+class Setting(NamedTuple):
+  task: str
+  epochs: int
+  seeds: int
+
+
+FULL = (
+  Setting("digits", 40, 3),
+  Setting("mnist1d", 60, 3),
+  Setting("mnist1d-mlp", 60, 3),
+  Setting("ptb-char", 5, 1),
+)
+QUICK = (Setting("digits", 2, 1),)
+QUICK_ROWS = 64
+
+
+def _shrink(task: Task, rows: int) -> Task:
+  splits = Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in task.splits))
+  return task._replace(splits=splits)
+
+
+def _cosine(task: Task, epochs: int):
+  steps = len(task.splits.train.inputs) // task.batch_size * epochs
+  return schedule_multiplier("cosine", steps)
+
+
+def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict[str, Any]:
+  """Every run of one task; returns plain numbers (losses in nats, seconds, rates)."""
+  epochs, seeds = setting.epochs, range(setting.seeds)
+  fit = {"patience": PATIENCE}
+  cosine = _cosine(task, epochs)
+
+  def sgd(lr: float, seed: int, schedule=None) -> RunResult:
+    run = run_method(
+      task, make_method("sgd", lr=lr, schedule=schedule), seed=seed, epochs=epochs, **fit
+    )
+    kind = "sgd + cosine" if schedule else "sgd"
+    log(f"{task.name} seed {seed}: {kind} lr {lr:.3g}: {run.test['loss']:.4f}")
+    return run
+
+  constant = {lr: [sgd(lr, s) for s in seeds] for lr in grid}
+  with_cosine = {lr: [sgd(lr, s, cosine) for s in seeds] for lr in grid}
+  rows: dict[str, list[dict[str, float]]] = {
+    k: [] for k in ("tune", "lr_find", "refocus", "cosine")
+  }
+  for seed in seeds:
+    found = tune(task, epochs=epochs, seed=seed, patience=PATIENCE)
+    rows["tune"].append(
+      {
+        "lr": found.suggestion.lr,
+        "leading_lr": found.suggestion.leading_lr,
+        "alrao_loss": found.alrao.test["loss"],
+        "alrao_seconds": found.alrao.seconds,
+        "sgd_loss": found.sgd.test["loss"],
+        "sgd_seconds": found.sgd.seconds,
+      }
+    )
+    log(f"{task.name} seed {seed}: tune {rows['tune'][-1]}")
+    start = time.perf_counter()
+    ranged = task_lr_find(task, seed=seed, copies=1)
+    find_seconds = time.perf_counter() - start
+    row = {"seconds": find_seconds}
+    for name in ("valley", "minimum"):
+      lr = ranged.suggestions[name]
+      run = sgd(lr, seed)
+      row.update(
+        {f"{name}_lr": lr, f"{name}_loss": run.test["loss"], f"{name}_seconds": run.seconds}
+      )
+    rows["lr_find"].append(row)
+    run, suggestion = refocus(
+      task, epochs=epochs, warmup_epochs=max(1, epochs // 4), seed=seed, **fit
+    )
+    rows["refocus"].append({"lr": suggestion.lr, "loss": run.test["loss"], "seconds": run.seconds})
+    log(f"{task.name} seed {seed}: refocus {rows['refocus'][-1]}")
+    alrao = make_method(
+      "alrao-sgd",
+      lr_min=task.lr_min,
+      lr_max=task.lr_max,
+      copies=task.copies,
+      seed=seed,
+      schedule=cosine,
+    )
+    run, _ = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit)
+    rows["cosine"].append({"loss": run.test["loss"], "seconds": run.seconds})
+    log(f"{task.name} seed {seed}: alrao cosine {rows['cosine'][-1]}")
+
+  def grid_summary(runs: dict[float, list[RunResult]]) -> dict[str, Any]:
+    best = select_lr(runs)
+    return {
+      "best_lr": best,
+      "test_loss": {f"{lr:g}": [r.test["loss"] for r in rs] for lr, rs in runs.items()},
+      "valid_loss": {f"{lr:g}": [r.valid_loss for r in rs] for lr, rs in runs.items()},
+      "seconds": float(np.mean([sum(rs[i].seconds for rs in runs.values()) for i in seeds])),
+      "best_loss": [r.test["loss"] for r in runs[best]],
+    }
+
+  return {
+    "epochs": epochs,
+    "seeds": setting.seeds,
+    "loss_scale": task.loss_scale,
+    "loss_unit": task.loss_unit,
+    "grid": grid_summary(constant),
+    "grid_cosine": grid_summary(with_cosine),
+    **rows,
+  }
+
+
+def _mean(rows: list[dict[str, float]], key: str) -> float:
+  values = np.array([r[key] for r in rows], float)
+  return float(np.mean(values)) if np.isfinite(values).all() else float("inf")
+
+
+def _decades(rows: list[dict[str, float]], key: str, best: float) -> str:
+  return f"{np.mean([np.log10(r[key] / best) for r in rows]):+.2f}"
+
+
+def report(results: dict[str, Any], header: list[str]) -> list[str]:
+  lines = [
+    *header,
+    "## Alrao suggests the learning rate: one Alrao run, then SGD at its suggestion",
+    "",
+    "Test loss of each protocol divided by tuned SGD's (the grid's rate with the best mean "
+    "validation loss, test loss averaged over seeds); below 1 is better than the grid. "
+    "Rates in decades from the grid's best rate (mean over seeds). Compute: runs and seconds "
+    "per seed, compilation included.",
+    "",
+    "| task | grid's best lr | Alrao's suggestion (decades) | Alrao + SGD at it / tuned SGD | "
+    "compute (runs, s) | range test valley (decades) | SGD at it / tuned | range test minimum "
+    "(decades) | SGD at it / tuned | compute (runs, s) | one Alrao run / tuned | refocused run "
+    "/ tuned | compute (s) | tuned SGD compute (runs, s) |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, r in results.items():
+    best, tuned = r["grid"]["best_lr"], float(np.mean(r["grid"]["best_loss"]))
+    t, f, o = r["tune"], r["lr_find"], r["refocus"]
+    two_run_seconds = _mean(t, "alrao_seconds") + _mean(t, "sgd_seconds")
+    find_seconds = _mean(f, "seconds") + _mean(f, "valley_seconds")
+    lines.append(
+      f"| {name} | {best:g} | {_decades(t, 'lr', best)} | {_mean(t, 'sgd_loss') / tuned:.3f} | "
+      f"2, {two_run_seconds:.0f} | {_decades(f, 'valley_lr', best)} | "
+      f"{_mean(f, 'valley_loss') / tuned:.3f} | {_decades(f, 'minimum_lr', best)} | "
+      f"{_mean(f, 'minimum_loss') / tuned:.3f} | range test + 1, {find_seconds:.0f} | "
+      f"{_mean(t, 'alrao_loss') / tuned:.3f} | {_mean(o, 'loss') / tuned:.3f} | "
+      f"{_mean(o, 'seconds'):.0f} | {len(r['grid']['test_loss'])}, {r['grid']['seconds']:.0f} |"
+    )
+  lines += [
+    "",
+    "Per seed: the suggested rates (Alrao: the posterior's geometric mean; its leading copy; "
+    "the range test's valley and minimum) and the test losses (nats).",
+    "",
+    "| task | seed | Alrao suggestion | leading copy | SGD at it | valley | SGD at it | minimum | "
+    "SGD at it | refocused around | refocused run |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
+  ]
+  for name, r in results.items():
+    for seed, (t, f, o) in enumerate(zip(r["tune"], r["lr_find"], r["refocus"], strict=True)):
+      lines.append(
+        f"| {name} | {seed} | {t['lr']:.3g} | {t['leading_lr']:.3g} | {t['sgd_loss']:.4f} | "
+        f"{f['valley_lr']:.3g} | {f['valley_loss']:.4f} | {f['minimum_lr']:.3g} | "
+        f"{f['minimum_loss']:.4f} | {o['lr']:.3g} | {o['loss']:.4f} |"
+      )
+  lines += [
+    "",
+    "## Schedules: Alrao + cosine against tuned SGD + cosine",
+    "",
+    "The paper leaves open whether a schedule helps Alrao (dividing all its rates by a "
+    "time-dependent constant). Both runs use the same cosine decay to 0 over the run "
+    "(`--schedule cosine`); tuned SGD + cosine is the grid with the schedule, its rate chosen "
+    "on validation. Test loss, mean over seeds.",
+    "",
+    "| task | tuned SGD | Alrao | Alrao / tuned SGD | tuned SGD + cosine (best lr) | Alrao + "
+    "cosine | Alrao + cosine / tuned SGD + cosine |",
+    "|---|---|---|---|---|---|---|",
+  ]
+  for name, r in results.items():
+    scale = r["loss_scale"]
+    tuned = float(np.mean(r["grid"]["best_loss"]))
+    tuned_cos = float(np.mean(r["grid_cosine"]["best_loss"]))
+    alrao, alrao_cos = _mean(r["tune"], "alrao_loss"), _mean(r["cosine"], "loss")
+    lines.append(
+      f"| {name} | {tuned * scale:.4f} | {alrao * scale:.4f} | {alrao / tuned:.3f} | "
+      f"{tuned_cos * scale:.4f} ({r['grid_cosine']['best_lr']:g}) | {alrao_cos * scale:.4f} | "
+      f"{alrao_cos / tuned_cos:.3f} |"
+    )
+  lines += ["", "![schedules](tune_schedules.png)", ""]
+  return lines
+
+
+def plot(results: dict[str, Any], out: pathlib.Path) -> None:
+  groups = list(results)
+  series = {
+    "tuned SGD": [np.mean(r["grid"]["best_loss"]) for r in results.values()],
+    "Alrao": [_mean(r["tune"], "alrao_loss") for r in results.values()],
+    "SGD at Alrao's suggestion": [_mean(r["tune"], "sgd_loss") for r in results.values()],
+    "tuned SGD + cosine": [np.mean(r["grid_cosine"]["best_loss"]) for r in results.values()],
+    "Alrao + cosine": [_mean(r["cosine"], "loss") for r in results.values()],
+  }
+  reference = np.array(series["tuned SGD"])
+  plot_bars(
+    {k: list(np.array(v) / reference) for k, v in series.items()},
+    groups,
+    out,
+    title="test loss / tuned SGD's (constant rate), mean over seeds",
+    ylabel="test loss / tuned SGD",
+  )
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="smoke test: tiny, fast")
+  parser.add_argument("--out", default="benchmarks/results", help="folder of the results")
+  args = parser.parse_args()
+  out = pathlib.Path(args.out)
+  out.mkdir(parents=True, exist_ok=True)
+  settings = QUICK if args.quick else FULL
+  grid = (0.01, 0.1, 1.0) if args.quick else SGD_GRID
+  start = time.perf_counter()
+
+  def log(line: str) -> None:
+    print(f"[{time.perf_counter() - start:6.0f} s] {line}", file=sys.stderr, flush=True)
+
+  results = {}
+  for setting in settings:
+    task = load_task(setting.task)
+    if args.quick:
+      task = _shrink(task, QUICK_ROWS)
+    results[setting.task] = run_task(task, setting, grid, log)
+  (out / "tune.json").write_text(json.dumps(results, indent=1) + "\n")
+  plot(results, out / "tune_schedules.png")
+  minutes = (time.perf_counter() - start) / 60
+  command = "python benchmarks/tune.py" + (" --quick" if args.quick else "")
+  if args.out != "benchmarks/results":
+    command += f" --out {args.out}"
+  header = [
+    "# Alrao as a learning-rate tuner, a one-run variant, and schedules",
+    "",
+    f"Command: `{command}` (this file, tune.json and tune_schedules.png). {minutes:.1f} min on "
+    f"{jax.local_device_count()} {jax.default_backend()} device(s), {platform.machine()}, jax "
+    f"{jax.__version__}; {datetime.date.today()}. Epochs and seeds per task: "
+    + ", ".join(f"{n} {r['epochs']} epochs x {r['seeds']} seeds" for n, r in results.items())
+    + f"; early stopping with patience {PATIENCE}; SGD grid "
+    + ", ".join(f"{v:g}" for v in grid)
+    + ".",
+    "",
+  ]
+  (out / "tune.md").write_text("\n".join(report(results, header)) + "\n")
+  print(f"wrote {out / 'tune.md'}")
+
+
+if __name__ == "__main__":
+  main()
