@@ -49,3 +49,100 @@ def test_nnx_step_benchmark_quick_mode_reports_three_variants(monkeypatch):
   model = re.search(r"^\| MLP 40-256-256-10 \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \[", report, re.M)
   plain, alrao, ratio = (float(v) for v in model.groups())
   assert plain > 0 and alrao > 0 and ratio > 0
+
+
+def _import(monkeypatch, name):
+  monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+  sys.modules.pop(name, None)
+  return __import__(name)
+
+
+def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
+  tune = _import(monkeypatch, "tune")
+
+  def grid(best_loss):
+    return {
+      "best_lr": 0.1,
+      "best_loss": best_loss,
+      "seconds": 21.0,
+      "test_loss": {"0.1": [0], "1": [0]},
+    }
+
+  results = {
+    "digits": {
+      "epochs": 4,
+      "seeds": 2,
+      "loss_scale": 1.0,
+      "loss_unit": "nats",
+      "grid": grid([0.02, 0.04]),
+      "grid_cosine": {**grid([0.01, 0.03]), "best_lr": 1.0},
+      "tune": [
+        {
+          "lr": 1.0,
+          "leading_lr": 1.0,
+          "alrao_loss": 0.06,
+          "alrao_seconds": 5,
+          "sgd_loss": 0.03,
+          "sgd_seconds": 3,
+        },
+        {
+          "lr": 0.01,
+          "leading_lr": 0.01,
+          "alrao_loss": 0.06,
+          "alrao_seconds": 5,
+          "sgd_loss": 0.03,
+          "sgd_seconds": 3,
+        },
+      ],
+      "lr_find": [
+        {
+          "seconds": 1,
+          "valley_lr": 0.1,
+          "valley_loss": 0.03,
+          "valley_seconds": 3,
+          "minimum_lr": 0.1,
+          "minimum_loss": 0.09,
+          "minimum_seconds": 3,
+        }
+      ]
+      * 2,
+      "refocus": [{"lr": 0.1, "loss": 0.045, "seconds": 6}] * 2,
+      "cosine": [{"loss": 0.04, "seconds": 5}] * 2,
+    }
+  }
+  lines = tune.report(results, ["# header"])
+  row = next(line for line in lines if line.startswith("| digits | 0.1 |"))
+  cells = [c.strip() for c in row.strip("|").split("|")]
+  # decades +1 and -1 average to 0; 0.03 / mean(0.02, 0.04) = 1; 0.09 / 0.03 = 3
+  assert cells[2] == "+0.00" and cells[3] == "1.000" and cells[4] == "2, 8"
+  assert cells[6] == "1.000" and cells[8] == "3.000"
+  assert cells[10] == "2.000" and cells[11] == "1.500"
+  schedule_row = next(line for line in lines if line.startswith("| digits | 0.0300 |"))
+  assert schedule_row.rstrip().endswith("| 2.000 |")  # Alrao + cosine 0.04 / tuned + cosine 0.02
+
+
+def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
+  layers = _import(monkeypatch, "layer_schedules")
+
+  def runs(curve, loss):
+    return [
+      {"test_loss": loss, "test_accuracy": 0.9, "best_epoch": 4, "train_loss": curve, "seconds": 1}
+    ]
+
+  curves = {
+    "uniform": ([2.0, 1.0, 0.5, 0.4], 0.2),
+    "discriminative": ([2.0, 1.5, 1.2, 1.1], 0.3),
+    "smith": ([1.5, 0.9, 0.5, 0.4], 0.1),
+    "smith-reverse": ([2.0, 1.9, 1.0, 0.5], 0.2),
+  }
+  result = {"epochs": 8, "num_layers": 3, "runs": {}}
+  for optimizer in ("sgd", "alrao-sgd"):
+    for name, (curve, loss) in curves.items():
+      result["runs"][f"{optimizer}/{name}"] = runs(curve, loss)
+  lines = layers.report({"digits": result}, [])
+  rows = {line.split(" | ")[2]: line for line in lines if line.startswith("| digits | SGD")}
+  # target: the uniform curve at a quarter of 8 epochs (epoch 2): 1.0
+  assert rows["uniform"].endswith("| 2.0 | 1.0000 |")
+  assert rows["smith"].endswith("| 2.0 | 1.0000 |") and "| 0.500 |" in rows["smith"]
+  assert rows["smith-reverse"].endswith("| 3.0 | 1.0000 |")
+  assert "0 of 1 reach it" in rows["discriminative"]

@@ -275,3 +275,34 @@ def plot_bars(
   ax.set_title(title, fontsize=10)
   ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=9)
   _save(fig, path)
+
+
+def plot_panels(
+  panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
+  path: str | pathlib.Path,
+  *,
+  xlabel: str = "",
+  ylabel: str = "",
+  log_y: bool = False,
+) -> None:
+  """One panel per entry, one line per label: ``{title: {label: (x, y)}}``, side by side.
+
+  Args:
+    panels: title -> label -> (x values, y values); non-finite y values leave gaps.
+    path: the PNG file.
+    xlabel: the x axes' label.
+    ylabel: the y axes' label.
+    log_y: a logarithmic y axis.
+  """
+  fig, axes = _figure(ncols=len(panels))
+  fig.set_size_inches(4.5 * len(panels), 3.8)
+  for ax, (title, lines) in zip(axes[0], panels.items(), strict=True):
+    for label, (x, y) in lines.items():
+      ax.plot(x, _positive(y) if log_y else y, label=label)
+    if log_y:
+      ax.set_yscale("log")
+    ax.set_title(title, fontsize=10)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+  _save(fig, path)
