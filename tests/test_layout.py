@@ -20,7 +20,7 @@ METHOD = (
   "predict",
 )
 AROUND = ("loop", "checkpoint", "splits")
-TOOLS = ("lr_find", "screen")
+TOOLS = ("lr_find", "suggest_lr", "screen", "layer_schedule")
 
 
 def _imports() -> dict[str, set[str]]:
