@@ -7,6 +7,7 @@ start. :func:`suggest_lr` returns the posterior's choice with both pieces of evi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -134,13 +135,16 @@ def suggest_lr(
   *,
   averaging: ModelAveraging | None = None,
   initial_params: Any = None,
+  posteriors: Sequence[Any] | None = None,
 ) -> LRSuggestion:
   """Suggests a learning rate for plain SGD on the same model, from an Alrao run.
 
   The suggestion is the geometric mean of the output copies' rates under the averaging
   posterior, ``exp(sum_j p_j log lr_j)``: where the switch puts its weight, between two
   neighbouring copies when it is split between them. Use the state of the epoch you would
-  keep (``fit``'s ``state``); a running state works too. With ``initial_params``, the
+  keep (``fit``'s ``state``); a running state works too. With ``posteriors`` (e.g. one per
+  epoch up to the kept one, ``fit``'s history), the log-rate is averaged over them, which
+  keeps a passing switch of a few steps from deciding alone. With ``initial_params``, the
   evidence also holds how far the body's features moved, binned by their rates (see
   :func:`body_movement`): units with rates far below the suggestion barely move; those far
   above it move their weights by more than their initial size.
@@ -154,6 +158,9 @@ def suggest_lr(
       step returns).
     averaging: the model averaging of the run (default :func:`alrao_jax.switch_averaging`).
     initial_params: the parameters at step 0, for the body's evidence (optional).
+    posteriors: posteriors over the copies along the run, each of shape ``(N,)``, to average
+      the log-rate over (optional; default: the state's posterior alone). The returned
+      ``posterior`` is their mean.
 
   Returns:
     An :class:`LRSuggestion`.
@@ -201,9 +208,21 @@ def suggest_lr(
       "the state of the same run."
     )
   posterior = posterior / posterior.sum()
+  if posteriors is not None:
+    along = np.asarray([np.asarray(p, np.float64) for p in posteriors])
+    if along.ndim != 2 or along.shape[1] != lrs.size or not len(along):
+      raise ValueError(
+        f"posteriors must be a non-empty sequence of posteriors over the {lrs.size} copies, "
+        f"got shape {along.shape}; e.g. [r['posterior'] for r in fit_result.history]."
+      )
+    along = along / along.sum(axis=1, keepdims=True)
+    log_lr = float(np.mean(along @ np.log(lrs)))
+    posterior = along.mean(axis=0)
+  else:
+    log_lr = float(posterior @ np.log(lrs))
   body = () if initial_params is None else body_movement(params, initial_params, rates)
   return LRSuggestion(
-    lr=float(np.exp(np.sum(posterior * np.log(lrs)))),
+    lr=float(np.exp(log_lr)),
     copy_lrs=lrs,
     posterior=posterior,
     leading_lr=float(lrs[int(np.argmax(posterior))]),

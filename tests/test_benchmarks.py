@@ -79,6 +79,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
       "tune": [
         {
           "lr": 1.0,
+          "kept_lr": 1.0,
           "leading_lr": 1.0,
           "alrao_loss": 0.06,
           "alrao_seconds": 5,
@@ -87,6 +88,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
         },
         {
           "lr": 0.01,
+          "kept_lr": 0.01,
           "leading_lr": 0.01,
           "alrao_loss": 0.06,
           "alrao_seconds": 5,

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
 from alrao_jax.suggest_lr import body_movement, describe
+from conftest import SmallNNXNet
 
 
 class Net(nn.Module):
@@ -41,6 +41,18 @@ def test_the_suggestion_is_the_posterior_geometric_mean_of_the_copies_rates():
   assert suggestion.leading_lr == pytest.approx(lrs[1], rel=1e-6)
   assert suggestion.body == ()  # no initial parameters given
   assert "0.6" in describe(suggestion).splitlines()[1]
+
+
+def test_posteriors_along_the_run_average_the_log_rate():
+  state, _, _ = _state()
+  lrs = np.geomspace(1e-4, 1.0, 4)
+  along = [[0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 2.0, 0.0]]  # unnormalised
+  suggestion = alrao_jax.suggest_lr(state, posteriors=along)
+  want = np.exp((np.log(lrs[1]) + 2 * np.log(lrs[2])) / 3)
+  np.testing.assert_allclose(suggestion.lr, want, rtol=1e-6)
+  np.testing.assert_allclose(suggestion.posterior, [0, 1 / 3, 2 / 3, 0], atol=1e-12)
+  with pytest.raises(ValueError, match="posteriors must be a non-empty sequence"):
+    alrao_jax.suggest_lr(state, posteriors=[[0.5, 0.5]])
 
 
 def test_a_chained_optimizer_and_explicit_parts():

@@ -97,6 +97,8 @@ def tune(
 ) -> TuneResult:
   """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, one SGD run at that rate.
 
+  The suggestion averages the log-rate over the posteriors of the epochs up to the kept one.
+
   Args:
     task: an :class:`alrao_jax.experiments.tasks.Task`.
     epochs: epochs of each run (the best validation epoch is kept).
@@ -114,7 +116,11 @@ def tune(
   options.update(alrao_options or {})
   alrao = make("alrao-sgd", seed=seed, **options)
   alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit_kwargs)
-  suggestion = suggest_lr(result.state, initial_params=initial_params(task, alrao, seed))
+  suggestion = suggest_lr(
+    result.state,
+    initial_params=initial_params(task, alrao, seed),
+    posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
+  )
   sgd_run, _ = timed_fit(
     task, make("sgd", lr=suggestion.lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
@@ -165,7 +171,7 @@ def refocus(
     "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
   )
   first, warm = timed_fit(task, method, seed=seed, epochs=warmup_epochs, **fit_kwargs)
-  suggestion = suggest_lr(warm.last_state)
+  suggestion = suggest_lr(warm.last_state, posteriors=[r["posterior"] for r in warm.history])
   low, high = suggestion.lr / 10**REFOCUS_DECADES, suggestion.lr * 10**REFOCUS_DECADES
   body = sample_rates(jax.random.key(seed + 2), warm.last_state.params, low, high)
   state = warm.last_state.replace(opt_state=replace_body_rates(warm.last_state.opt_state, body))
