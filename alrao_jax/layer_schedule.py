@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alrao_jax.rates import leaf_paths, path_string, rate_plans, stack_axes
+from alrao_jax.rates import check_same_paths, leaf_paths, path_string, rate_plans, stack_axes
 
 Multiplier = Callable[[jax.Array, jax.Array], jax.Array]  # (depth_fraction, step) -> multiplier
 
@@ -185,18 +185,6 @@ def layer_depths(forward: Callable[[Any], Any], params: Any, *, stacked: Any = N
   return LayerDepths(jax.tree_util.tree_unflatten(treedef, fractions), num_layers, layers)
 
 
-def _check_fits(fractions: Any, params: Any) -> None:
-  want, _, _ = leaf_paths(params)
-  have, _, _ = leaf_paths(fractions)
-  if have != want:
-    missing = sorted(set(map(path_string, want)) ^ set(map(path_string, have)))
-    raise ValueError(
-      "the layer depths do not fit the parameters (these paths differ: "
-      f"{missing[:5]}); compute them with alrao_jax.layer_depths(forward, params) on the "
-      "parameters this optimizer updates."
-    )
-
-
 def scale_by_layer_schedule(
   multiplier: Multiplier,
   depths: LayerDepths | Callable[[Any], LayerDepths],
@@ -252,7 +240,13 @@ def scale_by_layer_schedule(
     found = depths(params) if callable(depths) and not isinstance(depths, LayerDepths) else depths
     if not isinstance(found, LayerDepths):
       raise TypeError(f"depths(params) must return a LayerDepths, got {type(found).__name__}.")
-    _check_fits(found.fractions, params)
+    check_same_paths(
+      found.fractions,
+      params,
+      what="the layer depths do not fit the parameters",
+      fix="Compute them with alrao_jax.layer_depths(forward, params) on the parameters this "
+      "optimizer updates.",
+    )
     for fraction in jax.tree.leaves(found.fractions):
       out = jax.eval_shape(multiplier, fraction, jnp.zeros((), jnp.int32))
       if not hasattr(out, "shape") or jnp.broadcast_shapes(out.shape, fraction.shape) != tuple(

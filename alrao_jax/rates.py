@@ -622,20 +622,30 @@ def _sharded_like(rate: jax.Array, param: Any) -> jax.Array:
   return jax.sharding.reshard(rate, jax.sharding.NamedSharding(mesh, spec))
 
 
+def check_same_paths(tree: Any, params: Any, *, what: str, fix: str) -> None:
+  """Raises a `ValueError` (``what``, the differing paths, then ``fix``) unless ``tree`` has
+  the paths of ``params`` (Flax NNX variable wrappers aside)."""
+  paths, _, _ = leaf_paths(tree)
+  param_paths, _, _ = leaf_paths(params)
+  if paths != param_paths:
+    diff = sorted(set(map(path_string, paths)) ^ set(map(path_string, param_paths)))
+    raise ValueError(f"{what}; paths in one but not the other: {diff[:6]}. {fix}")
+
+
 def check_rates_fit(rates: Any, params: Any) -> None:
   """Raises a `ValueError` unless ``rates`` is a rate tree for ``params``.
 
   The two trees must have the same paths (Flax NNX variable wrappers aside) and every rate
   leaf must be a floating array that broadcasts to its parameter's shape.
   """
-  rate_paths, rate_leaves, _ = leaf_paths(rates)
+  check_same_paths(
+    rates,
+    params,
+    what="rates do not have the structure of params",
+    fix="Build them with alrao_jax.sample_rates(key, params, ...).",
+  )
+  _, rate_leaves, _ = leaf_paths(rates)
   param_paths, param_leaves, _ = leaf_paths(params)
-  if rate_paths != param_paths:
-    diff = sorted(set(map(path_string, rate_paths)) ^ set(map(path_string, param_paths)))
-    raise ValueError(
-      "rates do not have the structure of params; paths in one but not the other: "
-      f"{diff[:6]}. Build them with alrao_jax.sample_rates(key, params, ...)."
-    )
   for path, rate, param in zip(param_paths, rate_leaves, param_leaves, strict=True):
     rshape, pshape = np.shape(rate), np.shape(param)
     ok = len(rshape) <= len(pshape) and all(

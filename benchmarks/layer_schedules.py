@@ -40,7 +40,6 @@ from alrao_jax.experiments.methods import (
 from alrao_jax.experiments.plots import plot_panels
 from alrao_jax.experiments.tasks import MODES, Task, load_task
 from alrao_jax.layer_schedule import discriminative_schedule, smith_schedule
-from alrao_jax.splits import Split, Splits
 
 SGD_LR = 0.1
 
@@ -54,11 +53,6 @@ class Setting(NamedTuple):
 FULL = (Setting("digits", 40, 3), Setting("mnist1d-mlp", 60, 3))
 QUICK = (Setting("digits", 2, 1),)
 QUICK_ROWS = 64
-
-
-def _shrink(task: Task, rows: int) -> Task:
-  splits = Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in task.splits))
-  return task._replace(splits=splits)
 
 
 def run_task(task: Task, setting: Setting, log) -> dict[str, Any]:
@@ -193,9 +187,7 @@ def main() -> None:
   results = {}
   for setting in QUICK if args.quick else FULL:
     task = load_task(setting.task)
-    results[setting.task] = run_task(
-      _shrink(task, QUICK_ROWS) if args.quick else task, setting, log
-    )
+    results[setting.task] = run_task(task.shrink(QUICK_ROWS) if args.quick else task, setting, log)
   (out / "layer_schedules.json").write_text(json.dumps(results) + "\n")
   plot_multipliers(
     next(iter(results.values()))["num_layers"], out / "layer_schedules_multipliers.png"

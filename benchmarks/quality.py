@@ -38,7 +38,6 @@ from alrao_jax.experiments.compare import (
 from alrao_jax.experiments.methods import LR_FREE, make_method
 from alrao_jax.experiments.plots import plot_curves, plot_heatmap, plot_posterior
 from alrao_jax.experiments.tasks import Task, load_task
-from alrao_jax.splits import Split, Splits
 
 PATIENCE = 20  # the paper's early stopping
 GAP = 1.15  # Alrao / best SGD test loss above which the ablations run
@@ -59,11 +58,6 @@ FULL = (
   Setting("ptb-char", "Penn Treebank characters, 2-layer LSTM", 5, 1),
 )
 QUICK_ROWS = 64  # quick mode: the first rows of every split
-
-
-def _shrink(task: Task, rows: int) -> Task:
-  splits = Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in task.splits))
-  return task._replace(splits=splits)
 
 
 def _fmt(mean: float, std: float, scale: float = 1.0, digits: int = 3) -> str:
@@ -238,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
   for setting in settings:
     task = load_task(setting.task)
     if args.quick:
-      task = _shrink(task, QUICK_ROWS)
+      task = task.shrink(QUICK_ROWS)
     print(f"== {setting.title}", flush=True)
     if not args.quick:  # untimed: the first run of a model in a process pays a one-off set-up
-      run_method(_shrink(task, 2 * task.batch_size), make_method("sgd"), seed=0, epochs=1)
+      run_method(task.shrink(2 * task.batch_size), make_method("sgd"), seed=0, epochs=1)
     result = compare(
       task,
       epochs=setting.epochs,

@@ -35,7 +35,6 @@ from alrao_jax.experiments.plots import plot_bars
 from alrao_jax.experiments.tasks import Task, load_task
 from alrao_jax.experiments.tune import refocus, task_lr_find, tune
 from alrao_jax.screen import SGD_GRID
-from alrao_jax.splits import Split, Splits
 
 PATIENCE = 20
 
@@ -54,11 +53,6 @@ FULL = (
 )
 QUICK = (Setting("digits", 2, 1),)
 QUICK_ROWS = 64
-
-
-def _shrink(task: Task, rows: int) -> Task:
-  splits = Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in task.splits))
-  return task._replace(splits=splits)
 
 
 def _cosine(task: Task, epochs: int):
@@ -269,7 +263,7 @@ def main() -> None:
   for setting in settings:
     task = load_task(setting.task)
     if args.quick:
-      task = _shrink(task, QUICK_ROWS)
+      task = task.shrink(QUICK_ROWS)
     results[setting.task] = run_task(task, setting, grid, log)
   (out / "tune.json").write_text(json.dumps(results, indent=1) + "\n")
   plot(results, out / "tune_schedules.png")

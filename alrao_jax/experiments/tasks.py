@@ -25,7 +25,7 @@ from alrao_jax.experiments.data import (
   load_ptb_char,
 )
 from alrao_jax.experiments.models import MLP, CharLSTM, Conv1DNet, DigitsCNN
-from alrao_jax.splits import Splits
+from alrao_jax.splits import Split, Splits
 
 MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}
 TASKS = ("digits", "mnist1d", "mnist1d-mlp", "ptb-char", "cifar10")
@@ -53,6 +53,12 @@ class Task(NamedTuple):
   loss_unit: str = "nats"
   loss_scale: float = 1.0  # reported loss = loss in nats * loss_scale
   num_classes: int = 10  # outputs of the model's head
+
+  def shrink(self, rows: int) -> Task:
+    """The same task on the first ``rows`` rows of every split (for smoke tests)."""
+    return self._replace(
+      splits=Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in self.splits))
+    )
 
   def interval(self, optimizer: str) -> tuple[float, float]:
     """Alrao's default interval for ``optimizer`` (``alrao-sgd`` or ``alrao-adam``)."""
