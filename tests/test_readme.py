@@ -81,3 +81,15 @@ def test_several_devices_code_runs_on_eight_simulated_devices(tmp_path):
   for name in ("linen loss", "fit test loss", "nnx loss"):
     loss = float(re.search(rf"{name}: ([0-9.]+)", out).group(1))
     assert loss < 1.0, out  # log 4 = 1.39 at chance
+
+
+def test_after_the_run_code_runs_and_the_text_quotes_what_it_prints(capsys):
+  code = _blocks("## After the run")[0]
+  exec(compile(code, "README after the run", "exec"), {})
+  out = capsys.readouterr().out
+  lr = float(re.search(r"suggested lr ([0-9.e-]+);", out).group(1))
+  alrao, sgd = (float(v) for v in re.search(r"Alrao ([0-9.]+), SGD ([0-9.]+)", out).groups())
+  assert 1e-5 <= lr <= 10 and alrao > 0.8 and sgd > 0.3
+  section = README.read_text().split("## After the run")[1].split("\n## ")[0]
+  assert f"suggested lr {lr:.3g}" in section  # the text quotes the run it shows
+  assert f"Alrao {alrao:.3f}, SGD {sgd:.3f}" in section
