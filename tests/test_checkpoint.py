@@ -4,7 +4,6 @@ import chex
 import jax
 import numpy as np
 import pytest
-from conftest import SmallNNXNet
 
 import alrao_jax
 from alrao_jax.checkpoint import restore_checkpoint
@@ -12,6 +11,7 @@ from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.models import DigitsCNN
 from alrao_jax.loop import fit
 from alrao_jax.splits import Split, Splits
+from conftest import SmallNNXNet
 
 FULL = load_digits()
 SPLITS = Splits(Split(*(a[:256] for a in FULL.train)), FULL.valid, FULL.test)  # small and quick

@@ -8,10 +8,10 @@ import numpy as np
 import optax
 import pytest
 import scipy.stats
-from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
+from conftest import SmallNNXNet
 
 KEY = jax.random.key(0)
 N, D, K, B = 4, 6, 5, 16

@@ -7,12 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import SmallNNXNet
 from flax import nnx
 
 import alrao_jax
 from alrao_jax.loop import fit
 from alrao_jax.splits import Split, Splits
+from conftest import SmallNNXNet
 
 KEY = jax.random.key(0)
 
