@@ -131,12 +131,45 @@ def report(results: dict[str, Any], header: list[str]) -> list[str]:
           f"| {task} | {label} | {name} | {loss.mean():.4f} ± {loss.std():.4f} | "
           f"{loss.mean() / uniform:.3f} | {accuracy.mean():.1f} | {speed} | {target:.4f} |"
         )
+  lines += ["", *findings(results)]
   lines += [
     "",
     "![multipliers](layer_schedules_multipliers.png)",
     "![training loss](layer_schedules_training.png)",
     "",
   ]
+  return lines
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+  """What the table shows, in words computed from the same numbers: a schedule counts as
+  better or worse when its mean test loss is more than the uniform runs' standard deviation
+  away from theirs, and as faster when it reaches the target in fewer epochs on every seed."""
+  lines = ["## What it shows", ""]
+  for task, result in results.items():
+    for optimizer in ("sgd", "alrao-sgd"):
+      uniform = np.array([r["test_loss"] for r in result["runs"][f"{optimizer}/uniform"]])
+      target = _target(result, optimizer)
+      base = [_epochs_to(r["train_loss"], target) for r in result["runs"][f"{optimizer}/uniform"]]
+      better, worse, faster = [], [], []
+      for name in LAYER_SCHEDULES[1:]:
+        runs = result["runs"][f"{optimizer}/{name}"]
+        loss = np.mean([r["test_loss"] for r in runs])
+        if loss < uniform.mean() - uniform.std():
+          better.append(name)
+        elif loss > uniform.mean() + uniform.std():
+          worse.append(name)
+        reached = [_epochs_to(r["train_loss"], target) for r in runs]
+        if all(
+          e is not None and b is not None and e < b for e, b in zip(reached, base, strict=True)
+        ):
+          faster.append(name)
+      label = "SGD" if optimizer == "sgd" else "Alrao-SGD"
+      lines.append(
+        f"- {task}, {label}: better than uniform beyond the seeds' spread: "
+        f"{', '.join(better) or 'none'}; worse: {', '.join(worse) or 'none'}; faster to the "
+        f"target on every seed: {', '.join(faster) or 'none'}."
+      )
   return lines
 
 

@@ -222,7 +222,50 @@ def report(results: dict[str, Any], header: list[str]) -> list[str]:
       f"{tuned_cos * scale:.4f} ({r['grid_cosine']['best_lr']:g}) | {alrao_cos * scale:.4f} | "
       f"{alrao_cos / tuned_cos:.3f} |"
     )
-  lines += ["", "![schedules](tune_schedules.png)", ""]
+  lines += ["", "![schedules](tune_schedules.png)", "", *findings(results), ""]
+  return lines
+
+
+def _names(tasks: list[str]) -> str:
+  return ", ".join(tasks) if tasks else "none"
+
+
+def findings(results: dict[str, Any]) -> list[str]:
+  """What the tables show, in words computed from the same numbers."""
+  ratios = {}
+  for name, r in results.items():
+    tuned = float(np.mean(r["grid"]["best_loss"]))
+    tuned_cos = float(np.mean(r["grid_cosine"]["best_loss"]))
+    ratios[name] = {
+      "Alrao's suggestion": _mean(r["tune"], "sgd_loss") / tuned,
+      "the range test's valley": _mean(r["lr_find"], "valley_loss") / tuned,
+      "the range test's minimum": _mean(r["lr_find"], "minimum_loss") / tuned,
+      "alrao": _mean(r["tune"], "alrao_loss") / tuned,
+      "refocus": _mean(r["refocus"], "loss") / tuned,
+      "cosine gap": _mean(r["cosine"], "loss") / tuned_cos,
+    }
+  tools = ("Alrao's suggestion", "the range test's valley", "the range test's minimum")
+  met = [n for n, v in ratios.items() if v["Alrao's suggestion"] <= 1.05]
+  lines = [
+    "## What it shows",
+    "",
+    f"- Alrao + SGD at its suggestion is within 1.05 of tuned SGD on {len(met)} of "
+    f"{len(ratios)} tasks ({_names(met)}); not on "
+    f"{_names([n for n in ratios if n not in met])}.",
+  ]
+  for tool in tools:
+    wins = [n for n, v in ratios.items() if min(tools, key=lambda t, v=v: v[t]) == tool]
+    lines.append(f"- The best of the three suggestions is {tool} on {_names(wins)}.")
+  helped = [n for n, v in ratios.items() if v["refocus"] < v["alrao"]]
+  lines.append(
+    f"- The refocused run beats one plain Alrao run on {_names(helped)}; not on "
+    f"{_names([n for n in ratios if n not in helped])}."
+  )
+  closer = [n for n, v in ratios.items() if v["cosine gap"] < v["alrao"]]
+  lines.append(
+    "- With a cosine on both, Alrao's ratio to tuned SGD is lower than without on "
+    f"{_names(closer)}; higher on {_names([n for n in ratios if n not in closer])}."
+  )
   return lines
 
 
