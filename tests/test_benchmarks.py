@@ -121,6 +121,10 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert cells[10] == "2.000" and cells[11] == "1.500"
   schedule_row = next(line for line in lines if line.startswith("| digits | 0.0300 |"))
   assert schedule_row.rstrip().endswith("| 2.000 |")  # Alrao + cosine 0.04 / tuned + cosine 0.02
+  text = "\n".join(lines)
+  assert "within 1.05 of tuned SGD on 1 of 1 tasks (digits)" in text
+  assert "The best of the three suggestions is Alrao's suggestion on digits." in text
+  assert "refocused run beats one plain Alrao run on digits" in text  # 1.5 against 2.0
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
@@ -148,3 +152,6 @@ def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
   assert rows["smith"].endswith("| 2.0 | 1.0000 |") and "| 0.500 |" in rows["smith"]
   assert rows["smith-reverse"].endswith("| 3.0 | 1.0000 |")
   assert "0 of 1 reach it" in rows["discriminative"]
+  text = "\n".join(lines)  # one seed: no spread, so any difference counts
+  assert "- digits, SGD: better than uniform beyond the seeds' spread: smith;" in text
+  assert "worse: discriminative; faster to the target on every seed: none." in text
