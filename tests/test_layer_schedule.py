@@ -221,3 +221,23 @@ def test_bad_input_is_named():
     alrao_jax.smith_schedule(0)
   with pytest.raises(ValueError, match="first and last must be > 0"):
     alrao_jax.smith_schedule(10, first=-1.0)
+
+
+def test_optax_conventions_dtypes_abstract_init_and_multisteps():
+  model, x, params = _mlp()
+  depths = alrao_jax.layer_depths(lambda p: model.apply({"params": p}, x), params)
+  tx = alrao_jax.scale_by_layer_schedule(alrao_jax.smith_schedule(4), depths)
+  half = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  updates, state = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, half), tx.init(half))
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))  # the updates' dtype
+  assert int(state.count) == 1
+  abstract = jax.eval_shape(tx.init, params)  # init from shapes alone, as optax's tests do
+  assert jax.tree.structure(abstract) == jax.tree.structure(tx.init(params))
+  multi = optax.MultiSteps(optax.chain(optax.sgd(1.0), tx), every_k_schedule=2)
+  multi_state = multi.init(params)
+  grads = jax.tree.map(jnp.ones_like, params)
+  for _ in range(2):
+    updates, multi_state = multi.update(grads, multi_state, params)
+  # one inner step after two micro-steps: the schedule is at step 0 (first layer 1.5)
+  np.testing.assert_allclose(updates["layers_0"]["bias"], -1.5, rtol=1e-6)
+  np.testing.assert_allclose(updates["layers_4"]["bias"], -0.5, rtol=1e-6)
