@@ -51,6 +51,11 @@ def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
   return {k: float(v) if jnp.ndim(v) == 0 else [float(x) for x in v] for k, v in metrics.items()}
 
 
+def test_metrics_of(record: Mapping[str, Any]) -> dict[str, Any]:
+  """The test metrics of an epoch's record in ``fit``'s history, without their prefix."""
+  return {k[len("test_") :]: v for k, v in record.items() if k.startswith("test_")}
+
+
 def _check_eval_batch_size(chunk: Any) -> None:
   if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
     raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {chunk!r}.")
@@ -208,19 +213,26 @@ def fit(
   create = (
     create_train_state if mesh is None else functools.partial(create_sharded_train_state, mesh=mesh)
   )
-  state = create(
-    model,
-    optimizer,
-    jax.random.key(seed),
-    train.inputs[:batch_size],
-    averaging=averaging,
-    rng_streams=rng_streams,
-    **dict(eval_kwargs or {}),
-  )
-  if initial_state is not None:
+
+  def fresh(create: Callable = create) -> TrainState:
+    return create(
+      model,
+      optimizer,
+      jax.random.key(seed),
+      train.inputs[:batch_size],
+      averaging=averaging,
+      rng_streams=rng_streams,
+      **dict(eval_kwargs or {}),
+    )
+
+  if initial_state is None:
+    state = fresh()
+  else:  # a fresh state's shapes alone say whether the given one fits
     if not isinstance(initial_state, TrainState):
       raise TypeError(f"initial_state must be a TrainState, got {type(initial_state).__name__}.")
-    if jax.tree.structure(initial_state) != jax.tree.structure(state):
+    if jax.tree.structure(initial_state) != jax.tree.structure(
+      jax.eval_shape(lambda: fresh(create_train_state))
+    ):
       raise ValueError(
         "initial_state does not fit this model and optimizer (its tree differs from a fresh "
         "state's); pass a state of the same model, with optimizer.init's state."
@@ -283,7 +295,7 @@ def fit(
     if not np.isfinite(record["train_loss"]) or stalled:
       break
   test_metrics = (
-    {k[len("test_") :]: v for k, v in history[best_epoch - 1].items() if k.startswith("test_")}
+    test_metrics_of(history[best_epoch - 1])
     if best_epoch
     else {"loss": float("inf"), "accuracy": float("nan")}
   )

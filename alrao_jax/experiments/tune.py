@@ -16,6 +16,7 @@ import optax
 from alrao_jax.experiments.compare import RunResult, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
+from alrao_jax.loop import test_metrics_of
 from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
 from alrao_jax.steps import create_train_state
@@ -180,14 +181,13 @@ def refocus(
   )
   history = first.history + [{**r, "epoch": r["epoch"] + warmup_epochs} for r in second.history]
   best = min(range(len(history)), key=lambda i: _valid(history[i]))
-  test = {k[len("test_") :]: v for k, v in history[best].items() if k.startswith("test_")}
   run = RunResult(
     "alrao-sgd refocused",
     None,
     seed,
     best + 1,
     _valid(history[best]),
-    test,
+    test_metrics_of(history[best]),
     history,
     first.seconds + second.seconds,
   )
