@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from alrao_jax.rates import check_same_paths, leaf_paths, path_string, rate_plans, stack_axes
+from alrao_jax.rates import check_same_paths, leaf_paths, path_string, rate_plans
 
 Multiplier = Callable[[jax.Array, jax.Array], jax.Array]  # (depth_fraction, step) -> multiplier
 
@@ -141,8 +141,7 @@ def layer_depths(forward: Callable[[Any], Any], params: Any, *, stacked: Any = N
   never = (float("inf"),)
   with warnings.catch_warnings():  # sample_rates reports unknown and ambiguous modules
     warnings.simplefilter("ignore")
-    _, _, _, plans = rate_plans(params, stacked=stacked)
-    leads, _ = stack_axes(paths, leaves, stacked=stacked)
+    _, _, _, plans, leads = rate_plans(params, stacked=stacked)
   groups: dict[Hashable, list[int]] = {}
   for i, (path, plan) in enumerate(zip(paths, plans, strict=True)):
     groups.setdefault(_group_of(plan, path), []).append(i)

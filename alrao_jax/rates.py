@@ -467,7 +467,8 @@ def _is_label(x: Any) -> bool:
 def rate_plans(
   params: Any, *, granularity: str = "feature", rules: Rules = None, stacked: Any = None
 ) -> tuple:
-  """Plans every leaf's rates; returns (paths, leaves, treedef, plans).
+  """Plans every leaf's rates; returns (paths, leaves, treedef, plans, leads), ``leads`` the
+  leading layer axes of each path (:func:`stack_axes`).
 
   Raises:
     ValueError: an unknown ``granularity``, a bad ``rules`` label or ``stacked`` entry.
@@ -505,7 +506,7 @@ def rate_plans(
       f"stacked={{'{path_string(ambiguous[0])}': 1}} (or 0): {list(map(path_string, ambiguous))}",
       stacklevel=3,
     )
-  return paths, leaves, treedef, plans
+  return paths, leaves, treedef, plans, leads
 
 
 def _group_order(group: Hashable) -> str:
@@ -579,7 +580,7 @@ def sample_rates(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (section 2).
   """
   check_bounds(lr_min, lr_max)
-  _, leaves, treedef, plans = rate_plans(
+  _, leaves, treedef, plans, _ = rate_plans(
     params, granularity=granularity, rules=rules, stacked=stacked
   )
   groups = {}

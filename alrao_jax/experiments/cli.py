@@ -500,11 +500,11 @@ def _tune(args: argparse.Namespace) -> None:
   task = _load(s)
   alrao = _method(s, task)  # fills in the task's interval and copies; checked before any run
 
-  def make(name: str, **options: Any) -> Method:
-    settings = {**s, "optimizer": name, "lr": options.get("lr")}
-    if name != "alrao-sgd":
-      settings.update({"lr_min": None, "lr_max": None, "copies": None})
-    return _method(settings, task)
+  def make(name: str, **options: Any) -> Method:  # both runs take the command line's options
+    if name == "alrao-sgd":
+      return alrao
+    alrao_only = {"lr_min": None, "lr_max": None, "copies": None}
+    return _method({**s, **alrao_only, "optimizer": name, "lr": options["lr"]}, task)
 
   print(f"alrao-jax tune: {_describe(s, task, alrao)}", file=sys.stderr)
   result = tune(task, epochs=s["epochs"], seed=s["seed"], make=make)

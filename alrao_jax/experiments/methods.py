@@ -202,7 +202,7 @@ def make_method(
   """
   if name not in METHODS:
     raise ValueError(f"method must be one of {', '.join(METHODS)}, got {name!r}.")
-  _check_extras(name, momentum, weight_decay, clip, schedule or layers)
+  _check_extras(name, momentum, weight_decay, clip, schedule, layers)
   if name in ALRAO:
     if lr is not None:
       raise ValueError(f"{name} samples its rates in [lr_min, lr_max]; lr applies to peers.")
@@ -225,7 +225,7 @@ def make_method(
   return Method(name, tx, (float(lr),), EVAL_PARAMS.get(name))
 
 
-def _check_extras(name, momentum, weight_decay, clip, schedule) -> None:
+def _check_extras(name, momentum, weight_decay, clip, schedule, layers) -> None:
   if momentum is not None:
     if name not in WITH_MOMENTUM:
       raise ValueError(f"momentum applies to {' and '.join(WITH_MOMENTUM)}, not {name}.")
@@ -235,10 +235,11 @@ def _check_extras(name, momentum, weight_decay, clip, schedule) -> None:
     raise ValueError(f"weight_decay must be >= 0, got {weight_decay}; e.g. 5e-4.")
   if clip is not None and not clip > 0.0:
     raise ValueError(f"clip must be > 0 (the largest gradient norm), got {clip}; e.g. 1.0.")
-  if name in EVAL_PARAMS and (weight_decay or clip is not None or schedule is not None):
+  extras = weight_decay or clip is not None or schedule is not None or layers is not None
+  if name in EVAL_PARAMS and extras:
     raise ValueError(
       f"{name} is evaluated at the averaged parameters kept in its own state: use it without "
-      "weight decay, clipping or a schedule."
+      "weight decay, clipping, a schedule or a layer schedule."
     )
 
 
