@@ -29,6 +29,7 @@ from alrao_jax.sharding import (
 )
 from alrao_jax.steps import (
   TrainState,
+  check_carry_in,
   create_train_state,
   head_outputs,
   make_eval_step,
@@ -94,6 +95,76 @@ def evaluate_in_chunks(
   return totals
 
 
+def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
+  if isinstance(carry, str) or not all(isinstance(name, str) for name in carry):
+    raise TypeError(
+      f"carry must be a sequence of collection names, e.g. ('carry',), got {carry!r}."
+    )
+  for name, split in zip(("train", "valid", "test"), splits, strict=True):
+    rows = len(jax.tree.leaves(split.inputs)[0])
+    if carry and rows % batch_size:
+      raise ValueError(
+        f"with carry, every split holds batch_size={batch_size} streams window by window, "
+        f"but splits.{name} has {rows} rows, not a multiple of it; cut the streams with the "
+        "same batch_size (e.g. load_ptb_char(batch_size=...))."
+      )
+  return tuple(carry)
+
+
+def zero_collections(state: TrainState, names: Sequence[str]) -> TrainState:
+  """The state with the variable collections ``names`` set to zeros (a carried RNN state's
+  start), each leaf keeping its shape, dtype and placement."""
+  if not names:
+    return state
+  zeros = {
+    name: jax.tree.map(lambda x: jax.device_put(jnp.zeros_like(x), x.sharding), collection)
+    for name, collection in state.model_state.items()
+    if name in names
+  }
+  return state.replace(model_state={**state.model_state, **zeros})
+
+
+def evaluate_streams(
+  evaluate: Callable,
+  state: TrainState,
+  inputs: Any,
+  targets: Any,
+  *,
+  streams: int,
+  carry: Sequence[str],
+  chunk: int | None,
+) -> dict[str, float]:
+  """Metrics of a split of carried streams: its windows in order, the ``carry``
+  collections starting from zeros and passed from window to window.
+
+  Args:
+    evaluate: a carried evaluation, ``evaluate(state, windows_in, windows_out) -> (state,
+      metrics)`` (see :func:`alrao_jax.make_eval_step` with ``carry``).
+    state: the state to evaluate; it is not changed.
+    inputs: the split's inputs, window-major rows: rows ``[i * streams, (i + 1) * streams)``
+      are window ``i`` of every stream.
+    targets: its targets, laid out alike.
+    streams: the number of streams (rows per window).
+    carry: the collections carried from window to window.
+    chunk: rows per call, rounded down to whole windows (at least one); ``None``: the
+      whole split in one call.
+
+  Returns:
+    Each metric as a float, over the whole split.
+  """
+  rows = len(jax.tree.leaves(inputs)[0])
+  _check_eval_batch_size(chunk)
+  current = [zero_collections(state, carry)]
+
+  def evaluate_windows(_, part_in, part_out):
+    windows = jax.tree.map(lambda x: x.reshape(-1, streams, *x.shape[1:]), (part_in, part_out))
+    current[0], metrics = evaluate(current[0], *windows)
+    return metrics
+
+  per_call = streams * max(1, (rows if chunk is None else chunk) // streams)
+  return evaluate_in_chunks(evaluate_windows, state, inputs, targets, per_call)
+
+
 def _check_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> None:
   if DATA_AXIS not in mesh.axis_names:
     raise ValueError(f"mesh needs a {DATA_AXIS!r} axis for the batch, got {dict(mesh.shape)}.")
@@ -142,6 +213,7 @@ def fit(
   mesh: jax.sharding.Mesh | None = None,
   eval_batch_size: int | None = 1024,
   initial_state: TrainState | None = None,
+  carry: Sequence[str] = (),
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -185,13 +257,23 @@ def fit(
     initial_state: start from this state (a warm start, e.g. the ``state`` of an earlier
       ``fit`` with its optimizer state changed) instead of a fresh one; the epochs, the
       shuffles and the history start again from epoch 1.
+    carry: variable collections that carry the model's state from batch to batch, e.g.
+      ``('carry',)`` for an RNN trained by truncated BPTT on streams (see
+      :class:`alrao_jax.experiments.models.CharLSTM` and :func:`alrao_jax.experiments.data.\
+load_ptb_char`). Every split then holds ``batch_size`` streams, window-major: rows
+      ``[i * batch_size, (i + 1) * batch_size)`` are window ``i`` of every stream. Training
+      takes the windows in order (no shuffle); the collections are zeroed at the start of
+      every epoch and of every split's evaluation, which runs the windows in order too,
+      ``eval_batch_size // batch_size`` windows (at least one) per call.
 
   Returns:
     A :class:`FitResult`.
 
   Raises:
     ValueError: bad arguments, or (categorical likelihood) labels outside ``[0, K)`` in a
-      split, checked once on the host before training.
+      split, checked once on the host before training; with ``carry``, a split whose rows
+      are not a multiple of ``batch_size``, or a collection the model does not hold;
+      without it, a model that holds a ``carry`` collection.
   """
   if epochs < 1:
     raise ValueError(f"epochs must be >= 1, got {epochs}.")
@@ -208,6 +290,7 @@ def fit(
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
   averaging = averaging or switch_averaging()
+  carry = _check_streams(carry, splits, batch_size)
   if mesh is not None:
     _check_mesh(mesh, batch_size)
   create = (
@@ -238,6 +321,13 @@ def fit(
         "state's); pass a state of the same model, with optimizer.init's state."
       )
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
+  check_carry_in(state.model_state, carry)
+  if not carry and "carry" in state.model_state:
+    raise ValueError(
+      "the model keeps a 'carry' collection (a state passed from batch to batch), which "
+      "shuffled batches would mix up; pass carry=('carry',) to train and evaluate its "
+      "streams in order."
+    )
   if likelihood is categorical_log_likelihood:
     num_classes = head_outputs(state.params)
     for name, split in zip(("train", "valid", "test"), splits, strict=True):
@@ -256,11 +346,16 @@ def fit(
     likelihood=likelihood,
     eval_kwargs=eval_kwargs,
     eval_params=eval_params,
+    carry=carry,
   )
   place = _placer(mesh)
   if mesh is not None:
     step = shard_train_step(step, state, mesh)
-    evaluate = _sharded_evaluation(evaluate, state, mesh)
+    evaluate = (
+      shard_eval_step(evaluate, state, mesh, windows=True)
+      if carry
+      else _sharded_evaluation(evaluate, state, mesh)
+    )
   steps = len(train.inputs) // batch_size
   history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0
   if resume:
@@ -269,7 +364,9 @@ def fit(
     history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
   for epoch in range(done + 1, epochs + 1):
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(len(train.inputs))[: steps * batch_size].reshape(steps, batch_size)
+    order = np.arange(steps * batch_size) if carry else rng.permutation(len(train.inputs))
+    order = order[: steps * batch_size].reshape(steps, batch_size)
+    state = zero_collections(state, carry)
     losses = []
     for idx in order:
       state, metrics = step(state, *place((train.inputs[idx], train.targets[idx])))
@@ -280,7 +377,18 @@ def fit(
       "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
     }
     for prefix, split in (("valid", valid), ("test", test)):
-      metrics = evaluate_in_chunks(evaluate, state, split.inputs, split.targets, eval_batch_size)
+      if carry:
+        metrics = evaluate_streams(
+          evaluate,
+          state,
+          split.inputs,
+          split.targets,
+          streams=batch_size,
+          carry=carry,
+          chunk=eval_batch_size,
+        )
+      else:
+        metrics = evaluate_in_chunks(evaluate, state, *split, eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
     history.append(record)
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:

@@ -462,25 +462,36 @@ def shard_train_step(
 
 
 def shard_eval_step(
-  evaluate: Callable, state: TrainState, mesh: Mesh, *, data_axis: str | None = DATA_AXIS
+  evaluate: Callable,
+  state: TrainState,
+  mesh: Mesh,
+  *,
+  data_axis: str | None = DATA_AXIS,
+  windows: bool = False,
 ) -> Callable:
   """A linen evaluation step (:func:`alrao_jax.make_eval_step`) on ``state``'s shardings.
 
   Args:
-    evaluate: ``evaluate(state, inputs, targets) -> metrics``.
+    evaluate: ``evaluate(state, inputs, targets) -> metrics``, or with ``windows``, a carried
+      evaluation ``evaluate(state, windows_in, windows_out) -> (state, metrics)``.
     state: a state placed on ``mesh``.
     mesh: the mesh.
     data_axis: the mesh axis of the inputs, or ``None`` to replicate them (a split whose
       size does not divide over the data axis).
+    windows: the inputs are ``(windows, batch, ...)`` (carried streams): their batch axis,
+      the second, is sharded, and the returned state keeps ``state``'s shardings.
 
   Returns:
     The jitted evaluation, same signature; the metrics replicated.
   """
   inputs = replicated(mesh) if data_axis is None else batch_sharding(mesh, data_axis=data_axis)
+  if windows and data_axis is not None:
+    inputs = NamedSharding(mesh, PartitionSpec(None, data_axis))
+  metrics = replicated(mesh)
   return jax.jit(
     evaluate,
     in_shardings=(_shardings_of(state), inputs, inputs),
-    out_shardings=replicated(mesh),
+    out_shardings=(_shardings_of(state), metrics) if windows else metrics,
   )
 
 

@@ -129,9 +129,10 @@ def create_train_state(
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
-    model_state=variables,
-    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), and a
-    # donated state may not hold one buffer twice.
+    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), a
+    # model may hold one array twice (an LSTM's zero state as (c, h)), and a donated state
+    # may not hold one buffer twice.
+    model_state=jax.tree.map(jnp.copy, variables),
     opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
     averaging_state=averaging.init(num_copies_of(params)),
     rng=rng,
@@ -384,6 +385,7 @@ def make_eval_step(
   likelihood: Likelihood = categorical_log_likelihood,
   eval_kwargs: Mapping[str, Any] | None = None,
   eval_params: Callable[[TrainState], Any] | None = None,
+  carry: Sequence[str] = (),
 ) -> Callable:
   """Builds a jitted evaluation step (see :func:`evaluation_metrics`).
 
@@ -392,6 +394,13 @@ def make_eval_step(
   (the model is left in ``eval()`` mode; a train step built with :func:`make_train_step`
   keeps its own train-mode view of the same variables).
 
+  With ``carry`` (linen), the model keeps a state from one batch to the next in those
+  variable collections (an RNN's hidden state across truncated-BPTT windows): ``inputs``
+  and ``targets`` then hold consecutive batches on a leading axis, ``(windows, batch,
+  ...)``, which the step scans in order from the state's collections, and it returns
+  ``(state, metrics)``: the state with the collections after the last window, the metrics
+  over all windows (windows have equal sizes, so their means average to the whole's).
+
   Args:
     model: a linen or NNX module ending with an Alrao head.
     averaging: the averaging used in training (for its ``posterior``).
@@ -399,13 +408,25 @@ def make_eval_step(
     eval_kwargs: keyword arguments for the model call, e.g. ``{'train': False}``.
     eval_params: linen only: the parameters to evaluate, from the state (default
       ``state.params``); e.g. ``optax.contrib.schedule_free_eval_params`` of the state.
+    carry: linen only: the variable collections carried from batch to batch, e.g.
+      ``('carry',)`` for :class:`alrao_jax.experiments.models.CharLSTM`.
 
   Returns:
     The jitted evaluation function.
+
+  Raises:
+    ValueError: ``carry`` names no collection of the state (at the first call), or is
+      given with an NNX model.
   """
   averaging = averaging or switch_averaging()
   kwargs = dict(eval_kwargs or {})
+  carry = _check_carry(carry)
   if isinstance(model, nnx.Module):
+    if carry:
+      raise ValueError(
+        "carry= threads linen variable collections; an NNX model keeps its state in its own "
+        "variables: leave carry out."
+      )
 
     def evaluate_nnx(model, averaging_state, inputs, targets):
       weights = averaging_weights(averaging, averaging_state)
@@ -414,11 +435,49 @@ def make_eval_step(
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
     return nnx_pure_call((model,), evaluate_nnx, donate=False)
 
-  @jax.jit
-  def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
-    params = state.params if eval_params is None else eval_params(state)
+  def metrics_of(state, params, inputs, targets):
     outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
     weights = averaging_weights(averaging, state.averaging_state)
     return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
-  return evaluate
+  @jax.jit
+  def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
+    params = state.params if eval_params is None else eval_params(state)
+    return metrics_of(state, params, inputs, targets)
+
+  @jax.jit
+  def evaluate_windows(
+    state: TrainState, inputs: Any, targets: jax.Array
+  ) -> tuple[TrainState, Metrics]:
+    check_carry_in(state.model_state, carry)
+    params = state.params if eval_params is None else eval_params(state)
+    weights = averaging_weights(averaging, state.averaging_state)
+
+    def window(model_state, batch):
+      variables = {"params": params, **model_state}
+      outputs, carried = model.apply(variables, batch[0], mutable=list(carry), **kwargs)
+      metrics = evaluation_metrics(outputs, batch[1], weights, likelihood=likelihood)
+      return {**model_state, **carried}, metrics
+
+    model_state, metrics = jax.lax.scan(window, state.model_state, (inputs, targets))
+    return state.replace(model_state=model_state), jax.tree.map(jnp.mean, metrics)
+
+  return evaluate_windows if carry else evaluate
+
+
+def _check_carry(carry: Any) -> tuple[str, ...]:
+  if isinstance(carry, str) or not all(isinstance(name, str) for name in carry):
+    raise TypeError(
+      f"carry must be a sequence of collection names, e.g. ('carry',), got {carry!r}."
+    )
+  return tuple(carry)
+
+
+def check_carry_in(model_state: Mapping[str, Any], carry: Sequence[str]) -> None:
+  """Raises a ValueError when ``carry`` names a collection the model does not have."""
+  missing = [name for name in carry if name not in model_state]
+  if missing:
+    raise ValueError(
+      f"carry names {missing}, which the model's variables do not hold (it has "
+      f"{sorted(model_state)}); name the collections the model carries from batch to batch."
+    )

@@ -225,6 +225,24 @@ def zoo_report():
   return report
 
 
+def carry_report():
+  """fit on carried streams (the paper's truncated BPTT, test_carry's LSTM) with the 4 streams
+  over a data axis of 4, against one device: params after 2 epochs and the history."""
+  import test_carry
+
+  tx = alrao_jax.alrao_sgd(1e-2, 1.0, key=jax.random.key(1))
+  kw = {"epochs": 2, "batch_size": test_carry.STREAMS, "carry": ("carry",), **test_carry.MODES}
+  runs = [
+    alrao_jax.fit(test_carry._model(), tx, test_carry._splits(), mesh=mesh, **kw)
+    for mesh in (None, sharding.make_mesh({"data": 4, "copies": 2}))
+  ]
+  losses = [[r[k] for r in run.history for k in ("train_loss", "valid_loss")] for run in runs]
+  return {
+    "params": max_difference(*jax.device_get([r.last_state.params for r in runs])),
+    "losses": float(np.max(np.abs(np.subtract(*losses)))),
+  }
+
+
 def explicit_report():
   """optax's sharding contract (sharding in types): init and update keep the state's types,
   and the rates are sharded like their parameters."""
@@ -278,7 +296,14 @@ if __name__ == "__main__":
   if sys.argv[1] == "meshes":
     jax.config.update("jax_num_cpu_devices", 8)
     print(
-      json.dumps({"meshes": meshes_report(), "explicit": explicit_report(), "zoo": zoo_report()})
+      json.dumps(
+        {
+          "meshes": meshes_report(),
+          "explicit": explicit_report(),
+          "zoo": zoo_report(),
+          "carry": carry_report(),
+        }
+      )
     )
   else:
     jax.config.update("jax_num_cpu_devices", 4)

@@ -94,6 +94,11 @@ def test_the_zoo_sharded_over_the_batch_equals_one_device(name):
   assert run["linen"] < TOLERANCE and run["nnx"] < TOLERANCE
 
 
+def test_carried_streams_on_a_mesh_equal_one_device():
+  run = _meshes()["carry"]  # truncated BPTT over 2 epochs, streams over the data axis
+  assert run["params"] < TOLERANCE and run["losses"] < TOLERANCE
+
+
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_explicit_sharding_types_kept_and_rates_sharded_like_params(optimizer):
   run = _meshes()["explicit"][optimizer]

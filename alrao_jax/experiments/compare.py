@@ -76,6 +76,7 @@ def timed_fit(
     seed=seed,
     batch_size=task.batch_size,
     eval_params=method.eval_params,
+    carry=task.carry,
     **MODES,
     **fit_kwargs,
   )

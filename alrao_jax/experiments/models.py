@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from alrao_jax.head import AlraoHead, CopyOutputs
 
@@ -77,6 +78,12 @@ class MLP(nn.Module):
 class CharLSTM(nn.Module):
   """The paper's character model: embedding, stacked LSTMs with dropout, per-step output.
 
+  With ``carry=True`` the LSTMs' final states are kept in the ``carry`` variable collection
+  (zeros at init, shape ``(streams, hidden)`` per layer) and each call starts from them:
+  consecutive batches continue the same streams, as in the paper's truncated BPTT. Make the
+  collection mutable to update it (``fit(carry=('carry',))`` does, in training and
+  evaluation); otherwise the stored state is read and left as is.
+
   Attributes:
     vocab_size: number of characters.
     num_copies: copies of the output layer, or ``None`` for a plain Dense output.
@@ -84,6 +91,17 @@ class CharLSTM(nn.Module):
     hidden: LSTM units per layer (100 in the paper).
     layers: LSTM layers (2 in the paper).
     dropout: dropout rate between layers (0.2 in the paper).
+    carry: carry the LSTM states from one call to the next (the paper's setup).
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from alrao_jax.experiments.models import CharLSTM
+    >>> model = CharLSTM(vocab_size=5, num_copies=2, hidden=8, carry=True)
+    >>> tokens = jnp.zeros((3, 7), jnp.int32)  # 3 streams, windows of 7 characters
+    >>> variables = model.init(jax.random.key(0), tokens, train=False)
+    >>> out, carried = model.apply(variables, tokens, train=False, mutable=['carry'])
+    >>> out.own.shape, carried['carry']['layer_0'][1].shape
+    ((2, 3, 7, 5), (3, 8))
   """
 
   vocab_size: int = 50
@@ -92,13 +110,22 @@ class CharLSTM(nn.Module):
   hidden: int = 100
   layers: int = 2
   dropout: float = 0.2
+  carry: bool = False
 
   @nn.compact
   def __call__(self, tokens: jax.Array, train: bool) -> CopyOutputs | jax.Array:
     x = nn.Embed(self.vocab_size, self.embed)(tokens)
-    for _ in range(self.layers):
+    for layer in range(self.layers):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
-      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+      rnn = nn.RNN(nn.OptimizedLSTMCell(self.hidden))
+      if not self.carry:
+        x = rnn(x)
+        continue
+      zeros = jnp.zeros((*x.shape[:-2], self.hidden), x.dtype)
+      state = self.variable("carry", f"layer_{layer}", lambda z=zeros: (z, z))
+      final, x = rnn(x, initial_carry=state.value, return_carry=True)
+      if self.is_mutable_collection("carry") and not self.is_initializing():
+        state.value = final
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return _output(self.vocab_size, self.num_copies, x)
 

@@ -1,0 +1,124 @@
+"""Carried streams (truncated BPTT, the paper's PTB setup): the LSTM state passes from window to
+window in training and evaluation, against the same LSTM run over the whole streams at once."""
+
+import flax.linen as nn
+import jax
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import alrao_jax
+from alrao_jax.experiments.data import _sequences
+from alrao_jax.experiments.models import CharLSTM
+from alrao_jax.loop import evaluate_streams
+from alrao_jax.splits import Split, Splits
+
+VOCAB, STREAMS, BPTT = 7, 4, 6
+MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}
+
+
+def _model(carry=True):
+  return CharLSTM(vocab_size=VOCAB, num_copies=2, embed=4, hidden=8, dropout=0.0, carry=carry)
+
+
+def _splits(windows=(5, 3, 2)):
+  """Window-major splits of STREAMS streams, cut like load_ptb_char's."""
+  rng = np.random.default_rng(0)
+  parts = [
+    _sequences(rng.integers(0, VOCAB, w * STREAMS * BPTT + 1).astype(np.int32), STREAMS, BPTT)
+    for w in windows
+  ]
+  return Splits(*parts)
+
+
+def _streams(split):
+  """Window-major rows back to whole streams: (windows * streams, T) -> (streams, windows * T)."""
+  rows = split.reshape(-1, STREAMS, BPTT).transpose(1, 0, 2)
+  return rows.reshape(STREAMS, -1)
+
+
+def _whole_stream_nll(state, split):
+  """The oracle: the plain LSTM (no carry) over each whole stream at once, mixture NLL."""
+  plain = _model(carry=False)
+  outputs = plain.apply({"params": state.params}, _streams(split.inputs), train=False)
+  weights = alrao_jax.steps.averaging_weights(alrao_jax.switch_averaging(), state.averaging_state)
+  metrics = alrao_jax.evaluation_metrics(outputs, _streams(split.targets), weights)
+  return {k: float(v) for k, v in metrics.items()}
+
+
+def _final_states(params, split):
+  """The oracle's final (c, h) of each LSTM layer after each whole stream (flax's RNN)."""
+  x = params["Embed_0"]["embedding"][_streams(split.inputs)]
+  finals = []
+  for layer in range(2):
+    rnn = nn.RNN(nn.OptimizedLSTMCell(8), return_carry=True)
+    final, x = rnn.apply({"params": {"cell": params[f"OptimizedLSTMCell_{layer}"]}}, x)
+    finals.append(final)
+  return finals
+
+
+@pytest.fixture(scope="module")
+def trained():
+  """Two epochs of Alrao-SGD on carried streams."""
+  tx = alrao_jax.alrao_sgd(1e-2, 1.0, key=jax.random.key(1))
+  return alrao_jax.fit(
+    _model(), tx, _splits(), epochs=2, batch_size=STREAMS, carry=("carry",), **MODES
+  )
+
+
+def test_carried_evaluation_equals_the_whole_streams_at_once(trained):
+  state, splits = trained.last_state, _splits()
+  evaluate = alrao_jax.make_eval_step(_model(), carry=("carry",), eval_kwargs={"train": False})
+  for chunk in (None, STREAMS, 2 * STREAMS + 1):  # the whole split, one window, two windows
+    found = evaluate_streams(
+      evaluate, state, *splits.valid, streams=STREAMS, carry=("carry",), chunk=chunk
+    )
+    expected = _whole_stream_nll(state, splits.valid)
+    for name in expected:
+      assert found[name] == pytest.approx(expected[name], rel=2e-5, abs=1e-6), (chunk, name)
+  # fit evaluated the test split the same way, from zeros (not from the valid split's end)
+  expected = _whole_stream_nll(state, splits.test)
+  assert trained.history[-1]["test_loss"] == pytest.approx(expected["loss"], rel=2e-5)
+
+
+def test_training_takes_the_windows_in_order_and_restarts_the_streams_every_epoch():
+  """With a zero rate the params stay put, so the carry after an epoch is the LSTM's final
+  state over the whole training streams; after two epochs the same (zeroed in between)."""
+  splits = _splits()
+  kw = {"batch_size": STREAMS, "carry": ("carry",), **MODES}
+  for epochs in (1, 2):
+    result = alrao_jax.fit(_model(), optax.sgd(0.0), splits, epochs=epochs, **kw)
+    carried = result.last_state.model_state["carry"]
+    for layer, (c, h) in enumerate(_final_states(result.last_state.params, splits.train)):
+      np.testing.assert_allclose(carried[f"layer_{layer}"][0], c, rtol=1e-5, atol=1e-6)
+      np.testing.assert_allclose(carried[f"layer_{layer}"][1], h, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_carry_arguments_are_named():
+  splits = _splits()
+  tx = optax.sgd(0.1)
+  kw = {"epochs": 1, "batch_size": STREAMS, **MODES}
+  with pytest.raises(ValueError, match=r"splits.valid has 10 rows, not a multiple"):
+    bad = splits._replace(valid=Split(splits.valid.inputs[:10], splits.valid.targets[:10]))
+    alrao_jax.fit(_model(), tx, bad, carry=("carry",), **kw)
+  with pytest.raises(ValueError, match=r"carry names \['hidden'\].*it has \['carry'\]"):
+    alrao_jax.fit(_model(), tx, splits, carry=("hidden",), **kw)
+  with pytest.raises(TypeError, match="carry must be a sequence of collection names"):
+    alrao_jax.fit(_model(), tx, splits, carry="carry", **kw)
+  with pytest.raises(ValueError, match=r"pass carry=\('carry',\)"):
+    alrao_jax.fit(_model(), tx, splits, **kw)
+  with pytest.raises(ValueError, match="NNX model keeps its state"):
+    net = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+    alrao_jax.make_eval_step(net, carry=("carry",))
+
+
+def test_the_ptb_task_carries_its_streams_and_shrinks_to_whole_windows():
+  from alrao_jax.experiments.tasks import load_task
+
+  task = load_task("ptb-char")
+  assert task.carry == ("carry",) and task.build(6).carry
+  assert all(len(s.inputs) % task.batch_size == 0 for s in task.splits)
+  shrunk = task.shrink(64)  # 3 windows of 20 streams
+  assert [len(s.inputs) for s in shrunk.splits] == [60, 60, 60]
+  assert len(task.shrink(7).splits.train.inputs) == task.batch_size  # at least one window
