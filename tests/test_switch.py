@@ -137,6 +137,42 @@ def test_all_minus_inf_gives_no_nan():
     assert post.argmax() == before.argmax()
 
 
+def _float64_log_space_switch(ll_rows, theta=THETA):
+  """The recursion as the authors' code runs it (log space, logaddexp), in float64."""
+  n = ll_rows.shape[1]
+  logw = np.log([theta, 1 - theta])[:, None] - np.log(n) + np.zeros((2, n))
+  for t, ll in enumerate(ll_rows, 1):
+    logw = logw + np.where(np.isfinite(ll), ll - np.max(ll[np.isfinite(ll)]), -np.inf)
+    pool = np.logaddexp.reduce(logw[0]) - np.log(t + 1) - np.log(n)
+    logw = np.stack(
+      [
+        np.logaddexp(logw[0] + np.log1p(-1 / (t + 1)), np.log(theta) + pool),
+        np.logaddexp(logw[1], np.log1p(-theta) + pool),
+      ]
+    )
+    logw -= np.logaddexp.reduce(logw.ravel())
+  return np.exp(np.logaddexp(logw[0], logw[1]))
+
+
+def test_a_thousand_steps_equal_the_float64_log_space_recursion():
+  """The float32 update (in probabilities relative to the largest weight) against the
+  authors' log-space recursion in float64: drifting copies, one of them diverging now and
+  then."""
+  rng = np.random.default_rng(0)
+  t = np.arange(1, 1001)[:, None]
+  ll = (
+    rng.uniform(-3, -0.5, 10)
+    + rng.normal(0, 0.3, (1000, 10))
+    + 0.5 * np.sin(t / 50 + np.arange(10))
+  )
+  ll[::97, 3] = -np.inf
+  state = alrao_jax.switch_init(10)
+  for row in ll:
+    state = update(state, jnp.asarray(row, jnp.float32))
+  got = np.asarray(alrao_jax.switch_posterior(state))
+  np.testing.assert_allclose(got, _float64_log_space_switch(ll), atol=2e-6)
+
+
 def test_a_million_updates_stay_finite_and_normalised():
   keys = jax.random.split(jax.random.key(0), 1_000_000)
 
