@@ -52,7 +52,8 @@ def task_lr_find(
   optimizer: Callable[..., optax.GradientTransformation] = optax.sgd,
   **options: Any,
 ) -> LRFindResult:
-  """:func:`alrao_jax.lr_find` on ``task``'s model: shuffled training batches, training mode.
+  """:func:`alrao_jax.lr_find` on ``task``'s model: shuffled training batches (in order
+  for carried streams), training mode.
 
   Args:
     task: an :class:`alrao_jax.experiments.tasks.Task`.
@@ -73,8 +74,11 @@ def task_lr_find(
     model, optax.sgd(0.1), jax.random.key(seed), train.inputs[:batch], **MODES["eval_kwargs"]
   )
   rng = np.random.default_rng(seed)
-  epochs = -(-steps * batch // len(train.inputs))  # enough shuffled passes
-  order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
+  epochs = -(-steps * batch // len(train.inputs))  # enough passes
+  if task.carry:  # carried streams: the windows in order, as fit trains them
+    order = np.tile(np.arange(len(train.inputs)), epochs)
+  else:
+    order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
   rows = order[: steps * batch].reshape(steps, batch)
   batches = [(train.inputs[i], train.targets[i]) for i in rows]
   return lr_find(
