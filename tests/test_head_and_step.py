@@ -304,9 +304,18 @@ def test_regression_posterior_concentrates_on_a_workable_copy():
   assert float(evaluate(state, x, y)["loss"]) < noise_floor + 0.05
 
 
-@pytest.mark.parametrize("outputs", [5, alrao_jax.head.BATCHED_MIN_OUTPUTS + 3])
+@pytest.mark.parametrize(
+  ("outputs", "per_copy"),
+  [
+    (5, False),  # copies among the output columns
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, False),  # batched over the copies
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, True),  # dz one copy at a time (huge CPU heads)
+  ],
+)
 @pytest.mark.parametrize("batch_shape", [(7,), (3, 4)])
-def test_copy_outputs_matches_autodiff_in_both_layouts(outputs, batch_shape):
+def test_copy_outputs_matches_autodiff_in_every_layout(outputs, per_copy, batch_shape, monkeypatch):
+  if per_copy:
+    monkeypatch.setattr(alrao_jax.head, "PER_COPY_MIN_BYTES", 0)
   z = jax.random.normal(KEY, (*batch_shape, D))
   kernel = jax.random.normal(jax.random.key(3), (N, D, outputs))
   bias = jax.random.normal(jax.random.key(4), (N, outputs))
@@ -362,15 +371,20 @@ def test_evaluation_of_diverged_copies_is_never_a_good_score():
 
 
 @pytest.mark.parametrize(
-  ("outputs", "examples"),
+  ("outputs", "examples", "per_copy"),
   [
-    (5, 7),  # small head: its kernel zeroed
-    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 40),  # batched, more examples than classes: same
-    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 7),  # large head: dz dropped per copy
+    (5, 7, False),  # small head: its kernel zeroed
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 40, False),  # batched, more examples than classes
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 7, False),  # large head: dz dropped per copy
+    (alrao_jax.head.BATCHED_MIN_OUTPUTS + 3, 7, True),  # the same, one matmul per copy
   ],
 )
 @pytest.mark.parametrize("bad", [jnp.inf, jnp.nan])
-def test_copy_outputs_drops_a_diverged_copy_from_dz_in_every_regime(outputs, examples, bad):
+def test_copy_outputs_drops_a_diverged_copy_from_dz_in_every_regime(
+  outputs, examples, per_copy, bad, monkeypatch
+):
+  if per_copy:
+    monkeypatch.setattr(alrao_jax.head, "PER_COPY_MIN_BYTES", 0)
   z = jax.random.normal(KEY, (examples, D))
   kernel = jax.random.normal(jax.random.key(3), (N, D, outputs)).at[2, 0, 1].set(bad)
   bias = jax.random.normal(jax.random.key(4), (N, outputs))
