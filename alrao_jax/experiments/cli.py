@@ -447,7 +447,7 @@ def _screen(args: argparse.Namespace) -> None:
     seed=s["seed"],
     verify=args.verify,
     sgd_grid=grid,
-    fit_kwargs={"batch_size": task.batch_size, "carry": task.carry, **MODES},
+    fit_kwargs={"batch_size": task.batch_size, **MODES},
   )
   header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
   print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))
