@@ -218,13 +218,13 @@ def fit(
   """Trains a linen model with early stopping on the validation loss.
 
   Each epoch shuffles the training split with a seed of its own, ``(seed, epoch)`` (the last
-  partial batch is dropped so that one compiled step serves every batch), and evaluates the
-  validation and test splits whole. Training stops early after ``patience`` epochs without a
-  better validation loss, and at once when the training loss is not finite (plain models
-  cannot recover from it; an Alrao mixture stays finite while one copy is usable). With
-  ``checkpoint_dir``, a checkpoint is written after
-  every epoch; ``resume=True`` continues from it, and the result equals that of a run that
-  was never interrupted.
+  partial batch is dropped so that one compiled step serves every batch; carried streams
+  keep their order, see ``carry``), and evaluates the validation and test splits whole.
+  Training stops early after ``patience`` epochs without a better validation loss, and at
+  once when the training loss is not finite (plain models cannot recover from it; an Alrao
+  mixture stays finite while one copy is usable). With ``checkpoint_dir``, a checkpoint is
+  written after every epoch; ``resume=True`` continues from it, and the result equals that
+  of a run that was never interrupted.
 
   Args:
     model: a linen module ending with an Alrao head.
@@ -258,9 +258,9 @@ def fit(
       ``fit`` with its optimizer state changed) instead of a fresh one; the epochs, the
       shuffles and the history start again from epoch 1.
     carry: variable collections that carry the model's state from batch to batch, e.g.
-      ``('carry',)`` for an RNN trained by truncated BPTT on streams (see
-      :class:`alrao_jax.experiments.models.CharLSTM` and :func:`alrao_jax.experiments.data.\
-load_ptb_char`). Every split then holds ``batch_size`` streams, window-major: rows
+      ``('carry',)`` for an RNN trained by truncated BPTT on streams (the bundled
+      ``CharLSTM(carry=True)`` on ``load_ptb_char``'s splits). Every split then holds
+      ``batch_size`` streams, window-major: rows
       ``[i * batch_size, (i + 1) * batch_size)`` are window ``i`` of every stream. Training
       takes the windows in order (no shuffle); the collections are zeroed at the start of
       every epoch and of every split's evaluation, which runs the windows in order too,
