@@ -70,7 +70,7 @@ def trained():
 def test_carried_evaluation_equals_the_whole_streams_at_once(trained):
   state, splits = trained.last_state, _splits()
   evaluate = alrao_jax.make_eval_step(_model(), carry=("carry",), eval_kwargs={"train": False})
-  for chunk in (None, STREAMS, 2 * STREAMS + 1):  # the whole split, one window, two windows
+  for chunk in (None, 2 * STREAMS + 1):  # the whole split; two windows, then the last one
     found = evaluate_streams(
       evaluate, state, *splits.valid, streams=STREAMS, carry=("carry",), chunk=chunk
     )
@@ -122,3 +122,16 @@ def test_the_ptb_task_carries_its_streams_and_shrinks_to_whole_windows():
   shrunk = task.shrink(64)  # 3 windows of 20 streams
   assert [len(s.inputs) for s in shrunk.splits] == [60, 60, 60]
   assert len(task.shrink(7).splits.train.inputs) == task.batch_size  # at least one window
+
+
+def test_a_carried_task_trains_through_the_comparison_protocol():
+  from alrao_jax.experiments.compare import timed_fit
+  from alrao_jax.experiments.methods import make_method
+  from alrao_jax.experiments.tasks import Task
+
+  task = Task("streams", _splits(), lambda n: _model(), 1e-2, 1.0, 2, STREAMS, carry=("carry",))
+  method = make_method("alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=2)
+  run, result = timed_fit(task, method, seed=0, epochs=1)
+  assert (
+    np.isfinite(run.test["loss"]) and result.last_state.model_state["carry"]["layer_1"][1].any()
+  )
