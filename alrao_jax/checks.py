@@ -83,3 +83,16 @@ def check_rng_streams(rng_streams: Sequence[str]) -> tuple[str, ...]:
   if "params" in rng_streams:
     raise ValueError("rng_streams names the streams used in a step; 'params' is only for init.")
   return tuple(rng_streams)
+
+
+def check_carry(carry: Sequence[str]) -> tuple[str, ...]:
+  """The variable collections a linen model carries from batch to batch, as a tuple.
+
+  Raises:
+    TypeError: not a sequence of collection names.
+  """
+  if isinstance(carry, str) or not all(isinstance(name, str) for name in carry):
+    raise TypeError(
+      f"carry must be a sequence of collection names, e.g. ('carry',), got {carry!r}."
+    )
+  return tuple(carry)

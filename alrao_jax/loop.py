@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
-from alrao_jax.checks import check_labels
+from alrao_jax.checks import check_carry, check_labels
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.sharding import (
   DATA_AXIS,
@@ -96,10 +96,7 @@ def evaluate_in_chunks(
 
 
 def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
-  if isinstance(carry, str) or not all(isinstance(name, str) for name in carry):
-    raise TypeError(
-      f"carry must be a sequence of collection names, e.g. ('carry',), got {carry!r}."
-    )
+  carry = check_carry(carry)
   for name, split in zip(("train", "valid", "test"), splits, strict=True):
     rows = len(jax.tree.leaves(split.inputs)[0])
     if carry and rows % batch_size:
@@ -108,7 +105,7 @@ def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[
         f"but splits.{name} has {rows} rows, not a multiple of it; cut the streams with the "
         "same batch_size (e.g. load_ptb_char(batch_size=...))."
       )
-  return tuple(carry)
+  return carry
 
 
 def zero_collections(state: TrainState, names: Sequence[str]) -> TrainState:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from alrao_jax.checks import check_rng_streams
+from alrao_jax.checks import check_carry, check_rng_streams
 from alrao_jax.head import (
   CopyOutputs,
   Posterior,
@@ -420,7 +420,7 @@ def make_eval_step(
   """
   averaging = averaging or switch_averaging()
   kwargs = dict(eval_kwargs or {})
-  carry = _check_carry(carry)
+  carry = check_carry(carry)
   if isinstance(model, nnx.Module):
     if carry:
       raise ValueError(
@@ -435,15 +435,12 @@ def make_eval_step(
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
     return nnx_pure_call((model,), evaluate_nnx, donate=False)
 
-  def metrics_of(state, params, inputs, targets):
-    outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
-    weights = averaging_weights(averaging, state.averaging_state)
-    return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
-
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
     params = state.params if eval_params is None else eval_params(state)
-    return metrics_of(state, params, inputs, targets)
+    outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
+    weights = averaging_weights(averaging, state.averaging_state)
+    return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
   @jax.jit
   def evaluate_windows(
@@ -463,14 +460,6 @@ def make_eval_step(
     return state.replace(model_state=model_state), jax.tree.map(jnp.mean, metrics)
 
   return evaluate_windows if carry else evaluate
-
-
-def _check_carry(carry: Any) -> tuple[str, ...]:
-  if isinstance(carry, str) or not all(isinstance(name, str) for name in carry):
-    raise TypeError(
-      f"carry must be a sequence of collection names, e.g. ('carry',), got {carry!r}."
-    )
-  return tuple(carry)
 
 
 def check_carry_in(model_state: Mapping[str, Any], carry: Sequence[str]) -> None:
