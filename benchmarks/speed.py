@@ -315,6 +315,18 @@ def time_steps(
   return time_rounds(variants, rounds=rounds, per_round=per_round), limit
 
 
+def _batched_flop_ratio(model, tx, state, plain, plain_state, x, y) -> float:
+  """:func:`flop_ratio` of the same step with its head in the batched layout: a huge head's
+  per-copy loop (``alrao_jax.head.PER_COPY_MIN_BYTES``) does the same arithmetic, but XLA
+  counts a loop's body once."""
+  threshold = alrao_jax.head.PER_COPY_MIN_BYTES
+  alrao_jax.head.PER_COPY_MIN_BYTES = float("inf")
+  try:
+    return flop_ratio(alrao_jax.make_train_step(model, tx), state, plain, plain_state, x, y)
+  finally:
+    alrao_jax.head.PER_COPY_MIN_BYTES = threshold
+
+
 def flop_ratio(alrao: Callable, alrao_state, plain: Callable, plain_state, x, y) -> float | None:
   """Alrao step FLOPs / plain step FLOPs, as XLA counts them in the compiled steps: the time
   ratio that the extra arithmetic of the copies alone predicts. ``None`` for a step with a
@@ -442,7 +454,9 @@ def scaling(quick: bool, rounds: int, per_round: int) -> list[str]:
       tx = alrao_jax.alrao_sgd(LR_MIN, LR_MAX, key=jax.random.key(3))
       state = alrao_jax.create_train_state(model, tx, jax.random.key(1), x)
       step = alrao_jax.make_train_step(model, tx)
-      limits[n] = flop_ratio(step, state, plain, plain_state, x, y)
+      limits[n] = flop_ratio(step, state, plain, plain_state, x, y) or _batched_flop_ratio(
+        model, tx, state, plain, plain_state, x, y
+      )
       variants[n] = _stepper(step, state, x, y)
     med = interleaved(variants, rounds=rounds, per_round=per_round)
     rows.append(
@@ -452,6 +466,12 @@ def scaling(quick: bool, rounds: int, per_round: int) -> list[str]:
       )
       + " |"
     )
+  rows.append(
+    f"\nHeads of {alrao_jax.head.PER_COPY_MIN_BYTES / 2**20:.0f} MiB or more (here K = 10,000 with "
+    "N = 50) run the backward's dz one matmul per copy on CPU (`lax.map`); every other cell "
+    "runs the copies as one batched matmul. The FLOP limit counts the batched layout's "
+    "arithmetic, the same."
+  )
   return rows
 
 
