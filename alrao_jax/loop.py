@@ -97,9 +97,11 @@ def evaluate_in_chunks(
 
 def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
   carry = check_carry(carry)
+  if not carry:
+    return carry
   for name, split in zip(("train", "valid", "test"), splits, strict=True):
     rows = len(jax.tree.leaves(split.inputs)[0])
-    if carry and rows % batch_size:
+    if rows % batch_size:
       raise ValueError(
         f"with carry, every split holds batch_size={batch_size} streams window by window, "
         f"but splits.{name} has {rows} rows, not a multiple of it; cut the streams with the "

@@ -62,8 +62,7 @@ def _finite(log_likelihoods: jax.Array, dtype: Any) -> jax.Array:
 
 def _clean(log_likelihoods: jax.Array, dtype: Any) -> jax.Array:
   """Non-finite -> -inf; shifted so that the best copy scores 0 (all -inf -> all 0)."""
-  ll = jnp.asarray(log_likelihoods, dtype)
-  ll = jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
+  ll = _finite(log_likelihoods, dtype)
   top = jnp.max(ll)
   return jnp.where(jnp.isfinite(top), ll - top, jnp.zeros_like(ll))
 

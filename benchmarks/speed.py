@@ -539,19 +539,10 @@ def evaluation_memory(rows: int, chunk: int, streams: int = 20) -> list[str]:
     carried, tx, jax.random.key(1), tokens[:streams], train=False
   )
   windows = chunk // streams
+  evaluate = alrao_jax.make_eval_step(model, eval_kwargs={"train": False})
   calls = (
-    (
-      f"{rows:,} windows (the whole split)",
-      alrao_jax.make_eval_step(model, eval_kwargs={"train": False}),
-      state,
-      tokens,
-    ),
-    (
-      f"{chunk:,} windows",
-      alrao_jax.make_eval_step(model, eval_kwargs={"train": False}),
-      state,
-      tokens[:chunk],
-    ),
+    (f"{rows:,} windows (the whole split)", evaluate, state, tokens),
+    (f"{chunk:,} windows", evaluate, state, tokens[:chunk]),
     (
       f"{windows} windows x {streams} carried streams ({windows * streams:,} rows, scanned)",
       alrao_jax.make_eval_step(carried, eval_kwargs={"train": False}, carry=("carry",)),
