@@ -60,11 +60,17 @@ def _finite(log_likelihoods: jax.Array, dtype: Any) -> jax.Array:
   return jnp.where(jnp.isfinite(ll), ll, -jnp.inf)
 
 
-def _clean(log_likelihoods: jax.Array, dtype: Any) -> jax.Array:
-  """Non-finite -> -inf; shifted so that the best copy scores 0 (all -inf -> all 0)."""
-  ll = _finite(log_likelihoods, dtype)
-  top = jnp.max(ll)
-  return jnp.where(jnp.isfinite(top), ll - top, jnp.zeros_like(ll))
+def _relative(log_likelihoods: jax.Array, log_prior: jax.Array) -> jax.Array:
+  """Non-finite -> -inf; shifted so that the best copy with prior weight scores 0.
+
+  The shift is taken among the copies whose prior (``log_prior``, broadcast over the
+  leading axes) is > 0, so that a copy already at 0 cannot push the others' scores beyond
+  float precision; when no such copy scores above ``-inf``, all scores are ``-inf``.
+  """
+  ll = _finite(log_likelihoods, log_prior.dtype)
+  live = (log_prior > -jnp.inf).reshape(-1, ll.shape[-1]).any(axis=0)
+  top = jnp.max(jnp.where(live, ll, -jnp.inf))
+  return jnp.where(jnp.isfinite(top), ll - top, -jnp.inf)
 
 
 def switch_init(num_copies: int, *, theta: float = 0.9999) -> SwitchState:
@@ -120,23 +126,24 @@ def switch_update(state: SwitchState, log_likelihoods: jax.Array) -> SwitchState
     model averaging <https://papers.nips.cc/paper/3216>`_, NeurIPS 2007.
   """
   num_copies = state.log_weights.shape[1]
-  # In probabilities relative to the largest weight: a handful of fused operations and three
-  # small reductions (the compiled step's fixed cost). Exact to rounding: every new weight
-  # holds a share of the pool, next to which a term that underflows here is negligible.
-  logw = state.log_weights + _finite(log_likelihoods, state.log_weights.dtype)
-  top = jnp.max(logw)
-  weights = jnp.exp(jnp.where(top > -jnp.inf, logw - top, state.log_weights))
+  # In log space, scores shifted so that the best live copy scores 0: no weight underflows
+  # to 0 (theta = 0 included, where the settled row is Bayes' rule), and a copy that trails
+  # by any finite amount can still come back.
+  logw = state.log_weights + _relative(log_likelihoods, state.log_weights)
+  informative = jnp.max(logw) > -jnp.inf  # else every live copy scored -inf: keep the prior
+  logw = jnp.where(informative, logw, state.log_weights)
   hazard = 1.0 / (state.step.astype(logw.dtype) + 1.0)  # pi_T(t) = 1 / (t (t + 1))
-  theta = jnp.exp(state.log_theta)
-  pool = jnp.sum(weights[0]) * hazard / num_copies
-  may_switch = weights[0] * (1.0 - hazard) + theta[0] * pool
-  settled = weights[1] + theta[1] * pool
-  log_total = jnp.log(jnp.sum(may_switch) + jnp.sum(settled))
+  log_pool = jax.nn.logsumexp(logw[0]) + jnp.log(hazard) - math.log(num_copies)
+  stay = logw[0] + jnp.log1p(-hazard)
+  may_switch = jnp.logaddexp(stay, state.log_theta[0] + log_pool)
+  settled = jnp.logaddexp(logw[1], state.log_theta[1] + log_pool)
+  new = jnp.stack([may_switch, settled])
+  log_total = jax.nn.logsumexp(new)
   return SwitchState(
-    log_weights=jnp.log(jnp.stack([may_switch, settled])) - log_total,
+    log_weights=new - log_total,
     step=state.step + 1,
     log_theta=state.log_theta,
-    log_posterior=jnp.log(may_switch + settled) - log_total,
+    log_posterior=jnp.logaddexp(may_switch, settled) - log_total,
   )
 
 
@@ -178,9 +185,18 @@ def bayes_update(state: BayesState, log_likelihoods: jax.Array) -> BayesState:
     log_likelihoods: shape ``(N,)``.
 
   Returns:
-    The new state. A copy that scores ``-inf`` gets probability exactly 0 from then on.
+    The new state. A copy that scores ``-inf`` gets probability exactly 0 from then on;
+    an observation that every copy with weight scores ``-inf`` is uninformative (the
+    posterior is kept), so the posterior always sums to 1.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> state = alrao_jax.bayes_update(alrao_jax.bayes_init(2), jnp.array([-1., -2.]))
+    >>> [round(p, 4) for p in alrao_jax.bayes_posterior(state).tolist()]
+    [0.7311, 0.2689]
   """
-  logp = state.log_posterior + _clean(log_likelihoods, state.log_posterior.dtype)
+  logp = state.log_posterior + _relative(log_likelihoods, state.log_posterior)
+  logp = jnp.where(jnp.max(logp) > -jnp.inf, logp, state.log_posterior)
   return BayesState(logp - jax.nn.logsumexp(logp))
 
 

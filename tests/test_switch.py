@@ -140,6 +140,11 @@ def test_all_minus_inf_gives_no_nan():
 def _float64_log_space_switch(ll_rows, theta=THETA):
   """The recursion as the authors' code runs it (log space, logaddexp), in float64."""
   n = ll_rows.shape[1]
+  with np.errstate(divide="ignore"):  # theta = 0 or 1: log 0 = -inf, as intended
+    return _log_space_switch(ll_rows, n, theta)
+
+
+def _log_space_switch(ll_rows, n, theta):
   logw = np.log([theta, 1 - theta])[:, None] - np.log(n) + np.zeros((2, n))
   for t, ll in enumerate(ll_rows, 1):
     logw = logw + np.where(np.isfinite(ll), ll - np.max(ll[np.isfinite(ll)]), -np.inf)
@@ -214,3 +219,36 @@ def test_bad_arguments():
     alrao_jax.switch_averaging(reduction="median")
   with pytest.raises(ValueError, match=r"shape \(batch, num_copies\)"):
     update_with_batch(alrao_jax.switch_update, alrao_jax.switch_init(3), jnp.zeros(3))
+
+
+def test_theta_zero_is_bayes_and_a_copy_far_behind_can_come_back():
+  """theta = 0 never switches: the switch is Bayes' rule. A copy 100 nats behind is 1e-44
+  relative, below float32's normal range: it must still be able to win."""
+  rows = [[0.0, -100.0], [-100.0, 0.0], [-100.0, 0.0]]
+  switch = alrao_jax.switch_init(2, theta=0.0)
+  bayes = alrao_jax.bayes_init(2)
+  for row in rows:
+    switch = update(switch, jnp.asarray(row))
+    bayes = alrao_jax.bayes_update(bayes, jnp.asarray(row))
+  np.testing.assert_allclose(alrao_jax.switch_posterior(switch), [0.0, 1.0], atol=1e-6)
+  np.testing.assert_allclose(alrao_jax.bayes_posterior(bayes), [0.0, 1.0], atol=1e-6)
+  rng = np.random.default_rng(1)
+  ll = rng.normal(0, 40, (300, 3))  # large swings: weights far beyond float32's range
+  state = alrao_jax.switch_init(3, theta=0.0)
+  for row in ll:
+    state = update(state, jnp.asarray(row, jnp.float32))
+  np.testing.assert_allclose(
+    alrao_jax.switch_posterior(state), _float64_log_space_switch(ll, theta=0.0), atol=1e-5
+  )
+
+
+def test_bayes_never_returns_nan_or_an_unnormalised_posterior():
+  state = alrao_jax.bayes_init(2)
+  for row in ([-jnp.inf, 0.0], [0.0, -jnp.inf]):  # each copy refuted once
+    state = alrao_jax.bayes_update(state, jnp.asarray(row))
+  post = np.asarray(alrao_jax.bayes_posterior(state))
+  np.testing.assert_array_equal(post, [0.0, 1.0])  # the second observation refutes all: kept
+  for score in (-1e7, -1e8):  # the dead copy scores best: it must not set the shift
+    state = alrao_jax.BayesState(jnp.log(jnp.asarray([0.7, 0.0, 0.3])))
+    state = alrao_jax.bayes_update(state, jnp.asarray([score, 0.0, score]))
+    np.testing.assert_allclose(alrao_jax.bayes_posterior(state), [0.7, 0.0, 0.3], atol=1e-6)
