@@ -255,8 +255,35 @@ def broadcast_copy_axis(x: jax.Array, ndim: int) -> jax.Array:
   return x.reshape(x.shape + (1,) * (ndim - x.ndim))
 
 
+def full_route(outputs: CopyOutputs | jax.Array) -> jax.Array:
+  """The copies' outputs with both gradient routes: to each copy and to the pre-classifier.
+
+  ``own`` alone sends gradients to the copies only and ``shared`` to the pre-classifier
+  only (see :class:`CopyOutputs`); ``own + shared - stop_gradient(shared)`` has the same
+  value and sends the gradient of whatever is computed from it to both, as a plain output
+  layer would. An array is returned as it is.
+  """
+  if not isinstance(outputs, CopyOutputs):
+    return jnp.asarray(outputs)
+  return outputs.own + (outputs.shared - jax.lax.stop_gradient(outputs.shared))
+
+
+def finite_per_example(values: jax.Array) -> jax.Array:
+  """``(N, *batch)``: whether copy j's outputs for an example are all finite."""
+  return jnp.isfinite(values).all(axis=-1)
+
+
 def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
-  """Log-probabilities of the mixture ``sum_j a_j softmax(logits_j)``.
+  """Log-probabilities of the mixture ``sum_j a_j softmax(logits_j)``, example by example.
+
+  A copy whose logits for an example are not all finite is left out of that example's
+  mixture (the weights renormalised over the others); the other examples keep it. An
+  example that no copy with weight predicts (its inputs non-finite, or every copy
+  diverged) gets NaN, never a uniform guess.
+
+  Gradients reach the copies and the pre-classifier (see :func:`full_route`): the gradient
+  of the mixture's log-likelihood, which is not the Alrao gradient (that trains each copy
+  on its own loss); train with :func:`alrao_jax.alrao_loss`.
 
   Args:
     outputs: copy logits ``(N, *batch, K)`` or :class:`CopyOutputs`.
@@ -264,21 +291,31 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) ->
       :func:`log_posterior_of`).
 
   Returns:
-    Shape ``(*batch, K)``. Copies with non-finite logits are left out.
+    Shape ``(*batch, K)``.
 
   Example:
     >>> import jax.numpy as jnp, alrao_jax
-    >>> logits = jnp.array([[[0., 0.]], [[jnp.nan, 0.]]])
-    >>> jnp.exp(alrao_jax.mixture_log_probs(logits, jnp.array([0.5, 0.5]))).tolist()
-    [[0.5, 0.5]]
+    >>> logits = jnp.array([[[0., 0.], [0., 1.]], [[jnp.nan, 0.], [0., 0.]]])
+    >>> probs = jnp.exp(alrao_jax.mixture_log_probs(logits, jnp.array([0.5, 0.5])))
+    >>> (100 * probs).round().tolist()  # row 0: copy 1 left out; row 1: both copies
+    [[50.0, 50.0], [38.0, 62.0]]
   """
-  safe, finite = mask_diverged(copy_values(outputs))
-  logw = mixture_log_weights(log_posterior_of(posterior), finite)
-  return jax.nn.logsumexp(broadcast_copy_axis(logw, safe.ndim) + jax.nn.log_softmax(safe), axis=0)
+  values = full_route(outputs)
+  finite = finite_per_example(values)
+  safe = jnp.where(finite[..., None], values, 0.0)
+  logw = jnp.where(finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf)
+  norm = jax.nn.logsumexp(logw, axis=0)
+  predicted = norm > -jnp.inf
+  logw = logw - jnp.where(predicted, norm, 0.0)
+  mixed = jax.nn.logsumexp(logw[..., None] + jax.nn.log_softmax(safe), axis=0)
+  return jnp.where(predicted[..., None], mixed, jnp.nan)
 
 
 def best_copy(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
-  """The outputs of the copy with the largest posterior weight.
+  """For each example, the outputs of the copy with the largest posterior weight among the
+  copies whose outputs for it are finite (NaN when there is none).
+
+  Gradients reach the copy and the pre-classifier (see :func:`full_route`).
 
   Args:
     outputs: ``(N, *batch, K)`` or :class:`CopyOutputs`.
@@ -286,5 +323,16 @@ def best_copy(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Arr
 
   Returns:
     Shape ``(*batch, K)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> outputs = jnp.array([[[1.], [2.]], [[jnp.nan], [4.]]])  # copy 1 diverged on example 0
+    >>> alrao_jax.best_copy(outputs, jnp.array([0.3, 0.7])).tolist()
+    [[1.0], [4.0]]
   """
-  return copy_values(outputs)[jnp.argmax(log_posterior_of(posterior))]
+  values = full_route(outputs)
+  finite = finite_per_example(values)
+  score = jnp.where(finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf)
+  chosen = jnp.argmax(score, axis=0)
+  picked = jnp.take_along_axis(values, chosen[None, ..., None], axis=0)[0]
+  return jnp.where(finite.any(axis=0)[..., None], picked, jnp.nan)

@@ -14,9 +14,9 @@ from alrao_jax.head import (
   Posterior,
   best_copy,
   broadcast_copy_axis,
-  copy_values,
+  finite_per_example,
+  full_route,
   log_posterior_of,
-  mask_diverged,
   mixture_log_probs,
 )
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, gaussian_log_likelihood
@@ -30,7 +30,7 @@ def mixture_mean(
 ) -> jax.Array:
   """Posterior-weighted mean of the copies' regression outputs, over the copies that predict.
 
-  A copy predicts an example when its outputs are finite and its weighted likelihood of
+  A copy predicts an example when its outputs for it are finite and its weighted likelihood of
   the best copy's prediction, relative to the best copy's own, has not underflowed:
   ``log a_j + log p_j(m) - log a_b - log p_b(m) > log(tiny)`` with ``m`` the best copy's
   mean and ``tiny`` the smallest normal float of the outputs' dtype. A copy that has blown
@@ -54,15 +54,18 @@ def mixture_mean(
     [[0.5], [0.20000000298023224]]
   """
   likelihood = likelihood or gaussian_log_likelihood()
-  values = copy_values(outputs)
-  safe, finite = mask_diverged(values)
-  log_posterior = log_posterior_of(posterior)
-  best = jnp.argmax(jnp.where(finite, log_posterior, -jnp.inf))
-  ll = likelihood(safe, safe[best])  # (N, *batch): each copy's likelihood of the best's means
-  log_prior = broadcast_copy_axis(log_posterior, ll.ndim)
-  joint = jnp.where(broadcast_copy_axis(finite, ll.ndim), log_prior + ll, -jnp.inf)
-  predicts = joint - joint[best] > jnp.log(jnp.finfo(values.dtype).tiny)
-  logw = jnp.where(predicts, log_prior, -jnp.inf)
+  values = full_route(outputs)
+  finite = finite_per_example(values)  # (N, *batch)
+  safe = jnp.where(finite[..., None], values, 0.0)
+  log_prior = jnp.where(
+    finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf
+  )
+  best = jnp.argmax(log_prior, axis=0)[None]  # per example, among the finite copies
+  ll = likelihood(safe, jnp.take_along_axis(safe, best[..., None], axis=0)[0])  # (N, *batch)
+  joint = jnp.where(finite, log_prior + ll, -jnp.inf)
+  floor = jnp.log(jnp.finfo(values.dtype).tiny)
+  predicts = joint - jnp.take_along_axis(joint, best, axis=0) > floor
+  logw = jnp.where(predicts, log_prior, -jnp.inf)  # an example no copy predicts: NaN below
   weights = jnp.exp(logw - jax.nn.logsumexp(logw, axis=0))
   return jnp.sum(weights[..., None] * safe, axis=0).astype(values.dtype)
 
@@ -94,13 +97,17 @@ def predict(
   likelihood (regression), means: :func:`mixture_mean` (copies that have blown up are left
   out) or the best copy's means, which is what the authors' code predicts.
 
+  Diverged copies are left out example by example: a row whose inputs are not finite
+  predicts NaN and leaves the other rows as they are, ``best=True`` takes the best copy that
+  is finite, and a model with no usable copy predicts NaN (not uniform probabilities).
+
   Args:
     model: the linen or NNX module ending with an Alrao head.
     state: linen: the :class:`alrao_jax.TrainState`; NNX: the averaging state (the model
       holds its parameters; it is put in ``eval()`` mode).
     inputs: the model's inputs.
     likelihood: the per-copy log-likelihood used in training.
-    best: predict with the copy of largest posterior weight instead of the mixture.
+    best: predict with the (finite) copy of largest posterior weight, not the mixture.
     **model_kwargs: keyword arguments of the model call, e.g. ``train=False``.
 
   Returns:

@@ -362,7 +362,7 @@ def evaluation_metrics(
     (or not the best one) is usable, its loss is ``inf`` and its accuracy ``nan``.
   """
   values = copy_values(outputs)
-  masked, ll, ok = masked_log_likelihoods(values, targets, likelihood)
+  _, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
   best = jnp.argmax(log_posterior_of(posterior))
   any_usable = has_usable_copy(ok, posterior)
@@ -371,7 +371,7 @@ def evaluation_metrics(
     "best_copy_loss": jnp.where(ok[best], -jnp.mean(ll[best]), jnp.inf),
   }
   if likelihood is categorical_log_likelihood:
-    mixture_hits = jnp.argmax(mixture_log_probs(masked, posterior), -1) == targets
+    mixture_hits = jnp.argmax(mixture_log_probs(values, posterior), -1) == targets
     copy_hits = jnp.argmax(best_copy(values, posterior), -1) == targets
     metrics["accuracy"] = jnp.where(any_usable, jnp.mean(mixture_hits), jnp.nan)
     metrics["best_copy_accuracy"] = jnp.where(ok[best], jnp.mean(copy_hits), jnp.nan)
