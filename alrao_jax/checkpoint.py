@@ -80,27 +80,89 @@ def _interrupts_deferred() -> Iterator[None]:
     raise KeyboardInterrupt
 
 
+VERSION_PREFIX = "alrao_checkpoint_"  # the folders this module writes: <prefix><n>
+MARKER = "ALRAO_CHECKPOINT"  # written first into each of them: only those are ever removed
+POINTER = "_alrao_checkpoint"  # the key of meta.json naming the complete version
+
+
+def _versions(folder: pathlib.Path) -> dict[int, pathlib.Path]:
+  """The version folders this module wrote in ``folder`` (complete or not), by number."""
+  found = {}
+  for child in folder.iterdir() if folder.is_dir() else ():
+    suffix = child.name[len(VERSION_PREFIX) :]
+    if child.name.startswith(VERSION_PREFIX) and suffix.isdigit() and (child / MARKER).is_file():
+      found[int(suffix)] = child
+  return found
+
+
+def _replace_file(path: pathlib.Path, text: str) -> None:
+  """Writes ``text`` to ``path`` atomically: a new file beside it, flushed, then renamed."""
+  staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  with open(staging, "w") as file:
+    file.write(text)
+    file.flush()
+    os.fsync(file.fileno())
+  os.replace(staging, path)
+
+
 def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
-  """Writes ``items`` (pytrees) and ``meta`` atomically, replacing the folder's content."""
+  """Writes ``items`` (pytrees) and ``meta`` as a new version of the checkpoint in ``directory``.
+
+  Only what this module writes is touched: a new version folder ``alrao_checkpoint_<n>``
+  (marked by a ``ALRAO_CHECKPOINT`` file), then ``meta.json``, replaced atomically, which
+  names it. Until that replace the previous version is the checkpoint; after it, the new one.
+  Older version folders (and any left by a save that failed or was killed) are removed last.
+  Other files and folders in ``directory`` are left as they are.
+  """
   folder = pathlib.Path(directory).resolve()
   if folder.exists() and not folder.is_dir():
     raise ValueError(f"checkpoint directory {folder} is a file; pass a folder path.")
-  staging = folder.with_name(folder.name + ".tmp")
-  primary = jax.process_index() == 0  # several processes: one moves folders, all write shards
+  _check_alive(items)
+  primary = jax.process_index() == 0  # several processes: one writes files, all write shards
   with _interrupts_deferred():
     if primary:
-      shutil.rmtree(staging, ignore_errors=True)
-      staging.mkdir(parents=True)
+      folder.mkdir(parents=True, exist_ok=True)
+      old = _versions(folder)
+      version = folder / f"{VERSION_PREFIX}{max(old, default=0) + 1}"
+      version.mkdir()
+      (version / MARKER).write_text("written by alrao_jax.checkpoint; removed by its next save\n")
+    version = folder / f"{VERSION_PREFIX}{_broadcast_version(folder)}"
     _sync("alrao_jax_checkpoint_staged")
     with ocp.StandardCheckpointer() as checkpointer:
       for name, tree in items.items():
-        checkpointer.save(staging / name, _raw(tree))
+        checkpointer.save(version / name, _raw(tree))
     _sync("alrao_jax_checkpoint_saved")
     if primary:
-      (staging / META).write_text(json.dumps(meta))
-      shutil.rmtree(folder, ignore_errors=True)
-      staging.rename(folder)
+      _replace_file(folder / META, json.dumps({**meta, POINTER: version.name}))
+      for stale in _versions(folder).values():
+        if stale != version:
+          shutil.rmtree(stale, ignore_errors=True)
     _sync("alrao_jax_checkpoint_done")
+
+
+def _check_alive(items: dict[str, Any]) -> None:
+  """Raises a `ValueError` if an array to save was deleted (donated to a jitted step): Orbax
+  would fail after starting threads that keep the process alive for minutes."""
+  flat = jax.tree_util.tree_flatten_with_path(items)[0]
+  deleted = [
+    jax.tree_util.keystr(path)
+    for path, leaf in flat
+    if isinstance(leaf, jax.Array) and leaf.is_deleted()
+  ]
+  if deleted:
+    raise ValueError(
+      f"cannot save a checkpoint: {len(deleted)} of its arrays were deleted, e.g. "
+      f"{deleted[0]}; a jitted step that donates its state deletes the state it was given. "
+      "Save the state the step returned."
+    )
+
+
+def _broadcast_version(folder: pathlib.Path) -> int:
+  """The new version's number, made by process 0, as every process sees it."""
+  mine = max(_versions(folder), default=0) if jax.process_index() == 0 else 0
+  if jax.process_count() == 1:
+    return mine
+  return int(multihost_utils.broadcast_one_to_all(jax.numpy.asarray(mine, jax.numpy.int32)))
 
 
 def _sync(name: str) -> None:
@@ -125,13 +187,25 @@ def checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
       raise TypeError("not a JSON object")
   except (ValueError, TypeError) as err:
     raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
+  meta.pop(POINTER, None)
   return meta
+
+
+def _version_folder(folder: pathlib.Path) -> pathlib.Path:
+  """The folder of the version ``meta.json`` names (the folder itself in the old layout)."""
+  name = json.loads((folder / META).read_text()).get(POINTER)
+  if name is None:
+    return folder
+  if not (isinstance(name, str) and name.startswith(VERSION_PREFIX) and (folder / name).is_dir()):
+    raise ValueError(f"corrupt checkpoint in {folder}: {META} names a missing version {name!r}.")
+  return folder / name
 
 
 def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
   """Reads what :func:`_write` wrote, with the structure, shapes and dtypes of ``likes``."""
   folder = pathlib.Path(directory).resolve()
   meta = checkpoint_meta(folder)
+  folder = _version_folder(folder)
   restored = {}
   try:
     with ocp.StandardCheckpointer() as checkpointer:
@@ -160,6 +234,10 @@ def save_checkpoint(
   meta: dict[str, Any] | None = None,
 ) -> None:
   """Writes a checkpoint of a linen run, replacing any previous one in ``directory``.
+
+  The write is atomic: the previous checkpoint stays readable until the new one is complete,
+  a save that fails or is killed half-way leaves it as it was, and nothing in ``directory``
+  but the checkpoint's own ``meta.json`` and ``alrao_checkpoint_<n>`` folders is touched.
 
   Args:
     directory: the checkpoint folder.
@@ -220,7 +298,8 @@ def save_nnx_checkpoint(
   averaging state.
 
   Args:
-    directory: the checkpoint folder (replaced).
+    directory: the checkpoint folder; its previous checkpoint is replaced atomically, as by
+      :func:`save_checkpoint`, and nothing else in it is touched.
     model: the NNX model.
     optimizer: its ``nnx.Optimizer``.
     averaging_state: e.g. the :class:`alrao_jax.SwitchState` of the run.

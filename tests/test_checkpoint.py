@@ -93,3 +93,112 @@ def test_nnx_checkpoint_restores_a_run_that_continues_identically(tmp_path):
     alrao_jax.restore_nnx_checkpoint(
       tmp_path / "nnx", other, other_optimizer, alrao_jax.switch_init(4)
     )
+
+
+def _small_state(seed=0):
+  import flax.linen as nn
+
+  model = nn.Sequential([nn.Dense(4), alrao_jax.AlraoHead(3, num_copies=2)])
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(seed))
+  return alrao_jax.create_train_state(model, tx, jax.random.key(seed), jax.numpy.ones((1, 2)))
+
+
+def _versions(folder):
+  return sorted(p.name for p in folder.iterdir() if p.name.startswith("alrao_checkpoint_"))
+
+
+def test_saving_never_touches_the_users_files(tmp_path):
+  folder = tmp_path / "my_project"
+  (folder / "results").mkdir(parents=True)
+  (folder / "train.py").write_text("print('mine')")
+  (folder / "data.csv").write_text("a,b\n1,2\n")
+  (folder / "results" / "table.md").write_text("| a |")
+  (tmp_path / "my_project.tmp").mkdir()
+  (tmp_path / "my_project.tmp" / "notes.txt").write_text("mine too")
+  first, second = _small_state(0), _small_state(1)
+  alrao_jax.save_checkpoint(folder, first, epoch=1)
+  alrao_jax.save_checkpoint(folder, second, epoch=2)
+  assert (folder / "train.py").read_text() == "print('mine')"
+  assert (folder / "data.csv").read_text() == "a,b\n1,2\n"
+  assert (folder / "results" / "table.md").read_text() == "| a |"
+  assert (tmp_path / "my_project.tmp" / "notes.txt").read_text() == "mine too"
+  assert _versions(folder) == ["alrao_checkpoint_2"]  # the first version, removed after
+  restored = restore_checkpoint(folder, first)
+  assert restored.epoch == 2 and restored.meta == {}
+  chex.assert_trees_all_equal(restored.state.params, second.params)
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_readable(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp
+
+  from alrao_jax import checkpoint
+
+  folder = tmp_path / "run"
+  first, second = _small_state(0), _small_state(1)
+  alrao_jax.save_checkpoint(folder, first, epoch=1)
+  real_save = ocp.StandardCheckpointer.save
+
+  def fail_on_best_state(self, path, *args, **kwargs):
+    if path.name == "best_state":
+      raise OSError(28, "No space left on device")
+    return real_save(self, path, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.StandardCheckpointer, "save", fail_on_best_state)
+  with pytest.raises(OSError, match="No space left"):
+    alrao_jax.save_checkpoint(folder, second, epoch=2)
+  monkeypatch.setattr(ocp.StandardCheckpointer, "save", real_save)
+
+  def read_only(path, text):
+    raise PermissionError(13, "Permission denied", str(path))
+
+  monkeypatch.setattr(checkpoint, "_replace_file", read_only)  # meta.json cannot be replaced
+  with pytest.raises(PermissionError):
+    alrao_jax.save_checkpoint(folder, second, epoch=2)
+  restored = restore_checkpoint(folder, second)
+  assert restored.epoch == 1
+  chex.assert_trees_all_equal(restored.state.params, first.params)
+  monkeypatch.undo()
+  alrao_jax.save_checkpoint(folder, second, epoch=2)  # the next save clears what failed
+  assert _versions(folder) == ["alrao_checkpoint_4"]
+  chex.assert_trees_all_equal(restore_checkpoint(folder, first).state.params, second.params)
+
+
+def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path):
+  import subprocess
+  import sys
+  import textwrap
+
+  folder = tmp_path / "run"
+  alrao_jax.save_checkpoint(folder, _small_state(0), epoch=1)
+  script = textwrap.dedent(
+    f"""
+    import time, jax, orbax.checkpoint as ocp, flax.linen as nn, alrao_jax
+    model = nn.Sequential([nn.Dense(4), alrao_jax.AlraoHead(3, num_copies=2)])
+    tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+    state = alrao_jax.create_train_state(model, tx, jax.random.key(1), jax.numpy.ones((1, 2)))
+    real_save = ocp.StandardCheckpointer.save
+    def slow(self, path, *args, **kwargs):
+      real_save(self, path, *args, **kwargs)
+      print("saved", path.name, flush=True)
+      time.sleep(600)
+    ocp.StandardCheckpointer.save = slow
+    alrao_jax.save_checkpoint({str(folder)!r}, state, epoch=2)
+    """
+  )
+  process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+  try:
+    assert process.stdout.readline().strip() == "saved state"
+  finally:
+    process.kill()  # SIGKILL: no handler, no cleanup
+    process.wait(timeout=60)
+  restored = restore_checkpoint(folder, _small_state(0))
+  assert restored.epoch == 1
+  chex.assert_trees_all_equal(restored.state.params, _small_state(0).params)
+
+
+def test_saving_a_donated_state_is_a_clear_error_with_no_hang(tmp_path):
+  state = _small_state(0)
+  state.step.delete()  # what a donating step does to the state it was given
+  with pytest.raises(ValueError, match="arrays were deleted.*Save the state the step returned"):
+    alrao_jax.save_checkpoint(tmp_path / "run", state)
+  assert not (tmp_path / "run").exists()
