@@ -15,7 +15,10 @@ import numpy as np
 def check_bounds(
   lr_min: float, lr_max: float, *, names: tuple[str, str] = ("lr_min", "lr_max")
 ) -> None:
-  """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``.
+  """Raises a `ValueError` unless ``0 < lr_min <= lr_max < inf``, both in float32's range.
+
+  The rates are float32: a bound below the smallest normal float32 (1.2e-38) would sample
+  rates of 0 (frozen parameters) and one above its largest (3.4e38) rates of inf.
 
   Args:
     lr_min: smallest learning rate of the interval.
@@ -41,6 +44,13 @@ def check_bounds(
     raise ValueError(f"{low} must be > 0 (rates are log-uniform), got {lr_min}; use e.g. 1e-5.")
   if lr_min > lr_max:
     raise ValueError(f"{low} ({lr_min}) must be <= {high} ({lr_max}); swap the two bounds.")
+  smallest, largest = float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)
+  for name, value in ((low, lr_min), (high, lr_max)):
+    if not smallest <= value <= largest:
+      raise ValueError(
+        f"{name} = {value} is outside float32's normal range [{smallest:.3g}, {largest:.3g}] "
+        "in which the rates are stored (it would sample rates of 0 or inf); pass a rate in it."
+      )
 
 
 def check_num_copies(num_copies: int) -> None:

@@ -85,7 +85,8 @@ def leaf_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> tuple
   """Flattens a parameter tree into module-style paths, leaves and a treedef.
 
   Flax NNX wraps arrays in variables (``.value``); those accessor entries are dropped
-  so that linen dicts and ``nnx.State`` give the same paths.
+  so that linen dicts and ``nnx.State`` give the same paths. A tree that is one array (a
+  valid optax parameter tree) has the single path ``("",)``.
   """
   flat, treedef = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
   paths = []
@@ -97,7 +98,7 @@ def leaf_paths(tree: Any, is_leaf: Callable[[Any], bool] | None = None) -> tuple
       and (names[-1] in _VARIABLE_ATTRS)
     ):
       names.pop()
-    paths.append(tuple(names))
+    paths.append(tuple(names) or ("",))  # a bare array: one leaf named ""
   return paths, [leaf for _, leaf in flat], treedef
 
 

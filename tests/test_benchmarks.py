@@ -30,7 +30,10 @@ def test_speed_quick_mode_reports_every_section(monkeypatch):
   assert len(rows) == 1  # quick mode: the MLP
   for ratio, limit, over in ((float(v) for v in row) for row in rows):
     assert ratio > 0 and limit > 1  # the copies add arithmetic
-    assert abs(over - ratio / limit) < 2e-3  # rounded to 3 decimals
+    # All three are printed to 3 decimals (each off by up to 5e-4): how far over can be from
+    # ratio / limit follows from that rounding, whatever the processor measured.
+    half = 5e-4
+    assert abs(over - ratio / limit) <= half + half / limit + half * ratio / limit**2 + 1e-9
   extra = re.search(r"extra ([\d,]+) B against the paper's \(N-1\) x K x d = ([\d,]+) B", report)
   measured, paper = (int(g.replace(",", "")) for g in extra.groups())
   assert measured == paper + 9 * 10 * 4  # the paper's count plus the copies' biases

@@ -199,6 +199,6 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path):
 def test_saving_a_donated_state_is_a_clear_error_with_no_hang(tmp_path):
   state = _small_state(0)
   state.step.delete()  # what a donating step does to the state it was given
-  with pytest.raises(ValueError, match="arrays were deleted.*Save the state the step returned"):
+  with pytest.raises(ValueError, match=r"arrays were deleted.*Save the state the step returned"):
     alrao_jax.save_checkpoint(tmp_path / "run", state)
   assert not (tmp_path / "run").exists()

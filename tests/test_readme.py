@@ -42,31 +42,36 @@ def test_your_own_model_loops_run(title, capsys):
 
 def _table(text):
   rows = re.findall(
-    r"^\| (Alrao-SGD.*?|SGD lr.*?|Adam lr.*?) \| (.*?) \| (.*?)% \| (\d+) \|", text, re.M
+    r"^\| (Alrao-SGD.*?|SGD lr.*?|Adam lr.*?) \| ([0-9.]+) ± ([0-9.]+) \| "
+    r"([0-9.]+)% ± ([0-9.]+) \|",
+    text,
+    re.M,
   )
-  posterior = (
-    re.search(r"copies at the kept epoch \(lr from 1e-5 to 10\): ([0-9. ]+)", text).group(1).split()
-  )
-  return {name: (float(loss), float(acc), int(epoch)) for name, loss, acc, epoch in rows}, [
-    float(p) for p in posterior
-  ]
+  return {name: tuple(float(v) for v in values) for name, *values in rows}
 
 
-def test_the_readme_quotes_what_the_demo_prints(capsys):
-  quoted, quoted_posterior = _table(README.read_text())
+def test_the_readme_quotes_what_the_demo_prints_and_its_claims_follow(capsys):
+  """The demo's numbers move with the processor's float rounding (one Alrao run over 30
+  epochs is chaotic); what the README claims must hold on any CPU, within the spread."""
+  quoted = _table(README.read_text())
   assert len(quoted) == 3
-  rows = demo.main([])
-  printed, posterior = _table(capsys.readouterr().out)
-  assert rows[0]["method"].startswith("Alrao-SGD") and rows[0]["test_accuracy"] > 0.9
-  assert abs(sum(rows[0]["posterior"]) - 1) < 1e-4
+  alrao, sgd, adam = demo.main([])
+  printed = _table(capsys.readouterr().out)
   assert quoted.keys() == printed.keys()
-  for name, (loss, accuracy, epoch) in printed.items():
-    want_loss, want_accuracy, want_epoch = quoted[name]
-    # Another CPU may round differently along 30 epochs: small drifts pass, stale numbers not.
-    assert abs(loss - want_loss) <= 0.008, (name, loss, want_loss)
-    assert abs(accuracy - want_accuracy) < 1.0, (name, accuracy, want_accuracy)
-    assert abs(epoch - want_epoch) <= 5, (name, epoch, want_epoch)
-  assert max(abs(a - b) for a, b in zip(posterior, quoted_posterior, strict=True)) <= 0.15
+  for name, (loss, loss_sd, accuracy, accuracy_sd) in printed.items():
+    want_loss, want_loss_sd, want_accuracy, want_accuracy_sd = quoted[name]
+    # A processor moves the mean of three seeds by much less than one seed's spread.
+    assert abs(loss - want_loss) <= max(loss_sd, want_loss_sd), (name, loss, want_loss)
+    assert abs(accuracy - want_accuracy) <= max(accuracy_sd, want_accuracy_sd), name
+  # The README's sentences: Alrao's accuracy within one point of SGD at lr 0.1 and of Adam;
+  # its mean test loss above SGD's; on every seed the switch leads with a copy within one
+  # step of the grid (0.67 decades) from SGD's best rate on digits, 0.1.
+  section = README.read_text().split("## The main demo")[1].split("\n## ")[0]
+  assert "within one point" in section and "higher than SGD's" in section
+  for peer in (sgd, adam):
+    assert alrao["accuracy_mean"] > peer["accuracy_mean"] - 0.01
+  assert alrao["loss_mean"] > sgd["loss_mean"]
+  assert all(0.02 <= lr <= 0.5 for lr in alrao["leading_lrs"]), alrao["leading_lrs"]
 
 
 def test_several_devices_code_runs_on_eight_simulated_devices(tmp_path):
