@@ -53,6 +53,16 @@ def check_bounds(
       )
 
 
+def check_int(value: Any, name: str, *, minimum: int) -> int:
+  """``value`` as an int, or a `TypeError`/`ValueError` naming ``name`` unless it is an integer
+  (not a bool, float or string) ``>= minimum``."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    raise TypeError(f"{name} must be an int >= {minimum}, got {value!r} ({type(value).__name__}).")
+  if value < minimum:
+    raise ValueError(f"{name} must be >= {minimum}, got {value}.")
+  return int(value)
+
+
 def check_num_copies(num_copies: int) -> None:
   """Raises unless ``num_copies`` is an integer >= 1."""
   if isinstance(num_copies, bool) or not isinstance(num_copies, numbers.Integral):

@@ -155,7 +155,8 @@ def layer_depths(forward: Callable[[Any], Any], params: Any, *, stacked: Any = N
   def is_layer(members: list[int]) -> bool:
     return any(np.ndim(leaves[i]) - len(stack(i)) >= 2 for i in members)
 
-  layer_groups = [m for m in groups.values() if is_layer(m)] or list(groups.values())
+  used = [m for m in groups.values() if position(m) != never]  # unused: not a layer of its own
+  layer_groups = [m for m in used if is_layer(m)] or used or list(groups.values())
   slots: dict[tuple, int] = {}  # first use -> layers in that slot
   for members in layer_groups:
     count = max(int(np.prod(stack(i))) for i in members)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import operator
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -16,7 +17,7 @@ import numpy as np
 import optax
 
 from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
-from alrao_jax.checks import check_carry, check_labels
+from alrao_jax.checks import check_carry, check_int, check_labels
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.sharding import (
   DATA_AXIS,
@@ -27,6 +28,7 @@ from alrao_jax.sharding import (
   shard_train_state,
   shard_train_step,
 )
+from alrao_jax.splits import as_splits
 from alrao_jax.steps import (
   TrainState,
   check_carry_in,
@@ -46,6 +48,24 @@ class FitResult(NamedTuple):
   best_epoch: int  # 1-based; 0 when no epoch had a finite validation loss
   history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
   test: dict[str, float]  # test metrics at the best validation epoch
+  stopped: str  # why training ended: "epochs", "patience" or "diverged" (see fit)
+
+
+STOP_REASONS = {
+  "epochs": "ran every epoch",
+  "patience": "no better validation loss for `patience` epochs",
+  "diverged": "the training loss is not finite: every copy of the head (or the whole body) "
+  "diverged; lower lr_max (or the rate), or clip the gradients",
+}
+
+
+def _stop_reason(record: Mapping[str, Any], best_epoch: int, patience: int | None) -> str | None:
+  """Why training stops after the epoch of ``record``, or None to go on."""
+  if not np.isfinite(record["train_loss"]):
+    return "diverged"
+  if patience is not None and record["epoch"] - best_epoch >= patience:
+    return "patience"
+  return None
 
 
 def _as_floats(metrics: Mapping[str, jax.Array]) -> dict[str, Any]:
@@ -221,9 +241,13 @@ def fit(
   keep their order, see ``carry``), and evaluates the validation and test splits whole.
   Training stops early after ``patience`` epochs without a better validation loss, and at
   once when the training loss is not finite (plain models cannot recover from it; an Alrao
-  mixture stays finite while one copy is usable). With ``checkpoint_dir``, a checkpoint is
-  written after every epoch; ``resume=True`` continues from it, and the result equals that
-  of a run that was never interrupted.
+  mixture stays finite while one copy is usable). Why it ended is in the result's
+  ``stopped`` and in the last epoch's record (``"stopped"``); when no epoch had a finite
+  validation loss, a `RuntimeWarning` says so and the result's ``state`` is the initial one.
+  With ``checkpoint_dir``, a checkpoint is written after every epoch; ``resume=True``
+  continues from it, and the result equals that of a run that was never interrupted: a run
+  that had stopped early (patience, divergence) is not trained further, so re-running a
+  script with ``resume=True`` gives the same answer every time.
 
   Args:
     model: a linen module ending with an Alrao head.
@@ -270,14 +294,17 @@ def fit(
 
   Raises:
     ValueError: bad arguments, or (categorical likelihood) labels outside ``[0, K)`` in a
-      split, checked once on the host before training; with ``carry``, a split whose rows
+      split, checked once on the host before training, as are empty splits, inputs and
+      targets of different lengths and non-finite inputs or targets (see
+      :func:`alrao_jax.splits.as_splits`); with ``carry``, a split whose rows
       are not a multiple of ``batch_size``, or a collection the model does not hold;
       without it, a model that holds a ``carry`` collection.
   """
-  if epochs < 1:
-    raise ValueError(f"epochs must be >= 1, got {epochs}.")
-  if patience is not None and patience < 1:
-    raise ValueError(f"patience must be >= 1 or None, got {patience}.")
+  epochs = check_int(epochs, "epochs", minimum=1)
+  seed = check_int(seed, "seed", minimum=0)
+  batch_size = check_int(batch_size, "batch_size", minimum=1)
+  if patience is not None:
+    patience = check_int(patience, "patience", minimum=1)
   if resume and checkpoint_dir is None:
     raise ValueError("resume=True needs the checkpoint_dir to resume from.")
   if resume and initial_state is not None:
@@ -285,6 +312,7 @@ def fit(
       "resume=True continues the checkpoint; pass initial_state or resume, not both."
     )
   _check_eval_batch_size(eval_batch_size)
+  splits = as_splits(splits)
   train, valid, test = splits
   if batch_size < 1 or batch_size > len(train.inputs):
     raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
@@ -312,12 +340,15 @@ def fit(
   else:  # a fresh state's shapes alone say whether the given one fits
     if not isinstance(initial_state, TrainState):
       raise TypeError(f"initial_state must be a TrainState, got {type(initial_state).__name__}.")
-    if jax.tree.structure(initial_state) != jax.tree.structure(
-      jax.eval_shape(lambda: fresh(create_train_state))
-    ):
+    def shapes(tree: Any) -> Any:
+      return jax.tree.map(lambda x: (jnp.shape(x), jnp.result_type(x)), tree)
+
+    given, want = initial_state, jax.eval_shape(lambda: fresh(create_train_state))
+    if jax.tree.structure(given) != jax.tree.structure(want) or shapes(given) != shapes(want):
       raise ValueError(
-        "initial_state does not fit this model and optimizer (its tree differs from a fresh "
-        "state's); pass a state of the same model, with optimizer.init's state."
+        "initial_state does not fit this model and optimizer (its tree, shapes or dtypes "
+        "differ from a fresh state's, e.g. another head width); pass a state of the same "
+        "model, with optimizer.init's state."
       )
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
   check_carry_in(state.model_state, carry)
@@ -356,12 +387,20 @@ def fit(
       else _sharded_evaluation(evaluate, state, mesh)
     )
   steps = len(train.inputs) // batch_size
-  history, best, best_state, best_epoch, done = [], float("inf"), state, 0, 0
+  # The step donates its state: until an epoch is kept, the best state is a copy of the first.
+  history, best, best_state, best_epoch, done = [], float("inf"), None, 0, 0
+  stopped = None
   if resume:
     saved = restore_checkpoint(checkpoint_dir, state)
     state, best_state, done = saved.state, saved.best_state, saved.epoch
     history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
+    if history:  # a run that stopped early stays stopped: re-running it gives the same answer
+      stopped = _stop_reason(history[-1], best_epoch, patience)
+  if best_state is None:
+    best_state = jax.tree.map(jnp.copy, state)
   for epoch in range(done + 1, epochs + 1):
+    if stopped is not None:
+      break
     rng = np.random.default_rng([seed, epoch])
     order = np.arange(steps * batch_size) if carry else rng.permutation(len(train.inputs))
     order = order[: steps * batch_size].reshape(steps, batch_size)
@@ -389,21 +428,27 @@ def fit(
       else:
         metrics = evaluate_in_chunks(evaluate, state, *split, eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
-    history.append(record)
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       # The step donates its state: keep a copy, not the buffers the next step reuses.
       best, best_state, best_epoch = record["valid_loss"], jax.tree.map(jnp.copy, state), epoch
+    stopped = _stop_reason(record, best_epoch, patience)
+    if stopped is not None:
+      record["stopped"] = stopped
+    history.append(record)
     if checkpoint_dir is not None:
       meta = {"history": history, "best": best, "best_epoch": best_epoch}
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
     if on_epoch is not None:
       on_epoch(record, history)
-    stalled = patience is not None and epoch - best_epoch >= patience
-    if not np.isfinite(record["train_loss"]) or stalled:
-      break
-  test_metrics = (
-    test_metrics_of(history[best_epoch - 1])
-    if best_epoch
-    else {"loss": float("inf"), "accuracy": float("nan")}
-  )
-  return FitResult(best_state, state, best_epoch, history, test_metrics)
+  stopped = stopped or "epochs"
+  if best_epoch:
+    test_metrics = test_metrics_of(history[best_epoch - 1])
+  else:
+    test_metrics = {"loss": float("inf"), "accuracy": float("nan")}
+    warnings.warn(
+      f"alrao_jax.fit: no epoch had a finite validation loss ({STOP_REASONS[stopped]}); the "
+      "result's state is the initial state, and its test loss inf.",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+  return FitResult(best_state, state, best_epoch, history, test_metrics, stopped)

@@ -95,7 +95,8 @@ def switch_init(num_copies: int, *, theta: float = 0.9999) -> SwitchState:
   check_num_copies(num_copies)
   _check_theta(theta)
   log_theta = jnp.log(jnp.asarray([theta, 1.0 - theta], jnp.float32))
-  log_weights = log_theta[:, None] - math.log(num_copies) + jnp.zeros((2, num_copies))
+  uniform = jnp.zeros((2, num_copies), jnp.float32)  # float32 under jax_enable_x64 too
+  log_weights = log_theta[:, None] - math.log(num_copies) + uniform
   return SwitchState(
     log_weights=log_weights,
     step=jnp.ones((), jnp.int32),

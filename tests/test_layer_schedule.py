@@ -241,3 +241,24 @@ def test_optax_conventions_dtypes_abstract_init_and_multisteps():
   # one inner step after two micro-steps: the schedule is at step 0 (first layer 1.5)
   np.testing.assert_allclose(updates["layers_0"]["bias"], -1.5, rtol=1e-6)
   np.testing.assert_allclose(updates["layers_4"]["bias"], -0.5, rtol=1e-6)
+
+
+def test_an_unused_parameter_is_no_layer_after_the_head():
+  class WithSpare(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      self.param("spare", nn.initializers.ones, (4, 4))  # declared, never used
+      x = nn.relu(nn.Dense(8)(x))
+      return alrao_jax.AlraoHead(3, num_copies=2)(nn.Dense(8)(x))
+
+  x = jnp.ones((1, 5))
+  params = WithSpare().init(jax.random.key(0), x)["params"]
+  depths = alrao_jax.layer_depths(lambda p: WithSpare().apply({"params": p}, x), params)
+  assert depths.num_layers == 3
+  fractions = depths.fractions
+  assert float(fractions["AlraoHead_0"]["alrao_copies"]["kernel"].max()) == 1.0
+  assert float(fractions["spare"].max()) == 1.0  # documented: the last layer's depth
+  schedule = alrao_jax.discriminative_schedule(3)
+  tx = alrao_jax.scale_by_layer_schedule(schedule, depths)
+  updates, _ = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params))
+  np.testing.assert_allclose(updates["AlraoHead_0"]["alrao_copies"]["kernel"], 1.0)
