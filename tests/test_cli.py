@@ -435,3 +435,13 @@ def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
   records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
   epochs = json.loads((out / "settings.json").read_text())["epochs"]
   assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
+
+
+def test_a_run_that_diverges_in_its_first_epoch_ends_cleanly_and_says_why(tmp_path, capsys):
+  args = ["train", "--no-progress", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "3"]
+  args += ["--out", str(tmp_path)]
+  with pytest.warns(RuntimeWarning, match="no epoch had a finite validation loss"):
+    assert _main(args) == 0
+  captured = capsys.readouterr()
+  assert "stopped after epoch 1: the training loss is not finite" in captured.err
+  assert json.loads(captured.out.strip().splitlines()[-1])["best_epoch"] == 0

@@ -50,7 +50,7 @@ from alrao_jax.experiments.tasks import (
   model_builder,
 )
 from alrao_jax.experiments.tune import task_lr_find, tune
-from alrao_jax.loop import FitResult, fit
+from alrao_jax.loop import STOP_REASONS, FitResult, fit
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
 
@@ -420,6 +420,11 @@ def _train(args: argparse.Namespace) -> FitResult:
     ) from err
   finally:
     reporter.close(result)
+  if result.stopped != "epochs":
+    print(
+      f"stopped after epoch {len(result.history)}: {STOP_REASONS[result.stopped]}",
+      file=sys.stderr,
+    )
   summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
   print(json.dumps(summary))
   return result

@@ -8,6 +8,7 @@ of a grid and the rate with the lowest mean validation loss is its result.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -68,7 +69,14 @@ def timed_fit(
     The :class:`RunResult` and the whole :class:`alrao_jax.FitResult` (its states).
   """
   start = time.perf_counter()
-  result = fit(
+  with warnings.catch_warnings():  # a grid's diverging rates are expected: inf is recorded
+    warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch had a finite", RuntimeWarning)
+    result = _fit(task, method, seed=seed, epochs=epochs, **fit_kwargs)
+  return run_result(method, seed, result, time.perf_counter() - start), result
+
+
+def _fit(task: Task, method: Method, *, seed: int, epochs: int, **fit_kwargs: Any) -> FitResult:
+  return fit(
     task.build(len(method.copy_lrs)),
     method.optimizer,
     task.splits,
@@ -80,7 +88,6 @@ def timed_fit(
     **MODES,
     **fit_kwargs,
   )
-  return run_result(method, seed, result, time.perf_counter() - start), result
 
 
 def run_method(
