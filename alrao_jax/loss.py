@@ -95,6 +95,8 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
     >>> round(float(ll[0, 0]), 4)  # -log(2 pi)
     -1.8379
   """
+  if isinstance(sigma, jax.Array | np.ndarray) and np.ndim(sigma) == 0:
+    sigma = float(sigma)  # a NumPy or JAX scalar, e.g. jnp.float32(0.5)
   if (
     isinstance(sigma, bool)
     or not isinstance(sigma, numbers.Real)

@@ -477,6 +477,7 @@ def rate_plans(
   if granularity not in GRANULARITIES:
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
   paths, leaves, treedef = leaf_paths(params)
+  check_parameter_leaves(params, paths, leaves)
   leads, ambiguous = stack_axes(paths, leaves, stacked=stacked)
   inner = [_shape_only(np.shape(leaf)[leads[p] :]) for p, leaf in zip(paths, leaves, strict=True)]
   feature, unknown = _feature_plans(paths, inner)
@@ -508,6 +509,46 @@ def rate_plans(
       stacklevel=3,
     )
   return paths, leaves, treedef, plans, leads
+
+
+def _non_parameters(params: Any) -> list[str]:
+  """The paths of Flax NNX variables in ``params`` that are not ``nnx.Param`` (BatchStat,
+  RngCount, RngKey...): an ``nnx.state(model)`` given where the parameters were meant."""
+  from flax import nnx  # only NNX trees hold variables
+
+  found = []
+  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  for path, leaf in flat[0]:
+    if isinstance(leaf, nnx.Variable) and not isinstance(leaf, nnx.Param):
+      found.append(f"{path_string([_key_name(e) for e in path])} ({type(leaf).__name__})")
+  return found
+
+
+def check_parameter_leaves(params: Any, paths: Sequence[tuple], leaves: Sequence[Any]) -> None:
+  """Raises unless every leaf is a floating or complex parameter: integer, bool and PRNG-key
+  leaves (a step counter, an RNG state) and NNX variables other than ``nnx.Param`` have no
+  learning rate.
+
+  Raises:
+    TypeError: such leaves, named with the fix.
+  """
+  others = _non_parameters(params)
+  if others:
+    raise TypeError(
+      f"params holds Flax NNX variables that are not parameters: {others[:5]}; pass "
+      "nnx.state(model, nnx.Param) (nnx.Optimizer(model, tx, wrt=nnx.Param) does)."
+    )
+  bad = [
+    f"{path_string(path)} ({jnp.result_type(leaf)})"
+    for path, leaf in zip(paths, leaves, strict=True)
+    if not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)
+  ]
+  if bad:
+    raise TypeError(
+      f"parameters must be floating or complex arrays to have learning rates; these are not: "
+      f"{bad[:5]}. Leave them out of the optimizer, e.g. optax.masked or optax.partition "
+      "with optax.set_to_zero()."
+    )
 
 
 def _group_order(group: Hashable) -> str:

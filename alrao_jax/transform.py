@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import optax
 
 from alrao_jax.checks import check_bounds
@@ -74,10 +77,23 @@ def scale_by_rates(
 
 
 def _check_key(key: Any) -> None:
-  if not isinstance(key, jax.Array) or not (
-    jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or key.shape == (2,)
-  ):
-    raise TypeError(f"key must be a PRNG key such as jax.random.key(0), got {key!r}.")
+  typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  raw = isinstance(key, jax.Array) and key.shape == (2,) and key.dtype == jnp.uint32
+  if not ((typed and key.shape == ()) or raw):
+    raise TypeError(
+      f"key must be a PRNG key such as jax.random.key(0) (or a raw uint32 key of shape "
+      f"(2,) from jax.random.PRNGKey), got {key!r}."
+    )
+
+
+def _check_decay(value: Any, name: str) -> None:
+  """Raises unless ``value`` is a real number in [0, 1) (a tracer passes: injected)."""
+  if isinstance(value, jax.core.Tracer):
+    return
+  if isinstance(value, bool) or not isinstance(value, numbers.Real | jax.Array | np.ndarray):
+    raise TypeError(f"{name} must be a float in [0, 1), got {value!r}.")
+  if not 0.0 <= float(value) < 1.0:
+    raise ValueError(f"{name} must be in [0, 1), got {float(value)}; e.g. 0.9.")
 
 
 def _rate_sampler(
@@ -144,6 +160,8 @@ def alrao_sgd(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1).
   """
   sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
+  if momentum is not None:
+    _check_decay(momentum, "momentum")
   return optax.chain(
     optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else optax.identity(),
     scale_by_rates(sampler),
@@ -193,6 +211,8 @@ def alrao_adam(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Appendix C).
   """
   sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
+  _check_decay(b1, "b1")
+  _check_decay(b2, "b2")
   return optax.chain(
     optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
     scale_by_rates(sampler),

@@ -625,3 +625,43 @@ def test_unstacked_models_are_not_taken_for_stacks():
     assert alrao_jax.sample_rates(KEY, square, LO, HI)["kernel"].shape == (1, 5)
     assert alrao_jax.sample_rates(KEY, conv3, LO, HI)["kernel"].shape == (1, 1, 1, 3)
     assert alrao_jax.sample_rates(KEY, general, LO, HI)["kernel"].shape == (1, 3, 4)
+
+
+@pytest.mark.parametrize("make", [alrao_jax.alrao_sgd, alrao_jax.alrao_adam])
+def test_a_bare_array_is_a_parameter_tree(make):
+  tx = make(1e-3, 1.0, key=KEY)
+  with pytest.warns(UserWarning, match="one rate per index of their last axis"):
+    state = tx.init(jnp.zeros((2, 3)))
+    abstract = jax.eval_shape(tx.init, jax.ShapeDtypeStruct((3,), jnp.float32))
+  rates = optax.tree_utils.tree_get(state, "rates")
+  assert rates.shape == (1, 3) and (rates >= 1e-3).all() and (rates <= 1.0).all()
+  assert optax.tree_utils.tree_get(abstract, "rates").shape == (3,)
+  updates, _ = tx.update(jnp.ones((2, 3)), state, jnp.zeros((2, 3)))
+  assert updates.shape == (2, 3) and (updates < 0).all()
+  with pytest.warns(UserWarning):
+    sampled = alrao_jax.sample_rates(KEY, jax.ShapeDtypeStruct((4, 2), jnp.float32), 0.1, 1.0)
+  assert sampled.shape == (1, 2)
+
+
+@pytest.mark.parametrize(("lo", "hi"), [(1e-45, 1e-44), (1e30, 1e39), (1e-40, 1.0)])
+def test_bounds_outside_float32_are_refused(lo, hi):
+  with pytest.raises(ValueError, match="outside float32's normal range"):
+    alrao_jax.alrao_sgd(lo, hi, key=KEY)
+
+
+def test_leaves_without_a_learning_rate_are_named():
+  for dtype in (jnp.int32, jnp.bool_):
+    with pytest.raises(TypeError, match=r"floating or complex.*w \("):
+      alrao_jax.alrao_sgd(1e-3, 1.0, key=KEY).init({"w": jnp.ones((2, 3), dtype)})
+  model = nnx.Sequential(nnx.Linear(3, 4, rngs=RNG), nnx.BatchNorm(4, rngs=RNG))
+  with pytest.raises(TypeError, match=r"BatchStat.*nnx.state\(model, nnx.Param\)"):
+    alrao_jax.sample_rates(KEY, nnx.state(model), 1e-3, 1.0)
+  alrao_jax.sample_rates(KEY, nnx.state(model, nnx.Param), 1e-3, 1.0)
+  with pytest.raises(TypeError, match="key must be a PRNG key"):
+    alrao_jax.alrao_sgd(1e-3, 1.0, key=jnp.zeros(2))  # a float array is no key
+  alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.PRNGKey(0))  # a raw key is one
+  with pytest.raises(ValueError, match=r"momentum must be in \[0, 1\)"):
+    alrao_jax.alrao_sgd(1e-3, 1.0, key=KEY, momentum=1.5)
+  with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
+    alrao_jax.alrao_adam(1e-3, 1.0, key=KEY, b2=1.0)
+  alrao_jax.gaussian_log_likelihood(sigma=jnp.float32(0.5))  # a JAX scalar is a float
