@@ -239,7 +239,18 @@ def alrao_loss(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
   """
+  if not isinstance(outputs, CopyOutputs):
+    raise TypeError(
+      f"outputs must be the CopyOutputs of an Alrao head (AlraoHead, alrao_jax.nnx.AlraoHead), "
+      f"got {type(outputs).__name__}{getattr(outputs, 'shape', '')}; a model whose output layer "
+      "is a plain Dense trains with an optax loss, not alrao_loss."
+    )
   num_copies = outputs.own.shape[0]
+  if jnp.shape(log_posterior_of(posterior)) != (num_copies,):
+    raise ValueError(
+      f"the posterior has shape {jnp.shape(log_posterior_of(posterior))}, but the head has "
+      f"{num_copies} copies; start the averaging state from averaging.init({num_copies})."
+    )
   own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood)
   shared = jnp.where(broadcast_copy_axis(ok, outputs.shared.ndim), outputs.shared, 0.0)
   fixed_ll = jax.lax.stop_gradient(fixed_ll)

@@ -152,11 +152,44 @@ def averaging_weights(averaging: ModelAveraging, averaging_state: Any) -> Poster
   return averaging.posterior(averaging_state)
 
 
+def check_averaging_state(averaging: ModelAveraging, averaging_state: Any, outputs: Any) -> None:
+  """Trace-time check that ``averaging_state`` is ``averaging``'s state for the head's copies.
+
+  Raises:
+    TypeError: a state of another averaging method. ValueError: another number of copies.
+  """
+  if not isinstance(outputs, CopyOutputs):
+    return  # alrao_loss names this one
+  num_copies = outputs.own.shape[0]
+  want = jax.eval_shape(lambda: averaging.init(num_copies))
+  if jax.tree.structure(averaging_state) != jax.tree.structure(want):
+    raise TypeError(
+      f"the averaging state is a {type(averaging_state).__name__}, but the step's averaging "
+      f"makes a {type(want).__name__}; build the step with the averaging that made the state "
+      "(averaging=...), or start from averaging.init(num_copies)."
+    )
+  shapes = [jnp.shape(x) for x in jax.tree.leaves(averaging_state)]
+  if shapes != [x.shape for x in jax.tree.leaves(want)]:
+    raise ValueError(
+      f"the averaging state does not fit the head's {num_copies} copies (its arrays have "
+      f"shapes {shapes}); start from alrao_jax.init_averaging(model) or "
+      f"averaging.init({num_copies})."
+    )
+
+
 def _loss_and_grads(
-  apply: Callable, params: Any, targets: jax.Array, posterior: jax.Array, likelihood: Likelihood
+  apply: Callable,
+  params: Any,
+  targets: jax.Array,
+  averaging: ModelAveraging,
+  averaging_state: Any,
+  likelihood: Likelihood,
 ):
+  posterior = averaging_weights(averaging, averaging_state)
+
   def loss_fn(params):
     outputs, extra = apply(params)
+    check_averaging_state(averaging, averaging_state, outputs)
     loss, aux = alrao_loss(outputs, targets, posterior, likelihood=likelihood)
     return loss, (aux, extra)
 
@@ -230,6 +263,11 @@ def make_train_step(
     return _nnx_train_step(model, optimizer, averaging, likelihood, kwargs)
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
+  if isinstance(optimizer, nnx.Optimizer) or not hasattr(optimizer, "update"):
+    raise TypeError(
+      f"a linen model needs an optax transformation, got {type(optimizer).__name__}; pass the "
+      "optax optimizer itself (an nnx.Optimizer is for NNX models)."
+    )
   streams = check_rng_streams(rng_streams)
   tx = optax.with_extra_args_support(optimizer)
 
@@ -245,9 +283,8 @@ def make_train_step(
         return model.apply(variables, inputs, rngs=rngs, **kwargs), {}
       return model.apply(variables, inputs, rngs=rngs, mutable=mutable, **kwargs)
 
-    weights = averaging_weights(averaging, state.averaging_state)
     (_, (aux, model_state)), grads = _loss_and_grads(
-      apply, state.params, targets, weights, likelihood
+      apply, state.params, targets, averaging, state.averaging_state, likelihood
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux.mixture_nll)
     averaging_state = averaging.update(state.averaging_state, aux.log_likelihoods)
@@ -330,7 +367,9 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     weights = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model):
-      return alrao_loss(model(inputs, **kwargs), targets, weights, likelihood=likelihood)
+      outputs = model(inputs, **kwargs)
+      check_averaging_state(averaging, averaging_state, outputs)
+      return alrao_loss(outputs, targets, weights, likelihood=likelihood)
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
     optimizer.update(model, grads, **({"value": aux.mixture_nll} if extra_args else {}))

@@ -416,3 +416,24 @@ def test_evaluation_in_chunks_equals_the_whole_split():
     assert chunked[name] == pytest.approx(whole[name], rel=1e-6), name
   with pytest.raises(ValueError, match="eval_batch_size must be an int >= 1"):
     evaluate_in_chunks(evaluate, state, x, y, 0)
+
+
+def test_mismatched_steps_states_and_outputs_are_named():
+  with pytest.raises(TypeError, match="outputs must be the CopyOutputs of an Alrao head"):
+    alrao_jax.alrao_loss(jnp.zeros((2, 4, 3)), jnp.zeros(4, int), jnp.ones(2) / 2)
+  with pytest.raises(ValueError, match="the head has 2 copies"):
+    outputs = alrao_jax.copy_outputs(jnp.ones((4, 3)), jnp.ones((2, 3, 5)), jnp.zeros((2, 5)))
+    alrao_jax.alrao_loss(outputs, jnp.zeros(4, int), jnp.ones(3) / 3)
+  model = SmallNNXNet(4, 8, 3, 3, dropout=0.1, rngs=nnx.Rngs(0))
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  step = alrao_jax.make_train_step(model, optimizer)
+  x, y = jnp.ones((8, 4)), jnp.arange(8) % 3
+  with pytest.raises(ValueError, match="does not fit the head's 3 copies"):
+    step(alrao_jax.switch_init(5), x, y)
+  with pytest.raises(TypeError, match="is a BayesState, but the step's averaging makes a Switch"):
+    step(alrao_jax.bayes_init(3), x, y)
+  assert np.isfinite(step(alrao_jax.switch_init(3), x, y)[1]["loss"])  # nothing was donated
+  linen = nn.Sequential([nn.Dense(4), alrao_jax.AlraoHead(3, num_copies=3)])
+  with pytest.raises(TypeError, match="a linen model needs an optax transformation"):
+    alrao_jax.make_train_step(linen, optimizer)
