@@ -256,11 +256,20 @@ def _stack_evidence(module: tuple[str, ...], shapes: dict[tuple[str, ...], tuple
   if kernel is None:
     known = [(n, s) for n, s in by_name.items() if n in _KNOWN_LEAVES]
     return "stacked" if known and all(len(s) >= 2 + (n == "embedding") for n, s in known) else "no"
+  if bias is None and len(kernel) == 3 and module and not _one_layer_kernel(module[-1]):
+    return "ambiguous"  # a bias-free (L, in, out): a scanned Dense, or a Conv1D or DenseGeneral
   if bias is None or any(name.startswith("ConvLocal") for name in module):
     return "no"  # a kernel alone, or ConvLocal's per-position axes: the shapes cannot tell
   if len(bias) >= 2 and kernel[-len(bias) :] == bias:
     return "ambiguous"  # fits a DenseGeneral / Einsum with several output axes as well
   return "stacked"
+
+
+def _one_layer_kernel(name: str) -> bool:
+  """Whether a module of this name holds one layer's rank-3 kernel (a 1-D convolution, a
+  ``DenseGeneral`` or ``Einsum``, an attention projection), not a stack of Dense kernels."""
+  prefixes = ("Conv", "conv", "DenseGeneral", "Einsum", "einsum")
+  return name.startswith(prefixes) or name in _ATTENTION_INPUTS | {"out", "attention"}
 
 
 def _modules_of(paths: Sequence[tuple[str, ...]]) -> dict[tuple[str, ...], list]:
@@ -297,11 +306,23 @@ def _explicit_leads(
         f"stacked names {prefix!r}, which matches no parameter path; module paths are "
         f"e.g. {modules[:6]}."
       )
+    copies = [p for p in below if COPIES_MODULE in p[:-1]]
+    if copies and count:
+      raise ValueError(
+        f"stacked[{prefix!r}] covers the Alrao head's copies ({path_string(copies[0])}), whose "
+        "leading axis is the copy axis, not a layer axis; name the stacked blocks only."
+      )
     leading = {shapes[p][:count] for p in below}
     if any(len(shapes[p]) < count for p in below) or len(leading) != 1:
       raise ValueError(
         f"stacked[{prefix!r}] = {count}, but the parameters below it do not share {count} "
         f"leading axes: {sorted({path_string(p): shapes[p] for p in below}.items())[:4]}."
+      )
+    thin = [p for p in below if p[-1] == "kernel" and len(shapes[p]) - count < 2]
+    if thin:
+      raise ValueError(
+        f"stacked[{prefix!r}] = {count} leaves {path_string(thin[0])} of shape "
+        f"{shapes[thin[0]]} less than a (in, out) kernel; a scanned block has 1 layer axis."
       )
     leads.update(dict.fromkeys(below, int(count)))
   return leads

@@ -665,3 +665,30 @@ def test_leaves_without_a_learning_rate_are_named():
   with pytest.raises(ValueError, match=r"b2 must be in \[0, 1\)"):
     alrao_jax.alrao_adam(1e-3, 1.0, key=KEY, b2=1.0)
   alrao_jax.gaussian_log_likelihood(sigma=jnp.float32(0.5))  # a JAX scalar is a float
+
+
+class _BareBlock(nn.Module):  # no bias, no norm: nothing in its shapes says "stack"
+  @nn.compact
+  def __call__(self, x, _):
+    return nn.relu(nn.Dense(6, use_bias=False)(x)), None
+
+
+def test_a_stack_shapes_cannot_tell_is_warned_and_named_explicitly():
+  stack = nn.scan(
+    _BareBlock, variable_axes={"params": 0}, split_rngs={"params": True}, length=3
+  )
+  model = nn.Sequential([nn.Dense(6), lambda x: stack()(x, None)[0]])
+  params = model.init(KEY, jnp.ones((2, 4)))["params"]
+  with pytest.warns(UserWarning, match=r"stacked=\{'Scan_BareBlock_0/Dense_0': 1\}"):
+    alrao_jax.sample_rates(KEY, params, LO, HI)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    rates = alrao_jax.sample_rates(KEY, params, LO, HI, stacked={"Scan_BareBlock_0": 1})
+  kernel_rates = rates["Scan_BareBlock_0"]["Dense_0"]["kernel"]
+  assert kernel_rates.shape == (3, 1, 6)
+  assert len(np.unique(np.asarray(kernel_rates))) == 18  # every layer, every unit its own
+  head = {"body": {"kernel": jnp.ones((4, 3))}, "alrao_copies": {"kernel": jnp.ones((2, 3, 5))}}
+  with pytest.raises(ValueError, match="covers the Alrao head's copies"):
+    alrao_jax.sample_rates(KEY, head, LO, HI, stacked={"": 1})
+  with pytest.raises(ValueError, match=r"less than a \(in, out\) kernel"):
+    alrao_jax.sample_rates(KEY, _dense_stack(3, 4), LO, HI, stacked={"dense": 2})
