@@ -122,6 +122,7 @@ def alrao_sgd(
   key: jax.Array,
   momentum: float | None = None,
   nesterov: bool = False,
+  accumulator_dtype: Any | None = None,
   granularity: str = "feature",
   rules: Rules = None,
   stacked: Mapping[str, int] | None = None,
@@ -139,6 +140,8 @@ def alrao_sgd(
     key: PRNG key for the rates.
     momentum: decay of the momentum trace, or ``None`` for none.
     nesterov: whether to use Nesterov momentum.
+    accumulator_dtype: dtype of the momentum trace (e.g. ``jnp.bfloat16`` to halve its
+      memory); ``None``: the parameters' dtypes. As in ``optax.sgd``.
     granularity: ``"feature"``, ``"weight"`` or ``"layer"``; see :func:`sample_rates`.
     rules: per-parameter overrides; see :func:`sample_rates`.
     stacked: layer axes of stacked (scanned) blocks, where shapes cannot tell; see
@@ -162,8 +165,14 @@ def alrao_sgd(
   sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
   if momentum is not None:
     _check_decay(momentum, "momentum")
+  elif nesterov or accumulator_dtype is not None:
+    raise ValueError(
+      "nesterov and accumulator_dtype apply to the momentum trace; pass momentum (e.g. 0.9)."
+    )
   return optax.chain(
-    optax.trace(decay=momentum, nesterov=nesterov) if momentum is not None else optax.identity(),
+    optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+    if momentum is not None
+    else optax.identity(),
     scale_by_rates(sampler),
     optax.scale(-1.0),
   )
@@ -177,6 +186,7 @@ def alrao_adam(
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
+  mu_dtype: Any | None = None,
   granularity: str = "feature",
   rules: Rules = None,
   stacked: Mapping[str, int] | None = None,
@@ -190,6 +200,8 @@ def alrao_adam(
     b1: decay of the first moment.
     b2: decay of the second moment.
     eps: term added to the denominator.
+    mu_dtype: dtype of the first moment (e.g. ``jnp.bfloat16``); ``None``: the parameters'
+      dtypes. As in ``optax.adam``.
     granularity: ``"feature"``, ``"weight"`` or ``"layer"``; see :func:`sample_rates`.
     rules: per-parameter overrides; see :func:`sample_rates`.
     stacked: layer axes of stacked (scanned) blocks, where shapes cannot tell; see
@@ -214,7 +226,7 @@ def alrao_adam(
   _check_decay(b1, "b1")
   _check_decay(b2, "b2")
   return optax.chain(
-    optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+    optax.scale_by_adam(b1=b1, b2=b2, eps=eps, mu_dtype=mu_dtype),
     scale_by_rates(sampler),
     optax.scale(-1.0),
   )

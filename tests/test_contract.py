@@ -3,10 +3,12 @@
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -165,3 +167,100 @@ def test_state_shardings_unchanged_by_update_on_8_devices():
   )
   assert out.returncode == 0, out.stderr[-3000:]
   assert sorted(out.stdout.strip().splitlines()) == [f"{n} ok 8" for n in NAMES]
+
+
+# The contract over every parameter tree optax accepts, for every exported optimizer.
+def _schedule_chain(**kwargs):
+  """Alrao-SGD with a layer schedule chained after it (depths computed at init)."""
+
+  def depths(params):
+    return alrao_jax.layer_depths(lambda p: sum(jnp.sum(x) for x in jax.tree.leaves(p)), params)
+
+  return optax.chain(
+    alrao_jax.alrao_sgd(0.05, 0.5, key=KEY, **kwargs),
+    alrao_jax.scale_by_layer_schedule(alrao_jax.discriminative_schedule(2), depths),
+  )
+
+
+TREE_OPTIMIZERS = {
+  "alrao_sgd": lambda **kw: alrao_jax.alrao_sgd(0.05, 0.5, key=KEY, **kw),
+  "alrao_sgd_momentum": lambda **kw: alrao_jax.alrao_sgd(0.01, 0.1, key=KEY, momentum=0.9, **kw),
+  "alrao_sgd_nesterov": lambda **kw: alrao_jax.alrao_sgd(
+    0.01, 0.1, key=KEY, momentum=0.9, nesterov=True, **kw
+  ),
+  "alrao_adam": lambda **kw: alrao_jax.alrao_adam(0.01, 0.1, key=KEY, **kw),
+  "alrao_sgd+layer_schedule": _schedule_chain,
+}
+
+
+def _nnx_state():
+  from flax import nnx
+
+  return nnx.state(nnx.Linear(3, 2, rngs=nnx.Rngs(0)), nnx.Param)
+
+
+F32 = jnp.float32  # explicit: jnp.full(shape, 2.0) alone is weakly typed
+TREES = {
+  "bare_array": lambda: jnp.full((3, 2), 2.0, F32),
+  "scalar": lambda: jnp.asarray(2.0, F32),
+  "tuple": lambda: (jnp.full((4,), 2.0, F32), jnp.full((2, 3), -1.0, F32)),
+  "nested_dicts": lambda: {"a": {"b": {"kernel": jnp.full((3, 2), 2.0, F32)}}, "c": jnp.ones(2)},
+  "nnx_state": _nnx_state,
+  "complex": lambda: {"w": jnp.full((2, 3), 2.0 - 1.0j, jnp.complex64)},
+  "float16": lambda: {"w": jnp.full((2, 3), 2.0, jnp.float16)},
+  "bfloat16": lambda: {"w": jnp.full((2, 3), 2.0, jnp.bfloat16)},
+  "float64": lambda: {"w": jnp.full((2, 3), 2.0, jnp.float64)},
+}
+
+
+def _distance(params):
+  """sum |p - 0.5|^2 in float32: real for every leaf dtype, complex included."""
+  return sum(jnp.sum(jnp.abs(p.astype(jnp.result_type(p, jnp.float32)) - 0.5) ** 2)
+             for p in jax.tree.leaves(params))
+
+
+def _grads(params):
+  # JAX's gradient of a real function of complex parameters is the conjugate of the steepest
+  # ascent direction (optax's convention): conjugate it back.
+  return jax.tree.map(jnp.conj, jax.grad(_distance)(params))
+
+
+@pytest.mark.parametrize("tree", sorted(TREES))
+@pytest.mark.parametrize("name", sorted(TREE_OPTIMIZERS))
+def test_contract_over_every_parameter_tree(name, tree):
+  with jax.enable_x64(tree == "float64"), warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # no Flax layout: the fallback rule, warned
+    tx, params = TREE_OPTIMIZERS[name](), TREES[tree]()
+    dtypes = jax.tree.map(lambda p: p.dtype, params)
+    # init from abstract shapes: the same state as from the arrays, rates included
+    state = tx.init(params)
+    abstract = jax.eval_shape(tx.init, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(abstract, state)
+    chex.assert_trees_all_equal(tx.init(jax.tree.map(jax.typeof, params)), state)
+    # the state's types are stable: through update, and under lax.cond (traced only)
+    grads = _grads(params)
+    updates, new_state = tx.update(grads, state, params)
+    assert jax.tree.map(lambda u: u.dtype, updates) == dtypes
+    chex.assert_trees_all_equal_shapes_and_dtypes(new_state, state)
+    jax.eval_shape(
+      lambda s: jax.lax.cond(True, lambda: tx.update(grads, s, params)[1], lambda: s), state
+    )
+
+    # converges on |p - 0.5|^2 in one compiled loop; a second call does not recompile
+    @jax.jit
+    def run(params, state):
+      def body(_, carry):
+        params, state = carry
+        updates, state = tx.update(_grads(params), state, params)
+        return optax.apply_updates(params, updates), state
+
+      return jax.lax.fori_loop(0, 1000 if "adam" in name else 300, body, (params, state))
+
+    params, state = run(params, state)
+    run(params, state)
+    assert run._cache_size() == 1
+    assert jax.tree.map(lambda p: p.dtype, params) == dtypes
+    # Adam's steps shrink slowly near the optimum; half precision holds 2-3 digits
+    tolerance = 0.05 if tree in ("float16", "bfloat16") else 0.02 if "adam" in name else 1e-3
+    for leaf in jax.tree.leaves(params):
+      np.testing.assert_allclose(np.asarray(leaf, np.complex128), 0.5, atol=tolerance)
