@@ -667,7 +667,48 @@ def sample_rates(
     _sharded_like(jnp.copy(plan.to_leaf(drawn[plan.group])), leaf)
     for plan, leaf in zip(plans, leaves, strict=True)
   ]
-  return jax.tree_util.tree_unflatten(treedef, rate_leaves)
+  return _sharding_metadata_for_rates(jax.tree_util.tree_unflatten(treedef, rate_leaves))
+
+
+_SHARDING_KEYS = ("out_sharding", "optimizer_sharding", "sharding_names")
+
+
+def _names_for(names: Any, shape: tuple[int, ...]) -> Any:
+  """A parameter's sharding names, kept on the axes where the rate leaf has the parameter's
+  size and dropped (None) on its size-1 axes; None when none is left."""
+  if names is None:
+    return None
+  padded = (*tuple(names), *(None,) * (len(shape) - len(tuple(names))))
+  kept = tuple(None if size == 1 else name for size, name in zip(shape, padded, strict=False))
+  if all(name is None for name in kept):
+    return None
+  spec = isinstance(names, jax.sharding.PartitionSpec)
+  return jax.sharding.PartitionSpec(*kept) if spec else kept
+
+
+def _sharding_metadata_for_rates(tree: Any) -> Any:
+  """The rate tree with Flax's sharding metadata (NNX ``out_sharding``, linen
+  ``nn.Partitioned`` names) fitted to the rate leaves' shapes: a rate leaf ``(1, out)`` of a
+  row-sharded kernel is replicated, not split along its size-1 axis, on Flax's own routes
+  (NNX eager sharding, ``nn.get_sharding``)."""
+  import flax.linen as nn  # only Flax trees hold such boxes
+  from flax import nnx
+
+  def fit(box: Any) -> Any:
+    if isinstance(box, nnx.Variable):
+      shape = np.shape(box.get_raw_value())
+      meta = box.get_metadata()
+      updates = {k: _names_for(meta[k], shape) for k in _SHARDING_KEYS if meta.get(k) is not None}
+      return box.copy(**updates) if updates else box
+    if isinstance(box, nn.Partitioned):
+      names = _names_for(box.names, np.shape(box.value))
+      return box.replace(names=names or (None,) * np.ndim(box.value))
+    return box
+
+  def is_box(x: Any) -> bool:
+    return isinstance(x, nnx.Variable | nn.Partitioned)
+
+  return jax.tree.map(fit, tree, is_leaf=is_box)
 
 
 def _sharded_like(rate: jax.Array, param: Any) -> jax.Array:

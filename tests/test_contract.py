@@ -264,3 +264,68 @@ def test_contract_over_every_parameter_tree(name, tree):
     tolerance = 0.05 if tree in ("float16", "bfloat16") else 0.02 if "adam" in name else 1e-3
     for leaf in jax.tree.leaves(params):
       np.testing.assert_allclose(np.asarray(leaf, np.complex128), 0.5, atol=tolerance)
+
+
+FLAX_SHARDING_SCRIPT = textwrap.dedent(
+  """
+  import os
+  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  import jax, jax.numpy as jnp, optax, flax.linen as nn
+  from flax import nnx
+  import alrao_jax
+  mesh = jax.make_mesh((4, 2), ("data", "model"))
+  rows = ("model", None)  # a row-sharded kernel: its rates (1, out) cannot split rows
+  x, y = jnp.ones((8, 8)), jnp.arange(8) % 3
+
+  class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), rows)
+      self.dense = nnx.Linear(8, 6, kernel_init=init, rngs=rngs)
+      self.head = alrao_jax.nnx.AlraoHead(6, 3, num_copies=2, rngs=rngs)
+    def __call__(self, x):
+      return self.head(nnx.relu(self.dense(x)))
+
+  for eager in (True, False):  # Flax's default route (eager sharding), and the other one
+    with jax.set_mesh(mesh), nnx.use_eager_sharding(eager):
+      model = NNXNet(nnx.Rngs(0))
+      tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+      optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+      step = alrao_jax.make_train_step(model, optimizer)
+      averaging, metrics = step(alrao_jax.switch_init(2), x, y)
+      assert jnp.isfinite(metrics["loss"])
+      rates = optax.tree_utils.tree_get(nnx.state(optimizer), "rates")
+      print("nnx eager" if eager else "nnx lazy", "ok", rates["dense"]["kernel"].shape)
+
+  class LinenNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      init = nn.with_partitioning(nn.initializers.lecun_normal(), rows)
+      return alrao_jax.AlraoHead(3, num_copies=2)(nn.relu(nn.Dense(6, kernel_init=init)(x)))
+
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+
+  def create():
+    params = LinenNet().init(jax.random.key(1), x)["params"]  # boxed: nn.Partitioned
+    return params, tx.init(params)
+
+  auto = jax.make_mesh((4, 2), ("data", "model"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  with jax.set_mesh(auto):  # linen's recipe: eval_shape -> nn.get_sharding -> jit
+    abstract = jax.eval_shape(create)
+    shardings = nn.get_sharding(abstract, auto)
+    params, opt_state = jax.jit(create, out_shardings=shardings)()
+    rate_box = opt_state[1].rates["Dense_0"]["kernel"]
+    print("linen get_sharding ok", rate_box.names, rate_box.value.shape)
+  """
+)
+
+
+def test_flax_sharding_routes_with_a_row_sharded_kernel():
+  out = subprocess.run(
+    [sys.executable, "-c", FLAX_SHARDING_SCRIPT], capture_output=True, text=True, timeout=300
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip().splitlines() == [
+    "nnx eager ok (1, 6)",
+    "nnx lazy ok (1, 6)",
+    "linen get_sharding ok (None, None) (1, 6)",
+  ]
