@@ -440,8 +440,10 @@ def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
 def test_a_run_that_diverges_in_its_first_epoch_ends_cleanly_and_says_why(tmp_path, capsys):
   args = ["train", "--no-progress", "--optimizer", "sgd", "--lr", "1e4", "--epochs", "3"]
   args += ["--out", str(tmp_path)]
-  with pytest.warns(RuntimeWarning, match="no epoch had a finite validation loss"):
-    assert _main(args) == 0
+  assert _main(args) == 2
   captured = capsys.readouterr()
-  assert "stopped after epoch 1: the training loss is not finite" in captured.err
+  assert captured.err.strip().splitlines()[-1:] == [
+    f"alrao-jax: the run diverged in epoch 1: {alrao_jax.loop.STOP_REASONS['diverged']}; the "
+    f"checkpoint in {tmp_path} keeps no epoch (none was finite) as its best state"
+  ]
   assert json.loads(captured.out.strip().splitlines()[-1])["best_epoch"] == 0

@@ -13,6 +13,7 @@ import json
 import pathlib
 import signal
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -86,6 +87,10 @@ class UsageError(Exception):
 
 class RunInterruptedError(Exception):
   """Ctrl-C during a run; the message says how to continue it."""
+
+
+class RunDivergedError(Exception):
+  """The training loss went non-finite: reported on one line, exit code 2."""
 
 
 def _flag(name: str) -> str:
@@ -396,7 +401,8 @@ def _train(args: argparse.Namespace) -> FitResult:
   reporter = _Reporter(out, settings["epochs"], not args.no_progress, method, title, ctrl_c)
   result = None
   try:
-    with ctrl_c:
+    with ctrl_c, warnings.catch_warnings():
+      warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)  # said below
       result = fit(
         task.build(len(method.copy_lrs)),
         method.optimizer,
@@ -420,13 +426,14 @@ def _train(args: argparse.Namespace) -> FitResult:
     ) from err
   finally:
     reporter.close(result)
-  if result.stopped != "epochs":
-    print(
-      f"stopped after epoch {len(result.history)}: {STOP_REASONS[result.stopped]}",
-      file=sys.stderr,
-    )
   summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
   print(json.dumps(summary))
+  if result.stopped == "diverged":
+    kept = f"epoch {result.best_epoch}" if result.best_epoch else "no epoch (none was finite)"
+    raise RunDivergedError(
+      f"the run diverged in epoch {len(result.history)}: {STOP_REASONS['diverged']}; the "
+      f"checkpoint in {out} keeps {kept} as its best state"
+    )
   return result
 
 
@@ -734,6 +741,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     {"train": _train, "tune": _tune, "lr-find": _lr_find, "screen": _screen}[args.command](args)
   except (UsageError, OSError, ValueError, TypeError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
+    return 2
+  except RunDivergedError as err:
+    print(f"alrao-jax: {err}", file=sys.stderr)
     return 2
   except RunInterruptedError as err:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the run is saved: a second Ctrl-C may not
