@@ -71,7 +71,13 @@ from alrao_jax.switch import (
   switch_posterior,
   switch_update,
 )
-from alrao_jax.transform import ScaleByRatesState, alrao_adam, alrao_sgd, scale_by_rates
+from alrao_jax.transform import (
+  ScaleByRatesState,
+  alrao_adam,
+  alrao_sgd,
+  rates_of,
+  scale_by_rates,
+)
 
 __all__ = [
   "AlraoHead",
@@ -117,6 +123,7 @@ __all__ = [
   "nnx",
   "num_copies_of",
   "predict",
+  "rates_of",
   "restore_checkpoint",
   "restore_nnx_checkpoint",
   "sample_rates",

@@ -13,6 +13,14 @@ import jax.numpy as jnp
 from alrao_jax.checks import check_num_copies
 from alrao_jax.rates import COPIES_MODULE
 
+_NOT_LOGITS = (
+  "an Alrao head returns CopyOutputs, the outputs of its N copies (N, *batch, K), not logits: "
+  "train with alrao_jax.alrao_loss(outputs, targets, averaging_state); for the mixture's "
+  "log-probabilities (batch, K), where logits would go (argmax, metrics, an optax loss), use "
+  "alrao_jax.mixture_log_probs(outputs, averaging_state); outputs.astype(dtype) casts both "
+  "routes."
+)
+
 
 class CopyOutputs(NamedTuple):
   """The outputs of the copies, twice: equal values, different gradient routes.
@@ -24,6 +32,27 @@ class CopyOutputs(NamedTuple):
 
   shared: jax.Array
   own: jax.Array
+
+  def astype(self, dtype: Any) -> CopyOutputs:
+    """Both routes cast to ``dtype`` (what ``logits.astype(jnp.float32)`` does to logits)."""
+    return CopyOutputs(self.shared.astype(dtype), self.own.astype(dtype))
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """``(N, *batch, K)``: the copies' outputs."""
+    return self.own.shape
+
+  @property
+  def dtype(self) -> Any:
+    """The outputs' dtype."""
+    return self.own.dtype
+
+  def __jax_array__(self) -> jax.Array:
+    raise TypeError(_NOT_LOGITS)
+
+  @property
+  def ndim(self) -> int:
+    raise TypeError(_NOT_LOGITS)
 
 
 def _finite_per_copy(values: jax.Array) -> jax.Array:

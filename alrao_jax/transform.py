@@ -230,3 +230,42 @@ def alrao_adam(
     scale_by_rates(sampler),
     optax.scale(-1.0),
   )
+
+
+def rates_of(opt_state: optax.OptState) -> optax.Params:
+  """The per-feature learning rates an Alrao optimizer sampled, read from its state.
+
+  Works on the state of :func:`alrao_sgd`, :func:`alrao_adam` or :func:`scale_by_rates`,
+  alone or inside any optax combinator (``chain``, ``masked``, ``MultiSteps``,
+  ``inject_hyperparams``...), and on an ``nnx.Optimizer``'s ``opt_state``.
+
+  Args:
+    opt_state: the optimizer state.
+
+  Returns:
+    The rate tree (the structure of the parameters; see :func:`alrao_jax.sample_rates`).
+
+  Raises:
+    ValueError: the state holds no rates, or several rate trees.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alrao_jax
+    >>> params = {'w': jnp.ones((2, 3))}
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+    >>> alrao_jax.rates_of(tx.init(params))['w'].shape
+    (1, 3)
+  """
+  found = optax.tree_utils.tree_get_all_with_path(
+    opt_state, "rates", filtering=lambda _, value: True
+  )
+  found = [(path, value) for path, value in found if _is_rates_field(path)]
+  if len(found) != 1:
+    raise ValueError(
+      f"the optimizer state holds {len(found)} rate trees; rates_of needs the state of one "
+      "Alrao optimizer (alrao_sgd, alrao_adam or scale_by_rates)."
+    )
+  return found[0][1]
+
+
+def _is_rates_field(path: tuple) -> bool:
+  return bool(path) and getattr(path[-1], "name", None) == "rates"

@@ -437,3 +437,29 @@ def test_mismatched_steps_states_and_outputs_are_named():
   linen = nn.Sequential([nn.Dense(4), alrao_jax.AlraoHead(3, num_copies=3)])
   with pytest.raises(TypeError, match="a linen model needs an optax transformation"):
     alrao_jax.make_train_step(linen, optimizer)
+
+
+def test_the_heads_outputs_name_the_fix_where_logits_would_go():
+  outputs = alrao_jax.copy_outputs(jnp.ones((4, 3)), jnp.ones((2, 3, 5)), jnp.zeros((2, 5)))
+  cast = outputs.astype(jnp.bfloat16)  # a Transformer's final logits.astype(...)
+  assert isinstance(cast, alrao_jax.CopyOutputs) and cast.own.dtype == jnp.bfloat16
+  assert outputs.shape == (2, 4, 5) and outputs.dtype == jnp.float32
+  for misuse in (
+    lambda: jnp.argmax(outputs, -1),
+    lambda: jnp.asarray(outputs, jnp.float32),
+    lambda: optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.zeros(4, int)),
+  ):
+    with pytest.raises(TypeError, match=r"not logits.*alrao_loss.*mixture_log_probs"):
+      misuse()
+  log_probs = alrao_jax.mixture_log_probs(outputs, jnp.ones(2) / 2)  # the one-line way
+  assert log_probs.shape == (4, 5) and jnp.argmax(log_probs, -1).shape == (4,)
+
+
+def test_rates_of_reads_the_rates_inside_any_combinator():
+  params = {"w": jnp.ones((2, 3))}
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0), momentum=0.9)
+  want = alrao_jax.sample_rates(jax.random.key(0), params, 1e-3, 1.0)
+  for wrapped in (tx, optax.chain(optax.clip(1.0), tx), optax.MultiSteps(tx, 2)):
+    chex.assert_trees_all_equal(alrao_jax.rates_of(wrapped.init(params)), want)
+  with pytest.raises(ValueError, match="holds 0 rate trees"):
+    alrao_jax.rates_of(optax.sgd(0.1).init(params))

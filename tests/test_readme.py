@@ -30,7 +30,7 @@ def test_quickstart_runs(capsys):
 
 @pytest.mark.parametrize("title", ["### Flax linen", "### Flax NNX"])
 def test_your_own_model_loops_run(title, capsys):
-  code = "\n".join(_blocks(title, until="\n### " if "linen" in title else "\n## "))
+  code = "\n".join(_blocks(title, until="\n### "))
   exec(compile(code, f"README {title}", "exec"), {})
   out = capsys.readouterr().out
   for split in ("valid", "test"):
@@ -38,6 +38,15 @@ def test_your_own_model_loops_run(title, capsys):
     assert accuracy > 0.8, out  # three classes; a linear rule of two inputs
   if "linen" in title:
     assert float(re.search(r"fit: best epoch \d+ test accuracy ([0-9.]+)", out).group(1)) > 0.8
+
+
+def test_your_own_step_recipe_runs_in_linen_and_nnx(capsys):
+  code = "\n".join(_blocks("### Your own jitted step"))
+  exec(compile(code, "README own step", "exec"), {})
+  out = capsys.readouterr().out
+  assert float(re.search(r"linen own step: loss [0-9.]+, accuracy ([0-9.]+)", out).group(1)) > 0.8
+  assert float(re.search(r"nnx own step: accuracy ([0-9.]+)", out).group(1)) > 0.8
+  assert "rates of Dense_0's units: (1, 32)" in out
 
 
 def _table(text):
