@@ -1,5 +1,6 @@
 """The README's code runs as written, and its demo table is what the demo prints."""
 
+import math
 import pathlib
 import re
 import subprocess
@@ -103,7 +104,11 @@ def test_after_the_run_code_runs_and_the_text_quotes_what_it_prints(capsys):
   out = capsys.readouterr().out
   lr = float(re.search(r"suggested lr ([0-9.e-]+);", out).group(1))
   alrao, sgd = (float(v) for v in re.search(r"Alrao ([0-9.]+), SGD ([0-9.]+)", out).groups())
-  assert 1e-5 <= lr <= 10 and alrao > 0.8 and sgd > 0.3
   section = README.read_text().split("## After the run")[1].split("\n## ")[0]
-  assert f"suggested lr {lr:.3g}" in section  # the text quotes the run it shows
-  assert f"Alrao {alrao:.3f}, SGD {sgd:.3f}" in section
+  quoted_lr = float(re.search(r"suggested lr ([0-9.e-]+);", section).group(1))
+  quoted = re.search(r"test accuracy: Alrao ([0-9.]+), SGD ([0-9.]+)", section).groups()
+  # Ten epochs on a toy: another processor's rounding may move the digits, not the story.
+  assert abs(math.log10(lr / quoted_lr)) <= 0.35, (lr, quoted_lr)  # the same copy or the next
+  assert abs(alrao - float(quoted[0])) <= 0.05 and abs(sgd - float(quoted[1])) <= 0.15
+  # What the text says of it: the suggestion is poor, SGD there far below Alrao itself.
+  assert "the suggestion is poor" in section and alrao > sgd + 0.2
