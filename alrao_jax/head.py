@@ -230,6 +230,21 @@ class AlraoHead(nn.Module):
     return copy_outputs(z, kernel, bias)
 
 
+def as_copy_outputs(outputs: Any) -> CopyOutputs:
+  """A model's outputs as :class:`CopyOutputs`: an Alrao head's as they are, a plain output
+  layer's ``(*batch, K)`` as one copy, so that one step and one loop train both (the
+  baseline and Alrao); a plain layer's gradient then is its loss's, as with an optax loss."""
+  if isinstance(outputs, CopyOutputs):
+    return outputs
+  if not isinstance(outputs, jax.Array):
+    raise TypeError(
+      f"the model returned {type(outputs).__name__}; it must return an Alrao head's "
+      "CopyOutputs or one array of logits (regression means)."
+    )
+  one = outputs[None]
+  return CopyOutputs(one, jax.lax.stop_gradient(one))
+
+
 def copy_values(outputs: CopyOutputs | jax.Array) -> jax.Array:
   """The copies' output values ``(N, *batch, K)`` of :class:`CopyOutputs` or of an array."""
   return outputs.own if isinstance(outputs, CopyOutputs) else jnp.asarray(outputs)

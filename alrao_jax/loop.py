@@ -28,7 +28,7 @@ from alrao_jax.sharding import (
   shard_train_state,
   shard_train_step,
 )
-from alrao_jax.splits import as_splits
+from alrao_jax.splits import as_splits, rows_of, take
 from alrao_jax.steps import (
   TrainState,
   check_carry_in,
@@ -36,6 +36,7 @@ from alrao_jax.steps import (
   head_outputs,
   make_eval_step,
   make_train_step,
+  model_args,
 )
 from alrao_jax.switch import ModelAveraging, switch_averaging
 
@@ -184,6 +185,16 @@ def evaluate_streams(
   return evaluate_in_chunks(evaluate_windows, state, inputs, targets, per_call)
 
 
+def _num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> int:
+  """The model's outputs per example: an Alrao head's K, or a plain output layer's last axis."""
+  try:
+    return head_outputs(state.params)
+  except ValueError:
+    variables = {"params": state.params, **state.model_state}
+    call = functools.partial(model.apply, variables, *model_args(example), **dict(kwargs or {}))
+    return int(jax.eval_shape(call).shape[-1])
+
+
 def _check_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> None:
   if DATA_AXIS not in mesh.axis_names:
     raise ValueError(f"mesh needs a {DATA_AXIS!r} axis for the batch, got {dict(mesh.shape)}.")
@@ -204,7 +215,7 @@ def _sharded_evaluation(evaluate: Callable, state: TrainState, mesh: jax.shardin
   whole = shard_eval_step(evaluate, state, mesh, data_axis=None)
 
   def evaluate_split(state, inputs, targets):
-    if len(inputs) % mesh.shape[DATA_AXIS] == 0:
+    if rows_of(inputs) % mesh.shape[DATA_AXIS] == 0:
       return sharded(state, *shard_batch((inputs, targets), mesh))
     return whole(state, *replicate((inputs, targets), mesh))
 
@@ -233,6 +244,7 @@ def fit(
   eval_batch_size: int | None = 1024,
   initial_state: TrainState | None = None,
   carry: Sequence[str] = (),
+  eval_model: nn.Module | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -250,9 +262,12 @@ def fit(
   script with ``resume=True`` gives the same answer every time.
 
   Args:
-    model: a linen module ending with an Alrao head.
+    model: a linen module ending with an Alrao head, or with a plain output layer (logits or
+      means: one copy), so that a baseline and Alrao train in the same loop.
     optimizer: any optax transformation, e.g. :func:`alrao_jax.alrao_sgd` or ``optax.sgd``.
-    splits: an :class:`alrao_jax.Splits`.
+    splits: an :class:`alrao_jax.Splits` (or ``(train, valid, test)`` pairs); inputs are
+      arrays, or tuples of arrays (passed as positional arguments, e.g. ``(ids, lengths)``)
+      or dicts of arrays (one argument), examples on axis 0.
     epochs: number of epochs, >= 1.
     seed: seed of the parameters and of the shuffles (the rates come from the optimizer's key).
     batch_size: examples per step.
@@ -288,6 +303,8 @@ def fit(
       takes the windows in order (no shuffle); the collections are zeroed at the start of
       every epoch and of every split's evaluation, which runs the windows in order too,
       ``eval_batch_size // batch_size`` windows (at least one) per call.
+    eval_model: the module that evaluates, when it differs from the training one (e.g. a
+      config with ``deterministic=True``); it must take the same parameters.
 
   Returns:
     A :class:`FitResult`.
@@ -314,8 +331,8 @@ def fit(
   _check_eval_batch_size(eval_batch_size)
   splits = as_splits(splits)
   train, valid, test = splits
-  if batch_size < 1 or batch_size > len(train.inputs):
-    raise ValueError(f"batch_size must be in [1, {len(train.inputs)}], got {batch_size}.")
+  if batch_size > rows_of(train.inputs):
+    raise ValueError(f"batch_size must be in [1, {rows_of(train.inputs)}], got {batch_size}.")
   averaging = averaging or switch_averaging()
   carry = _check_streams(carry, splits, batch_size)
   if mesh is not None:
@@ -329,7 +346,7 @@ def fit(
       model,
       optimizer,
       jax.random.key(seed),
-      train.inputs[:batch_size],
+      *model_args(take(train.inputs, slice(0, batch_size))),
       averaging=averaging,
       rng_streams=rng_streams,
       **dict(eval_kwargs or {}),
@@ -359,7 +376,12 @@ def fit(
       "streams in order."
     )
   if likelihood is categorical_log_likelihood:
-    num_classes = head_outputs(state.params)
+    num_classes = _num_outputs(
+      model if eval_model is None else eval_model,
+      state,
+      take(train.inputs, slice(0, 1)),
+      eval_kwargs,
+    )
     for name, split in zip(("train", "valid", "test"), splits, strict=True):
       check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
   step = make_train_step(
@@ -371,7 +393,7 @@ def fit(
     rng_streams=rng_streams,
   )
   evaluate = make_eval_step(
-    model,
+    model if eval_model is None else eval_model,
     averaging=averaging,
     likelihood=likelihood,
     eval_kwargs=eval_kwargs,
@@ -386,7 +408,7 @@ def fit(
       if carry
       else _sharded_evaluation(evaluate, state, mesh)
     )
-  steps = len(train.inputs) // batch_size
+  steps = rows_of(train.inputs) // batch_size
   # The step donates its state: until an epoch is kept, the best state is a copy of the first.
   history, best, best_state, best_epoch, done = [], float("inf"), None, 0, 0
   stopped = None
@@ -402,12 +424,12 @@ def fit(
     if stopped is not None:
       break
     rng = np.random.default_rng([seed, epoch])
-    order = np.arange(steps * batch_size) if carry else rng.permutation(len(train.inputs))
+    order = np.arange(steps * batch_size) if carry else rng.permutation(rows_of(train.inputs))
     order = order[: steps * batch_size].reshape(steps, batch_size)
     state = zero_collections(state, carry)
     losses = []
     for idx in order:
-      state, metrics = step(state, *place((train.inputs[idx], train.targets[idx])))
+      state, metrics = step(state, *place((take(train.inputs, idx), train.targets[idx])))
       losses.append(metrics["loss"])
     record = {
       "epoch": epoch,

@@ -12,6 +12,7 @@ from flax import nnx
 from alrao_jax.head import (
   CopyOutputs,
   Posterior,
+  as_copy_outputs,
   best_copy,
   broadcast_copy_axis,
   finite_per_example,
@@ -20,6 +21,7 @@ from alrao_jax.head import (
   mixture_log_probs,
 )
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, gaussian_log_likelihood
+from alrao_jax.steps import model_args
 
 
 def mixture_mean(
@@ -73,11 +75,12 @@ def mixture_mean(
 def _outputs(model: Any, state: Any, inputs: Any, model_kwargs: dict) -> tuple:
   if isinstance(model, nnx.Module):
     model.eval()
-    return model(inputs, **model_kwargs), state
+    return as_copy_outputs(model(*model_args(inputs), **model_kwargs)), state
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
   variables = {"params": state.params, **state.model_state}
-  return model.apply(variables, inputs, **model_kwargs), state.averaging_state
+  outputs = model.apply(variables, *model_args(inputs), **model_kwargs)
+  return as_copy_outputs(outputs), state.averaging_state
 
 
 def predict(

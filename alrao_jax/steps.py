@@ -18,6 +18,7 @@ from alrao_jax.checks import check_carry, check_rng_streams
 from alrao_jax.head import (
   CopyOutputs,
   Posterior,
+  as_copy_outputs,
   best_copy,
   copy_values,
   log_posterior_of,
@@ -56,6 +57,20 @@ def _head_kernel(params: Any) -> Any:
     "params hold no AlraoHead (no 'alrao_copies' module); end the model with "
     "alrao_jax.AlraoHead(num_outputs=...) or alrao_jax.nnx.AlraoHead(...)."
   )
+
+
+def model_args(inputs: Any) -> tuple:
+  """The positional arguments of a model call: a tuple of inputs is unpacked (a two-input
+  model ``model(ids, lengths)``); anything else (an array, a dict) is one argument."""
+  return inputs if isinstance(inputs, tuple) else (inputs,)
+
+
+def _copies_or_one(params: Any) -> int:
+  """The Alrao head's number of copies; 1 for a model with a plain output layer."""
+  try:
+    return num_copies_of(params)
+  except ValueError:
+    return 1
 
 
 def head_outputs(params: Any) -> int:
@@ -134,7 +149,7 @@ def create_train_state(
     # may not hold one buffer twice.
     model_state=jax.tree.map(jnp.copy, variables),
     opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
-    averaging_state=averaging.init(num_copies_of(params)),
+    averaging_state=averaging.init(_copies_or_one(params)),
     rng=rng,
   )
 
@@ -280,8 +295,12 @@ def make_train_step(
     def apply(params):
       variables = {"params": params, **state.model_state}
       if not mutable:
-        return model.apply(variables, inputs, rngs=rngs, **kwargs), {}
-      return model.apply(variables, inputs, rngs=rngs, mutable=mutable, **kwargs)
+        outputs = model.apply(variables, *model_args(inputs), rngs=rngs, **kwargs)
+        return as_copy_outputs(outputs), {}
+      outputs, updated = model.apply(
+        variables, *model_args(inputs), rngs=rngs, mutable=mutable, **kwargs
+      )
+      return as_copy_outputs(outputs), updated
 
     (_, (aux, model_state)), grads = _loss_and_grads(
       apply, state.params, targets, averaging, state.averaging_state, likelihood
@@ -367,7 +386,7 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     weights = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model):
-      outputs = model(inputs, **kwargs)
+      outputs = as_copy_outputs(model(*model_args(inputs), **kwargs))
       check_averaging_state(averaging, averaging_state, outputs)
       return alrao_loss(outputs, targets, weights, likelihood=likelihood)
 
@@ -469,7 +488,8 @@ def make_eval_step(
 
     def evaluate_nnx(model, averaging_state, inputs, targets):
       weights = averaging_weights(averaging, averaging_state)
-      return evaluation_metrics(model(inputs, **kwargs), targets, weights, likelihood=likelihood)
+      outputs = as_copy_outputs(model(*model_args(inputs), **kwargs))
+      return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
     return nnx_pure_call((model,), evaluate_nnx, donate=False)
@@ -477,7 +497,8 @@ def make_eval_step(
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
     params = state.params if eval_params is None else eval_params(state)
-    outputs = model.apply({"params": params, **state.model_state}, inputs, **kwargs)
+    outputs = model.apply({"params": params, **state.model_state}, *model_args(inputs), **kwargs)
+    outputs = as_copy_outputs(outputs)
     weights = averaging_weights(averaging, state.averaging_state)
     return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
@@ -491,7 +512,10 @@ def make_eval_step(
 
     def window(model_state, batch):
       variables = {"params": params, **model_state}
-      outputs, carried = model.apply(variables, batch[0], mutable=list(carry), **kwargs)
+      outputs, carried = model.apply(
+        variables, *model_args(batch[0]), mutable=list(carry), **kwargs
+      )
+      outputs = as_copy_outputs(outputs)
       metrics = evaluation_metrics(outputs, batch[1], weights, likelihood=likelihood)
       return {**model_state, **carried}, metrics
 

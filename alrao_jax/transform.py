@@ -52,6 +52,11 @@ def scale_by_rates(
   """
 
   def init_fn(params: optax.Params) -> ScaleByRatesState:
+    if _is_optax_placeholder(params):
+      # optax.tree_utils.tree_map_params marks the state's parameter-shaped fields by
+      # initialising with a placeholder: the rates are not (their leaves are (1, out)), so
+      # they get its transform_non_params (e.g. replicated), not the parameters' shardings.
+      return ScaleByRatesState(rates=jnp.zeros((), jnp.float32))
     tree = rates(params) if callable(rates) else rates
     check_rates_fit(tree, params)
     return ScaleByRatesState(rates=tree)
@@ -74,6 +79,10 @@ def scale_by_rates(
     return jax.tree_util.tree_unflatten(treedef, scaled), state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _is_optax_placeholder(params: Any) -> bool:
+  return type(params).__name__ == "_ParamsPlaceholder"
 
 
 def _check_key(key: Any) -> None:

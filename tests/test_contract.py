@@ -315,6 +315,18 @@ FLAX_SHARDING_SCRIPT = textwrap.dedent(
     params, opt_state = jax.jit(create, out_shardings=shardings)()
     rate_box = opt_state[1].rates["Dense_0"]["kernel"]
     print("linen get_sharding ok", rate_box.names, rate_box.value.shape)
+
+  # optax's route: the state's shardings from the parameters' with tree_map_params
+  row = jax.sharding.NamedSharding(auto, jax.P("model", None))
+  replicated = jax.sharding.NamedSharding(auto, jax.P())
+  params = {"w": jax.device_put(jnp.ones((4, 6)), row)}
+  sgd = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0), momentum=0.9)
+  shardings = optax.tree_utils.tree_map_params(
+    sgd, lambda _, s: s, jax.eval_shape(sgd.init, params), {"w": row},
+    transform_non_params=lambda _: replicated,
+  )
+  state = jax.jit(sgd.init, out_shardings=shardings)(params)
+  print("optax map_params ok", state[0].trace["w"].sharding.spec, state[1].rates["w"].shape)
   """
 )
 
@@ -328,4 +340,20 @@ def test_flax_sharding_routes_with_a_row_sharded_kernel():
     "nnx eager ok (1, 6)",
     "nnx lazy ok (1, 6)",
     "linen get_sharding ok (None, None) (1, 6)",
+    "optax map_params ok P('model', None) (1, 6)",
   ]
+
+
+def test_optimizer_state_dtypes_as_in_optax():
+  params = {"w": jnp.ones((3, 4), jnp.float32)}
+  sgd = alrao_jax.alrao_sgd(0.01, 0.1, key=KEY, momentum=0.9, accumulator_dtype=jnp.bfloat16)
+  adam = alrao_jax.alrao_adam(0.01, 0.1, key=KEY, mu_dtype=jnp.bfloat16)
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    trace = sgd.init(params)[0].trace["w"]
+    adam_state = adam.init(params)[0]
+    updates, _ = sgd.update(params, sgd.init(params), params)
+  assert trace.dtype == jnp.bfloat16 and updates["w"].dtype == jnp.float32
+  assert adam_state.mu["w"].dtype == jnp.bfloat16 and adam_state.nu["w"].dtype == jnp.float32
+  with pytest.raises(ValueError, match="apply to the momentum trace"):
+    alrao_jax.alrao_sgd(0.01, 0.1, key=KEY, accumulator_dtype=jnp.bfloat16)

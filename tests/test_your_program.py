@@ -1,0 +1,68 @@
+"""Programs as users write them: two-input models, a plain output layer in the same loop,
+a separate evaluation module; the plain layer's step equals optax's own."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import alrao_jax
+
+RNG = np.random.default_rng(0)
+IDS = RNG.integers(0, 20, size=(320, 7)).astype(np.int32)
+LENGTHS = RNG.integers(1, 8, size=320).astype(np.int32)
+Y = ((IDS[:, 0] > 9).astype(np.int32) + (LENGTHS > 4)).astype(np.int32)
+
+
+class TwoInput(nn.Module):
+  """A bag of embeddings over the first ``lengths`` tokens: model(ids, lengths)."""
+
+  copies: int | None = 4
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, ids, lengths):
+    embedded = nn.Embed(20, 8)(ids)
+    mask = (jnp.arange(ids.shape[1]) < lengths[:, None])[..., None]
+    x = jnp.concatenate(
+      [(embedded * mask).sum(1) / lengths[:, None], embedded[:, 0], lengths[:, None] / 7.0], -1
+    )
+    x = nn.Dropout(0.1, deterministic=self.deterministic)(nn.relu(nn.Dense(32)(x)))
+    if self.copies is None:
+      return nn.Dense(3)(x)
+    return alrao_jax.AlraoHead(3, num_copies=self.copies)(x)
+
+
+def test_two_inputs_a_plain_baseline_and_an_eval_module_share_fit():
+  splits = alrao_jax.split_arrays((IDS, LENGTHS), Y, valid=40, test=40)
+  assert isinstance(splits.train.inputs, tuple) and len(splits.train.inputs[1]) == 240
+  tx = alrao_jax.alrao_sgd(1e-3, 3.0, key=jax.random.key(0))
+  for copies, optimizer in ((4, tx), (None, optax.sgd(1.0))):
+    evaluation = TwoInput(copies=copies, deterministic=True)  # a module of its own
+    result = alrao_jax.fit(
+      TwoInput(copies=copies), optimizer, splits, epochs=10, eval_model=evaluation
+    )
+    assert result.test["accuracy"] > 0.7, result.test
+    probs = alrao_jax.predict(evaluation, result.state, splits.test.inputs)
+    assert probs.shape == (40, 3)
+    np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_a_plain_output_layer_steps_as_optax_does():
+  """One copy of a plain layer: the step's gradient is the cross-entropy's (an oracle)."""
+  model = TwoInput(copies=None, deterministic=True)
+  tx = optax.sgd(0.5)
+  state = alrao_jax.create_train_state(model, tx, jax.random.key(1), IDS[:32], LENGTHS[:32])
+  step = alrao_jax.make_train_step(model, tx, donate=False)
+  new, metrics = step(state, (IDS[:32], LENGTHS[:32]), Y[:32])
+
+  def loss(params):
+    logits = model.apply({"params": params}, IDS[:32], LENGTHS[:32])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, Y[:32]).mean()
+
+  value, grads = jax.value_and_grad(loss)(state.params)
+  want = optax.apply_updates(state.params, tx.update(grads, tx.init(state.params))[0])
+  np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
+  for got, expected in zip(jax.tree.leaves(new.params), jax.tree.leaves(want), strict=True):
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
