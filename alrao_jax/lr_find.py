@@ -8,6 +8,7 @@ normalises with the batch's statistics and updates its running averages, dropout
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -139,6 +140,26 @@ def _plain_objective(loss_fn):
   return objective
 
 
+def _takes_learning_rate(
+  optimizer: Callable[..., optax.GradientTransformation],
+) -> Callable[..., optax.GradientTransformation]:
+  """The factory with its rate as a keyword named ``learning_rate`` (what
+  ``optax.inject_hyperparams`` injects): ``lambda lr: ...`` is called with it positionally."""
+  if not callable(optimizer):
+    raise TypeError(f"optimizer must be a factory lr -> GradientTransformation, got {optimizer!r}.")
+  try:
+    parameters = inspect.signature(optimizer).parameters
+  except (TypeError, ValueError):
+    return optimizer
+  if "learning_rate" in parameters:
+    return optimizer
+
+  def factory(learning_rate: Any) -> optax.GradientTransformation:
+    return optimizer(learning_rate)
+
+  return factory
+
+
 def lr_find(
   loss_fn: Callable[[Any, Any], jax.Array] | nn.Module | nnx.Module,
   params: Any,
@@ -179,6 +200,7 @@ def lr_find(
       Nothing is modified: JAX arrays are immutable and nothing is donated.
     batches: training batches; ``(inputs, targets)`` pairs for a model.
     optimizer: a factory ``learning_rate -> GradientTransformation`` such as ``optax.sgd``
+      (its rate as a keyword ``learning_rate`` or as its first argument, ``lambda lr: ...``)
       or ``optax.adam``.
     start_lr: first learning rate, > 0.
     end_lr: last learning rate, > ``start_lr``.
@@ -232,7 +254,7 @@ def lr_find(
     objective, carry = _plain_objective(loss_fn), ()
   else:
     raise TypeError(f"loss_fn must be a loss function or a model, got {type(loss_fn).__name__}.")
-  tx = optax.inject_hyperparams(optimizer)(learning_rate=start_lr)
+  tx = optax.inject_hyperparams(_takes_learning_rate(optimizer))(learning_rate=start_lr)
 
   @jax.jit
   def step(params, opt_state, carry, batch, lr):

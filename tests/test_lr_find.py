@@ -183,3 +183,18 @@ def test_a_plain_linen_model_records_its_cross_entropy():
   assert result.losses[0] == pytest.approx(float(expected), rel=1e-5)
   with pytest.raises(TypeError, match=r"TrainState .* or its variables"):
     alrao_jax.lr_find(model, variables["params"]["kernel"], [(x, y)])
+
+
+def test_the_optimizer_factory_may_name_its_rate_anything():
+  x = jax.random.normal(jax.random.key(0), (64, 3))
+  y = x @ jnp.ones(3)
+
+  def loss(w, batch):
+    return jnp.mean((batch[0] @ w - batch[1]) ** 2)
+
+  def run(optimizer):
+    return alrao_jax.lr_find(loss, jnp.zeros(3), [(x, y)], optimizer=optimizer, num_steps=20)
+
+  by_keyword = run(optax.sgd)
+  by_position = run(lambda lr: optax.sgd(lr, momentum=None))
+  np.testing.assert_array_equal(by_position.losses, by_keyword.losses)
