@@ -379,24 +379,35 @@ def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callabl
   return call
 
 
+def _node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple, dict[str, Any]]:
+  """Splits a model call's keyword arguments into NNX graph nodes (``rngs=nnx.Rngs(...)``,
+  which the jitted step must carry in and out, as it does the model) and plain values."""
+  names = tuple(name for name, value in kwargs.items() if isinstance(value, nnx.Pytree))
+  plain = {name: value for name, value in kwargs.items() if name not in names}
+  return names, tuple(kwargs[name] for name in names), plain
+
+
 def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
   extra_args = isinstance(optimizer.tx, optax.GradientTransformationExtraArgs)
+  names, nodes, plain = _node_kwargs(kwargs)
 
-  def train(model, optimizer, averaging_state, inputs, targets):
+  def train(model, optimizer, *rest):
+    nodes, (averaging_state, inputs, targets) = rest[: len(names)], rest[len(names) :]
     weights = averaging_weights(averaging, averaging_state)
 
-    def loss_fn(model):
-      outputs = as_copy_outputs(model(*model_args(inputs), **kwargs))
+    def loss_fn(model, *nodes):  # the nodes enter the gradient's trace as arguments
+      call_kwargs = {**plain, **dict(zip(names, nodes, strict=True))}
+      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs))
       check_averaging_state(averaging, averaging_state, outputs)
       return alrao_loss(outputs, targets, weights, likelihood=likelihood)
 
-    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+    (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, *nodes)
     optimizer.update(model, grads, **({"value": aux.mixture_nll} if extra_args else {}))
     averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
     return averaging_state, _train_metrics(aux, averaging.posterior(averaging_state))
 
   model.train()  # the step keeps this mode, whatever the model is set to later
-  return nnx_pure_call((model, optimizer), train)
+  return nnx_pure_call((model, optimizer, *nodes), train)
 
 
 def evaluation_metrics(
@@ -486,13 +497,17 @@ def make_eval_step(
         "variables: leave carry out."
       )
 
-    def evaluate_nnx(model, averaging_state, inputs, targets):
+    names, nodes, plain = _node_kwargs(kwargs)
+
+    def evaluate_nnx(model, *rest):
+      call_kwargs = {**plain, **dict(zip(names, rest[: len(names)], strict=True))}
+      averaging_state, inputs, targets = rest[len(names) :]
       weights = averaging_weights(averaging, averaging_state)
-      outputs = as_copy_outputs(model(*model_args(inputs), **kwargs))
+      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs))
       return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
-    return nnx_pure_call((model,), evaluate_nnx, donate=False)
+    return nnx_pure_call((model, *nodes), evaluate_nnx, donate=False)
 
   @jax.jit
   def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:

@@ -66,3 +66,29 @@ def test_a_plain_output_layer_steps_as_optax_does():
   np.testing.assert_allclose(metrics["loss"], value, rtol=1e-6)
   for got, expected in zip(jax.tree.leaves(new.params), jax.tree.leaves(want), strict=True):
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+
+
+def test_an_nnx_model_that_takes_rngs_at_call_time_trains():
+  """As Flax's NNX MNIST example: Dropout without rngs of its own, rngs passed at call time."""
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, *, rngs):
+      self.dense, self.drop = nnx.Linear(6, 16, rngs=rngs), nnx.Dropout(0.5)
+      self.head = alrao_jax.nnx.AlraoHead(16, 3, num_copies=3, rngs=rngs)
+
+    def __call__(self, x, rngs=None):
+      return self.head(self.drop(nnx.relu(self.dense(x)), rngs=rngs))
+
+  model = Net(rngs=nnx.Rngs(0))
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+  optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+  rngs = nnx.Rngs(dropout=1)
+  step = alrao_jax.make_train_step(model, optimizer, train_kwargs={"rngs": rngs})
+  x = jax.random.normal(jax.random.key(0), (32, 6))
+  y = (x[:, 0] > 0).astype(jnp.int32)
+  averaging = alrao_jax.switch_init(3)
+  for _ in range(30):
+    averaging, _ = step(averaging, x, y)
+  assert int(rngs.dropout.count.value) == 30  # a fresh dropout mask at every step
+  assert alrao_jax.make_eval_step(model)(averaging, x, y)["accuracy"] > 0.7
