@@ -225,6 +225,23 @@ def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str
   return restored, meta
 
 
+def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Writes named pytrees and JSON extras as one checkpoint (atomically, as
+  :func:`save_checkpoint`); :func:`restore_items` reads them back."""
+  _write(directory, items, meta)
+
+
+def restore_items(
+  directory: str | os.PathLike, likes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads what :func:`save_items` wrote, in the structure, shapes and dtypes of ``likes``.
+
+  Raises:
+    FileNotFoundError: no checkpoint there. ValueError: it is corrupt or does not fit.
+  """
+  return _read(directory, likes)
+
+
 def save_checkpoint(
   directory: str | os.PathLike,
   state: TrainState,

@@ -1,5 +1,5 @@
-"""The training loop: :func:`fit` trains a linen model with early stopping on validation,
-checkpoints every epoch and resumes exactly."""
+"""The training loop: :func:`fit` trains a linen or NNX model with early stopping on
+validation, checkpoints every epoch and resumes exactly."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
-from alrao_jax.checkpoint import restore_checkpoint, save_checkpoint
+from alrao_jax.checkpoint import restore_checkpoint, restore_items, save_checkpoint, save_items
 from alrao_jax.checks import check_carry, check_int, check_labels
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.sharding import (
@@ -32,6 +33,7 @@ from alrao_jax.splits import as_splits, rows_of, take
 from alrao_jax.steps import (
   TrainState,
   check_carry_in,
+  copies_or_one,
   create_train_state,
   head_outputs,
   make_eval_step,
@@ -223,8 +225,8 @@ def _sharded_evaluation(evaluate: Callable, state: TrainState, mesh: jax.shardin
 
 
 def fit(
-  model: nn.Module,
-  optimizer: optax.GradientTransformation,
+  model: nn.Module | nnx.Module,
+  optimizer: optax.GradientTransformation | nnx.Optimizer,
   splits: Any,
   *,
   epochs: int,
@@ -261,10 +263,18 @@ def fit(
   that had stopped early (patience, divergence) is not trained further, so re-running a
   script with ``resume=True`` gives the same answer every time.
 
+  An NNX model is trained in place (with ``nnx.Optimizer(model, optimizer, wrt=nnx.Param)``
+  unless an ``nnx.Optimizer`` is given): the result's ``state`` and ``last_state`` are then
+  averaging states, the model (and optimizer) end with the best epoch's variables, and RNG
+  streams passed at call time (``train_kwargs={'rngs': nnx.Rngs(dropout=0)}``) are carried and
+  checkpointed with them, so that a resumed run equals the whole run. ``mesh``, ``carry``,
+  ``initial_state``, ``eval_params``, ``eval_model`` and ``rng_streams`` are linen's.
+
   Args:
-    model: a linen module ending with an Alrao head, or with a plain output layer (logits or
-      means: one copy), so that a baseline and Alrao train in the same loop.
-    optimizer: any optax transformation, e.g. :func:`alrao_jax.alrao_sgd` or ``optax.sgd``.
+    model: a linen or NNX module ending with an Alrao head, or with a plain output layer
+      (logits or means: one copy), so that a baseline and Alrao train in the same loop.
+    optimizer: any optax transformation, e.g. :func:`alrao_jax.alrao_sgd` or ``optax.sgd``
+      (or, for an NNX model, an ``nnx.Optimizer`` built on it).
     splits: an :class:`alrao_jax.Splits` (or ``(train, valid, test)`` pairs); inputs are
       arrays, or tuples of arrays (passed as positional arguments, e.g. ``(ids, lengths)``)
       or dicts of arrays (one argument), examples on axis 0.
@@ -334,6 +344,38 @@ def fit(
   if batch_size > rows_of(train.inputs):
     raise ValueError(f"batch_size must be in [1, {rows_of(train.inputs)}], got {batch_size}.")
   averaging = averaging or switch_averaging()
+  if isinstance(model, nnx.Module):
+    unsupported = {
+      "mesh": mesh,
+      "initial_state": initial_state,
+      "eval_params": eval_params,
+      "eval_model": eval_model,
+      "carry": tuple(carry) or None,
+      "rng_streams": None if tuple(rng_streams) == ("dropout",) else rng_streams,
+    }
+    given = [name for name, value in unsupported.items() if value is not None]
+    if given:
+      raise ValueError(
+        f"{given} apply to linen models; an NNX model holds its variables and RNG streams "
+        "(start from the model as it is; pass rngs at call time with train_kwargs)."
+      )
+    return _fit_nnx(
+      model,
+      optimizer,
+      splits,
+      epochs=epochs,
+      seed=seed,
+      batch_size=batch_size,
+      averaging=averaging,
+      likelihood=likelihood,
+      train_kwargs=train_kwargs,
+      eval_kwargs=eval_kwargs,
+      checkpoint_dir=checkpoint_dir,
+      resume=resume,
+      on_epoch=on_epoch,
+      patience=patience,
+      eval_batch_size=eval_batch_size,
+    )
   carry = _check_streams(carry, splits, batch_size)
   if mesh is not None:
     _check_mesh(mesh, batch_size)
@@ -462,7 +504,136 @@ def fit(
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
     if on_epoch is not None:
       on_epoch(record, history)
-  stopped = stopped or "epochs"
+  return _result(best_state, state, best_epoch, history, stopped or "epochs")
+
+
+def _snapshot(nodes: tuple) -> Any:
+  """A copy of the NNX nodes' variables (the step donates the live ones)."""
+  return jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(nodes)))
+
+
+def _load(nodes: tuple, pure: Any) -> None:
+  """Writes a :func:`_snapshot` back into the nodes' variables, in place."""
+  state = nnx.state(nodes)
+  nnx.replace_by_pure_dict(state, pure)
+  nnx.update(nodes, state)
+
+
+def _nnx_outputs(model: nnx.Module, example: Any, kwargs: Mapping[str, Any] | None) -> int:
+  """An NNX model's outputs per example: the head's K, or a plain output layer's last axis."""
+  try:
+    return head_outputs(nnx.state(model, nnx.Param))
+  except ValueError:
+    graphdef, state = nnx.split(model)
+
+    def call(state: Any) -> Any:
+      module = nnx.merge(graphdef, state)
+      module.eval()
+      return module(*model_args(example), **dict(kwargs or {}))
+
+    return int(jax.eval_shape(call, state).shape[-1])
+
+
+def _fit_nnx(
+  model: nnx.Module,
+  optimizer: optax.GradientTransformation | nnx.Optimizer,
+  splits: Any,
+  *,
+  epochs: int,
+  seed: int,
+  batch_size: int,
+  averaging: ModelAveraging,
+  likelihood: Likelihood,
+  train_kwargs: Mapping[str, Any] | None,
+  eval_kwargs: Mapping[str, Any] | None,
+  checkpoint_dir: str | os.PathLike | None,
+  resume: bool,
+  on_epoch: Callable[[dict[str, Any], list[dict[str, Any]]], None] | None,
+  patience: int | None,
+  eval_batch_size: int | None,
+) -> FitResult:
+  """:func:`fit` for an NNX model: the model and its optimizer are trained in place; the
+  result's states are averaging states, and the model ends with the best epoch's variables."""
+  train, valid, test = splits
+  if not isinstance(optimizer, nnx.Optimizer):
+    optimizer = nnx.Optimizer(model, optimizer, wrt=nnx.Param)
+  # the checkpoint and the best epoch hold the model, the optimizer and the RNG streams given
+  # at call time (their counts), so that a resumed run draws what the whole run drew
+  call_nodes = [v for v in dict(train_kwargs or {}).values() if isinstance(v, nnx.Pytree)]
+  nodes = (model, optimizer, *call_nodes)
+  averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
+  if likelihood is categorical_log_likelihood:
+    num_classes = _nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs)
+    for name, split in zip(("train", "valid", "test"), splits, strict=True):
+      check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+  step = make_train_step(
+    model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
+  )
+  evaluate = make_eval_step(
+    model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
+  )
+  steps = rows_of(train.inputs) // batch_size
+  history, best, best_epoch, done, stopped = [], float("inf"), 0, 0, None
+  best_variables, best_averaging = _snapshot(nodes), averaging_state
+  if resume:
+    items, meta = restore_items(
+      checkpoint_dir,
+      {
+        "variables": best_variables,
+        "averaging": averaging_state,
+        "best_variables": best_variables,
+        "best_averaging": averaging_state,
+      },
+    )
+    _load(nodes, items["variables"])
+    averaging_state, done = items["averaging"], int(meta["epoch"])
+    best_variables, best_averaging = items["best_variables"], items["best_averaging"]
+    history, best, best_epoch = meta["history"], meta["best"], meta["best_epoch"]
+    if history:
+      stopped = _stop_reason(history[-1], best_epoch, patience)
+  for epoch in range(done + 1, epochs + 1):
+    if stopped is not None:
+      break
+    order = np.random.default_rng([seed, epoch]).permutation(rows_of(train.inputs))
+    losses = []
+    for idx in order[: steps * batch_size].reshape(steps, batch_size):
+      averaging_state, metrics = step(averaging_state, take(train.inputs, idx), train.targets[idx])
+      losses.append(metrics["loss"])
+    record = {
+      "epoch": epoch,
+      "train_loss": float(jnp.mean(jnp.stack(losses))),
+      "posterior": [float(p) for p in averaging.posterior(averaging_state)],
+    }
+    for prefix, split in (("valid", valid), ("test", test)):
+      metrics = evaluate_in_chunks(evaluate, averaging_state, *split, eval_batch_size)
+      record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
+    if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
+      best, best_epoch = record["valid_loss"], epoch
+      best_variables, best_averaging = _snapshot(nodes), averaging_state
+    stopped = _stop_reason(record, best_epoch, patience)
+    if stopped is not None:
+      record["stopped"] = stopped
+    history.append(record)
+    if checkpoint_dir is not None:
+      save_items(
+        checkpoint_dir,
+        {
+          "variables": _snapshot(nodes),
+          "averaging": averaging_state,
+          "best_variables": best_variables,
+          "best_averaging": best_averaging,
+        },
+        {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch},
+      )
+    if on_epoch is not None:
+      on_epoch(record, history)
+  last_averaging = averaging_state
+  _load(nodes, best_variables)
+  return _result(best_averaging, last_averaging, best_epoch, history, stopped or "epochs")
+
+
+def _result(state: Any, last: Any, best_epoch: int, history: list, stopped: str) -> FitResult:
+  """The :class:`FitResult`, with a warning when no epoch had a finite validation loss."""
   if best_epoch:
     test_metrics = test_metrics_of(history[best_epoch - 1])
   else:
@@ -471,6 +642,6 @@ def fit(
       f"alrao_jax.fit: no epoch had a finite validation loss ({STOP_REASONS[stopped]}); the "
       "result's state is the initial state, and its test loss inf.",
       RuntimeWarning,
-      stacklevel=2,
+      stacklevel=3,
     )
-  return FitResult(best_state, state, best_epoch, history, test_metrics, stopped)
+  return FitResult(state, last, best_epoch, history, test_metrics, stopped)

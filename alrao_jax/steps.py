@@ -65,7 +65,7 @@ def model_args(inputs: Any) -> tuple:
   return inputs if isinstance(inputs, tuple) else (inputs,)
 
 
-def _copies_or_one(params: Any) -> int:
+def copies_or_one(params: Any) -> int:
   """The Alrao head's number of copies; 1 for a model with a plain output layer."""
   try:
     return num_copies_of(params)
@@ -149,7 +149,7 @@ def create_train_state(
     # may not hold one buffer twice.
     model_state=jax.tree.map(jnp.copy, variables),
     opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
-    averaging_state=averaging.init(_copies_or_one(params)),
+    averaging_state=averaging.init(copies_or_one(params)),
     rng=rng,
   )
 

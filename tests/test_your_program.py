@@ -92,3 +92,43 @@ def test_an_nnx_model_that_takes_rngs_at_call_time_trains():
     averaging, _ = step(averaging, x, y)
   assert int(rngs.dropout.count.value) == 30  # a fresh dropout mask at every step
   assert alrao_jax.make_eval_step(model)(averaging, x, y)["accuracy"] > 0.7
+
+
+def test_fit_trains_an_nnx_model_resumes_it_exactly_and_leaves_the_best_epoch(tmp_path):
+  from flax import nnx
+
+  class Net(nnx.Module):
+    def __init__(self, copies, *, rngs):
+      self.dense, self.bn = nnx.Linear(7, 16, rngs=rngs), nnx.BatchNorm(16, rngs=rngs)
+      self.drop = nnx.Dropout(0.2)
+      if copies is None:
+        self.head = nnx.Linear(16, 3, rngs=rngs)
+      else:
+        self.head = alrao_jax.nnx.AlraoHead(16, 3, num_copies=copies, rngs=rngs)
+
+    def __call__(self, ids, lengths, rngs=None):  # two inputs, rngs at call time
+      x = jnp.concatenate([ids / 20.0, lengths[:, None] / 7.0], -1)
+      return self.head(self.drop(nnx.relu(self.bn(self.dense(x))), rngs=rngs))
+
+  splits = alrao_jax.split_arrays((IDS[:, :6], LENGTHS), Y, valid=40, test=40)
+
+  def run(epochs, copies=3, **kwargs):
+    model = Net(copies, rngs=nnx.Rngs(0))
+    tx = alrao_jax.alrao_sgd(1e-3, 3.0, key=jax.random.key(0)) if copies else optax.sgd(0.3)
+    rngs = {"rngs": nnx.Rngs(dropout=1)}
+    return model, alrao_jax.fit(model, tx, splits, epochs=epochs, train_kwargs=rngs, **kwargs)
+
+  model, whole = run(3)
+  run(1, checkpoint_dir=tmp_path)
+  resumed_model, resumed = run(3, checkpoint_dir=tmp_path, resume=True)
+  assert resumed.history == whole.history and resumed.stopped == whole.stopped == "epochs"
+  params = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (resumed_model, model)]
+  for a, b in zip(*params, strict=True):
+    np.testing.assert_array_equal(a, b)
+  # the model ends with the best epoch's variables: evaluating it gives that epoch's test loss
+  evaluate = alrao_jax.make_eval_step(model)
+  test = evaluate(whole.state, splits.test.inputs, splits.test.targets)
+  np.testing.assert_allclose(test["loss"], whole.test["loss"], rtol=1e-5)
+  plain_model, plain = run(3, copies=None)
+  assert plain.best_epoch >= 1 and plain.test["loss"] < np.log(3)  # below chance
+  assert alrao_jax.predict(plain_model, plain.state, splits.test.inputs).shape == (40, 3)
