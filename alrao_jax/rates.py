@@ -265,6 +265,43 @@ def _stack_evidence(module: tuple[str, ...], shapes: dict[tuple[str, ...], tuple
   return "stacked"
 
 
+STACK_AXIS_NAMES = ("layers",)  # the partition name Flax's examples give to scanned stacks
+
+
+def declared_stack_axes(params: Any) -> dict[tuple[str, ...], int]:
+  """The layer axes the parameters' Flax metadata declares: leading axes whose sharding name
+  is in :data:`STACK_AXIS_NAMES`, as linen's ``nn.scan(..., metadata_params={nn.PARTITION_NAME:
+  'layers'})`` names them on ``nn.Partitioned`` parameters and NNX's ``nnx.vmap(...,
+  transform_metadata={nnx.PARTITION_NAME: 'layers'})`` on a variable's ``out_sharding``.
+
+  Returns:
+    ``{path: number of leading layer axes}`` for the parameters that declare some.
+  """
+  import flax.linen as nn  # only Flax trees hold such metadata
+  from flax import nnx
+
+  def is_box(x: Any) -> bool:
+    return isinstance(x, nn.Partitioned | nnx.Variable)
+
+  declared = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_box)[0]:
+    if isinstance(leaf, nn.Partitioned):
+      names = leaf.names
+    elif isinstance(leaf, nnx.Variable):
+      meta = leaf.get_metadata()
+      names = meta.get("out_sharding") or meta.get("sharding_names")
+    else:
+      continue
+    count = 0
+    for name in tuple(names or ()):
+      if name not in STACK_AXIS_NAMES:
+        break
+      count += 1
+    if count:
+      declared[tuple(_key_name(entry) for entry in path) or ("",)] = count
+  return declared
+
+
 def _one_layer_kernel(name: str) -> bool:
   """Whether a module of this name holds one layer's rank-3 kernel (a 1-D convolution, a
   ``DenseGeneral`` or ``Einsum``, an attention projection), not a stack of Dense kernels."""
@@ -328,20 +365,30 @@ def _explicit_leads(
   return leads
 
 
-def stack_axes(paths: list[tuple[str, ...]], leaves: list[Any], *, stacked: Any = None) -> tuple:
+def stack_axes(
+  paths: list[tuple[str, ...]],
+  leaves: list[Any],
+  *,
+  stacked: Any = None,
+  declared: Mapping[tuple[str, ...], int] | None = None,
+) -> tuple:
   """How many leading layer axes each leaf has (``nn.scan`` / ``nnx.vmap`` stacks).
 
   A module whose shapes only a leading layer axis explains (see :func:`_stack_evidence`)
   makes its enclosing scope stacked: the largest enclosing module whose parameters all
   share that leading axis and still fit the SPEC table without it (a scanned block). This
-  repeats for stacks of stacks. ``stacked`` names prefixes explicitly (it wins below them).
+  repeats for stacks of stacks. ``declared`` gives the layer axes the parameters' Flax
+  metadata declares (see :func:`declared_stack_axes`); ``stacked`` names prefixes explicitly
+  (it wins below them).
 
   Returns:
     ``(leads, ambiguous)``: ``{path: number of leading layer axes}`` and the module paths
     whose shapes fit both readings and were left unstacked.
   """
   shapes = {p: tuple(np.shape(leaf)) for p, leaf in zip(paths, leaves, strict=True)}
-  explicit = _explicit_leads(paths, shapes, stacked)
+  explicit = {
+    p: n for p, n in (declared or {}).items() if COPIES_MODULE not in p[:-1]
+  } | _explicit_leads(paths, shapes, stacked)
   free = [p for p in paths if p not in explicit and COPIES_MODULE not in p[:-1]]
   leads = dict.fromkeys(paths, 0) | explicit
 
@@ -499,7 +546,8 @@ def rate_plans(
     raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
   paths, leaves, treedef = leaf_paths(params)
   check_parameter_leaves(params, paths, leaves)
-  leads, ambiguous = stack_axes(paths, leaves, stacked=stacked)
+  declared = declared_stack_axes(params)
+  leads, ambiguous = stack_axes(paths, leaves, stacked=stacked, declared=declared)
   inner = [_shape_only(np.shape(leaf)[leads[p] :]) for p, leaf in zip(paths, leaves, strict=True)]
   feature, unknown = _feature_plans(paths, inner)
   labels = _labels(rules, paths, leaves, params)
@@ -600,11 +648,15 @@ def sample_rates(
   stacks in NNX) have leading layer axes: a stacked Dense kernel is ``(L, in, out)`` with
   bias ``(L, out)``. Every rule above then holds per layer: kernel column ``[l, :, j]`` and
   bias ``[l, j]`` share one rate, and layers never share rates (rate leaves ``(L, 1, out)``
-  and ``(L, out)``). The layer axes are detected from the shapes: a module that only a
-  leading layer axis explains (a norm of rank 2; a kernel and bias whose leading axes agree)
-  marks the largest enclosing module whose parameters all share that axis. Where the shapes
-  cannot tell (a scanned stack of Dense layers without bias or norm, or shapes that fit a
-  ``DenseGeneral`` too, which is warned about), name the stack with ``stacked``. A
+  and ``(L, out)``). A stack declared in the parameters' Flax metadata is read: leading axes
+  named ``'layers'`` (linen ``nn.scan(..., metadata_params={nn.PARTITION_NAME: 'layers'})``
+  on ``nn.Partitioned`` parameters, NNX ``nnx.vmap(..., transform_metadata=
+  {nnx.PARTITION_NAME: 'layers'})``). Otherwise the layer axes are detected from the shapes: a
+  module that only a leading layer axis explains (a norm of rank 2; a kernel and bias whose
+  leading axes agree) marks the largest enclosing module whose parameters all share that axis.
+  Where the shapes cannot tell (a scanned stack of bias-free Dense layers without a norm, or
+  shapes that fit a ``DenseGeneral`` or a 1-D convolution too), a warning names the module and
+  the ``stacked`` that settles it. A
   ``ConvLocal`` is known by its module name (``ConvLocal_0``): its per-position axes have
   a stack's shapes, and it keeps one rate per filter.
 

@@ -692,3 +692,44 @@ def test_a_stack_shapes_cannot_tell_is_warned_and_named_explicitly():
     alrao_jax.sample_rates(KEY, head, LO, HI, stacked={"": 1})
   with pytest.raises(ValueError, match=r"less than a \(in, out\) kernel"):
     alrao_jax.sample_rates(KEY, _dense_stack(3, 4), LO, HI, stacked={"dense": 2})
+
+
+def test_a_stack_declared_in_flax_metadata_is_read():
+  """linen nn.scan(metadata_params={nn.PARTITION_NAME: 'layers'}) and NNX
+  nnx.vmap(transform_metadata={nnx.PARTITION_NAME: 'layers'}): no shape says stack, the
+  declaration does."""
+
+  class Block(nn.Module):
+    @nn.compact
+    def __call__(self, x, _):
+      init = nn.with_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp"))
+      return nn.relu(nn.Dense(6, use_bias=False, kernel_init=init)(x)), None
+
+  stack = nn.scan(
+    Block,
+    variable_axes={"params": 0},
+    split_rngs={"params": True},
+    length=3,
+    metadata_params={nn.PARTITION_NAME: "layers"},
+  )
+  linen = stack().init(KEY, jnp.ones((2, 6)), None)["params"]
+
+  class NNXBlock(nnx.Module):
+    def __init__(self, rngs):
+      init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"))
+      self.dense = nnx.Linear(6, 6, use_bias=False, kernel_init=init, rngs=rngs)
+
+  @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+  def make(key):
+    return NNXBlock(nnx.Rngs(key))
+
+  with nnx.use_eager_sharding(False):
+    blocks = make(jax.random.split(KEY, 3))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # read, not guessed: no warning
+    linen_rates = alrao_jax.sample_rates(KEY, linen, LO, HI)["Dense_0"]["kernel"]
+    nnx_rates = alrao_jax.sample_rates(KEY, nnx.state(blocks, nnx.Param), LO, HI)
+  for rates in (linen_rates.value, nnx_rates["dense"]["kernel"].get_value()):
+    assert rates.shape == (3, 1, 6)
+    assert len(np.unique(np.asarray(rates))) == 18  # each layer and unit its own rate
+  assert linen_rates.names == ("layers", None, "mlp")  # the rates keep the layer axis' name
