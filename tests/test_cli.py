@@ -220,6 +220,11 @@ def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_p
   assert high == pytest.approx(1e4 * low) and 1e-4 <= high <= 100
   assert f"--lr-min {low:.2g} --lr-max {high:.2g}" in captured.err
   assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
+  assert cli.main([*args, "--out", str(tmp_path)]) == 2  # its results are not written over
+  assert "holds a range test already" in capsys.readouterr().err
+  (tmp_path / "tune.json").write_text("{}")
+  assert cli.main(["tune", "--out", str(tmp_path)]) == 2
+  assert "holds a tune run already" in capsys.readouterr().err
 
 
 def test_help_shows_defaults_in_plain_text_and_version(capsys):

@@ -503,6 +503,12 @@ def _run_summary(run: RunResult) -> dict[str, Any]:
   }
 
 
+def _refuse_to_overwrite(out: pathlib.Path, names: Sequence[str], what: str) -> None:
+  """As train does: a folder that holds this command's results already is not written over."""
+  if any((out / name).exists() for name in names):
+    raise UsageError(f"{out} holds {what} already; pass another --out, or remove it first")
+
+
 def _tune(args: argparse.Namespace) -> None:
   s = _resolve(args, TUNE_OPTIONS)
   s.update({"optimizer": "alrao-sgd", "lr": None})
@@ -510,6 +516,7 @@ def _tune(args: argparse.Namespace) -> None:
   _check_optimizer_options(s)
   grid = _grid(args.grid) if args.verify else []
   out = _run_folder(args)
+  _refuse_to_overwrite(out, ("tune.json", "suggestion.txt"), "a tune run")
   task = _load(s)
   alrao = _method(s, task)  # fills in the task's interval and copies; checked before any run
 
@@ -561,6 +568,7 @@ def _lr_find(args: argparse.Namespace) -> None:
   if not end_lr > start_lr:
     raise UsageError(f"--end-lr ({end_lr}) must be > --start-lr ({start_lr})")
   out = _run_folder(args)
+  _refuse_to_overwrite(out, ("lr_find.png",), "a range test")
   optimizer = args.optimizer or "sgd"
   task = _load(s)
   copies = task.copies
