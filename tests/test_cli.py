@@ -2,6 +2,7 @@
 extras, progress, and one-line errors with exit code 2 before any model is built."""
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -452,3 +453,19 @@ def test_a_run_that_diverges_in_its_first_epoch_ends_cleanly_and_says_why(tmp_pa
     f"checkpoint in {tmp_path} keeps no epoch (none was finite) as its best state"
   ]
   assert json.loads(captured.out.strip().splitlines()[-1])["best_epoch"] == 0
+
+
+def test_the_command_line_keeps_a_persistent_compilation_cache(tmp_path):
+  rng = np.random.default_rng(0)
+  data = tmp_path / "small.npz"
+  np.savez(data, x=rng.normal(size=(120, 6)).astype(np.float32), y=np.arange(120) % 3)
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+  args = ["train", "--no-progress", "--data", str(data), "--model", "mlp", "--width", "8"]
+  args += ["--epochs", "1", "--batch-size", "16", "--out", str(tmp_path / "run")]
+  run = subprocess.run(
+    [sys.executable, "-m", "alrao_jax.experiments.cli", *args],
+    capture_output=True, text=True, timeout=300, env=env,
+  )
+  assert run.returncode == 0, run.stderr[-2000:]
+  assert len(list((tmp_path / "cache" / "alrao-jax" / "xla").iterdir())) > 5  # the step, ...

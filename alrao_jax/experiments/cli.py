@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import signal
 import sys
@@ -738,9 +739,22 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _use_compilation_cache() -> None:
+  """JAX's persistent compilation cache, on by default for the command line: a run starts
+  with what the previous runs compiled (a 5-epoch digits run: about half its wall time).
+  ``JAX_COMPILATION_CACHE_DIR`` (or a cache set in JAX's config) is used as it is."""
+  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
+    return
+  home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  jax.config.update("jax_compilation_cache_dir", os.path.join(home, "alrao-jax", "xla"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point of the ``alrao-jax`` console script; returns the exit code."""
   args = _parser().parse_args(argv)
+  _use_compilation_cache()
   if args.command == "screen" and args.epochs is None:
     args.epochs = 5
   try:
