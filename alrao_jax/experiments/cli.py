@@ -743,12 +743,15 @@ def _use_compilation_cache() -> None:
   """JAX's persistent compilation cache, on by default for the command line: a run starts
   with what the previous runs compiled (a 5-epoch digits run: about half its wall time).
   ``JAX_COMPILATION_CACHE_DIR`` (or a cache set in JAX's config) is used as it is."""
-  if os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir:
-    return
-  home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-  jax.config.update("jax_compilation_cache_dir", os.path.join(home, "alrao-jax", "xla"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if not (os.environ.get("JAX_COMPILATION_CACHE_DIR") or jax.config.jax_compilation_cache_dir):
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    jax.config.update("jax_compilation_cache_dir", os.path.join(home, "alrao-jax", "xla"))
+  # every program, not only those over JAX's default second of compile time: a run's many
+  # small ones (state creation, evaluation) add up to most of its start-up
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  if "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
