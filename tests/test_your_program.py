@@ -132,3 +132,91 @@ def test_fit_trains_an_nnx_model_resumes_it_exactly_and_leaves_the_best_epoch(tm
   plain_model, plain = run(3, copies=None)
   assert plain.best_epoch >= 1 and plain.test["loss"] < np.log(3)  # below chance
   assert alrao_jax.predict(plain_model, plain.state, splits.test.inputs).shape == (40, 3)
+
+
+# Models written as Flax's examples write them, each trained through fit, through the
+# README's own-step recipe (alrao_loss plus the switch) and predicting.
+class LM(nn.Module):
+  """An lm1b-style decoder: a config flag for dropout, and logits cast to float32 at the end."""
+
+  vocab: int = 12
+  deterministic: bool = False
+
+  @nn.compact
+  def __call__(self, tokens):
+    x = nn.Embed(self.vocab, 16)(tokens)
+    h = nn.LayerNorm()(x)
+    mask = nn.make_causal_mask(tokens)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2, deterministic=self.deterministic,
+                                            dropout_rate=0.1)(h, h, mask=mask)
+    x = x + nn.Dense(16)(nn.gelu(nn.Dense(32)(nn.LayerNorm()(x))))
+    logits = alrao_jax.AlraoHead(self.vocab, num_copies=3)(nn.LayerNorm()(x))
+    return logits.astype(jnp.float32)  # what lm1b does to its logits
+
+
+class BiLSTM(nn.Module):
+  """SST-2 style: (ids, lengths), a bidirectional LSTM, attention pooling over valid tokens."""
+
+  @nn.compact
+  def __call__(self, ids, lengths):
+    x = nn.Embed(20, 8)(ids)
+    forward = nn.RNN(nn.OptimizedLSTMCell(8))(x, seq_lengths=lengths)
+    backward = nn.RNN(nn.OptimizedLSTMCell(8), reverse=True, keep_order=True)(
+      x, seq_lengths=lengths
+    )
+    h = jnp.concatenate([forward, backward], -1)
+    valid = jnp.arange(ids.shape[1])[None] < lengths[:, None]
+    scores = jnp.where(valid, nn.Dense(1)(jnp.tanh(h))[..., 0], -1e9)
+    pooled = jnp.einsum("bt,btd->bd", jax.nn.softmax(scores, -1), h)
+    return alrao_jax.AlraoHead(3, num_copies=3)(pooled)
+
+
+def _own_step(model, variables, inputs, targets, **kwargs):
+  """Two steps of the README recipe: alrao_loss, optax, the switch; returns the losses."""
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+  params, opt_state = variables["params"], tx.init(variables["params"])
+  switch, averaging = alrao_jax.switch_init(3), alrao_jax.switch_averaging()
+
+  @jax.jit
+  def step(params, opt_state, switch, key):
+    def loss_fn(params):
+      outputs = model.apply({"params": params}, *inputs, rngs={"dropout": key}, **kwargs)
+      return alrao_jax.alrao_loss(outputs, targets, switch)
+
+    (_, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    switch = averaging.update(switch, aux.log_likelihoods)
+    return optax.apply_updates(params, updates), opt_state, switch, aux.mixture_nll
+
+  losses = []
+  for i in range(2):
+    params, opt_state, switch, loss = step(params, opt_state, switch, jax.random.key(i))
+    losses.append(float(loss))
+  return losses
+
+
+def test_an_lm1b_style_decoder_that_casts_its_logits():
+  tokens = jnp.asarray(RNG.integers(0, 12, size=(96, 9)), jnp.int32)
+  inputs, targets = np.asarray(tokens[:, :-1]), np.asarray(tokens[:, 1:])  # (B, T) labels
+  splits = alrao_jax.split_arrays(inputs, targets, valid=16, test=16)
+  result = alrao_jax.fit(
+    LM(), alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0)), splits, epochs=2,
+    batch_size=16, eval_model=LM(deterministic=True),
+  )
+  assert result.best_epoch >= 1 and np.isfinite(result.test["loss"])
+  probs = alrao_jax.predict(LM(deterministic=True), result.state, splits.test.inputs)
+  assert probs.shape == (16, 8, 12)
+  variables = LM().init(jax.random.key(1), inputs[:8])
+  losses = _own_step(LM(), variables, (inputs[:8],), targets[:8])
+  assert all(np.isfinite(losses))
+
+
+def test_a_two_input_bilstm_classifier():
+  splits = alrao_jax.split_arrays((IDS, LENGTHS), Y, valid=40, test=40)
+  result = alrao_jax.fit(
+    BiLSTM(), alrao_jax.alrao_sgd(1e-3, 3.0, key=jax.random.key(0)), splits, epochs=3
+  )
+  assert result.best_epoch >= 1 and result.test["loss"] < np.log(3)  # below chance
+  assert alrao_jax.predict(BiLSTM(), result.state, splits.test.inputs).shape == (40, 3)
+  variables = BiLSTM().init(jax.random.key(1), IDS[:8], LENGTHS[:8])
+  assert all(np.isfinite(_own_step(BiLSTM(), variables, (IDS[:8], LENGTHS[:8]), Y[:8])))
