@@ -2,6 +2,7 @@
 extras, progress, and one-line errors with exit code 2 before any model is built."""
 
 import json
+import logging
 import os
 import pickle
 import signal
@@ -469,3 +470,26 @@ def test_the_command_line_keeps_a_persistent_compilation_cache(tmp_path):
   )
   assert run.returncode == 0, run.stderr[-2000:]
   assert len(list((tmp_path / "cache" / "alrao-jax" / "xla").iterdir())) > 5  # the step, ...
+
+
+def test_a_run_compiles_its_training_step_once(tmp_path, capsys):
+  compiled = []
+
+  class Compiles(logging.Handler):
+    def emit(self, record):
+      message = record.getMessage()
+      if message.startswith("Compiling jit("):
+        compiled.append(message.split("(")[1].split(")")[0])
+
+  handler, logger = Compiles(), logging.getLogger("jax")
+  logger.addHandler(handler)
+  try:
+    with jax.log_compiles(True):
+      args = ["train", "--no-progress", "--epochs", "2", "--out", str(tmp_path / "run")]
+      assert cli.main(args) == 0
+  finally:
+    logger.removeHandler(handler)
+  capsys.readouterr()
+  assert compiled.count("step") == 1, compiled  # one program for every batch of every epoch
+  assert compiled.count("evaluate") == 1  # validation and test: 300 examples each, one shape
+  assert len(compiled) <= 40, compiled  # the state is created by one program (was 109 in all)
