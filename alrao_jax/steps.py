@@ -11,7 +11,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -135,34 +134,23 @@ def create_train_state(
   """
   averaging = averaging or switch_averaging()
   streams = check_rng_streams(rng_streams)
-
-  def build(key: jax.Array, *example_inputs: Any) -> TrainState:
-    params_key, init_key, rng = jax.random.split(key, 3)
-    variables = dict(
-      model.init(
-        {"params": params_key, **stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
-      )
+  params_key, init_key, rng = jax.random.split(key, 3)
+  variables = dict(
+    model.init(
+      {"params": params_key, **stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
     )
-    params = variables.pop("params")
-    return TrainState(
-      step=jnp.zeros((), jnp.int32),
-      params=params,
-      model_state=variables,
-      opt_state=optimizer.init(params),
-      averaging_state=averaging.init(copies_or_one(params)),
-      rng=rng,
-    )
-
-  # One compiled program instead of one per operation of the initialisers (a hundred small
-  # compilations: half the start-up of a short run). Inputs that are not arrays stay eager.
-  arrays = all(isinstance(x, jax.Array | np.ndarray) for x in jax.tree.leaves(example_inputs))
-  state = (jax.jit(build) if arrays else build)(key, *example_inputs)
-  # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), a
-  # model may hold one array twice (an LSTM's zero state as (c, h)), and a donated state
-  # may not hold one buffer twice.
-  return state.replace(
-    model_state=jax.tree.map(jnp.copy, state.model_state),
-    opt_state=jax.tree.map(jnp.copy, state.opt_state),
+  )
+  params = variables.pop("params")
+  return TrainState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), a
+    # model may hold one array twice (an LSTM's zero state as (c, h)), and a donated state
+    # may not hold one buffer twice.
+    model_state=jax.tree.map(jnp.copy, variables),
+    opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
+    averaging_state=averaging.init(copies_or_one(params)),
+    rng=rng,
   )
 
 
