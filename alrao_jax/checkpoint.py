@@ -105,8 +105,9 @@ def _replace_file(path: pathlib.Path, text: str) -> None:
   os.replace(staging, path)
 
 
-def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
-  """Writes ``items`` (pytrees) and ``meta`` as a new version of the checkpoint in ``directory``.
+def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
+  """Writes ``items`` (named pytrees) and ``meta`` (JSON extras) as a new version of the
+  checkpoint in ``directory``; :func:`restore_items` reads them back.
 
   Only what this module writes is touched: a new version folder ``alrao_checkpoint_<n>``
   (marked by a ``ALRAO_CHECKPOINT`` file), then ``meta.json``, replaced atomically, which
@@ -120,13 +121,15 @@ def _write(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, 
   _check_alive(items)
   primary = jax.process_index() == 0  # several processes: one writes files, all write shards
   with _interrupts_deferred():
+    number = 0
     if primary:
       folder.mkdir(parents=True, exist_ok=True)
-      old = _versions(folder)
-      version = folder / f"{VERSION_PREFIX}{max(old, default=0) + 1}"
-      version.mkdir()
-      (version / MARKER).write_text("written by alrao_jax.checkpoint; removed by its next save\n")
-    version = folder / f"{VERSION_PREFIX}{_broadcast_version(folder)}"
+      number = max(_versions(folder), default=0) + 1
+      (folder / f"{VERSION_PREFIX}{number}").mkdir()
+      (folder / f"{VERSION_PREFIX}{number}" / MARKER).write_text(
+        "written by alrao_jax.checkpoint; removed by its next save\n"
+      )
+    version = folder / f"{VERSION_PREFIX}{_from_primary(number)}"
     _sync("alrao_jax_checkpoint_staged")
     with ocp.StandardCheckpointer() as checkpointer:
       for name, tree in items.items():
@@ -157,18 +160,40 @@ def _check_alive(items: dict[str, Any]) -> None:
     )
 
 
-def _broadcast_version(folder: pathlib.Path) -> int:
-  """The new version's number, made by process 0, as every process sees it."""
-  mine = max(_versions(folder), default=0) if jax.process_index() == 0 else 0
+def _from_primary(number: int) -> int:
+  """Process 0's ``number`` (the new version's), as every process sees it."""
   if jax.process_count() == 1:
-    return mine
-  return int(multihost_utils.broadcast_one_to_all(jax.numpy.asarray(mine, jax.numpy.int32)))
+    return number
+  return int(multihost_utils.broadcast_one_to_all(jax.numpy.asarray(number, jax.numpy.int32)))
 
 
 def _sync(name: str) -> None:
   """Waits for every process of a multi-process run (nothing to wait for in one process)."""
   if jax.process_count() > 1:
     multihost_utils.sync_global_devices(name)
+
+
+def _meta_and_version(folder: pathlib.Path) -> tuple[dict[str, Any], pathlib.Path]:
+  """``meta.json`` without the version pointer, and the version folder it names (the folder
+  itself in the layout before versions), read once.
+
+  Raises:
+    FileNotFoundError: no checkpoint there. ValueError: its metadata is corrupt.
+  """
+  if not (folder / META).is_file():
+    raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
+  try:
+    meta = json.loads((folder / META).read_text())
+    if not isinstance(meta, dict):
+      raise TypeError("not a JSON object")
+  except (ValueError, TypeError) as err:
+    raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
+  name = meta.pop(POINTER, None)
+  if name is None:
+    return meta, folder
+  if not (isinstance(name, str) and name.startswith(VERSION_PREFIX) and (folder / name).is_dir()):
+    raise ValueError(f"corrupt checkpoint in {folder}: {META} names a missing version {name!r}.")
+  return meta, folder / name
 
 
 def checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
@@ -178,34 +203,18 @@ def checkpoint_meta(directory: str | os.PathLike) -> dict[str, Any]:
   Raises:
     FileNotFoundError: no checkpoint there. ValueError: its metadata is corrupt.
   """
-  folder = pathlib.Path(directory).resolve()
-  if not (folder / META).is_file():
-    raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
-  try:
-    meta = json.loads((folder / META).read_text())
-    if not isinstance(meta, dict):
-      raise TypeError("not a JSON object")
-  except (ValueError, TypeError) as err:
-    raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
-  meta.pop(POINTER, None)
-  return meta
+  return _meta_and_version(pathlib.Path(directory).resolve())[0]
 
 
-def _version_folder(folder: pathlib.Path) -> pathlib.Path:
-  """The folder of the version ``meta.json`` names (the folder itself in the old layout)."""
-  name = json.loads((folder / META).read_text()).get(POINTER)
-  if name is None:
-    return folder
-  if not (isinstance(name, str) and name.startswith(VERSION_PREFIX) and (folder / name).is_dir()):
-    raise ValueError(f"corrupt checkpoint in {folder}: {META} names a missing version {name!r}.")
-  return folder / name
+def restore_items(
+  directory: str | os.PathLike, likes: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Reads what :func:`save_items` wrote, with the structure, shapes and dtypes of ``likes``.
 
-
-def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str, Any], dict]:
-  """Reads what :func:`_write` wrote, with the structure, shapes and dtypes of ``likes``."""
-  folder = pathlib.Path(directory).resolve()
-  meta = checkpoint_meta(folder)
-  folder = _version_folder(folder)
+  Raises:
+    FileNotFoundError: no checkpoint there. ValueError: it is corrupt or does not fit.
+  """
+  meta, folder = _meta_and_version(pathlib.Path(directory).resolve())
   restored = {}
   try:
     with ocp.StandardCheckpointer() as checkpointer:
@@ -223,23 +232,6 @@ def _read(directory: str | os.PathLike, likes: dict[str, Any]) -> tuple[dict[str
       f"checkpoint in {folder} does not fit this model and optimizer, or is corrupt: {err}"
     ) from err
   return restored, meta
-
-
-def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
-  """Writes named pytrees and JSON extras as one checkpoint (atomically, as
-  :func:`save_checkpoint`); :func:`restore_items` reads them back."""
-  _write(directory, items, meta)
-
-
-def restore_items(
-  directory: str | os.PathLike, likes: dict[str, Any]
-) -> tuple[dict[str, Any], dict[str, Any]]:
-  """Reads what :func:`save_items` wrote, in the structure, shapes and dtypes of ``likes``.
-
-  Raises:
-    FileNotFoundError: no checkpoint there. ValueError: it is corrupt or does not fit.
-  """
-  return _read(directory, likes)
 
 
 def save_checkpoint(
@@ -276,7 +268,7 @@ def save_checkpoint(
   """
   meta = {"epoch": epoch, **(meta or {})}
   best_state = state if best_state is None else best_state
-  _write(directory, {"state": state, "best_state": best_state}, meta)
+  save_items(directory, {"state": state, "best_state": best_state}, meta)
 
 
 def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkpoint:
@@ -294,7 +286,7 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkp
     FileNotFoundError: no checkpoint there. ValueError: it is corrupt or belongs to
       another model or optimizer.
   """
-  restored, meta = _read(directory, {"state": like, "best_state": like})
+  restored, meta = restore_items(directory, {"state": like, "best_state": like})
   try:
     epoch = int(meta.pop("epoch"))
   except (KeyError, TypeError, ValueError) as err:
@@ -323,7 +315,7 @@ def save_nnx_checkpoint(
     meta: JSON-serialisable extras (e.g. the epoch and history).
   """
   variables = nnx.to_pure_dict(nnx.state((model, optimizer)))
-  _write(directory, {"variables": variables, "averaging": averaging_state}, dict(meta or {}))
+  save_items(directory, {"variables": variables, "averaging": averaging_state}, dict(meta or {}))
 
 
 def restore_nnx_checkpoint(
@@ -346,7 +338,7 @@ def restore_nnx_checkpoint(
   """
   state = nnx.state((model, optimizer))
   like = {"variables": nnx.to_pure_dict(state), "averaging": averaging_state}
-  restored, meta = _read(directory, like)
+  restored, meta = restore_items(directory, like)
   nnx.replace_by_pure_dict(state, restored["variables"])
   nnx.update((model, optimizer), state)
   return restored["averaging"], meta

@@ -312,9 +312,21 @@ def full_route(outputs: CopyOutputs | jax.Array) -> jax.Array:
   return outputs.own + (outputs.shared - jax.lax.stop_gradient(outputs.shared))
 
 
-def finite_per_example(values: jax.Array) -> jax.Array:
-  """``(N, *batch)``: whether copy j's outputs for an example are all finite."""
-  return jnp.isfinite(values).all(axis=-1)
+def per_example_prior(
+  outputs: CopyOutputs | jax.Array, posterior: Posterior
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """What a prediction leaves out, example by example.
+
+  Returns:
+    ``(values, finite, log_prior)``: the copies' outputs ``(N, *batch, K)`` with both
+    gradient routes (:func:`full_route`), whether copy j's outputs for an example are all
+    finite ``(N, *batch)``, and the log posterior broadcast to ``(N, *batch)``, ``-inf``
+    where the copy's outputs for the example are not finite.
+  """
+  values = full_route(outputs)
+  finite = jnp.isfinite(values).all(axis=-1)
+  log_posterior = broadcast_copy_axis(log_posterior_of(posterior), finite.ndim)
+  return values, finite, jnp.where(finite, log_posterior, -jnp.inf)
 
 
 def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
@@ -344,10 +356,8 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) ->
     >>> (100 * probs).round().tolist()  # row 0: copy 1 left out; row 1: both copies
     [[50.0, 50.0], [38.0, 62.0]]
   """
-  values = full_route(outputs)
-  finite = finite_per_example(values)
+  values, finite, logw = per_example_prior(outputs, posterior)
   safe = jnp.where(finite[..., None], values, 0.0)
-  logw = jnp.where(finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf)
   norm = jax.nn.logsumexp(logw, axis=0)
   predicted = norm > -jnp.inf
   logw = logw - jnp.where(predicted, norm, 0.0)
@@ -374,9 +384,7 @@ def best_copy(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Arr
     >>> alrao_jax.best_copy(outputs, jnp.array([0.3, 0.7])).tolist()
     [[1.0], [4.0]]
   """
-  values = full_route(outputs)
-  finite = finite_per_example(values)
-  score = jnp.where(finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf)
+  values, finite, score = per_example_prior(outputs, posterior)
   chosen = jnp.argmax(score, axis=0)
   picked = jnp.take_along_axis(values, chosen[None, ..., None], axis=0)[0]
   return jnp.where(finite.any(axis=0)[..., None], picked, jnp.nan)

@@ -62,6 +62,22 @@ STOP_REASONS = {
 }
 
 
+def _epoch_record(epoch: int, losses: Sequence[jax.Array], posterior: jax.Array) -> dict:
+  """An epoch's record in ``fit``'s history before evaluation: its mean training loss and
+  the averaging posterior after it."""
+  return {
+    "epoch": epoch,
+    "train_loss": float(jnp.mean(jnp.stack(losses))),
+    "posterior": [float(p) for p in posterior],
+  }
+
+
+def _check_split_labels(splits: Any, num_classes: int) -> None:
+  """Every split's labels are class indices in ``[0, num_classes)`` (checked on the host)."""
+  for name, split in zip(splits._fields, splits, strict=True):
+    check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+
+
 def _stop_reason(record: Mapping[str, Any], best_epoch: int, patience: int | None) -> str | None:
   """Why training stops after the epoch of ``record``, or None to go on."""
   if not np.isfinite(record["train_loss"]):
@@ -341,8 +357,9 @@ def fit(
   _check_eval_batch_size(eval_batch_size)
   splits = as_splits(splits)
   train, valid, test = splits
-  if batch_size > rows_of(train.inputs):
-    raise ValueError(f"batch_size must be in [1, {rows_of(train.inputs)}], got {batch_size}.")
+  rows = rows_of(train.inputs)
+  if batch_size > rows:
+    raise ValueError(f"batch_size must be in [1, {rows}], got {batch_size}.")
   averaging = averaging or switch_averaging()
   if isinstance(model, nnx.Module):
     unsupported = {
@@ -424,8 +441,7 @@ def fit(
       take(train.inputs, slice(0, 1)),
       eval_kwargs,
     )
-    for name, split in zip(("train", "valid", "test"), splits, strict=True):
-      check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+    _check_split_labels(splits, num_classes)
   step = make_train_step(
     model,
     optimizer,
@@ -450,7 +466,7 @@ def fit(
       if carry
       else _sharded_evaluation(evaluate, state, mesh)
     )
-  steps = rows_of(train.inputs) // batch_size
+  steps = rows // batch_size
   # The step donates its state: until an epoch is kept, the best state is a copy of the first.
   history, best, best_state, best_epoch, done = [], float("inf"), None, 0, 0
   stopped = None
@@ -466,18 +482,14 @@ def fit(
     if stopped is not None:
       break
     rng = np.random.default_rng([seed, epoch])
-    order = np.arange(steps * batch_size) if carry else rng.permutation(rows_of(train.inputs))
+    order = np.arange(steps * batch_size) if carry else rng.permutation(rows)
     order = order[: steps * batch_size].reshape(steps, batch_size)
     state = zero_collections(state, carry)
     losses = []
     for idx in order:
       state, metrics = step(state, *place((take(train.inputs, idx), train.targets[idx])))
       losses.append(metrics["loss"])
-    record = {
-      "epoch": epoch,
-      "train_loss": float(jnp.mean(jnp.stack(losses))),
-      "posterior": [float(p) for p in averaging.posterior(state.averaging_state)],
-    }
+    record = _epoch_record(epoch, losses, averaging.posterior(state.averaging_state))
     for prefix, split in (("valid", valid), ("test", test)):
       if carry:
         metrics = evaluate_streams(
@@ -563,16 +575,15 @@ def _fit_nnx(
   nodes = (model, optimizer, *call_nodes)
   averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
   if likelihood is categorical_log_likelihood:
-    num_classes = _nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs)
-    for name, split in zip(("train", "valid", "test"), splits, strict=True):
-      check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+    _check_split_labels(splits, _nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs))
   step = make_train_step(
     model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
   )
   evaluate = make_eval_step(
     model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
   )
-  steps = rows_of(train.inputs) // batch_size
+  rows = rows_of(train.inputs)
+  steps = rows // batch_size
   history, best, best_epoch, done, stopped = [], float("inf"), 0, 0, None
   best_variables, best_averaging = _snapshot(nodes), averaging_state
   if resume:
@@ -594,16 +605,12 @@ def _fit_nnx(
   for epoch in range(done + 1, epochs + 1):
     if stopped is not None:
       break
-    order = np.random.default_rng([seed, epoch]).permutation(rows_of(train.inputs))
+    order = np.random.default_rng([seed, epoch]).permutation(rows)
     losses = []
     for idx in order[: steps * batch_size].reshape(steps, batch_size):
       averaging_state, metrics = step(averaging_state, take(train.inputs, idx), train.targets[idx])
       losses.append(metrics["loss"])
-    record = {
-      "epoch": epoch,
-      "train_loss": float(jnp.mean(jnp.stack(losses))),
-      "posterior": [float(p) for p in averaging.posterior(averaging_state)],
-    }
+    record = _epoch_record(epoch, losses, averaging.posterior(averaging_state))
     for prefix, split in (("valid", valid), ("test", test)):
       metrics = evaluate_in_chunks(evaluate, averaging_state, *split, eval_batch_size)
       record.update({f"{prefix}_{k}": v for k, v in metrics.items()})

@@ -14,11 +14,8 @@ from alrao_jax.head import (
   Posterior,
   as_copy_outputs,
   best_copy,
-  broadcast_copy_axis,
-  finite_per_example,
-  full_route,
-  log_posterior_of,
   mixture_log_probs,
+  per_example_prior,
 )
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, gaussian_log_likelihood
 from alrao_jax.steps import model_args
@@ -56,12 +53,8 @@ def mixture_mean(
     [[0.5], [0.20000000298023224]]
   """
   likelihood = likelihood or gaussian_log_likelihood()
-  values = full_route(outputs)
-  finite = finite_per_example(values)  # (N, *batch)
+  values, finite, log_prior = per_example_prior(outputs, posterior)  # finite: (N, *batch)
   safe = jnp.where(finite[..., None], values, 0.0)
-  log_prior = jnp.where(
-    finite, broadcast_copy_axis(log_posterior_of(posterior), finite.ndim), -jnp.inf
-  )
   best = jnp.argmax(log_prior, axis=0)[None]  # per example, among the finite copies
   ll = likelihood(safe, jnp.take_along_axis(safe, best[..., None], axis=0)[0])  # (N, *batch)
   joint = jnp.where(finite, log_prior + ll, -jnp.inf)

@@ -379,25 +379,33 @@ def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callabl
   return call
 
 
-def _node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple[str, ...], tuple, dict[str, Any]]:
+def _node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple, Callable[[tuple], dict[str, Any]]]:
   """Splits a model call's keyword arguments into NNX graph nodes (``rngs=nnx.Rngs(...)``,
-  which the jitted step must carry in and out, as it does the model) and plain values."""
+  which the jitted step must carry in and out, as it does the model) and plain values.
+
+  Returns:
+    ``(nodes, call_kwargs)``: the nodes, and ``call_kwargs(nodes)`` the keyword arguments
+    with the nodes given (those the step received) in their places.
+  """
   names = tuple(name for name, value in kwargs.items() if isinstance(value, nnx.Pytree))
   plain = {name: value for name, value in kwargs.items() if name not in names}
-  return names, tuple(kwargs[name] for name in names), plain
+
+  def call_kwargs(nodes: tuple) -> dict[str, Any]:
+    return {**plain, **dict(zip(names, nodes, strict=True))}
+
+  return tuple(kwargs[name] for name in names), call_kwargs
 
 
 def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
   extra_args = isinstance(optimizer.tx, optax.GradientTransformationExtraArgs)
-  names, nodes, plain = _node_kwargs(kwargs)
+  nodes, call_kwargs = _node_kwargs(kwargs)
 
   def train(model, optimizer, *rest):
-    nodes, (averaging_state, inputs, targets) = rest[: len(names)], rest[len(names) :]
+    nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]
     weights = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model, *nodes):  # the nodes enter the gradient's trace as arguments
-      call_kwargs = {**plain, **dict(zip(names, nodes, strict=True))}
-      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs))
+      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs(nodes)))
       check_averaging_state(averaging, averaging_state, outputs)
       return alrao_loss(outputs, targets, weights, likelihood=likelihood)
 
@@ -497,13 +505,12 @@ def make_eval_step(
         "variables: leave carry out."
       )
 
-    names, nodes, plain = _node_kwargs(kwargs)
+    nodes, call_kwargs = _node_kwargs(kwargs)
 
     def evaluate_nnx(model, *rest):
-      call_kwargs = {**plain, **dict(zip(names, rest[: len(names)], strict=True))}
-      averaging_state, inputs, targets = rest[len(names) :]
+      nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]
       weights = averaging_weights(averaging, averaging_state)
-      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs))
+      outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs(nodes)))
       return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode

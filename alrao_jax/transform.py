@@ -265,9 +265,8 @@ def rates_of(opt_state: optax.OptState) -> optax.Params:
     (1, 3)
   """
   found = optax.tree_utils.tree_get_all_with_path(
-    opt_state, "rates", filtering=lambda _, value: True
+    opt_state, "rates", filtering=lambda path, _: _is_rates_field(path)
   )
-  found = [(path, value) for path, value in found if _is_rates_field(path)]
   if len(found) != 1:
     raise ValueError(
       f"the optimizer state holds {len(found)} rate trees; rates_of needs the state of one "
