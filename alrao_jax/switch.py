@@ -73,6 +73,13 @@ def _relative(log_likelihoods: jax.Array, log_prior: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(top), ll - top, -jnp.inf)
 
 
+def _normalised(log_weights: jax.Array) -> jax.Array:
+  """``log_weights`` minus their log-sum-exp, taken after a shift by their maximum: weights
+  that are all far below 0 (every copy scoring -1e30, say) still sum to 1 in float32."""
+  shifted = log_weights - jnp.max(log_weights)
+  return shifted - jax.nn.logsumexp(shifted)
+
+
 def switch_init(num_copies: int, *, theta: float = 0.9999) -> SwitchState:
   """Initial switch state: uniform over copies, mass ``theta`` on "may still switch".
 
@@ -138,13 +145,12 @@ def switch_update(state: SwitchState, log_likelihoods: jax.Array) -> SwitchState
   stay = logw[0] + jnp.log1p(-hazard)
   may_switch = jnp.logaddexp(stay, state.log_theta[0] + log_pool)
   settled = jnp.logaddexp(logw[1], state.log_theta[1] + log_pool)
-  new = jnp.stack([may_switch, settled])
-  log_total = jax.nn.logsumexp(new)
+  new = _normalised(jnp.stack([may_switch, settled]))
   return SwitchState(
-    log_weights=new - log_total,
+    log_weights=new,
     step=state.step + 1,
     log_theta=state.log_theta,
-    log_posterior=jnp.logaddexp(may_switch, settled) - log_total,
+    log_posterior=jnp.logaddexp(new[0], new[1]),
   )
 
 
@@ -198,7 +204,7 @@ def bayes_update(state: BayesState, log_likelihoods: jax.Array) -> BayesState:
   """
   logp = state.log_posterior + _relative(log_likelihoods, state.log_posterior)
   logp = jnp.where(jnp.max(logp) > -jnp.inf, logp, state.log_posterior)
-  return BayesState(logp - jax.nn.logsumexp(logp))
+  return BayesState(_normalised(logp))
 
 
 bayes_posterior = switch_posterior
