@@ -6,9 +6,9 @@ The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.tra
 (jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
 :mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
-:mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.suggest_lr`, :mod:`~alrao_jax.screen` and
-:mod:`~alrao_jax.layer_schedule`. The bundled tasks, models, peers, comparison protocol,
-plots, demo and command line are in :mod:`alrao_jax.experiments`.
+:mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.suggest_lr`, :mod:`~alrao_jax.sweep`,
+:mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The bundled tasks, models,
+peers, comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experiments`.
 """
 
 __version__ = "0.1.0"
@@ -58,6 +58,7 @@ from alrao_jax.steps import (
   num_copies_of,
 )
 from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
+from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.switch import (
   BayesState,
   ModelAveraging,
@@ -95,6 +96,7 @@ __all__ = [
   "ScreenResult",
   "Split",
   "Splits",
+  "SweepResult",
   "SwitchState",
   "TrainState",
   "alrao_adam",
@@ -136,6 +138,7 @@ __all__ = [
   "smith_schedule",
   "split_arrays",
   "suggest_lr",
+  "sweep",
   "switch_averaging",
   "switch_init",
   "switch_posterior",

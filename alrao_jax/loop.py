@@ -72,13 +72,13 @@ def _epoch_record(epoch: int, losses: Sequence[jax.Array], posterior: jax.Array)
   }
 
 
-def _check_split_labels(splits: Any, num_classes: int) -> None:
+def check_split_labels(splits: Any, num_classes: int) -> None:
   """Every split's labels are class indices in ``[0, num_classes)`` (checked on the host)."""
   for name, split in zip(splits._fields, splits, strict=True):
     check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
 
 
-def _stop_reason(record: Mapping[str, Any], best_epoch: int, patience: int | None) -> str | None:
+def stop_reason(record: Mapping[str, Any], best_epoch: int, patience: int | None) -> str | None:
   """Why training stops after the epoch of ``record``, or None to go on."""
   if not np.isfinite(record["train_loss"]):
     return "diverged"
@@ -96,7 +96,7 @@ def test_metrics_of(record: Mapping[str, Any]) -> dict[str, Any]:
   return {k[len("test_") :]: v for k, v in record.items() if k.startswith("test_")}
 
 
-def _check_eval_batch_size(chunk: Any) -> None:
+def check_eval_batch_size(chunk: Any) -> None:
   if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
     raise ValueError(f"eval_batch_size must be an int >= 1 or None, got {chunk!r}.")
 
@@ -119,19 +119,20 @@ def evaluate_in_chunks(
     chunk: examples per evaluation call, >= 1, or None.
 
   Returns:
-    Each metric as a float.
+    Each metric as a float (a list of floats for a metric with an axis, e.g. one value per
+    member of a :func:`alrao_jax.sweep`).
   """
   rows = len(jax.tree.leaves(inputs)[0])
-  _check_eval_batch_size(chunk)
+  check_eval_batch_size(chunk)
   chunk = rows if chunk is None else chunk
-  totals: dict[str, float] = {}
+  totals: dict[str, np.ndarray] = {}
   for start in range(0, rows, chunk):
     part = slice(start, min(start + chunk, rows))
     found = evaluate(state, jax.tree.map(operator.itemgetter(part), inputs), targets[part])
     share = (part.stop - part.start) / rows
-    for name, value in _as_floats(found).items():
-      totals[name] = totals.get(name, 0.0) + share * value
-  return totals
+    for name, value in found.items():
+      totals[name] = totals.get(name, 0.0) + share * np.asarray(value, np.float64)
+  return _as_floats(totals)
 
 
 def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
@@ -191,7 +192,7 @@ def evaluate_streams(
     Each metric as a float, over the whole split.
   """
   rows = len(jax.tree.leaves(inputs)[0])
-  _check_eval_batch_size(chunk)
+  check_eval_batch_size(chunk)
   current = [zero_collections(state, carry)]
 
   def evaluate_windows(_, part_in, part_out):
@@ -203,7 +204,7 @@ def evaluate_streams(
   return evaluate_in_chunks(evaluate_windows, state, inputs, targets, per_call)
 
 
-def _num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> int:
+def num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> int:
   """The model's outputs per example: an Alrao head's K, or a plain output layer's last axis."""
   try:
     return head_outputs(state.params)
@@ -354,7 +355,7 @@ def fit(
     raise ValueError(
       "resume=True continues the checkpoint; pass initial_state or resume, not both."
     )
-  _check_eval_batch_size(eval_batch_size)
+  check_eval_batch_size(eval_batch_size)
   splits = as_splits(splits)
   train, valid, test = splits
   rows = rows_of(train.inputs)
@@ -435,13 +436,13 @@ def fit(
       "streams in order."
     )
   if likelihood is categorical_log_likelihood:
-    num_classes = _num_outputs(
+    num_classes = num_outputs(
       model if eval_model is None else eval_model,
       state,
       take(train.inputs, slice(0, 1)),
       eval_kwargs,
     )
-    _check_split_labels(splits, num_classes)
+    check_split_labels(splits, num_classes)
   step = make_train_step(
     model,
     optimizer,
@@ -475,7 +476,7 @@ def fit(
     state, best_state, done = saved.state, saved.best_state, saved.epoch
     history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
     if history:  # a run that stopped early stays stopped: re-running it gives the same answer
-      stopped = _stop_reason(history[-1], best_epoch, patience)
+      stopped = stop_reason(history[-1], best_epoch, patience)
   if best_state is None:
     best_state = jax.tree.map(jnp.copy, state)
   for epoch in range(done + 1, epochs + 1):
@@ -507,7 +508,7 @@ def fit(
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       # The step donates its state: keep a copy, not the buffers the next step reuses.
       best, best_state, best_epoch = record["valid_loss"], jax.tree.map(jnp.copy, state), epoch
-    stopped = _stop_reason(record, best_epoch, patience)
+    stopped = stop_reason(record, best_epoch, patience)
     if stopped is not None:
       record["stopped"] = stopped
     history.append(record)
@@ -531,7 +532,7 @@ def _load(nodes: tuple, pure: Any) -> None:
   nnx.update(nodes, state)
 
 
-def _nnx_outputs(model: nnx.Module, example: Any, kwargs: Mapping[str, Any] | None) -> int:
+def nnx_outputs(model: nnx.Module, example: Any, kwargs: Mapping[str, Any] | None) -> int:
   """An NNX model's outputs per example: the head's K, or a plain output layer's last axis."""
   try:
     return head_outputs(nnx.state(model, nnx.Param))
@@ -575,7 +576,7 @@ def _fit_nnx(
   nodes = (model, optimizer, *call_nodes)
   averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
   if likelihood is categorical_log_likelihood:
-    _check_split_labels(splits, _nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs))
+    check_split_labels(splits, nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs))
   step = make_train_step(
     model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
   )
@@ -601,7 +602,7 @@ def _fit_nnx(
     best_variables, best_averaging = items["best_variables"], items["best_averaging"]
     history, best, best_epoch = meta["history"], meta["best"], meta["best_epoch"]
     if history:
-      stopped = _stop_reason(history[-1], best_epoch, patience)
+      stopped = stop_reason(history[-1], best_epoch, patience)
   for epoch in range(done + 1, epochs + 1):
     if stopped is not None:
       break
@@ -617,7 +618,7 @@ def _fit_nnx(
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       best, best_epoch = record["valid_loss"], epoch
       best_variables, best_averaging = _snapshot(nodes), averaging_state
-    stopped = _stop_reason(record, best_epoch, patience)
+    stopped = stop_reason(record, best_epoch, patience)
     if stopped is not None:
       record["stopped"] = stopped
     history.append(record)

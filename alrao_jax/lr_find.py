@@ -140,7 +140,7 @@ def _plain_objective(loss_fn):
   return objective
 
 
-def _takes_learning_rate(
+def takes_learning_rate(
   optimizer: Callable[..., optax.GradientTransformation],
 ) -> Callable[..., optax.GradientTransformation]:
   """The factory with its rate as a keyword named ``learning_rate`` (what
@@ -254,7 +254,7 @@ def lr_find(
     objective, carry = _plain_objective(loss_fn), ()
   else:
     raise TypeError(f"loss_fn must be a loss function or a model, got {type(loss_fn).__name__}.")
-  tx = optax.inject_hyperparams(_takes_learning_rate(optimizer))(learning_rate=start_lr)
+  tx = optax.inject_hyperparams(takes_learning_rate(optimizer))(learning_rate=start_lr)
 
   @jax.jit
   def step(params, opt_state, carry, batch, lr):

@@ -315,12 +315,12 @@ def make_train_step(
       averaging_state=averaging_state,
       rng=rng,
     )
-    return new_state, _train_metrics(aux, averaging.posterior(averaging_state))
+    return new_state, train_metrics(aux, averaging.posterior(averaging_state))
 
   return step
 
 
-def _train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
+def train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
   return {"loss": aux.mixture_nll, "copy_nll": aux.copy_nll, "posterior": posterior}
 
 
@@ -379,7 +379,7 @@ def nnx_pure_call(nodes: tuple, fn: Callable, *, donate: bool = True) -> Callabl
   return call
 
 
-def _node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple, Callable[[tuple], dict[str, Any]]]:
+def node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple, Callable[[tuple], dict[str, Any]]]:
   """Splits a model call's keyword arguments into NNX graph nodes (``rngs=nnx.Rngs(...)``,
   which the jitted step must carry in and out, as it does the model) and plain values.
 
@@ -398,7 +398,7 @@ def _node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple, Callable[[tuple], di
 
 def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
   extra_args = isinstance(optimizer.tx, optax.GradientTransformationExtraArgs)
-  nodes, call_kwargs = _node_kwargs(kwargs)
+  nodes, call_kwargs = node_kwargs(kwargs)
 
   def train(model, optimizer, *rest):
     nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]
@@ -412,7 +412,7 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, *nodes)
     optimizer.update(model, grads, **({"value": aux.mixture_nll} if extra_args else {}))
     averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
-    return averaging_state, _train_metrics(aux, averaging.posterior(averaging_state))
+    return averaging_state, train_metrics(aux, averaging.posterior(averaging_state))
 
   model.train()  # the step keeps this mode, whatever the model is set to later
   return nnx_pure_call((model, optimizer, *nodes), train)
@@ -505,7 +505,7 @@ def make_eval_step(
         "variables: leave carry out."
       )
 
-    nodes, call_kwargs = _node_kwargs(kwargs)
+    nodes, call_kwargs = node_kwargs(kwargs)
 
     def evaluate_nnx(model, *rest):
       nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]

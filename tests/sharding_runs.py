@@ -243,6 +243,31 @@ def carry_report():
   }
 
 
+def sweep_report():
+  """A sweep of 4 learning rates with its members over a mesh axis of 4 devices, against one
+  device: the histories, the best states, and where the members' parameters live."""
+  import optax
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(160, FEATURES)).astype(np.float32)
+  y = rng.integers(0, CLASSES, size=160).astype(np.int32)
+  splits = alrao_jax.split_arrays(x, y, valid=32, test=32)
+  kw = {"values": [0.01, 0.1, 1.0, 10.0], "epochs": 2, "batch_size": BATCH}
+  mesh = jax.make_mesh((4,), ("members",))
+  runs = [alrao_jax.sweep(nn.Dense(CLASSES), optax.sgd, splits, mesh=m, **kw) for m in (None, mesh)]
+  losses = [
+    [r[k] for h in run.histories for r in h for k in ("train_loss", "valid_loss")] for run in runs
+  ]
+  kernel = runs[1].states.params["kernel"]
+  return {
+    "losses": float(np.nanmax(np.abs(np.subtract(*losses)))),
+    "params": max_difference(*jax.device_get([r.states.params for r in runs])),
+    "best": [r.best_index for r in runs],
+    "kernel_spec": str(kernel.sharding.spec),
+    "kernel_devices": len(kernel.sharding.device_set),
+  }
+
+
 def explicit_report():
   """optax's sharding contract (sharding in types): init and update keep the state's types,
   and the rates are sharded like their parameters."""
@@ -302,6 +327,7 @@ if __name__ == "__main__":
           "explicit": explicit_report(),
           "zoo": zoo_report(),
           "carry": carry_report(),
+          "sweep": sweep_report(),
         }
       )
     )

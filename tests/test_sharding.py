@@ -276,3 +276,10 @@ def test_scanned_layers_with_logical_names_map_through_the_rules():
   assert spec(shardings.opt_state[1].rates) == jax.P(None, None, "model")
   with pytest.raises(ValueError, match="lacks; add the axis"):  # the rules map to 'model'
     sharding.state_shardings(state, _abstract_mesh(data=8), rules=rules)
+
+
+def test_a_sweep_with_its_members_over_four_devices_equals_one_device():
+  run = _meshes()["sweep"]
+  assert run["losses"] < 1e-5 and run["params"] < 1e-5
+  assert run["best"][0] == run["best"][1]
+  assert run["kernel_spec"] == "P('members', None, None)" and run["kernel_devices"] == 4
