@@ -1,12 +1,15 @@
-"""A learning rate for plain SGD, read off one Alrao run.
+"""A learning rate for plain SGD, read off one Alrao run, with how far to trust it.
 
 The switch posterior says which output copy, and so which of the copies' rates, predicts
-best; the body's features, each at its own rate, say how far their weights moved from their
-start. :func:`suggest_lr` returns the posterior's choice with both pieces of evidence.
+best; how far each copy's weights moved from their start says which copies learned at all;
+the body's features, each at its own rate, say where the network's units moved most.
+:func:`suggest_lr` weighs the three: it follows the posterior among the copies that learned,
+returns the candidates it weighed with a stated confidence, and warns when they disagree.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -21,16 +24,23 @@ from alrao_jax.transform import ScaleByRatesState
 
 BIN_DECADES = 0.5  # width of the rate bins of the body's evidence, in decades
 MIN_PER_BIN = 3  # features a bin needs to be reported
+LEARNED_FRACTION = 0.01  # a copy learned when it moved >= this share of the most-moved copy's
+BODY_DECADES = 3.0  # a suggestion this far from the body's most-moved rates is doubted
+NEIGHBOUR_MASS = 0.8  # posterior mass the leading copy and its neighbours need for "high"
 
 
 class LRSuggestion(NamedTuple):
   """A learning rate for plain SGD and the evidence behind it (see :func:`suggest_lr`)."""
 
-  lr: float  # the suggestion: the posterior's geometric mean of the copies' rates
+  lr: float  # the suggestion: the posterior's geometric mean over the copies that learned
   copy_lrs: np.ndarray  # (N,) the output copies' rates
   posterior: np.ndarray  # (N,) the averaging posterior over the copies
   leading_lr: float  # the rate of the copy of largest posterior weight
   body: tuple[dict[str, float], ...]  # per bin of body rates: lr_low, lr_high, features, movement
+  candidates: dict[str, float]  # the rates weighed, by the evidence that gave them
+  confidence: str  # "high", "medium" or "low"
+  reasons: tuple[str, ...]  # why the confidence is not high
+  copy_movement: np.ndarray | None  # (N,) each copy's relative movement from its start
 
 
 def _unwrap(tree: Any) -> Any:
@@ -70,6 +80,94 @@ def _copy_rates(paths: list, rate_leaves: list) -> np.ndarray:
     "the rate tree has no output copies (no 'alrao_copies' kernel); the model must end with "
     "alrao_jax.AlraoHead or alrao_jax.nnx.AlraoHead."
   )
+
+
+def copy_movement(params: Any, initial_params: Any) -> np.ndarray:
+  """How far each output copy's kernel moved from its start: ``|W_T - W_0| / |W_0|``.
+
+  Args:
+    params: the parameters now.
+    initial_params: the parameters at step 0, the same tree.
+
+  Returns:
+    ``(N,)`` relative movements (absolute where a copy started at 0); NaN for a copy whose
+    weights are not finite.
+  """
+  paths, now, _ = leaf_paths(_unwrap(params))
+  start_paths, start, _ = leaf_paths(_unwrap(initial_params))
+  if start_paths != paths:
+    raise ValueError(
+      "initial_params must have the structure of params (the same model at step 0), e.g. "
+      "alrao_jax.create_train_state(model, tx, key, x).params with the run's key."
+    )
+  for path, w, w0 in zip(paths, now, start, strict=True):
+    if COPIES_MODULE in path[:-1] and path[-1] == "kernel":
+      w, w0 = np.asarray(w, np.float64), np.asarray(w0, np.float64)
+      axes = tuple(range(1, w.ndim))
+      moved = np.sqrt(np.sum((w - w0) ** 2, axis=axes))
+      size = np.sqrt(np.sum(w0**2, axis=axes))
+      return np.where(size > 0, moved / np.where(size > 0, size, 1.0), moved)
+  raise ValueError("params hold no output copies (no 'alrao_copies' kernel).")
+
+
+def _weigh(
+  lrs: np.ndarray,
+  posterior: np.ndarray,
+  along: np.ndarray,
+  moved: np.ndarray | None,
+  body: tuple[dict[str, float], ...],
+) -> tuple[float, dict[str, float], str, tuple[str, ...]]:
+  """The suggestion, the candidates, the confidence and its reasons (see :func:`suggest_lr`)."""
+  log_lrs = np.log(lrs)
+  leading = int(np.argmax(posterior))
+  candidates = {
+    "posterior": float(np.exp(np.mean(along @ log_lrs))),
+    "leading": float(lrs[leading]),
+  }
+  reasons = []
+  suggestion = candidates["posterior"]
+  if moved is None:
+    reasons.append("no initial_params: whether the leading copy learned is unknown")
+  else:
+    finite = np.isfinite(moved)
+    learned = finite & (moved >= LEARNED_FRACTION * np.max(moved, initial=0.0, where=finite))
+    if learned.any() and not learned[leading]:
+      kept = along * learned
+      mass = kept.sum(axis=1, keepdims=True)
+      kept = np.where(mass > 0, kept / np.where(mass > 0, mass, 1.0), learned / learned.sum())
+      suggestion = candidates["learned"] = float(np.exp(np.mean(kept @ log_lrs)))
+      reasons.append(
+        f"the leading copy (lr {lrs[leading]:.2g}) barely moved from its start "
+        f"({moved[leading]:.2g} of its size, against {np.nanmax(moved):.2g} for the copy that "
+        "moved most): the body learned to serve a copy that did not learn; the suggestion "
+        "follows the posterior among the copies that learned"
+      )
+  if leading in (0, len(lrs) - 1) and len(lrs) > 1:
+    side = "lowest" if leading == 0 else "highest"
+    reasons.append(
+      f"the leading copy has the interval's {side} rate: the best rate may lie beyond it; "
+      f"widen the interval on that side"
+    )
+  if body:
+    peak = max(body, key=lambda b: b["movement"])
+    candidates["body"] = float(np.sqrt(peak["lr_low"] * peak["lr_high"]))
+    gap = abs(np.log10(suggestion) - np.log10(candidates["body"]))
+    if gap > BODY_DECADES:
+      reasons.append(
+        f"the body's units moved most at rates in [{peak['lr_low']:.2g}, "
+        f"{peak['lr_high']:.2g}), {gap:.1f} decades from the suggestion"
+      )
+  near = posterior[max(leading - 1, 0) : leading + 2].sum()
+  if near < NEIGHBOUR_MASS:
+    reasons.append(
+      f"the posterior is spread: the leading copy and its neighbours hold {near:.2f} of it"
+    )
+  doubts = ("barely moved", "decades from")
+  if any(word in reason for reason in reasons for word in doubts):
+    confidence = "low"
+  else:
+    confidence = "medium" if reasons else "high"
+  return suggestion, candidates, confidence, tuple(reasons)
 
 
 def body_movement(params: Any, initial_params: Any, rates: Any) -> tuple[dict[str, float], ...]:
@@ -168,6 +266,9 @@ def suggest_lr(
   Raises:
     ValueError: the optimizer state holds no Alrao rates, or the model no Alrao head.
 
+  Warns:
+    UserWarning: the confidence is low, with its reasons.
+
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
     >>> class Net(nn.Module):
@@ -216,23 +317,47 @@ def suggest_lr(
         f"got shape {along.shape}; e.g. [r['posterior'] for r in fit_result.history]."
       )
     along = along / along.sum(axis=1, keepdims=True)
-    log_lr = float(np.mean(along @ np.log(lrs)))
     posterior = along.mean(axis=0)
   else:
-    log_lr = float(posterior @ np.log(lrs))
-  body = () if initial_params is None else body_movement(params, initial_params, rates)
+    along = posterior[None]
+  moved, body = None, ()
+  if initial_params is not None:
+    moved = copy_movement(params, initial_params)
+    body = body_movement(params, initial_params, rates)
+  lr, candidates, confidence, reasons = _weigh(lrs, posterior, along, moved, body)
+  if confidence == "low":
+    warnings.warn(
+      f"alrao_jax.suggest_lr: low confidence in {lr:.3g}: " + "; ".join(reasons) + ". Race "
+      f"the candidates {sorted({round(v, 12) for v in candidates.values()})} with "
+      "alrao_jax.sweep before trusting one.",
+      UserWarning,
+      stacklevel=2,
+    )
   return LRSuggestion(
-    lr=float(np.exp(log_lr)),
+    lr=lr,
     copy_lrs=lrs,
     posterior=posterior,
     leading_lr=float(lrs[int(np.argmax(posterior))]),
     body=body,
+    candidates=candidates,
+    confidence=confidence,
+    reasons=reasons,
+    copy_movement=moved,
   )
 
 
 def describe(suggestion: LRSuggestion) -> str:
   """The suggestion and its evidence in a few lines of text."""
-  lines = [f"suggested lr for SGD: {suggestion.lr:.3g} (leading copy: {suggestion.leading_lr:.3g})"]
+  lines = [
+    f"suggested lr for SGD: {suggestion.lr:.3g} (leading copy: {suggestion.leading_lr:.3g}); "
+    f"confidence {suggestion.confidence}"
+  ]
+  lines += [f"  - {reason}" for reason in suggestion.reasons]
+  others = {k: v for k, v in suggestion.candidates.items() if k != "posterior"}
+  if others:
+    lines.append(
+      "candidates: " + ", ".join(f"{k} {v:.3g}" for k, v in suggestion.candidates.items())
+    )
   weights = ", ".join(
     f"{lr:.2g}: {p:.2f}" for lr, p in zip(suggestion.copy_lrs, suggestion.posterior, strict=True)
   )

@@ -22,9 +22,9 @@ class Net(nn.Module):
     return alrao_jax.AlraoHead(3, num_copies=4)(nn.relu(nn.Dense(self.width)(x)))
 
 
-def _state(width=16):
+def _state(width=16, lr_min=1e-4):
   x = jax.random.normal(jax.random.key(0), (8, 5))
-  tx = alrao_jax.alrao_sgd(1e-4, 1.0, key=jax.random.key(1))
+  tx = alrao_jax.alrao_sgd(lr_min, 1.0, key=jax.random.key(1))
   return alrao_jax.create_train_state(Net(width), tx, jax.random.key(2), x), tx, x
 
 
@@ -40,7 +40,10 @@ def test_the_suggestion_is_the_posterior_geometric_mean_of_the_copies_rates():
   np.testing.assert_allclose(suggestion.lr, want, rtol=1e-6)
   assert suggestion.leading_lr == pytest.approx(lrs[1], rel=1e-6)
   assert suggestion.body == ()  # no initial parameters given
-  assert "0.6" in describe(suggestion).splitlines()[1]
+  assert suggestion.confidence == "medium" and "no initial_params" in suggestion.reasons[0]
+  text = describe(suggestion)
+  assert "confidence medium" in text.splitlines()[0]
+  assert "1e-05: 0.00" not in text and "0.0022: 0.60" in text
 
 
 def test_posteriors_along_the_run_average_the_log_rate():
@@ -115,6 +118,71 @@ def test_a_trained_run_reports_the_body():
   assert sum(b["features"] for b in suggestion.body) == 256  # every bin has >= 3 units
   assert suggestion.body[0]["lr_low"] <= 1e-4 and suggestion.body[-1]["lr_high"] >= 1.0
   assert suggestion.body[0]["movement"] < suggestion.body[-1]["movement"]
+
+
+def _moved(state, copy_moves, body_move):
+  """The state's parameters moved: copy ``j``'s kernel by ``copy_moves[j]`` of its size, each
+  body unit by ``body_move(rate)`` of its size."""
+  rates = alrao_jax.rates_of(state.opt_state)
+  noise = np.random.default_rng(0)
+
+  def move(path, w, rate):
+    w, rate = np.asarray(w), np.asarray(rate)
+    step = noise.normal(size=w.shape)
+    if "alrao_copies" in jax.tree_util.keystr(path):
+      if w.ndim < 3:
+        return w
+      step /= np.linalg.norm(step, axis=(1, 2), keepdims=True)
+      size = np.linalg.norm(w, axis=(1, 2), keepdims=True)
+      return w + step * size * np.asarray(copy_moves)[:, None, None]
+    if w.ndim < 2:
+      return w
+    step /= np.linalg.norm(step, axis=0, keepdims=True)
+    return w + step * np.linalg.norm(w, axis=0, keepdims=True) * body_move(rate)
+
+  return jax.tree_util.tree_map_with_path(move, state.params, rates)
+
+
+def test_a_leading_copy_that_did_not_learn_is_not_followed_and_says_so():
+  state, _, _ = _state(width=64)
+  lrs = np.geomspace(1e-4, 1.0, 4)
+  posterior = jnp.array([0.97, 0.01, 0.01, 0.01])  # the switch follows the slowest copy
+  trained = state.replace(
+    params=_moved(state, [1e-5, 0.3, 0.5, 0.8], lambda rate: np.sqrt(rate)),
+    averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior)),
+  )
+  with pytest.warns(UserWarning, match=r"low confidence .* barely moved"):
+    suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
+  np.testing.assert_allclose(suggestion.copy_movement, [1e-5, 0.3, 0.5, 0.8], rtol=1e-4)
+  np.testing.assert_allclose(suggestion.candidates["posterior"], np.exp(posterior @ np.log(lrs)))
+  # among the copies that learned, the posterior is even: their geometric mean
+  np.testing.assert_allclose(suggestion.lr, np.exp(np.mean(np.log(lrs[1:]))), rtol=1e-5)
+  assert suggestion.candidates["learned"] == suggestion.lr
+  assert suggestion.confidence == "low" and suggestion.leading_lr == pytest.approx(1e-4)
+  assert any("interval's lowest rate" in reason for reason in suggestion.reasons)
+  assert "confidence low" in describe(suggestion)
+
+
+def test_a_clear_leader_that_learned_inside_the_interval_is_trusted():
+  state, _, _ = _state(width=64)
+  posterior = jnp.array([0.01, 0.9, 0.08, 0.01])
+  trained = state.replace(
+    params=_moved(state, [1e-3, 0.2, 0.5, 0.9], lambda rate: np.sqrt(rate)),
+    averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior)),
+  )
+  suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
+  assert suggestion.confidence == "high" and suggestion.reasons == ()
+  assert "learned" not in suggestion.candidates
+  assert suggestion.lr == suggestion.candidates["posterior"]
+  assert suggestion.candidates["body"] > 0.1  # the body moved most at its fastest units
+  wide, _, _ = _state(width=64, lr_min=1e-6)  # copies at 1e-6, 1e-4, 1e-2 and 1
+  far = wide.replace(  # the leader at 1e-4 learned, but the body moved most near 1
+    params=_moved(wide, [1e-3, 0.2, 0.5, 0.9], lambda rate: np.sqrt(rate)),
+    averaging_state=trained.averaging_state,
+  )
+  with pytest.warns(UserWarning, match=r"decades from the suggestion"):
+    doubted = alrao_jax.suggest_lr(far, initial_params=wide.params)
+  assert doubted.confidence == "low" and doubted.candidates["body"] > 0.1
 
 
 def test_bad_input_is_named():
