@@ -28,25 +28,116 @@ from alrao_jax.steps import TrainState, stream_keys
 
 
 class LRFindResult(NamedTuple):
-  """The curve of a range test and the rates it suggests."""
+  """The curve of a range test, the rates it suggests, and what was wrong with it."""
 
   learning_rates: np.ndarray  # one per step taken
   losses: np.ndarray  # the batch loss at each step, before the update
   smoothed: np.ndarray  # bias-corrected exponential moving average of ``losses``
-  suggestions: dict[str, float]  # 'steep', 'valley' and 'minimum'
-  alrao_interval: tuple[float, float]  # (lr_min, lr_max) suggested for Alrao with this optimizer
+  suggestions: dict[str, float]  # 'steep', 'valley' and 'minimum' (nan: see notes)
+  alrao_interval: tuple[float, float]  # (lr_min, lr_max) suggested for Alrao (nan: see notes)
+  notes: tuple[str, ...] = ()  # why there are no suggestions: a curve too short or flat
+
+  def plot(self, ax: Any = None, *, title: str = "") -> Any:
+    """Draws the batch and smoothed loss against the rate, the suggestions marked and
+    explained, the suggested Alrao interval shaded, the y axis clipped to the useful range
+    (the divergence spike would flatten the curve), and the notes, if any, in the title.
+
+    Args:
+      ax: a matplotlib ``Axes`` (default: a new figure's).
+      title: what was tested (task, optimizer).
+
+    Returns:
+      The ``Axes``.
+    """
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+      ax = plt.figure(figsize=(10, 4.5), layout="constrained").add_subplot()
+    lrs, smoothed = self.learning_rates, self.smoothed
+    low, high = self.alrao_interval
+    if np.isfinite(low) and np.isfinite(high):
+      label = f"Alrao interval: [{low:.2g}, {high:.2g}]"
+      ax.axvspan(low, high, color="C1", alpha=0.12, label=label)
+    ax.plot(lrs, self.losses, color="C0", alpha=0.3, label="batch loss")
+    ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
+    if len(lrs) > SKIP_BEGIN:
+      ax.axvspan(lrs[0], lrs[SKIP_BEGIN], color="0.5", alpha=0.1, label="noisy start (skipped)")
+    meaning = {
+      "steep": "steepest fall",
+      "valley": "middle of the longest fall",
+      "minimum": "lowest loss's rate / 10",
+    }
+    for (name, lr), color in zip(self.suggestions.items(), ("C2", "C3", "C4"), strict=False):
+      if np.isfinite(lr):
+        ax.axvline(
+          lr, color=color, linestyle="--", label=f"{name} ({meaning.get(name, name)}): {lr:.2g}"
+        )
+    finite = smoothed[np.isfinite(smoothed)]
+    if len(finite):
+      bottom, start = float(finite.min()), float(finite[: max(1, len(finite) // 10)].max())
+      top = max(start, bottom) + 0.25 * (max(start, bottom) - bottom + 1e-12)
+      ax.set_ylim(bottom - 0.1 * (top - bottom), top)
+    heading = (title + ": " if title else "") + "learning-rate range test"
+    if self.notes:
+      heading += "\n" + "\n".join(self.notes)
+    ax.set(xscale="log", xlabel="learning rate", ylabel="training loss")
+    ax.set_title(heading, fontsize="medium" if not self.notes else "small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    return ax
 
 
 SKIP_BEGIN, SKIP_END = 10, 1  # as Lightning: the first points are the noisiest
+MIN_POINTS = 10  # points the curve needs after the skipped ends to suggest anything
+FLAT_NOISE = 5.0  # a fall within this many standard errors of the noise is no fall
 ALRAO_DECADES = 4  # the suggested Alrao interval spans this many decades below its top
+NO_SUGGESTIONS = {"steep": float("nan"), "valley": float("nan"), "minimum": float("nan")}
+
+
+def _usable(
+  lrs: np.ndarray,
+  smoothed: np.ndarray,
+  losses: np.ndarray | None = None,
+  diverge_factor: float = 4.0,
+) -> tuple[np.ndarray, np.ndarray, str | None]:
+  """The curve without its noisy ends and its divergence, or why it cannot be read.
+
+  A curve is flat when the batch losses' running mean (over an eighth of the curve, at least
+  3 points) never falls by more than ``FLAT_NOISE`` standard errors of that mean, the batch
+  noise measured from consecutive losses (their median absolute deviation): whatever it does
+  is noise.
+  """
+  losses = smoothed if losses is None else losses
+  stable = np.isfinite(smoothed) & np.isfinite(losses)
+  if stable.any():
+    stable &= smoothed <= diverge_factor * np.min(smoothed[stable])
+  lrs, smoothed, losses = lrs[stable], smoothed[stable], losses[stable]
+  if len(lrs) - SKIP_BEGIN - SKIP_END < MIN_POINTS:
+    return lrs[:0], smoothed[:0], (
+      f"too short: {len(lrs)} usable steps, of which the first {SKIP_BEGIN} (noisy) and the "
+      f"last are skipped; run at least {SKIP_BEGIN + SKIP_END + MIN_POINTS} steps (num_steps, "
+      "--steps) or give more batches"
+    )
+  keep = slice(SKIP_BEGIN, len(lrs) - SKIP_END)
+  lrs, smoothed, losses = lrs[keep], smoothed[keep], losses[keep]
+  window = max(3, len(losses) // 8)
+  mean = np.convolve(losses, np.ones(window) / window, mode="valid")
+  fall = float(np.max(np.maximum.accumulate(mean) - mean))
+  steps = np.diff(losses)  # batch noise, robustly (the climb to divergence is no noise)
+  spread = 1.4826 * float(np.median(np.abs(steps - np.median(steps))))
+  noise = spread / np.sqrt(2.0) / np.sqrt(window)
+  if fall <= FLAT_NOISE * noise:
+    return lrs[:0], smoothed[:0], (
+      f"flat: between {lrs[0]:.2g} and {lrs[-1]:.2g} the loss never fell by more than its "
+      f"noise (it fell by {fall:.3g}; noise {noise:.3g}); the good rates are not in this "
+      "range: raise end_lr if it stayed flat, lower start_lr if it rose from the start"
+    )
+  return lrs, smoothed, None
 
 
 def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
-  """Rates read off the smoothed curve (before it diverged), its noisy ends left out."""
-  if len(lrs) > SKIP_BEGIN + SKIP_END + 2:
-    lrs, smoothed = lrs[SKIP_BEGIN:-SKIP_END], smoothed[SKIP_BEGIN:-SKIP_END]
-  if len(lrs) < 3:
-    return {"steep": float("nan"), "valley": float("nan"), "minimum": float("nan")}
+  """Rates read off a usable smoothed curve (see :func:`_usable`)."""
+  if not len(lrs):
+    return dict(NO_SUGGESTIONS)
   width = max(1, len(lrs) // 20)  # slope over +-5% of the curve: pointwise slopes are noise
   log_lrs = np.log(lrs)
   slope = (smoothed[2 * width :] - smoothed[: -2 * width]) / (
@@ -69,15 +160,22 @@ def _suggest(lrs: np.ndarray, smoothed: np.ndarray) -> dict[str, float]:
 def alrao_interval(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
   """The Alrao interval a range test suggests: ``(lr_top / 10**4, lr_top)``.
 
-  ``lr_top`` is the rate at the lowest smoothed loss: beyond it the loss climbs towards
-  divergence, so units with larger rates would only saturate; below it, four decades leave
-  room for the layers that want smaller rates (Alrao works once the interval holds a good
-  rate, and a wider one costs only the share of units that get useless rates).
+  ``lr_top`` is the rate at the lowest smoothed loss, read as the suggestions are: without
+  the first 10 points (the moving average's noisy start, where a lucky first batch can be
+  the lowest point of a flat curve) and the last, and before divergence. Beyond it the loss
+  climbs towards divergence, so units with larger rates would only saturate; below it, four
+  decades leave room for the layers that want smaller rates (Alrao works once the interval
+  holds a good rate, and a wider one costs only the share of units that get useless rates).
+  A curve too short or flat to read (see :func:`lr_find`'s notes) gives ``(nan, nan)``.
   """
-  finite = np.isfinite(smoothed)
-  if not finite.any():
+  lrs, smoothed, _ = _usable(np.asarray(lrs), np.asarray(smoothed))
+  return _interval(lrs, smoothed)
+
+
+def _interval(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
+  if not len(lrs):
     return (float("nan"), float("nan"))
-  top = float(lrs[finite][int(np.argmin(smoothed[finite]))])
+  top = float(lrs[int(np.argmin(smoothed))])
   return (top / 10.0**ALRAO_DECADES, top)
 
 
@@ -214,10 +312,14 @@ def lr_find(
 
   Returns:
     An :class:`LRFindResult`. Suggestions, read off the smoothed curve without its first 10
-    and last point (as Lightning): ``steep`` (steepest fall against log lr, measured over
-    +-5% of the curve), ``valley`` (middle of the longest stretch of falling loss) and
-    ``minimum`` (a tenth of the rate at the lowest smoothed loss); ``alrao_interval`` (see
-    :func:`alrao_interval`) for Alrao over the same optimizer.
+    and last point (as Lightning) and its divergence: ``steep`` (steepest fall against log
+    lr, measured over +-5% of the curve), ``valley`` (middle of the longest stretch of
+    falling loss) and ``minimum`` (a tenth of the rate at the lowest smoothed loss);
+    ``alrao_interval`` (see :func:`alrao_interval`) for Alrao over the same optimizer.
+    A curve with fewer than 10
+    points left, or whose batch loss never falls by more than its noise (the good rates lie
+    outside the range tested), suggests nothing: its suggestions and interval are ``nan``
+    and ``notes`` says why and what to change. ``result.plot()`` draws the curve.
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
@@ -283,11 +385,12 @@ def lr_find(
   if not lrs:
     raise ValueError("batches is empty: the range test needs at least one batch.")
   lrs_a, smoothed_a = np.asarray(lrs), np.asarray(smoothed)
-  stable = np.isfinite(smoothed_a) & (smoothed_a <= diverge_factor * np.nanmin(smoothed_a))
+  usable_lrs, usable, problem = _usable(lrs_a, smoothed_a, np.asarray(losses), diverge_factor)
   return LRFindResult(
     learning_rates=lrs_a,
     losses=np.asarray(losses),
     smoothed=smoothed_a,
-    suggestions=_suggest(lrs_a[stable], smoothed_a[stable]),
-    alrao_interval=alrao_interval(lrs_a[stable], smoothed_a[stable]),
+    suggestions=_suggest(usable_lrs, usable),
+    alrao_interval=_interval(usable_lrs, usable),
+    notes=() if problem is None else (problem,),
   )

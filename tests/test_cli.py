@@ -220,10 +220,17 @@ def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_p
   assert 1e-4 <= out["suggestions"]["steep"] <= 100
   low, high = out["alrao_sgd_interval"]
   assert high == pytest.approx(1e4 * low) and 1e-4 <= high <= 100
-  assert f"--lr-min {low:.2g} --lr-max {high:.2g}" in captured.err
+  assert f"--lr-min {low:.2g} --lr-max {high:.2g}" in captured.err and out["notes"] == []
   assert (tmp_path / "lr_find.png").read_bytes()[:4] == b"\x89PNG"
   assert cli.main([*args, "--out", str(tmp_path)]) == 2  # its results are not written over
   assert "holds a range test already" in capsys.readouterr().err
+  # 10 steps are too few to read: no suggestion, no interval, no command to paste
+  assert cli.main([*args[:1], "--steps", "10", "--out", str(tmp_path / "short")]) == 0
+  captured = capsys.readouterr()
+  out = json.loads(captured.out.strip().splitlines()[-1])
+  assert out["alrao_sgd_interval"] is None and set(out["suggestions"].values()) == {None}
+  assert "no suggestion, the curve is too short" in captured.err
+  assert "alrao-jax train" not in captured.err
   (tmp_path / "tune.json").write_text("{}")
   assert cli.main(["tune", "--out", str(tmp_path)]) == 2
   assert "holds a tune run already" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import pytest
 from flax import nnx
 
 import alrao_jax
+from alrao_jax.lr_find import alrao_interval
 
 X = jax.random.normal(jax.random.key(0), (512, 8))
 W = jax.random.normal(jax.random.key(1), (8,))
@@ -144,8 +145,7 @@ def test_an_alrao_linen_model_runs_directly_with_batchnorm_in_training_mode():
   assert abs(_mixture_nll(evaluated, y) - _mixture_nll(trained, y)) > 1e-3  # the mode matters
   after = jax.tree.map(np.asarray, (state.params, state.model_state))
   jax.tree.map(np.testing.assert_array_equal, before, after)
-  low, high = result.alrao_interval
-  assert high == pytest.approx(1e4 * low) and high in result.learning_rates
+  assert result.notes[0].startswith("too short") and np.isnan(result.alrao_interval).all()
 
 
 def _values(tree):
@@ -198,3 +198,40 @@ def test_the_optimizer_factory_may_name_its_rate_anything():
   by_keyword = run(optax.sgd)
   by_position = run(lambda lr: optax.sgd(lr, momentum=None))
   np.testing.assert_array_equal(by_position.losses, by_keyword.losses)
+
+
+def _noise_loss(params, batch):
+  """A loss the parameters cannot change: a flat curve of noisy batch losses."""
+  return jnp.mean(batch) + 0.0 * jnp.sum(params)
+
+
+def test_a_flat_curve_suggests_nothing_even_when_its_first_batch_is_lowest():
+  rng = np.random.default_rng(0)
+  batches = [np.float32(2.0 + 0.05 * rng.normal()) * np.ones(4, np.float32) for _ in range(60)]
+  batches[0] = np.full(4, 1.0, np.float32)  # a lucky first batch: the curve's lowest point
+  result = alrao_jax.lr_find(_noise_loss, jnp.zeros(3), batches, start_lr=1e-7, num_steps=60)
+  assert len(result.notes) == 1 and result.notes[0].startswith("flat:")
+  assert all(np.isnan(v) for v in result.suggestions.values())
+  assert np.isnan(result.alrao_interval).all()  # before: (1e-11, 1e-7), below the range
+  # the same curve read by the public helper
+  assert np.isnan(alrao_interval(result.learning_rates, result.smoothed)).all()
+
+
+def test_a_curve_too_short_to_read_says_so_and_plots():
+  import matplotlib
+
+  matplotlib.use("Agg")
+  params = {"w": jnp.zeros(8), "b": jnp.zeros(())}
+  result = alrao_jax.lr_find(mse, params, BATCHES, start_lr=1e-4, end_lr=1.0, num_steps=10)
+  assert result.notes[0].startswith("too short: 10 usable steps")
+  assert np.isnan(result.alrao_interval).all()
+  ax = result.plot(title="mse")
+  assert "too short" in ax.get_title() and ax.get_xscale() == "log"
+  good = alrao_jax.lr_find(mse, params, BATCHES, start_lr=1e-5, end_lr=100.0, num_steps=60)
+  assert good.notes == () and np.isfinite(good.alrao_interval).all()
+  # the interval's top is read past the noisy start, like the suggestions
+  low, high = good.alrao_interval
+  assert high >= good.learning_rates[10] * (1 - 1e-9) and high in good.learning_rates
+  assert high == pytest.approx(1e4 * low)
+  labels = [t.get_text() for t in good.plot().get_legend().get_texts()]
+  assert any(label.startswith("Alrao interval") for label in labels)

@@ -397,12 +397,14 @@ def _train(args: argparse.Namespace) -> FitResult:
   out.mkdir(parents=True, exist_ok=True)
   (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
   title = _describe(settings, task, method)
-  print(f"alrao-jax: {title}; compiling the step (the first epoch includes it)", file=sys.stderr)
   ctrl_c = _CtrlC()
   reporter = _Reporter(out, settings["epochs"], not args.no_progress, method, title, ctrl_c)
   result = None
   try:
     with ctrl_c, warnings.catch_warnings():
+      # said once the handler is in place: a Ctrl-C from here on ends with the resume hint
+      compiling = "compiling the step (the first epoch includes it)"
+      print(f"alrao-jax: {title}; {compiling}", file=sys.stderr)
       warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)  # said below
       result = fit(
         task.build(len(method.copy_lrs)),
@@ -584,22 +586,27 @@ def _lr_find(args: argparse.Namespace) -> None:
   out.mkdir(parents=True, exist_ok=True)
   plot_lr_find(result, out / "lr_find.png", title=f"{task.name}, {optimizer}, {copies} copies")
   low, high = result.alrao_interval
+  usable = np.isfinite(low) and np.isfinite(high)
   print(
     json.dumps(
       {
-        "suggestions": result.suggestions,
-        f"alrao_{optimizer}_interval": [low, high],
+        "suggestions": {k: v if np.isfinite(v) else None for k, v in result.suggestions.items()},
+        f"alrao_{optimizer}_interval": [low, high] if usable else None,
         "steps": len(result.learning_rates),
         "plot": str(out / "lr_find.png"),
+        "notes": list(result.notes),
       }
     )
   )
-  print(
-    f"alrao-jax train --optimizer alrao-{optimizer} --lr-min {low:.2g} --lr-max {high:.2g}"
-    + ("" if s["data"] is None else f" --data {s['data']}")
-    + ("" if s["task"] in (None, "digits") else f" --task {s['task']}"),
-    file=sys.stderr,
-  )
+  for note in result.notes:
+    print(f"alrao-jax lr-find: no suggestion, the curve is {note}", file=sys.stderr)
+  if usable:
+    print(
+      f"alrao-jax train --optimizer alrao-{optimizer} --lr-min {low:.2g} --lr-max {high:.2g}"
+      + ("" if s["data"] is None else f" --data {s['data']}")
+      + ("" if s["task"] in (None, "digits") else f" --task {s['task']}"),
+      file=sys.stderr,
+    )
 
 
 class _Parser(argparse.ArgumentParser):

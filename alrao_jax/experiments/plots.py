@@ -194,9 +194,7 @@ def plot_heatmap(
 
 
 def plot_lr_find(result: Any, path: str | pathlib.Path, *, title: str = "") -> None:
-  """Writes the range test's batch and smoothed loss against the rate: the suggestions
-  marked and explained, the interval suggested for Alrao shaded, the y axis clipped to the
-  useful range (the divergence spike would flatten the curve).
+  """Writes the range test's plot (:meth:`alrao_jax.LRFindResult.plot`) to a PNG file.
 
   Args:
     result: an :class:`alrao_jax.LRFindResult`.
@@ -205,35 +203,7 @@ def plot_lr_find(result: Any, path: str | pathlib.Path, *, title: str = "") -> N
   """
   fig, axes = _figure()
   fig.set_size_inches(10, 4.5)
-  ax = axes[0, 0]
-  lrs, smoothed = result.learning_rates, result.smoothed
-  low, high = result.alrao_interval
-  if np.isfinite(low) and np.isfinite(high):
-    ax.axvspan(low, high, color="C1", alpha=0.12, label=f"Alrao interval: [{low:.2g}, {high:.2g}]")
-  ax.plot(lrs, result.losses, color="C0", alpha=0.3, label="batch loss")
-  ax.plot(lrs, smoothed, color="C0", label="smoothed loss")
-  meaning = {
-    "steep": "steepest fall",
-    "valley": "middle of the longest fall",
-    "minimum": "lowest loss's rate / 10",
-  }
-  for (name, lr), color in zip(result.suggestions.items(), ("C2", "C3", "C4"), strict=False):
-    if np.isfinite(lr):
-      ax.axvline(
-        lr, color=color, linestyle="--", label=f"{name} ({meaning.get(name, name)}): {lr:.2g}"
-      )
-  finite = smoothed[np.isfinite(smoothed)]
-  if len(finite):
-    bottom, start = float(finite.min()), float(finite[: max(1, len(finite) // 10)].max())
-    top = max(start, bottom) + 0.25 * (max(start, bottom) - bottom + 1e-12)
-    ax.set_ylim(bottom - 0.1 * (top - bottom), top)
-  ax.set(
-    xscale="log",
-    xlabel="learning rate",
-    ylabel="training loss",
-    title=(title + ": " if title else "") + "learning-rate range test",
-  )
-  ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+  result.plot(axes[0, 0], title=title)
   _save(fig, path)
 
 
