@@ -16,7 +16,7 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m ruff check .
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench-speed: $(VENV)/.installed
 	$(PY) benchmarks/speed.py

@@ -1,5 +1,6 @@
 """Helpers shared by several test files, and the early start of the sharding runs."""
 
+import os
 import pathlib
 import sys
 
@@ -24,7 +25,13 @@ class SmallNNXNet(nnx.Module):
 
 @pytest.hookimpl(trylast=True)  # after -k and -m have deselected
 def pytest_collection_modifyitems(session, config, items):
-  """When the sharding tests are selected, their subprocesses start now, in the background."""
+  """When the sharding tests are selected, their subprocesses start now, in the background.
+
+  Under pytest-xdist every worker collects every test, so none starts them early: the worker
+  that runs the sharding tests starts them then, while the other worker runs other tests.
+  """
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    return
   if any(pathlib.Path(str(item.fspath)).name == "test_sharding.py" for item in items):
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     import sharding_runs
