@@ -7,8 +7,9 @@ The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.tra
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
 :mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
 :mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.suggest_lr`, :mod:`~alrao_jax.sweep`,
-:mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The bundled tasks, models,
-peers, comparison protocol, plots, demo and command line are in :mod:`alrao_jax.experiments`.
+:mod:`~alrao_jax.tune`, :mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The
+bundled tasks, models, peers, comparison protocol, plots, demo and command line are in
+:mod:`alrao_jax.experiments`.
 """
 
 __version__ = "0.1.0"
@@ -79,6 +80,7 @@ from alrao_jax.transform import (
   rates_of,
   scale_by_rates,
 )
+from alrao_jax.tune import TuneResult, tune
 
 __all__ = [
   "AlraoHead",
@@ -99,6 +101,7 @@ __all__ = [
   "SweepResult",
   "SwitchState",
   "TrainState",
+  "TuneResult",
   "alrao_adam",
   "alrao_loss",
   "alrao_sgd",
@@ -143,4 +146,5 @@ __all__ = [
   "switch_init",
   "switch_posterior",
   "switch_update",
+  "tune",
 ]

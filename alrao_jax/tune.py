@@ -1,0 +1,220 @@
+"""A learning rate for the user's own model: one Alrao run, then a short race of the rates it
+points to.
+
+:func:`tune` trains the model once with Alrao, reads the candidates off that run
+(:func:`alrao_jax.suggest_lr`: the switch's choice, the copies that learned, the body's
+movement), adds their neighbours half a decade away, and races them with the plain optimizer
+for a few epochs in one vmapped program (:func:`alrao_jax.sweep`); the race's validation loss
+picks the rate.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from alrao_jax.checks import check_bounds, check_int
+from alrao_jax.loop import FitResult, fit
+from alrao_jax.loss import Likelihood, categorical_log_likelihood
+from alrao_jax.splits import as_splits, take
+from alrao_jax.steps import create_train_state, model_args
+from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
+from alrao_jax.sweep import SweepResult, sweep
+from alrao_jax.transform import alrao_adam, alrao_sgd
+
+OPTIMIZERS = {"sgd": (alrao_sgd, optax.sgd), "adam": (alrao_adam, optax.adam)}
+NEIGHBOUR_DECADES = 0.5  # each candidate is raced with its neighbours this far on each side
+MERGE_DECADES = 0.2  # candidates closer than this are raced once
+
+
+class TuneResult(NamedTuple):
+  """What :func:`tune` returns."""
+
+  lr: float  # the rate the race picked (nan when every racer diverged)
+  suggestion: LRSuggestion  # the evidence of the Alrao run
+  candidates: np.ndarray  # the rates raced, increasing
+  race: SweepResult  # the race: each candidate's history and best validation loss
+  alrao: FitResult  # the Alrao run
+  seconds: dict[str, float]  # wall time of the Alrao run, the race, and both
+
+
+def race_candidates(suggestion: LRSuggestion) -> np.ndarray:
+  """The rates to race: the suggestion and every candidate it weighed, each with its
+  neighbours half a decade below and above, those closer than 0.2 decades merged."""
+  centres = {suggestion.lr, *suggestion.candidates.values()}
+  logs = sorted(
+    np.log10(c) + k * NEIGHBOUR_DECADES
+    for c in centres
+    if np.isfinite(c) and c > 0
+    for k in (-1, 0, 1)
+  )
+  kept: list[float] = []
+  for value in logs:
+    if not kept or value - kept[-1] >= MERGE_DECADES:
+      kept.append(value)
+  return 10.0 ** np.asarray(kept)
+
+
+def tune(
+  model: nn.Module | nnx.Module,
+  splits: Any,
+  *,
+  lr_min: float,
+  lr_max: float,
+  epochs: int,
+  race_epochs: int = 2,
+  optimizer: str = "sgd",
+  plain_model: nn.Module | nnx.Module | None = None,
+  seed: int = 0,
+  batch_size: int = 32,
+  patience: int | None = None,
+  likelihood: Likelihood = categorical_log_likelihood,
+  train_kwargs: Mapping[str, Any] | None = None,
+  eval_kwargs: Mapping[str, Any] | None = None,
+  rng_streams: Sequence[str] = ("dropout",),
+) -> TuneResult:
+  """Picks a learning rate for the model's plain optimizer from one Alrao run and a race.
+
+  1. One Alrao run (:func:`alrao_jax.alrao_sgd` or :func:`alrao_jax.alrao_adam` over
+     ``[lr_min, lr_max]``), kept at its best validation epoch (:func:`alrao_jax.fit`).
+  2. :func:`alrao_jax.suggest_lr` on it, with the run's posteriors and its initial
+     parameters: the suggestion and every candidate it weighed (see
+     :func:`race_candidates`).
+  3. A race of the candidates with ``optax.sgd`` (or ``optax.adam``): ``race_epochs``
+     epochs, all in one program (:func:`alrao_jax.sweep`); the lowest validation loss wins.
+
+  Args:
+    model: a linen or NNX module ending with an Alrao head. An NNX model is trained in place
+      by the Alrao run (it ends with its best epoch); the race trains clones of its start.
+    splits: an :class:`alrao_jax.Splits`, as for fit.
+    lr_min: the Alrao interval's lower end.
+    lr_max: its upper end.
+    epochs: epochs of the Alrao run.
+    race_epochs: epochs of the race, >= 1.
+    optimizer: ``"sgd"`` or ``"adam"``: Alrao-SGD suggests SGD's rate, Alrao-Adam Adam's.
+    plain_model: the model the race trains (e.g. the same network with a plain output layer);
+      default: ``model`` itself (its copies all at the raced rate).
+    seed: seed of the parameters, the shuffles and the Alrao rates.
+    batch_size: examples per step.
+    patience: early stopping of the Alrao run (see fit).
+    likelihood: the per-example log-likelihood.
+    train_kwargs: keyword arguments of the model call in training.
+    eval_kwargs: keyword arguments of the model call in evaluation.
+    rng_streams: linen: the RNG streams the model draws from in training.
+
+  Returns:
+    A :class:`TuneResult`.
+
+  Raises:
+    ValueError: an unknown optimizer, bad bounds or epochs.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return alrao_jax.AlraoHead(2, num_copies=4)(nn.relu(nn.Dense(16)(x)))
+    >>> x = jax.random.normal(jax.random.key(0), (160, 4)); y = (x[:, 0] > 0).astype(int)
+    >>> splits = alrao_jax.split_arrays(x, y, valid=32, test=32)
+    >>> result = alrao_jax.tune(Net(), splits, lr_min=1e-4, lr_max=10.0, epochs=3,
+    ...                         race_epochs=1, batch_size=16)
+    >>> bool(1e-5 < result.lr < 100), len(result.race.values) == len(result.candidates)
+    (True, True)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (section 4: the switch's posterior).
+  """
+  if optimizer not in OPTIMIZERS:
+    raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
+  check_bounds(lr_min, lr_max)
+  race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
+  epochs = check_int(epochs, "epochs", minimum=1)
+  make_alrao, plain = OPTIMIZERS[optimizer]
+  tx = make_alrao(lr_min, lr_max, key=jax.random.key(seed + 1))
+  splits = as_splits(splits)
+  kwargs = {"likelihood": likelihood, "train_kwargs": train_kwargs, "eval_kwargs": eval_kwargs}
+  start = time.perf_counter()
+  if isinstance(model, nnx.Module):
+    racer = plain_model
+    if racer is None:  # the start of the model, in buffers of its own: fit donates the model's
+      racer = nnx.clone(model)
+      nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
+    initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    result = fit(
+      model,
+      tx,
+      splits,
+      epochs=epochs,
+      seed=seed,
+      batch_size=batch_size,
+      patience=patience,
+      **kwargs,
+    )
+    params, averaging_state = nnx.state(model, nnx.Param), result.state
+    rng_kwargs = {}
+  else:
+    racer = plain_model if plain_model is not None else model
+    example = model_args(take(splits.train.inputs, slice(0, batch_size)))
+    initial = create_train_state(
+      model,
+      tx,
+      jax.random.key(seed),
+      *example,
+      rng_streams=rng_streams,
+      **dict(eval_kwargs or {}),
+    ).params
+    result = fit(
+      model,
+      tx,
+      splits,
+      epochs=epochs,
+      seed=seed,
+      batch_size=batch_size,
+      patience=patience,
+      rng_streams=rng_streams,
+      **kwargs,
+    )
+    params, averaging_state = result.state.params, result.state.averaging_state
+    rng_kwargs = {"rng_streams": rng_streams}
+  history = result.history[: max(result.best_epoch, 1)]
+  with warnings.catch_warnings():  # a low confidence is what the race is for
+    warnings.simplefilter("ignore", UserWarning)
+    suggestion = suggest_lr(
+      params,
+      tx.init(initial),  # the run's rates: the same key and parameter tree
+      averaging_state,
+      initial_params=initial,
+      posteriors=[r["posterior"] for r in history],
+    )
+  alrao_seconds = time.perf_counter() - start
+  candidates = race_candidates(suggestion)
+  race = sweep(
+    racer,
+    plain,
+    splits,
+    values=candidates,
+    epochs=race_epochs,
+    seed=seed,
+    batch_size=batch_size,
+    **kwargs,
+    **rng_kwargs,
+  )
+  total = time.perf_counter() - start
+  return TuneResult(
+    lr=race.best_value,
+    suggestion=suggestion,
+    candidates=candidates,
+    race=race,
+    alrao=result,
+    seconds={"alrao": alrao_seconds, "race": total - alrao_seconds, "total": total},
+  )

@@ -1,0 +1,173 @@
+"""tune on networks the bundled tasks do not cover (a ReLU MLP without normalisation, a GRU
+classifier, a scanned Transformer, a regression MLP): SGD at the rate it picks, against a
+brute-force grid of SGD runs trained by sweep in the same test (the oracle)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import alrao_jax
+from alrao_jax.experiments.data import load_digits
+
+GRID = 10.0 ** np.arange(-3.0, 1.5, 0.5)  # the brute force: SGD every half decade
+GAUSS = alrao_jax.gaussian_log_likelihood(sigma=1.0)
+
+
+def _output(features, plain, copies=5):
+  return nn.Dense(features) if plain else alrao_jax.AlraoHead(features, num_copies=copies)
+
+
+class ReLUMLP(nn.Module):  # two ReLU layers, no normalisation: the case of the issue
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = x.reshape(x.shape[0], -1)
+    for _ in range(2):
+      x = nn.relu(nn.Dense(64)(x))
+    return _output(10, self.plain)(x)
+
+
+class GRUClassifier(nn.Module):
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    return _output(2, self.plain)(nn.RNN(nn.GRUCell(16))(x)[:, -1])
+
+
+class Block(nn.Module):
+  @nn.compact
+  def __call__(self, x, _):
+    h = nn.LayerNorm()(x)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=2)(h, h, mask=nn.make_causal_mask(x[..., 0]))
+    return x + nn.Dense(16)(nn.gelu(nn.Dense(32)(nn.LayerNorm()(x)))), None
+
+
+class ScannedTransformer(nn.Module):
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, tokens):
+    stack = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True}, length=2)
+    x, _ = stack()(nn.Embed(8, 16)(tokens), None)
+    return _output(8, self.plain)(nn.LayerNorm()(x))
+
+
+class RegressionMLP(nn.Module):
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    return _output(2, self.plain)(nn.tanh(nn.Dense(32)(x)))
+
+
+def _digits():
+  return load_digits()
+
+
+def _sequences():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(320, 8, 3)).astype(np.float32)
+  y = (x[:, :4, 0].sum(1) > x[:, 4:, 1].sum(1)).astype(np.int32)
+  return alrao_jax.split_arrays(x, y, valid=64, test=64)
+
+
+def _text():
+  rng = np.random.default_rng(0)
+  start = rng.integers(0, 8, size=(320, 1))
+  step = rng.integers(1, 3, size=(320, 1))
+  tokens = ((start + step * np.arange(9)) % 8).astype(np.int32)  # arithmetic sequences
+  return alrao_jax.split_arrays(tokens[:, :-1], tokens[:, 1:], valid=64, test=64)
+
+
+def _regression():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(480, 6)).astype(np.float32)
+  y = np.stack([np.sin(x @ rng.normal(size=6)), x[:, 0] * x[:, 1]], 1).astype(np.float32)
+  return alrao_jax.split_arrays(
+    x, y + 0.1 * rng.normal(size=y.shape).astype(np.float32), valid=96, test=96
+  )
+
+
+NETWORKS = {
+  "relu-mlp": (ReLUMLP, _digits, {}),
+  "gru": (GRUClassifier, _sequences, {}),
+  "scanned-transformer": (ScannedTransformer, _text, {}),
+  "regression": (RegressionMLP, _regression, {"likelihood": GAUSS}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORKS))
+def test_sgd_at_the_tuned_rate_is_close_to_the_grid_best(name):
+  network, data, kwargs = NETWORKS[name]
+  splits = data()
+  epochs = 6
+  tuned = alrao_jax.tune(
+    network(),
+    splits,
+    lr_min=1e-4,
+    lr_max=10.0,
+    epochs=epochs,
+    race_epochs=2,
+    plain_model=network(plain=True),
+    batch_size=32,
+    **kwargs,
+  )
+  assert tuned.seconds["total"] >= tuned.seconds["race"] > 0
+  assert len(tuned.candidates) == len(tuned.race.values) >= 3
+  assert tuned.lr in tuned.candidates
+  grid = alrao_jax.sweep(
+    network(plain=True),
+    optax.sgd,
+    splits,
+    values=[*GRID, tuned.lr],
+    epochs=epochs,
+    batch_size=32,
+    **kwargs,
+  )
+  best = np.min(grid.valid_losses[:-1])
+  ratio = grid.valid_losses[-1] / best
+  shift = np.log10(tuned.lr) - np.log10(GRID[np.argmin(grid.valid_losses[:-1])])
+  print(
+    f"{name}: tuned {tuned.lr:.3g}, {shift:+.2f} decades from the grid's best, SGD there "
+    f"{ratio:.3f}x the grid's best validation loss; {tuned.seconds['total']:.1f} s"
+  )
+  assert ratio <= 1.25, (name, tuned.lr, ratio, shift, grid.valid_losses.tolist())
+
+
+def test_an_nnx_model_is_tuned_in_place_and_its_race_starts_from_its_start():
+  class Net(nnx.Module):
+    def __init__(self, rngs, plain=False):
+      self.hidden = nnx.Linear(64, 32, rngs=rngs)
+      self.out = (
+        nnx.Linear(32, 10, rngs=rngs)
+        if plain
+        else alrao_jax.nnx.AlraoHead(32, 10, num_copies=4, rngs=rngs)
+      )
+
+    def __call__(self, x):
+      return self.out(nnx.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+  splits = _digits()
+  model = Net(nnx.Rngs(0))
+  start = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+  tuned = alrao_jax.tune(
+    model, splits, lr_min=1e-4, lr_max=10.0, epochs=3, race_epochs=1, batch_size=64
+  )
+  moved = jax.tree.leaves(
+    jax.tree.map(lambda a, b: jnp.abs(a - b).max(), nnx.state(model, nnx.Param), start)
+  )
+  assert max(float(m) for m in moved) > 0  # the Alrao run trained the model itself
+  assert tuned.suggestion.copy_movement is not None and np.isfinite(tuned.lr)
+
+
+def test_bad_arguments_are_named():
+  with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'sgd'\]"):
+    alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, optimizer="rmsprop")
+  with pytest.raises(ValueError, match="race_epochs"):
+    alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, race_epochs=0)
