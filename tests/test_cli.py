@@ -120,9 +120,38 @@ def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
       }
     )
   )
-  assert cli.main(["screen", "--data", str(data), "--configs", str(configs), "--epochs", "2"]) == 0
-  ranked = [line.split(" | ")[1] for line in capsys.readouterr().out.splitlines()[1:3]]
+  screen = ["screen", "--data", str(data), "--configs", str(configs), "--epochs", "2"]
+  assert cli.main([*screen, "--out", str(tmp_path / "screen")]) == 0
+  printed = capsys.readouterr().out.splitlines()
+  ranked = [line.split(" | ")[1] for line in printed[1:3]]
   assert ranked == ["wide", "tiny"]
+  summary = json.loads(printed[-1])  # the last line is JSON, also written to --out
+  assert summary == json.loads((tmp_path / "screen" / "screen.json").read_text())
+  assert [row["name"] for row in summary["rows"]] == ranked and summary["kendall_tau"] is None
+  assert cli.main([*screen, "--out", str(tmp_path / "screen")]) == 2
+  assert "holds a screen already" in capsys.readouterr().err
+
+
+def test_sweep_trains_the_grid_as_one_program_and_equals_train_at_a_rate(tmp_path, capsys):
+  digits = load_digits()
+  data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
+  common = ["--data", data, "--width", "32", "--epochs", "2"]
+  args = ["sweep", *common, "--grid", "0.01,0.1,1000", "--out", str(tmp_path / "s")]
+  assert cli.main(args) == 0
+  out, err = capsys.readouterr()
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert summary == json.loads((tmp_path / "s" / "sweep.json").read_text())
+  assert set(summary["runs"]) == {"0.01", "0.1", "1000"} and summary["best_lr"] in (0.01, 0.1)
+  runs = summary["runs"]
+  assert runs["1000"]["valid_loss"] > 3 * runs["0.1"]["valid_loss"] and "lr 1000" in err
+  assert cli.main(args) == 2  # its results are not written over
+  assert "holds a sweep already" in capsys.readouterr().err
+  # a member is `train --optimizer sgd` at its rate: the same best validation loss
+  train = ["train", *common, "--optimizer", "sgd", "--lr", "0.1", "--no-progress"]
+  assert cli.main([*train, "--out", str(tmp_path / "t")]) == 0
+  trained = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+  assert summary["runs"]["0.1"]["best_epoch"] == trained["best_epoch"]
+  assert summary["runs"]["0.1"]["loss"] == pytest.approx(trained["test_loss"], rel=1e-3)
 
 
 def test_tune_trains_sgd_at_the_suggested_rate_and_places_it_in_the_grid(tmp_path, capsys):

@@ -83,6 +83,8 @@ def test_the_public_api():
     "split_arrays",
     "lr_find",
     "suggest_lr",
+    "sweep",
+    "tune",
     "layer_depths",
     "scale_by_layer_schedule",
     "discriminative_schedule",

@@ -52,9 +52,10 @@ from alrao_jax.experiments.tasks import (
   model_builder,
 )
 from alrao_jax.experiments.tune import task_lr_find, tune
-from alrao_jax.loop import STOP_REASONS, FitResult, fit
+from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
+from alrao_jax.sweep import sweep
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -450,6 +451,8 @@ def _screen(args: argparse.Namespace) -> None:
   if args.configs is None and not (arrays or s["task"] == "digits"):
     raise UsageError("built-in configurations suit digits or --data FILE.npz; pass --configs FILE")
   configs = load_configs(args.configs) if args.configs else BUILTIN_CONFIGS
+  out = _run_folder(args)
+  _refuse_to_overwrite(out, ("screen.json",), "a screen")
   task = _load(s)
   models = {name: model_builder(c, num_classes=task.num_classes) for name, c in configs.items()}
   result = screen(
@@ -480,6 +483,16 @@ def _screen(args: argparse.Namespace) -> None:
       f"tuned SGD ranking: {c['sgd_runs']} runs, {c['sgd_seconds']:.1f} s; "
       f"Kendall tau between the rankings: {result.kendall_tau:.3f}"
     )
+  summary = _rounded(
+    {
+      "rows": [{"rank": rank, **row} for rank, row in enumerate(result.rows, 1)],
+      "compute": c,
+      "kendall_tau": result.kendall_tau if args.verify else None,
+    }
+  )
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "screen.json").write_text(json.dumps(summary, indent=1) + "\n")
+  print(json.dumps(summary))
 
 
 def _grid(text: str | None) -> list[float]:
@@ -504,6 +517,17 @@ def _run_summary(run: RunResult) -> dict[str, Any]:
     **{f"test_{k}": v for k, v in run.test.items()},
     "seconds": round(run.seconds, 2),
   }
+
+
+def _rounded(value: Any) -> Any:
+  """``value`` with its floats to 7 significant digits, float32's: no ``0.9700000286102295``."""
+  if isinstance(value, float):
+    return float(f"{value:.7g}")
+  if isinstance(value, dict):
+    return {k: _rounded(v) for k, v in value.items()}
+  if isinstance(value, list | tuple):
+    return [_rounded(v) for v in value]
+  return value
 
 
 def _refuse_to_overwrite(out: pathlib.Path, names: Sequence[str], what: str) -> None:
@@ -557,6 +581,59 @@ def _tune(args: argparse.Namespace) -> None:
 
 
 LR_FIND_OPTIMIZERS: dict[str, Callable] = {"sgd": optax.sgd, "adam": optax.adam}
+
+
+def _sweep(args: argparse.Namespace) -> None:
+  s = _resolve(args, ("task", "data", "model", "width", "depth", "batch_size", "seed", "epochs"))
+  _check_data_options(s)
+  grid = _grid(args.grid)
+  if args.patience is not None and args.patience < 1:
+    raise UsageError(f"--patience must be >= 1, got {args.patience}")
+  out = _run_folder(args)
+  _refuse_to_overwrite(out, ("sweep.json",), "a sweep")
+  optimizer = args.optimizer or "sgd"
+  task = _load(s)
+  if task.carry:
+    raise UsageError(
+      f"{task.name} carries its LSTM state from batch to batch, which sweep does not; "
+      "run `alrao-jax train --optimizer sgd --lr LR` per rate"
+    )
+  print(
+    f"alrao-jax sweep: {task.name}, {optimizer} at {len(grid)} rates as one program, "
+    f"{s['epochs']} epochs; compiling the step",
+    file=sys.stderr,
+  )
+  result = sweep(
+    task.build(1),  # the model `train --optimizer sgd` trains: a head of one copy
+    LR_FIND_OPTIMIZERS[optimizer],
+    task.splits,
+    values=grid,
+    epochs=s["epochs"],
+    seed=s["seed"],
+    batch_size=task.batch_size,
+    patience=args.patience,
+    **MODES,
+  )
+  runs = {}
+  for lr, epoch, history, stopped in zip(
+    grid, result.best_epochs, result.histories, result.stopped, strict=True
+  ):
+    best = history[epoch - 1] if epoch else {}
+    runs[f"{lr:g}"] = {
+      "best_epoch": int(epoch),
+      "valid_loss": best.get("valid_loss", float("inf")),
+      **{k: v for k, v in test_metrics_of(best).items() if k in ("loss", "accuracy")},
+      "stopped": stopped,
+    }
+    print(
+      f"  lr {lr:<8g} best epoch {int(epoch):>3}  valid loss {runs[f'{lr:g}']['valid_loss']:.4f}"
+      f"  ({stopped})",
+      file=sys.stderr,
+    )
+  summary = _rounded({"optimizer": optimizer, "best_lr": result.best_value, "runs": runs})
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
+  print(json.dumps(summary))
 
 
 def _lr_find(args: argparse.Namespace) -> None:
@@ -663,7 +740,8 @@ def _parser() -> argparse.ArgumentParser:
   screener = commands.add_parser(
     "screen",
     help="rank model configurations with one Alrao run each",
-    description="Train each configuration once with Alrao-SGD and rank them by validation loss.",
+    description="Train each configuration once with Alrao-SGD and rank them by validation loss. "
+    "The last line is JSON.",
   )
   tuner = commands.add_parser(
     "tune",
@@ -675,6 +753,27 @@ def _parser() -> argparse.ArgumentParser:
   _data_options(tuner, models=True)
   _data_options(finder, models=True)
   _data_options(screener, models=False)
+  sweeper = commands.add_parser(
+    "sweep",
+    help="plain SGD or Adam at a grid of rates, trained as one program",
+    description="Train the model with plain SGD (or Adam) at every rate of a grid, all rates "
+    "in one vmapped program (alrao_jax.sweep), each stopped on its own validation loss. The "
+    "last line is JSON.",
+  )
+  _data_options(sweeper, models=True)
+  sweeper.add_argument("--optimizer", choices=("sgd", "adam"), help="(default: sgd)")
+  sweeper.add_argument(
+    "--grid", help="comma-separated rates (default: 1e-05,0.0001,0.001,0.01,0.1,1,10)"
+  )
+  sweeper.add_argument("--epochs", type=int, help="the most epochs of each rate (default: 10)")
+  sweeper.add_argument(
+    "--patience",
+    type=int,
+    help="stop a rate after this many epochs without a better validation loss (default: none)",
+  )
+  sweeper.add_argument(
+    "--out", default="runs/sweep", help="folder of sweep.json (default: runs/sweep)"
+  )
   train.add_argument("--optimizer", choices=METHODS, help="(default: alrao-sgd)")
   train.add_argument(
     "--lr", type=float, help="rate of the other optimizers (default: sgd 0.1, adam 1e-3, others 1)"
@@ -743,6 +842,9 @@ def _parser() -> argparse.ArgumentParser:
   screener.add_argument(
     "--grid", help=f"SGD rates for --verify (default: {','.join(f'{v:g}' for v in SGD_GRID)})"
   )
+  screener.add_argument(
+    "--out", default="runs/screen", help="folder of screen.json (default: runs/screen)"
+  )
   return parser
 
 
@@ -770,7 +872,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "train":
       _use_devices(args.devices)  # before anything starts JAX
-    {"train": _train, "tune": _tune, "lr-find": _lr_find, "screen": _screen}[args.command](args)
+    commands = {"train": _train, "tune": _tune, "lr-find": _lr_find, "screen": _screen}
+    commands["sweep"] = _sweep
+    commands[args.command](args)
   except (UsageError, OSError, ValueError, TypeError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
     return 2
