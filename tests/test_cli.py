@@ -154,6 +154,21 @@ def test_sweep_trains_the_grid_as_one_program_and_equals_train_at_a_rate(tmp_pat
   assert summary["runs"]["0.1"]["loss"] == pytest.approx(trained["test_loss"], rel=1e-3)
 
 
+def test_tune_with_adam_suggests_adams_rate_from_an_alrao_adam_run(tmp_path, capsys):
+  digits = load_digits()
+  data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
+  common = ["tune", "--data", data, "--width", "32", "--epochs", "2", "--copies", "4"]
+  assert cli.main([*common, "--optimizer", "adam", "--out", str(tmp_path / "t")]) == 0
+  out, err = capsys.readouterr()
+  summary = json.loads(out.strip().splitlines()[-1])
+  assert "alrao-adam" in err
+  assert set(summary) == {"suggested_lr", "leading_copy_lr", "alrao", "adam"}
+  assert ADAM_INTERVAL[0] <= summary["suggested_lr"] <= ADAM_INTERVAL[1]
+  assert summary["adam"]["test_accuracy"] > 0.5
+  assert cli.main([*common, "--optimizer", "adam", "--momentum", "0.9"]) == 2
+  assert "--momentum applies to" in capsys.readouterr().err
+
+
 def test_tune_trains_sgd_at_the_suggested_rate_and_places_it_in_the_grid(tmp_path, capsys):
   digits = load_digits()
   data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)

@@ -91,7 +91,11 @@ def test_nnx_sharded_step_equals_single_device_step():
 @pytest.mark.parametrize("name", ["gpt", "gru", "regression", "resnet"])
 def test_the_zoo_sharded_over_the_batch_equals_one_device(name):
   run = _meshes()["zoo"][name]  # params and log posterior after 10 steps, linen and NNX
-  assert run["linen"] < TOLERANCE and run["nnx"] < TOLERANCE
+  assert run["linen"] < TOLERANCE
+  if name in sharding_runs.NNX_ON_MESH:
+    assert run["nnx"] < TOLERANCE
+  else:
+    assert set(run) == {"linen"}
 
 
 def test_carried_streams_on_a_mesh_equal_one_device():

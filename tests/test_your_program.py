@@ -147,8 +147,9 @@ class LM(nn.Module):
     x = nn.Embed(self.vocab, 16)(tokens)
     h = nn.LayerNorm()(x)
     mask = nn.make_causal_mask(tokens)
-    x = x + nn.MultiHeadDotProductAttention(num_heads=2, deterministic=self.deterministic,
-                                            dropout_rate=0.1)(h, h, mask=mask)
+    x = x + nn.MultiHeadDotProductAttention(
+      num_heads=2, deterministic=self.deterministic, dropout_rate=0.1
+    )(h, h, mask=mask)
     x = x + nn.Dense(16)(nn.gelu(nn.Dense(32)(nn.LayerNorm()(x))))
     logits = alrao_jax.AlraoHead(self.vocab, num_copies=3)(nn.LayerNorm()(x))
     return logits.astype(jnp.float32)  # what lm1b does to its logits
@@ -200,8 +201,12 @@ def test_an_lm1b_style_decoder_that_casts_its_logits():
   inputs, targets = np.asarray(tokens[:, :-1]), np.asarray(tokens[:, 1:])  # (B, T) labels
   splits = alrao_jax.split_arrays(inputs, targets, valid=16, test=16)
   result = alrao_jax.fit(
-    LM(), alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0)), splits, epochs=2,
-    batch_size=16, eval_model=LM(deterministic=True),
+    LM(),
+    alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0)),
+    splits,
+    epochs=2,
+    batch_size=16,
+    eval_model=LM(deterministic=True),
   )
   assert result.best_epoch >= 1 and np.isfinite(result.test["loss"])
   probs = alrao_jax.predict(LM(deterministic=True), result.state, splits.test.inputs)
@@ -220,3 +225,77 @@ def test_a_two_input_bilstm_classifier():
   assert alrao_jax.predict(BiLSTM(), result.state, splits.test.inputs).shape == (40, 3)
   variables = BiLSTM().init(jax.random.key(1), IDS[:8], LENGTHS[:8])
   assert all(np.isfinite(_own_step(BiLSTM(), variables, (IDS[:8], LENGTHS[:8]), Y[:8])))
+
+
+class ResNet(nn.Module):
+  """Residual conv blocks with BatchNorm and dropout, both driven by one ``deterministic``
+  flag passed at call time, as Flax's ImageNet example drives ``train``."""
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = nn.Conv(8, (3, 3))(x)
+    for _ in range(2):
+      h = nn.BatchNorm(use_running_average=deterministic)(nn.Conv(8, (3, 3), use_bias=False)(x))
+      x = nn.relu(x + nn.Dropout(0.1, deterministic=deterministic)(nn.relu(h)))
+    return alrao_jax.AlraoHead(3, num_copies=4)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_a_resnet_with_batch_stats_and_a_deterministic_flag_fits_steps_and_predicts():
+  rng = np.random.default_rng(1)
+  images = rng.normal(size=(160, 8, 8, 3)).astype(np.float32)
+  labels = (images[..., 0].mean((1, 2)) > 0).astype(np.int32) + (images[..., 1].mean((1, 2)) > 0)
+  splits = alrao_jax.split_arrays(images, labels, valid=32, test=32)
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(1))
+  result = alrao_jax.fit(
+    ResNet(),
+    tx,
+    splits,
+    epochs=2,
+    batch_size=16,
+    train_kwargs={"deterministic": False},
+    eval_kwargs={"deterministic": True},
+  )
+  stats = result.state.model_state["batch_stats"]
+  assert any(float(jnp.abs(v).max()) > 0 for v in jax.tree.leaves(stats))  # BatchNorm learned
+  probs = alrao_jax.predict(ResNet(), result.state, images[:5], deterministic=True)
+  np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+  assert probs.shape == (5, 3)
+  # the README's own step, with a flax TrainState subclass carrying batch_stats and the switch
+  from flax.training import train_state
+
+  class State(train_state.TrainState):
+    batch_stats: dict
+    switch: alrao_jax.SwitchState
+
+  variables = ResNet().init(jax.random.key(0), images[:1], deterministic=True)
+  state = State.create(
+    apply_fn=ResNet().apply,
+    params=variables["params"],
+    tx=tx,
+    batch_stats=variables["batch_stats"],
+    switch=alrao_jax.switch_init(4),
+  )
+  switch = alrao_jax.switch_averaging()
+
+  @jax.jit
+  def step(state, x, y, key):
+    def loss_fn(params):
+      outputs, new = state.apply_fn(
+        {"params": params, "batch_stats": state.batch_stats},
+        x,
+        deterministic=False,
+        mutable=["batch_stats"],
+        rngs={"dropout": key},
+      )
+      loss, aux = alrao_jax.alrao_loss(outputs, y, state.switch)
+      return loss, (aux, new["batch_stats"])
+
+    (_, (aux, stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=stats)
+    return state.replace(switch=switch.update(state.switch, aux.log_likelihoods)), aux.mixture_nll
+
+  losses = []
+  for i in range(20):
+    state, loss = step(state, images[:64], labels[:64], jax.random.key(i))
+    losses.append(float(loss))
+  assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])

@@ -452,9 +452,9 @@ def _screen(args: argparse.Namespace) -> None:
     raise UsageError("built-in configurations suit digits or --data FILE.npz; pass --configs FILE")
   configs = load_configs(args.configs) if args.configs else BUILTIN_CONFIGS
   out = _run_folder(args)
-  _refuse_to_overwrite(out, ("screen.json",), "a screen")
   task = _load(s)
   models = {name: model_builder(c, num_classes=task.num_classes) for name, c in configs.items()}
+  _refuse_to_overwrite(out, ("screen.json",), "a screen")
   result = screen(
     models,
     task.splits,
@@ -538,7 +538,8 @@ def _refuse_to_overwrite(out: pathlib.Path, names: Sequence[str], what: str) -> 
 
 def _tune(args: argparse.Namespace) -> None:
   s = _resolve(args, TUNE_OPTIONS)
-  s.update({"optimizer": "alrao-sgd", "lr": None})
+  plain = args.optimizer or "sgd"
+  s.update({"optimizer": f"alrao-{plain}", "lr": None})
   _check_data_options(s)
   _check_optimizer_options(s)
   grid = _grid(args.grid) if args.verify else []
@@ -548,13 +549,13 @@ def _tune(args: argparse.Namespace) -> None:
   alrao = _method(s, task)  # fills in the task's interval and copies; checked before any run
 
   def make(name: str, **options: Any) -> Method:  # both runs take the command line's options
-    if name == "alrao-sgd":
+    if name == s["optimizer"]:
       return alrao
     alrao_only = {"lr_min": None, "lr_max": None, "copies": None}
     return _method({**s, **alrao_only, "optimizer": name, "lr": options["lr"]}, task)
 
   print(f"alrao-jax tune: {_describe(s, task, alrao)}", file=sys.stderr)
-  result = tune(task, epochs=s["epochs"], seed=s["seed"], make=make)
+  result = tune(task, epochs=s["epochs"], seed=s["seed"], make=make, optimizer=plain)
   out.mkdir(parents=True, exist_ok=True)
   (out / "suggestion.txt").write_text(describe(result.suggestion) + "\n")
   print(describe(result.suggestion), file=sys.stderr)
@@ -562,11 +563,11 @@ def _tune(args: argparse.Namespace) -> None:
     "suggested_lr": result.suggestion.lr,
     "leading_copy_lr": result.suggestion.leading_lr,
     "alrao": _run_summary(result.alrao),
-    "sgd": _run_summary(result.sgd),
+    plain: _run_summary(result.sgd),
   }
   if args.verify:
     runs = {
-      lr: timed_fit(task, make("sgd", lr=lr), seed=s["seed"], epochs=s["epochs"])[0] for lr in grid
+      lr: timed_fit(task, make(plain, lr=lr), seed=s["seed"], epochs=s["epochs"])[0] for lr in grid
     }
     best = select_lr({lr: [run] for lr, run in runs.items()})
     summary["verify"] = {
@@ -745,9 +746,10 @@ def _parser() -> argparse.ArgumentParser:
   )
   tuner = commands.add_parser(
     "tune",
-    help="one Alrao run, then SGD at the learning rate it suggests",
-    description="Train with Alrao-SGD, suggest a learning rate for plain SGD from its switch "
-    "posterior (alrao_jax.suggest_lr), and train SGD at it. The last line is JSON.",
+    help="one Alrao run, then SGD (or Adam) at the learning rate it suggests",
+    description="Train with Alrao-SGD (Alrao-Adam), suggest a learning rate for plain SGD "
+    "(Adam) from its switch posterior (alrao_jax.suggest_lr), and train SGD (Adam) at it. The "
+    "last line is JSON.",
   )
   _data_options(train, models=True)
   _data_options(tuner, models=True)
@@ -811,6 +813,12 @@ def _parser() -> argparse.ArgumentParser:
     "--devices", type=int, help="simulate this many CPU devices for --mesh (default: the real ones)"
   )
   _alrao_options(tuner)
+  tuner.add_argument(
+    "--optimizer",
+    choices=("sgd", "adam"),
+    help="the optimizer whose rate is tuned: Alrao-SGD suggests SGD's, Alrao-Adam Adam's "
+    "(default: sgd)",
+  )
   tuner.add_argument("--momentum", type=float, help="momentum of both runs (default: none)")
   tuner.add_argument("--weight-decay", type=float, help="L2 on the kernels (default: 0)")
   tuner.add_argument("--clip", type=float, help="clip the gradient's global norm (default: none)")

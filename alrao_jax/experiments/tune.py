@@ -31,7 +31,7 @@ class TuneResult(NamedTuple):
 
   suggestion: LRSuggestion
   alrao: RunResult
-  sgd: RunResult  # plain SGD at ``suggestion.lr``
+  sgd: RunResult  # the plain optimizer (SGD, or Adam for Alrao-Adam) at ``suggestion.lr``
 
 
 def initial_params(task: Task, method: Method, seed: int) -> Any:
@@ -98,9 +98,11 @@ def tune(
   seed: int = 0,
   make: Callable[..., Method] = make_method,
   alrao_options: dict[str, Any] | None = None,
+  optimizer: str = "sgd",
   **fit_kwargs: Any,
 ) -> TuneResult:
-  """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, one SGD run at that rate.
+  """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, one SGD run at that rate
+  (with ``optimizer="adam"``: Alrao-Adam, then Adam at the rate it suggests).
 
   The suggestion averages the log-rate over the posteriors of the epochs up to the kept one.
 
@@ -112,14 +114,18 @@ def tune(
       (e.g. :func:`alrao_jax.experiments.methods.make_method` with momentum or a schedule
       bound), used for both runs.
     alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
+    optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is suggested.
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
     A :class:`TuneResult`.
   """
-  options = {"lr_min": task.lr_min, "lr_max": task.lr_max, "copies": task.copies}
+  if optimizer not in ("sgd", "adam"):
+    raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+  low, high = task.interval(f"alrao-{optimizer}")
+  options = {"lr_min": low, "lr_max": high, "copies": task.copies}
   options.update(alrao_options or {})
-  alrao = make("alrao-sgd", seed=seed, **options)
+  alrao = make(f"alrao-{optimizer}", seed=seed, **options)
   alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit_kwargs)
   suggestion = suggest_lr(
     result.state,
@@ -127,7 +133,7 @@ def tune(
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
   sgd_run, _ = timed_fit(
-    task, make("sgd", lr=suggestion.lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
+    task, make(optimizer, lr=suggestion.lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
   return TuneResult(suggestion, alrao_run, sgd_run)
 
