@@ -24,7 +24,7 @@ from alrao_jax.transform import ScaleByRatesState
 
 BIN_DECADES = 0.5  # width of the rate bins of the body's evidence, in decades
 MIN_PER_BIN = 3  # features a bin needs to be reported
-LEARNED_FRACTION = 0.01  # a copy learned when it moved >= this share of the most-moved copy's
+LEARNED_FRACTION = 0.05  # a copy learned when it moved >= this share of the median copy's
 BODY_DECADES = 3.0  # a suggestion this far from the body's most-moved rates is doubted
 NEIGHBOUR_MASS = 0.8  # posterior mass the leading copy and its neighbours need for "high"
 
@@ -130,7 +130,9 @@ def _weigh(
     reasons.append("no initial_params: whether the leading copy learned is unknown")
   else:
     finite = np.isfinite(moved)
-    learned = finite & (moved >= LEARNED_FRACTION * np.max(moved, initial=0.0, where=finite))
+    # the median, not the largest: the fastest copies can move by 100x their size as they blow up
+    reference = float(np.median(moved[finite])) if finite.any() else 0.0
+    learned = finite & (moved >= LEARNED_FRACTION * reference)
     if learned.any() and not learned[leading]:
       kept = along * learned
       mass = kept.sum(axis=1, keepdims=True)
@@ -138,8 +140,8 @@ def _weigh(
       suggestion = candidates["learned"] = float(np.exp(np.mean(kept @ log_lrs)))
       reasons.append(
         f"the leading copy (lr {lrs[leading]:.2g}) barely moved from its start "
-        f"({moved[leading]:.2g} of its size, against {np.nanmax(moved):.2g} for the copy that "
-        "moved most): the body learned to serve a copy that did not learn; the suggestion "
+        f"({moved[leading]:.2g} of its size, against {reference:.2g} for the median copy): the "
+        "body learned to serve a copy that did not learn; the suggestion "
         "follows the posterior among the copies that learned"
       )
   if leading in (0, len(lrs) - 1) and len(lrs) > 1:
@@ -242,10 +244,21 @@ def suggest_lr(
   neighbouring copies when it is split between them. Use the state of the epoch you would
   keep (``fit``'s ``state``); a running state works too. With ``posteriors`` (e.g. one per
   epoch up to the kept one, ``fit``'s history), the log-rate is averaged over them, which
-  keeps a passing switch of a few steps from deciding alone. With ``initial_params``, the
-  evidence also holds how far the body's features moved, binned by their rates (see
-  :func:`body_movement`): units with rates far below the suggestion barely move; those far
-  above it move their weights by more than their initial size.
+  keeps a passing switch of a few steps from deciding alone.
+
+  With ``initial_params`` (give them: the switch alone can be wrong by decades), the evidence
+  also holds how far each copy moved from its start (:func:`copy_movement`) and how far the
+  body's features moved, binned by their rates (:func:`body_movement`). A copy that moved
+  less than 5% as far as the median copy did not learn; when the posterior leads with such a
+  copy (the body then learned to serve a nearly frozen output), the suggestion follows the
+  posterior among the copies that learned. ``confidence`` is ``"low"`` when the leading copy
+  did not learn or the suggestion lies more than 3 decades from the rates at which the body's
+  units moved most (a `UserWarning` then says why); ``"medium"`` when the leading copy sits at
+  the interval's edge, the posterior is spread beyond the leading copy and its neighbours
+  (less than 0.8 of it), or there are no ``initial_params``; else ``"high"``.
+  ``candidates`` holds the rates weighed: ``posterior``, ``leading``, and when known
+  ``learned`` and ``body`` (the middle of the bin where the body moved most). A low
+  confidence calls for a short race of the candidates (:func:`alrao_jax.tune` runs one).
 
   Args:
     params: the model's parameters (a linen ``TrainState.params`` or ``nnx.state(model,
@@ -255,7 +268,8 @@ def suggest_lr(
     averaging_state: the switch's state (``TrainState.averaging_state``, or what the NNX
       step returns).
     averaging: the model averaging of the run (default :func:`alrao_jax.switch_averaging`).
-    initial_params: the parameters at step 0, for the body's evidence (optional).
+    initial_params: the parameters at step 0, for the copies' and the body's evidence
+      (optional, recommended).
     posteriors: posteriors over the copies along the run, each of shape ``(N,)``, to average
       the log-rate over (optional; default: the state's posterior alone). The returned
       ``posterior`` is their mean.

@@ -16,16 +16,17 @@ from conftest import SmallNNXNet
 
 class Net(nn.Module):
   width: int = 16
+  copies: int = 4
 
   @nn.compact
   def __call__(self, x):
-    return alrao_jax.AlraoHead(3, num_copies=4)(nn.relu(nn.Dense(self.width)(x)))
+    return alrao_jax.AlraoHead(3, num_copies=self.copies)(nn.relu(nn.Dense(self.width)(x)))
 
 
-def _state(width=16, lr_min=1e-4):
+def _state(width=16, lr_min=1e-4, lr_max=1.0, copies=4):
   x = jax.random.normal(jax.random.key(0), (8, 5))
-  tx = alrao_jax.alrao_sgd(lr_min, 1.0, key=jax.random.key(1))
-  return alrao_jax.create_train_state(Net(width), tx, jax.random.key(2), x), tx, x
+  tx = alrao_jax.alrao_sgd(lr_min, lr_max, key=jax.random.key(1))
+  return alrao_jax.create_train_state(Net(width, copies), tx, jax.random.key(2), x), tx, x
 
 
 def test_the_suggestion_is_the_posterior_geometric_mean_of_the_copies_rates():
@@ -183,6 +184,22 @@ def test_a_clear_leader_that_learned_inside_the_interval_is_trusted():
   with pytest.warns(UserWarning, match=r"decades from the suggestion"):
     doubted = alrao_jax.suggest_lr(far, initial_params=wide.params)
   assert doubted.confidence == "low" and doubted.candidates["body"] > 0.1
+
+
+def test_fast_copies_that_blow_up_do_not_make_a_learned_leader_look_frozen():
+  # the copies' movements of a real run (digits, a 2 x 256 ReLU MLP, 20 epochs, seed 2): the
+  # two fastest copies moved by 25 and 120 times their size; the leader (0.022) by 0.37
+  moves = [0.0152, 0.0711, 0.106, 0.218, 0.376, 0.371, 1.12, 5.35, 24.9, 120.0]
+  state, _, _ = _state(width=64, lr_min=1e-5, lr_max=10.0, copies=10)
+  posterior = np.full(10, 0.003)
+  posterior[5] = 1 - 0.003 * 9
+  trained = state.replace(
+    params=_moved(state, moves, lambda rate: np.sqrt(rate)),
+    averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior)),
+  )
+  suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
+  assert "learned" not in suggestion.candidates and suggestion.confidence == "high"
+  assert suggestion.leading_lr == pytest.approx(0.0215, rel=1e-2)
 
 
 def test_bad_input_is_named():
