@@ -29,7 +29,7 @@ from alrao_jax.sharding import (
   shard_train_state,
   shard_train_step,
 )
-from alrao_jax.splits import as_splits, rows_of, take
+from alrao_jax.splits import Splits, as_splits, rows_of, take
 from alrao_jax.steps import (
   TrainState,
   check_carry_in,
@@ -133,6 +133,20 @@ def evaluate_in_chunks(
     for name, value in found.items():
       totals[name] = totals.get(name, 0.0) + share * np.asarray(value, np.float64)
   return _as_floats(totals)
+
+
+def checked_splits(splits: Any, batch_size: int) -> tuple[Splits, int]:
+  """``splits`` as :class:`alrao_jax.Splits` (checked, see :func:`alrao_jax.splits.as_splits`)
+  and its training rows, which a batch may not exceed.
+
+  Raises:
+    ValueError: bad splits, or ``batch_size`` above the training rows.
+  """
+  splits = as_splits(splits)
+  rows = rows_of(splits.train.inputs)
+  if batch_size > rows:
+    raise ValueError(f"batch_size must be in [1, {rows}], got {batch_size}.")
+  return splits, rows
 
 
 def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
@@ -356,11 +370,8 @@ def fit(
       "resume=True continues the checkpoint; pass initial_state or resume, not both."
     )
   check_eval_batch_size(eval_batch_size)
-  splits = as_splits(splits)
+  splits, rows = checked_splits(splits, batch_size)
   train, valid, test = splits
-  rows = rows_of(train.inputs)
-  if batch_size > rows:
-    raise ValueError(f"batch_size must be in [1, {rows}], got {batch_size}.")
   averaging = averaging or switch_averaging()
   if isinstance(model, nnx.Module):
     unsupported = {

@@ -28,6 +28,7 @@ from alrao_jax.head import as_copy_outputs
 from alrao_jax.loop import (
   check_eval_batch_size,
   check_split_labels,
+  checked_splits,
   evaluate_in_chunks,
   nnx_outputs,
   num_outputs,
@@ -36,7 +37,7 @@ from alrao_jax.loop import (
 )
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.lr_find import takes_learning_rate
-from alrao_jax.splits import as_splits, rows_of, take
+from alrao_jax.splits import take
 from alrao_jax.steps import (
   averaging_weights,
   check_averaging_state,
@@ -314,11 +315,8 @@ def sweep(
   check_eval_batch_size(eval_batch_size)
   if mesh is not None:
     _check_mesh(mesh, len(values_))
-  splits = as_splits(splits)
+  splits, rows = checked_splits(splits, batch_size)
   train, valid, test = splits
-  rows = rows_of(train.inputs)
-  if batch_size > rows:
-    raise ValueError(f"batch_size must be in [1, {rows}], got {batch_size}.")
   averaging = averaging or switch_averaging()
   tx = _injected(optimizer, hyperparam, float(values_[0]))
   train_kwargs, eval_kwargs = dict(train_kwargs or {}), dict(eval_kwargs or {})

@@ -144,48 +144,26 @@ def tune(
   splits = as_splits(splits)
   kwargs = {"likelihood": likelihood, "train_kwargs": train_kwargs, "eval_kwargs": eval_kwargs}
   start = time.perf_counter()
+  fit_kwargs = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "patience": patience}
   if isinstance(model, nnx.Module):
     racer = plain_model
     if racer is None:  # the start of the model, in buffers of its own: fit donates the model's
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
     initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    result = fit(
-      model,
-      tx,
-      splits,
-      epochs=epochs,
-      seed=seed,
-      batch_size=batch_size,
-      patience=patience,
-      **kwargs,
-    )
-    params, averaging_state = nnx.state(model, nnx.Param), result.state
     rng_kwargs = {}
   else:
     racer = plain_model if plain_model is not None else model
     example = model_args(take(splits.train.inputs, slice(0, batch_size)))
     initial = create_train_state(
-      model,
-      tx,
-      jax.random.key(seed),
-      *example,
-      rng_streams=rng_streams,
-      **dict(eval_kwargs or {}),
+      model, tx, jax.random.key(seed), *example, rng_streams=rng_streams, **dict(eval_kwargs or {})
     ).params
-    result = fit(
-      model,
-      tx,
-      splits,
-      epochs=epochs,
-      seed=seed,
-      batch_size=batch_size,
-      patience=patience,
-      rng_streams=rng_streams,
-      **kwargs,
-    )
-    params, averaging_state = result.state.params, result.state.averaging_state
     rng_kwargs = {"rng_streams": rng_streams}
+  result = fit(model, tx, splits, **fit_kwargs, **kwargs, **rng_kwargs)
+  if isinstance(model, nnx.Module):  # trained in place, left at its best epoch
+    params, averaging_state = nnx.state(model, nnx.Param), result.state
+  else:
+    params, averaging_state = result.state.params, result.state.averaging_state
   history = result.history[: max(result.best_epoch, 1)]
   with warnings.catch_warnings():  # a low confidence is what the race is for
     warnings.simplefilter("ignore", UserWarning)
