@@ -60,3 +60,14 @@ def test_cifar10_bad_folder_and_bad_file(tmp_path):
     (tmp_path / name).write_bytes(b"not a pickle")
   with pytest.raises(ValueError, match="is not a CIFAR-10 python batch"):
     load_cifar10(tmp_path)
+
+
+def test_digits_are_read_as_scikit_learn_loads_them():
+  from sklearn.datasets import load_digits as sklearn_digits
+
+  from alrao_jax.experiments.data import _digits_arrays
+
+  images, labels = _digits_arrays()
+  want_images, want_labels = sklearn_digits(return_X_y=True)
+  np.testing.assert_array_equal(images, want_images)
+  np.testing.assert_array_equal(labels, want_labels)

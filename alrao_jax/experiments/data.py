@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import pickle
@@ -16,6 +17,21 @@ def _hold_out(inputs: np.ndarray, targets: np.ndarray, count: int, seed: int) ->
   order = np.random.default_rng(seed).permutation(len(inputs))
   kept, held = order[count:], order[:count]
   return Split(inputs[kept], targets[kept]), Split(inputs[held], targets[held])
+
+
+def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+  """scikit-learn's digits as ``load_digits(return_X_y=True)`` gives them, read from the file
+  scikit-learn ships without importing scikit-learn (a second of a short command's start-up);
+  through scikit-learn where that file is not found."""
+  spec = importlib.util.find_spec("sklearn")
+  if spec is not None and spec.submodule_search_locations:
+    path = pathlib.Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    if path.is_file():
+      table = np.loadtxt(path, delimiter=",")
+      return table[:, :-1], table[:, -1].astype(int)
+  from sklearn.datasets import load_digits as sklearn_digits
+
+  return sklearn_digits(return_X_y=True)
 
 
 def load_digits(*, seed: int = 0) -> Splits:
@@ -33,9 +49,7 @@ def load_digits(*, seed: int = 0) -> Splits:
     >>> splits.train.inputs.shape, splits.test.inputs.shape
     ((1197, 8, 8, 1), (300, 8, 8, 1))
   """
-  from sklearn.datasets import load_digits as sklearn_digits
-
-  images, labels = sklearn_digits(return_X_y=True)
+  images, labels = _digits_arrays()
   images = (images / 16.0).astype(np.float32).reshape(-1, 8, 8, 1)
   return split_arrays(images, labels.astype(np.int32), valid=300, test=300, seed=seed)
 
