@@ -48,8 +48,16 @@ class LRFindResult(NamedTuple):
 
     Returns:
       The ``Axes``.
+
+    Raises:
+      ImportError: matplotlib is not installed (``pip install "alrao-jax[cli]"``).
     """
-    import matplotlib.pyplot as plt
+    try:
+      import matplotlib.pyplot as plt
+    except ImportError as err:
+      raise ImportError(
+        'LRFindResult.plot needs matplotlib: pip install matplotlib (or "alrao-jax[cli]").'
+      ) from err
 
     if ax is None:
       ax = plt.figure(figsize=(10, 4.5), layout="constrained").add_subplot()

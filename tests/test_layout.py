@@ -20,7 +20,7 @@ METHOD = (
   "predict",
 )
 AROUND = ("loop", "checkpoint", "splits")
-TOOLS = ("lr_find", "suggest_lr", "screen", "layer_schedule")
+TOOLS = ("lr_find", "suggest_lr", "sweep", "tune", "screen", "layer_schedule")
 
 
 def _imports() -> dict[str, set[str]]:
@@ -109,3 +109,50 @@ def test_the_public_api():
     "collectives",
   ):
     assert name in alrao_jax.sharding.__all__ and hasattr(alrao_jax.sharding, name), name
+
+
+DISTRIBUTIONS = {"orbax": "orbax-checkpoint", "sklearn": "scikit-learn"}  # import -> distribution
+
+
+def _third_party(path: pathlib.Path) -> tuple[set[str], set[str]]:
+  """(imported at module level, imported inside functions) top-level names outside the
+  standard library and the package."""
+  import sys
+
+  tree = ast.parse(path.read_text())
+  top = {id(node) for node in tree.body}
+  found: tuple[set[str], set[str]] = (set(), set())
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      names = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      names = [node.module]
+    else:
+      continue
+    for name in names:
+      root = name.split(".")[0]
+      if root not in sys.stdlib_module_names and root not in ("alrao_jax", "__future__"):
+        found[0 if id(node) in top else 1].add(DISTRIBUTIONS.get(root, root))
+  return found
+
+
+def test_the_declared_dependencies_are_what_the_package_imports():
+  import tomllib
+
+  project = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]
+
+  def names(requirements):
+    return {r.split(">")[0].split("=")[0].split("<")[0].strip() for r in requirements}
+
+  required = names(project["dependencies"])
+  extras = names(project["optional-dependencies"]["cli"])
+  imported, used = set(), set()
+  for path in PACKAGE.rglob("*.py"):
+    eager, lazy = _third_party(path)
+    experiments = "experiments" in path.relative_to(PACKAGE).parts
+    assert eager <= (required | extras if experiments else required), (path, eager - required)
+    assert lazy <= required | extras, (path, lazy - required - extras)
+    imported |= eager | lazy
+    used |= eager if not experiments else set()
+  assert required - {"jaxlib"} <= imported, required - imported  # nothing declared for nothing
+  assert used <= required
