@@ -323,11 +323,11 @@ def lr_find(
     and last point (as Lightning) and its divergence: ``steep`` (steepest fall against log
     lr, measured over +-5% of the curve), ``valley`` (middle of the longest stretch of
     falling loss) and ``minimum`` (a tenth of the rate at the lowest smoothed loss);
-    ``alrao_interval`` (see :func:`alrao_interval`) for Alrao over the same optimizer.
-    A curve with fewer than 10
-    points left, or whose batch loss never falls by more than its noise (the good rates lie
-    outside the range tested), suggests nothing: its suggestions and interval are ``nan``
-    and ``notes`` says why and what to change. ``result.plot()`` draws the curve.
+    ``alrao_interval`` (see :func:`alrao_interval`) for Alrao over the same optimizer. A
+    curve with fewer than 10 points left, or whose batch loss never falls by more than its
+    noise (the good rates lie outside the range tested), suggests nothing: its suggestions
+    and interval are ``nan`` and ``notes`` says why and what to change. ``result.plot()``
+    draws the curve.
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax

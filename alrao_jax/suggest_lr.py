@@ -110,6 +110,11 @@ def copy_movement(params: Any, initial_params: Any) -> np.ndarray:
   raise ValueError("params hold no output copies (no 'alrao_copies' kernel).")
 
 
+def _peak(body: tuple[dict[str, float], ...]) -> dict[str, float]:
+  """The bin of body rates whose features moved most."""
+  return max(body, key=lambda b: b["movement"])
+
+
 def _weigh(
   lrs: np.ndarray,
   posterior: np.ndarray,
@@ -151,7 +156,7 @@ def _weigh(
       f"widen the interval on that side"
     )
   if body:
-    peak = max(body, key=lambda b: b["movement"])
+    peak = _peak(body)
     candidates["body"] = float(np.sqrt(peak["lr_low"] * peak["lr_high"]))
     gap = abs(np.log10(suggestion) - np.log10(candidates["body"]))
     if gap > BODY_DECADES:
@@ -367,11 +372,9 @@ def describe(suggestion: LRSuggestion) -> str:
     f"confidence {suggestion.confidence}"
   ]
   lines += [f"  - {reason}" for reason in suggestion.reasons]
-  others = {k: v for k, v in suggestion.candidates.items() if k != "posterior"}
-  if others:
-    lines.append(
-      "candidates: " + ", ".join(f"{k} {v:.3g}" for k, v in suggestion.candidates.items())
-    )
+  lines.append(
+    "candidates: " + ", ".join(f"{k} {v:.3g}" for k, v in suggestion.candidates.items())
+  )
   weights = ", ".join(
     f"{lr:.2g}: {p:.2f}" for lr, p in zip(suggestion.copy_lrs, suggestion.posterior, strict=True)
   )
@@ -382,7 +385,7 @@ def describe(suggestion: LRSuggestion) -> str:
       f"median relative movement {b['movement']:.3g}"
     )
   if suggestion.body:
-    peak = max(suggestion.body, key=lambda b: b["movement"])
+    peak = _peak(suggestion.body)
     lines.append(
       f"the body's units moved most at rates in [{peak['lr_low']:.2g}, {peak['lr_high']:.2g}); "
       "faster ones moved less (too fast to learn steadily)"

@@ -135,9 +135,20 @@ def _select(keep: jax.Array, new: Any, old: Any) -> Any:
   return jax.tree.map(pick, new, old)
 
 
-def _linen_members(model, tx, example, *, seed, averaging, likelihood, kwargs, eval_model):
-  """(stacked-able state, train step, eval step) of a linen model."""
-  train_kwargs, eval_kwargs, rng_streams = kwargs
+def _linen_members(
+  model,
+  tx,
+  example,
+  *,
+  seed,
+  averaging,
+  likelihood,
+  train_kwargs,
+  eval_kwargs,
+  rng_streams,
+  eval_model,
+):
+  """(state, train step, eval step) of a linen model: the state fit starts from."""
   state = create_train_state(
     model,
     tx,
@@ -320,7 +331,6 @@ def sweep(
   averaging = averaging or switch_averaging()
   tx = _injected(optimizer, hyperparam, float(values_[0]))
   train_kwargs, eval_kwargs = dict(train_kwargs or {}), dict(eval_kwargs or {})
-  example = take(train.inputs, slice(0, batch_size))
   if isinstance(model, nnx.Module):
     if eval_model is not None or tuple(rng_streams) != ("dropout",):
       raise ValueError(
@@ -341,11 +351,13 @@ def sweep(
     state, step, evaluate = _linen_members(
       model,
       tx,
-      example,
+      take(train.inputs, slice(0, batch_size)),
       seed=seed,
       averaging=averaging,
       likelihood=likelihood,
-      kwargs=(train_kwargs, eval_kwargs, rng_streams),
+      train_kwargs=train_kwargs,
+      eval_kwargs=eval_kwargs,
+      rng_streams=rng_streams,
       eval_model=eval_model,
     )
     if likelihood is categorical_log_likelihood:

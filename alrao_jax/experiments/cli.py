@@ -1,4 +1,4 @@
-"""The alrao-jax command: train, tune, lr-find and screen, on a bundled task or on your own arrays.
+"""The alrao-jax command: train, tune, lr-find, screen and sweep, on a bundled task or your arrays.
 
 Every input is checked before any model is built; bad input (an unknown task or optimizer,
 missing or malformed data, options that do not apply, bounds out of order, a corrupt or
@@ -495,9 +495,12 @@ def _screen(args: argparse.Namespace) -> None:
   print(json.dumps(summary))
 
 
+DEFAULT_GRID = ",".join(f"{v:g}" for v in SGD_GRID)  # the paper's seven rates, as --grid
+
+
 def _grid(text: str | None) -> list[float]:
   try:
-    grid = [float(v) for v in (text or ",".join(f"{v:g}" for v in SGD_GRID)).split(",")]
+    grid = [float(v) for v in (text or DEFAULT_GRID).split(",")]
   except ValueError as err:
     raise UsageError(f"--grid must be comma-separated numbers, got {text!r}") from err
   if not all(v > 0 for v in grid):
@@ -755,27 +758,6 @@ def _parser() -> argparse.ArgumentParser:
   _data_options(tuner, models=True)
   _data_options(finder, models=True)
   _data_options(screener, models=False)
-  sweeper = commands.add_parser(
-    "sweep",
-    help="plain SGD or Adam at a grid of rates, trained as one program",
-    description="Train the model with plain SGD (or Adam) at every rate of a grid, all rates "
-    "in one vmapped program (alrao_jax.sweep), each stopped on its own validation loss. The "
-    "last line is JSON.",
-  )
-  _data_options(sweeper, models=True)
-  sweeper.add_argument("--optimizer", choices=("sgd", "adam"), help="(default: sgd)")
-  sweeper.add_argument(
-    "--grid", help="comma-separated rates (default: 1e-05,0.0001,0.001,0.01,0.1,1,10)"
-  )
-  sweeper.add_argument("--epochs", type=int, help="the most epochs of each rate (default: 10)")
-  sweeper.add_argument(
-    "--patience",
-    type=int,
-    help="stop a rate after this many epochs without a better validation loss (default: none)",
-  )
-  sweeper.add_argument(
-    "--out", default="runs/sweep", help="folder of sweep.json (default: runs/sweep)"
-  )
   train.add_argument("--optimizer", choices=METHODS, help="(default: alrao-sgd)")
   train.add_argument(
     "--lr", type=float, help="rate of the other optimizers (default: sgd 0.1, adam 1e-3, others 1)"
@@ -834,7 +816,7 @@ def _parser() -> argparse.ArgumentParser:
     "--verify", action="store_true", help="also run the SGD grid and place the suggestion in it"
   )
   tuner.add_argument(
-    "--grid", help=f"SGD rates for --verify (default: {','.join(f'{v:g}' for v in SGD_GRID)})"
+    "--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})"
   )
   finder.add_argument("--optimizer", choices=tuple(LR_FIND_OPTIMIZERS), help="(default: sgd)")
   finder.add_argument("--start-lr", type=float, help="(default: 1e-7)")
@@ -848,10 +830,29 @@ def _parser() -> argparse.ArgumentParser:
   screener.add_argument("--epochs", type=int, help="(default: 5)")
   screener.add_argument("--verify", action="store_true", help="also run the SGD grid per model")
   screener.add_argument(
-    "--grid", help=f"SGD rates for --verify (default: {','.join(f'{v:g}' for v in SGD_GRID)})"
+    "--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})"
   )
   screener.add_argument(
     "--out", default="runs/screen", help="folder of screen.json (default: runs/screen)"
+  )
+  sweeper = commands.add_parser(
+    "sweep",
+    help="plain SGD or Adam at a grid of rates, trained as one program",
+    description="Train the model with plain SGD (or Adam) at every rate of a grid, all rates "
+    "in one vmapped program (alrao_jax.sweep), each stopped on its own validation loss. The "
+    "last line is JSON.",
+  )
+  _data_options(sweeper, models=True)
+  sweeper.add_argument("--optimizer", choices=("sgd", "adam"), help="(default: sgd)")
+  sweeper.add_argument("--grid", help=f"comma-separated rates (default: {DEFAULT_GRID})")
+  sweeper.add_argument("--epochs", type=int, help="the most epochs of each rate (default: 10)")
+  sweeper.add_argument(
+    "--patience",
+    type=int,
+    help="stop a rate after this many epochs without a better validation loss (default: none)",
+  )
+  sweeper.add_argument(
+    "--out", default="runs/sweep", help="folder of sweep.json (default: runs/sweep)"
   )
   return parser
 
@@ -880,8 +881,13 @@ def main(argv: Sequence[str] | None = None) -> int:
   try:
     if args.command == "train":
       _use_devices(args.devices)  # before anything starts JAX
-    commands = {"train": _train, "tune": _tune, "lr-find": _lr_find, "screen": _screen}
-    commands["sweep"] = _sweep
+    commands = {
+      "train": _train,
+      "tune": _tune,
+      "lr-find": _lr_find,
+      "screen": _screen,
+      "sweep": _sweep,
+    }
     commands[args.command](args)
   except (UsageError, OSError, ValueError, TypeError) as err:
     print(f"alrao-jax: error: {err}".splitlines()[0], file=sys.stderr)
