@@ -89,6 +89,11 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "alrao_seconds": 5,
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
+          "confidence": "high",
+          "raced": True,
+          "race_lr": 0.1,
+          "race_seconds": 2,
+          "race_sgd_loss": 0.02,
         },
         {
           "lr": 0.01,
@@ -98,6 +103,11 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "alrao_seconds": 5,
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
+          "confidence": "low",
+          "raced": True,
+          "race_lr": 0.1,
+          "race_seconds": 2,
+          "race_sgd_loss": 0.048,
         },
       ],
       "lr_find": [
@@ -117,8 +127,21 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
     }
   }
   lines = tune.report(results, ["# header"])
-  row = next(line for line in lines if line.startswith("| digits | 0.1 |"))
-  cells = [c.strip() for c in row.strip("|").split("|")]
+  trust, suggestions = (
+    next(line for line in lines[lines.index(h) :] if line.startswith("| digits | 0.1 |"))
+    for h in (
+      tune.trust_table(results)[0],
+      "## Alrao suggests the learning rate: one Alrao run, then SGD at its suggestion",
+    )
+  )
+  cells = [c.strip() for c in trust.strip("|").split("|")]
+  # per seed, over tuned SGD of the same seed (0.02, 0.04): the race's pick 0.02 / 0.02 and
+  # 0.048 / 0.04; suggest_lr and the valley 0.03 / 0.02 and 0.03 / 0.04. Compute in SGD runs of
+  # the grid's 21 s / 2 rates: the race 5 + 2 s, suggest_lr 5 s, the range test 1 s.
+  assert cells[2:5] == ["+0.00", "1.100, 1.200", "7, 0.7"]
+  assert cells[5:8] == ["+0.00", "1.125, 1.500", "5, 0.5"]
+  assert cells[8:11] == ["+0.00", "1.125, 1.500", "1, 0.1"]
+  cells = [c.strip() for c in suggestions.strip("|").split("|")]
   # decades +1 and -1 average to 0; 0.03 / mean(0.02, 0.04) = 1; 0.09 / 0.03 = 3
   assert cells[2] == "+0.00" and cells[3] == "1.000" and cells[4] == "2, 8"
   assert cells[6] == "1.000" and cells[8] == "3.000"
@@ -129,6 +152,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "within 1.05 of tuned SGD on 1 of 1 tasks (digits)" in text
   assert "The best of the three suggestions is Alrao's suggestion on digits." in text
   assert "refocused run beats one plain Alrao run on digits" in text  # 1.5 against 2.0
+  assert "tune (Alrao + race) meets all three goals" in text and "on 0 of 1 tasks" in text
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):

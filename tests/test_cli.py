@@ -158,18 +158,22 @@ def test_tune_with_adam_suggests_adams_rate_from_an_alrao_adam_run(tmp_path, cap
   digits = load_digits()
   data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
   common = ["tune", "--data", data, "--width", "32", "--epochs", "2", "--copies", "4"]
-  assert cli.main([*common, "--optimizer", "adam", "--out", str(tmp_path / "t")]) == 0
+  no_race = ["--race-epochs", "0", "--out", str(tmp_path / "t")]
+  assert cli.main([*common, "--optimizer", "adam", *no_race]) == 0
   out, err = capsys.readouterr()
   summary = json.loads(out.strip().splitlines()[-1])
-  assert "alrao-adam" in err
-  assert set(summary) == {"suggested_lr", "leading_copy_lr", "alrao", "adam"}
+  assert "alrao-adam" in err and "race" not in err
+  assert set(summary) == {"lr", "suggested_lr", "leading_copy_lr", "confidence", "alrao", "adam"}
+  assert summary["lr"] == summary["suggested_lr"]  # no race: Adam at the suggestion
   assert ADAM_INTERVAL[0] <= summary["suggested_lr"] <= ADAM_INTERVAL[1]
   assert summary["adam"]["test_accuracy"] > 0.5
   assert cli.main([*common, "--optimizer", "adam", "--momentum", "0.9"]) == 2
   assert "--momentum applies to" in capsys.readouterr().err
 
 
-def test_tune_trains_sgd_at_the_suggested_rate_and_places_it_in_the_grid(tmp_path, capsys):
+def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the_grid(
+  tmp_path, capsys
+):
   digits = load_digits()
   data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
   common = ["--data", data, "--width", "32", "--epochs", "2", "--layer-schedule", "smith"]
@@ -193,17 +197,21 @@ def test_tune_trains_sgd_at_the_suggested_rate_and_places_it_in_the_grid(tmp_pat
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary == json.loads((tmp_path / "t" / "tune.json").read_text())
   assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
+  race = summary["race"]["valid_loss"]  # the suggestion among the candidates, the best picked
+  assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
+  assert f"{summary['lr']:.3g}" == min(race, key=race.get) and "<- picked" in err
   verify = summary["verify"]
   assert set(verify["grid"]) == {"0.1", "1"} and verify["best_lr"] in (0.1, 1.0)
-  assert verify["decades_from_best"] == pytest.approx(
+  assert verify["decades_from_best"] == pytest.approx(np.log10(summary["lr"] / verify["best_lr"]))
+  assert verify["suggestion_decades_from_best"] == pytest.approx(
     np.log10(summary["suggested_lr"] / verify["best_lr"])
   )
-  # the SGD run is `train --optimizer sgd` at the suggested rate, the layer schedule included
-  lr = str(summary["suggested_lr"])
+  # the SGD run is `train --optimizer sgd` at the picked rate, the layer schedule included
+  lr = str(summary["lr"])
   train = ["train", "--no-progress", *common, "--optimizer", "sgd", "--lr", lr]
   assert cli.main([*train, "--out", str(tmp_path / "sgd")]) == 0
   alone = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-  assert alone["test_loss"] == summary["sgd"]["test_loss"]
+  assert alone["test_loss"] == pytest.approx(summary["sgd"]["test_loss"], rel=1e-5)
   settings = json.loads((tmp_path / "sgd" / "settings.json").read_text())
   assert settings["layer_schedule"] == "smith"
 
@@ -379,6 +387,7 @@ X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
     (lambda p: ["tune", "--lr-min", "1", "--lr-max", "0.1"], "--lr-min (1.0) must be <="),
     (lambda p: ["tune", "--verify", "--grid", "0,1"], "--grid rates must be > 0"),
     (lambda p: ["tune", "--momentum", "2"], "--momentum must be in [0, 1)"),
+    (lambda p: ["tune", "--race-epochs", "-1"], "--race-epochs must be >= 0"),
     (lambda p: ["train", "--layer-schedule", "deep"], "invalid choice: 'deep'"),
     (
       lambda p: ["train", "--optimizer", "schedule-free-sgd", "--layer-schedule", "smith"],

@@ -1,5 +1,5 @@
 """The tuning protocol's pieces: fit's warm start, the body's rates replaced with the copies'
-kept, and the refocused one-run variant end to end on a small task."""
+kept, the refocused one-run variant end to end on a small task, and the race's optimizer."""
 
 import chex
 import jax
@@ -9,9 +9,10 @@ import optax
 import pytest
 
 import alrao_jax
+from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.models import MLP
 from alrao_jax.experiments.tasks import load_task
-from alrao_jax.experiments.tune import refocus, replace_body_rates
+from alrao_jax.experiments.tune import racing_optimizer, refocus, replace_body_rates
 from alrao_jax.rates import leaf_paths
 from alrao_jax.suggest_lr import find_rates
 
@@ -75,3 +76,30 @@ def test_refocus_runs_both_phases_as_one_history():
   assert task.lr_min <= suggestion.lr <= task.lr_max
   with pytest.raises(ValueError, match="warmup_epochs must be in"):
     refocus(task, epochs=3, warmup_epochs=3)
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    dict(name="sgd", momentum=0.9, weight_decay=1e-2, clip=0.5),
+    dict(name="adam", weight_decay=1e-2, clip=0.5),
+  ],
+)
+def test_the_race_optimizer_at_a_rate_equals_the_method_built_at_that_rate(options):
+  name = options.pop("name")
+  schedule = schedule_multiplier("cosine", 10)
+
+  def make(method, **kw):
+    return make_method(method, schedule=schedule, **options, **kw)
+
+  race = optax.inject_hyperparams(racing_optimizer(make, name))(learning_rate=0.3)
+  plain = make(name, lr=0.3).optimizer
+  params = {"w": {"kernel": jnp.ones((3, 2))}, "b": jnp.arange(2.0)}
+  states = [race.init(params), plain.init(params)]
+  for i in range(3):
+    grads = jax.tree.map(lambda p, i=i: jnp.sin(p + i) * 4.0, params)
+    (a, states[0]), (b, states[1]) = (
+      tx.update(grads, s, params) for tx, s in zip((race, plain), states, strict=True)
+    )
+    chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7)
+    params = optax.apply_updates(params, b)

@@ -55,7 +55,7 @@ from alrao_jax.experiments.tune import task_lr_find, tune
 from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
-from alrao_jax.sweep import sweep
+from alrao_jax.sweep import SweepResult, sweep
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -546,6 +546,8 @@ def _tune(args: argparse.Namespace) -> None:
   _check_data_options(s)
   _check_optimizer_options(s)
   grid = _grid(args.grid) if args.verify else []
+  if args.race_epochs < 0:
+    raise UsageError(f"--race-epochs must be >= 0 (0: no race), got {args.race_epochs}")
   out = _run_folder(args)
   _refuse_to_overwrite(out, ("tune.json", "suggestion.txt"), "a tune run")
   task = _load(s)
@@ -558,16 +560,40 @@ def _tune(args: argparse.Namespace) -> None:
     return _method({**s, **alrao_only, "optimizer": name, "lr": options["lr"]}, task)
 
   print(f"alrao-jax tune: {_describe(s, task, alrao)}", file=sys.stderr)
-  result = tune(task, epochs=s["epochs"], seed=s["seed"], make=make, optimizer=plain)
+  if task.carry and args.race_epochs:
+    print(
+      f"{task.name} carries its LSTM state from batch to batch, which the race does not: "
+      f"{plain} trains at the suggestion",
+      file=sys.stderr,
+    )
+  result = tune(
+    task,
+    epochs=s["epochs"],
+    seed=s["seed"],
+    make=make,
+    optimizer=plain,
+    race_epochs=args.race_epochs,
+  )
   out.mkdir(parents=True, exist_ok=True)
-  (out / "suggestion.txt").write_text(describe(result.suggestion) + "\n")
-  print(describe(result.suggestion), file=sys.stderr)
+  text = describe(result.suggestion)
+  if result.race is not None:
+    text += "\n" + _race_table(result.race, result.race_seconds)
+  (out / "suggestion.txt").write_text(text + "\n")
+  print(text, file=sys.stderr)
   summary: dict[str, Any] = {
+    "lr": result.lr,
     "suggested_lr": result.suggestion.lr,
     "leading_copy_lr": result.suggestion.leading_lr,
+    "confidence": result.suggestion.confidence,
     "alrao": _run_summary(result.alrao),
-    plain: _run_summary(result.sgd),
   }
+  if (race := result.race) is not None:
+    summary["race"] = {
+      "epochs": args.race_epochs,
+      "valid_loss": {f"{v:.3g}": loss for v, loss in _pairs(race.values, race.valid_losses)},
+      "seconds": round(result.race_seconds, 2),
+    }
+  summary[plain] = _run_summary(result.sgd)
   if args.verify:
     runs = {
       lr: timed_fit(task, make(plain, lr=lr), seed=s["seed"], epochs=s["epochs"])[0] for lr in grid
@@ -576,12 +602,27 @@ def _tune(args: argparse.Namespace) -> None:
     summary["verify"] = {
       "grid": {f"{lr:g}": _run_summary(run) for lr, run in runs.items()},
       "best_lr": best,
-      "decades_from_best": float(np.log10(result.suggestion.lr / best)),
+      "decades_from_best": float(np.log10(result.lr / best)),
+      "suggestion_decades_from_best": float(np.log10(result.suggestion.lr / best)),
       "test_loss_over_best": result.sgd.test["loss"] / runs[best].test["loss"],
       "grid_seconds": round(sum(r.seconds for r in runs.values()), 2),
     }
+  summary = _rounded(summary)
   (out / "tune.json").write_text(json.dumps(summary, indent=1) + "\n")
   print(json.dumps(summary))
+
+
+def _pairs(values: np.ndarray, losses: np.ndarray) -> list[tuple[float, float]]:
+  return list(zip(values.tolist(), losses.tolist(), strict=True))
+
+
+def _race_table(race: SweepResult, seconds: float) -> str:
+  """The race in words: each candidate's best validation loss, the winner marked."""
+  lines = [f"race ({len(race.values)} rates, one program, {seconds:.1f} s): best validation loss"]
+  for i, (value, loss) in enumerate(_pairs(race.values, race.valid_losses)):
+    mark = "  <- picked" if i == race.best_index else ""
+    lines.append(f"  lr {value:<9.3g} {loss:.4f} ({race.stopped[i]}){mark}")
+  return "\n".join(lines)
 
 
 LR_FIND_OPTIMIZERS: dict[str, Callable] = {"sgd": optax.sgd, "adam": optax.adam}
@@ -749,10 +790,10 @@ def _parser() -> argparse.ArgumentParser:
   )
   tuner = commands.add_parser(
     "tune",
-    help="one Alrao run, then SGD (or Adam) at the learning rate it suggests",
-    description="Train with Alrao-SGD (Alrao-Adam), suggest a learning rate for plain SGD "
-    "(Adam) from its switch posterior (alrao_jax.suggest_lr), and train SGD (Adam) at it. The "
-    "last line is JSON.",
+    help="one Alrao run, a short race of the rates it points to, then SGD (or Adam) at the winner",
+    description="Train with Alrao-SGD (Alrao-Adam), read candidate rates for plain SGD (Adam) "
+    "off the run (alrao_jax.suggest_lr), race them for --race-epochs epochs in one program "
+    "(alrao_jax.sweep), and train SGD (Adam) at the winner. The last line is JSON.",
   )
   _data_options(train, models=True)
   _data_options(tuner, models=True)
@@ -810,14 +851,19 @@ def _parser() -> argparse.ArgumentParser:
   )
   tuner.add_argument("--epochs", type=int, help="of each run (default: 10)")
   tuner.add_argument(
+    "--race-epochs",
+    type=int,
+    default=2,
+    help="epochs of the race of the candidate rates; 0: no race, SGD at the suggestion "
+    "(default: 2)",
+  )
+  tuner.add_argument(
     "--out", default="runs/tune", help="folder of tune.json and suggestion.txt (default: runs/tune)"
   )
   tuner.add_argument(
-    "--verify", action="store_true", help="also run the SGD grid and place the suggestion in it"
+    "--verify", action="store_true", help="also run the SGD grid and place the tuned rate in it"
   )
-  tuner.add_argument(
-    "--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})"
-  )
+  tuner.add_argument("--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})")
   finder.add_argument("--optimizer", choices=tuple(LR_FIND_OPTIMIZERS), help="(default: sgd)")
   finder.add_argument("--start-lr", type=float, help="(default: 1e-7)")
   finder.add_argument("--end-lr", type=float, help="(default: 10)")
@@ -829,9 +875,7 @@ def _parser() -> argparse.ArgumentParser:
   _alrao_options(screener)
   screener.add_argument("--epochs", type=int, help="(default: 5)")
   screener.add_argument("--verify", action="store_true", help="also run the SGD grid per model")
-  screener.add_argument(
-    "--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})"
-  )
+  screener.add_argument("--grid", help=f"SGD rates for --verify (default: {DEFAULT_GRID})")
   screener.add_argument(
     "--out", default="runs/screen", help="folder of screen.json (default: runs/screen)"
   )

@@ -1,11 +1,14 @@
-"""Alrao as a learning-rate tuner: one Alrao run, then plain SGD at the rate it suggests.
+"""Alrao as a learning-rate tuner on the bundled tasks: one Alrao run, a short race of the rates
+it points to, then plain SGD at the winner.
 
-:func:`tune` is the two-run protocol of ``alrao-jax tune``; :func:`refocus` is a one-run
-variant that narrows the body's rates around the suggestion after a warm-up.
+:func:`tune` is the protocol of ``alrao-jax tune`` (:func:`alrao_jax.tune` with the tasks'
+methods and their extras); :func:`refocus` is a one-run variant that narrows the body's rates
+around the suggestion after a warm-up.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -21,7 +24,9 @@ from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
 from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
+from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import ScaleByRatesState
+from alrao_jax.tune import race_candidates
 
 REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
 
@@ -29,9 +34,12 @@ REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each 
 class TuneResult(NamedTuple):
   """What :func:`tune` returns."""
 
+  lr: float  # the rate picked: the race's winner, or ``suggestion.lr`` without a race
   suggestion: LRSuggestion
   alrao: RunResult
-  sgd: RunResult  # the plain optimizer (SGD, or Adam for Alrao-Adam) at ``suggestion.lr``
+  sgd: RunResult  # the plain optimizer (SGD, or Adam for Alrao-Adam) at ``lr``
+  race: SweepResult | None  # the race of the candidates; None when the task carries streams
+  race_seconds: float  # wall time of the race, compilation included (0 without one)
 
 
 def initial_params(task: Task, method: Method, seed: int) -> Any:
@@ -91,6 +99,30 @@ def task_lr_find(
   )
 
 
+def racing_optimizer(
+  make: Callable[..., Method], name: str, *, seed: int = 0
+) -> Callable[..., optax.GradientTransformation]:
+  """``learning_rate -> make(name, lr=learning_rate).optimizer`` for a traced rate: the method
+  at rate 1, its updates scaled by the rate. Exact for SGD and Adam and every extra of
+  :func:`alrao_jax.experiments.methods.make_method` (momentum, weight decay, clipping, the
+  schedules): each is linear in the rate, which only scales the last step.
+
+  Args:
+    make: builds a method, as for :func:`tune`.
+    name: the plain optimizer, ``"sgd"`` or ``"adam"``.
+    seed: passed to ``make``.
+
+  Returns:
+    A factory for :func:`alrao_jax.sweep` (``optax.inject_hyperparams`` injects the rate).
+  """
+  unit = make(name, lr=1.0, seed=seed).optimizer
+
+  def scaled(learning_rate: Any) -> optax.GradientTransformation:
+    return optax.chain(unit, optax.scale(learning_rate))
+
+  return scaled
+
+
 def tune(
   task: Task,
   *,
@@ -99,22 +131,30 @@ def tune(
   make: Callable[..., Method] = make_method,
   alrao_options: dict[str, Any] | None = None,
   optimizer: str = "sgd",
+  race_epochs: int = 2,
   **fit_kwargs: Any,
 ) -> TuneResult:
-  """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, one SGD run at that rate
-  (with ``optimizer="adam"``: Alrao-Adam, then Adam at the rate it suggests).
+  """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, a race of the rates it
+  weighed (:func:`alrao_jax.tune.race_candidates`), one SGD run at the winner (with
+  ``optimizer="adam"``: Alrao-Adam, a race of Adams, then Adam).
 
   The suggestion averages the log-rate over the posteriors of the epochs up to the kept one.
+  The race trains the plain model (one output copy) at every candidate rate for
+  ``race_epochs`` epochs in one program (:func:`alrao_jax.sweep`), with the optimizer ``make``
+  builds (its extras included) scaled by each rate; the lowest validation loss wins. A task
+  that carries streams across batches (``Task.carry``) is not raced: its rate is the
+  suggestion.
 
   Args:
     task: an :class:`alrao_jax.experiments.tasks.Task`.
-    epochs: epochs of each run (the best validation epoch is kept).
-    seed: seed of both runs (the same initialisation and data order).
+    epochs: epochs of the Alrao run and of the final run (the best validation epoch is kept).
+    seed: seed of every run (the same initialisation and data order).
     make: builds a method from ``(name, lr=..., lr_min=..., lr_max=..., copies=..., seed=...)``
       (e.g. :func:`alrao_jax.experiments.methods.make_method` with momentum or a schedule
-      bound), used for both runs.
+      bound), used for every run.
     alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
-    optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is suggested.
+    optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is tuned.
+    race_epochs: epochs of the race; 0: no race, the final run is at the suggestion.
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
@@ -122,6 +162,8 @@ def tune(
   """
   if optimizer not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
+  if isinstance(race_epochs, bool) or not isinstance(race_epochs, int) or race_epochs < 0:
+    raise ValueError(f"race_epochs must be an int >= 0, got {race_epochs!r}.")
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}
   options.update(alrao_options or {})
@@ -132,10 +174,26 @@ def tune(
     initial_params=initial_params(task, alrao, seed),
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
+  lr, race, race_seconds = suggestion.lr, None, 0.0
+  if race_epochs and not task.carry:
+    start = time.perf_counter()
+    race = sweep(
+      task.build(1),
+      racing_optimizer(make, optimizer, seed=seed),
+      task.splits,
+      values=race_candidates(suggestion),
+      epochs=race_epochs,
+      seed=seed,
+      batch_size=task.batch_size,
+      **MODES,
+    )
+    race_seconds = time.perf_counter() - start
+    if race.best_index >= 0:
+      lr = race.best_value
   sgd_run, _ = timed_fit(
-    task, make(optimizer, lr=suggestion.lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
+    task, make(optimizer, lr=lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
-  return TuneResult(suggestion, alrao_run, sgd_run)
+  return TuneResult(lr, suggestion, alrao_run, sgd_run, race, race_seconds)
 
 
 def replace_body_rates(opt_state: Any, rates: Any) -> Any:
