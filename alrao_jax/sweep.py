@@ -268,7 +268,7 @@ def sweep(
   the same initial parameters (from ``seed``), the same shuffled batches, early stopping on
   its own validation loss (a member that stops, for ``patience`` or divergence, keeps its
   record and best state while the others go on; the sweep ends when every member has
-  stopped). The members' states are stacked on a leading axis and trained by one ``vmap``ped
+  stopped). The members' states are stacked on a leading axis and trained by one vmapped
   step, the hyperparameter a traced value of the optimizer state, so the whole sweep compiles
   once; on an accelerator, small models train M members for little more than one run's time.
 
