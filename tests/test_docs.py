@@ -85,6 +85,28 @@ def test_the_tuning_guide_races_candidates_around_the_rate_sgd_wants(capsys):
   assert 10**-1.5 <= tuned <= 10**0.5, out
 
 
+def test_the_interval_guide_finds_an_interval_below_the_curves_lowest_point(capsys):
+  out = _run("guides/interval.md", capsys)
+  valley, low, high = (
+    float(v)
+    for v in re.search(
+      r"valley ([0-9.e-]+); Alrao interval \[([0-9.e-]+), ([0-9.e-]+)\]", out
+    ).groups()
+  )
+  assert 1e-2 <= high <= 10 and math.isclose(low, high / 1e4, rel_tol=0.05)
+  assert low < valley < high
+
+
+def test_every_python_block_of_the_docs_is_run_by_a_test():
+  source = pathlib.Path(__file__).read_text()
+  for page in DOCS.rglob("*.md"):
+    name = str(page.relative_to(DOCS))
+    if {"_build", "benchmarks", "_autosummary"} & set(page.relative_to(DOCS).parts):
+      continue
+    if "```python" in page.read_text():
+      assert f'"{name}"' in source, f"no test runs the code of docs/{name}"
+
+
 def _public_names():
   names = {f"alrao_jax.{n}" for n in alrao_jax.__all__ if n not in ("nnx", "sharding")}
   names |= {f"alrao_jax.sharding.{n}" for n in sharding.__all__}
