@@ -1,6 +1,6 @@
 """The package as users install it: an sdist that builds, a wheel built from that sdist that
-installs and imports on its own (not from this checkout), with its typing marker, its version
-and the command's entry point."""
+installs in a fresh virtual environment and imports there (not from this checkout), with its
+typing marker, its version and the command's entry point."""
 
 import pathlib
 import subprocess
@@ -18,7 +18,7 @@ def _run(*args, cwd=ROOT, env=None):
   return result.stdout
 
 
-def test_the_sdist_builds_a_wheel_that_installs_and_imports_on_its_own(tmp_path):
+def test_the_sdist_builds_a_wheel_that_installs_in_a_fresh_venv_and_runs_there(tmp_path):
   python = sys.executable
   _run(python, "-m", "build", "--sdist", "--no-isolation", "--outdir", str(tmp_path), ".")
   (sdist,) = tmp_path.glob("alrao_jax-*.tar.gz")
@@ -36,12 +36,27 @@ def test_the_sdist_builds_a_wheel_that_installs_and_imports_on_its_own(tmp_path)
     "alrao-jax = alrao_jax.experiments.cli:main"
     in zipfile.ZipFile(wheel).read(entry_points).decode()
   )
-  site = tmp_path / "site"
-  _run(python, "-m", "pip", "install", "--no-deps", "--target", str(site), str(wheel))
+  # A fresh virtual environment with the wheel installed; its dependencies are this
+  # environment's (appended to its path by a .pth file, as no index is at hand), and this
+  # checkout is neither on its path nor installed in it.
+  fresh = tmp_path / "fresh"
+  _run(python, "-m", "venv", "--without-pip", str(fresh))
+  fresh_python = fresh / "bin" / "python"
+  purelib = _run(str(fresh_python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+  ours = _run(python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))")
+  (pathlib.Path(purelib.strip()) / "dependencies.pth").write_text(ours.strip() + "\n")
+  _run(python, "-m", "pip", "--python", str(fresh_python), "install", "--no-deps", str(wheel))
   code = (
     "import alrao_jax, pathlib; "
     "print(alrao_jax.__version__, pathlib.Path(alrao_jax.__file__).parent.parent)"
   )
-  out = _run(python, "-c", code, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": ""})
+  out = _run(str(fresh_python), "-c", code, cwd=tmp_path)
   version, location = out.split()
-  assert version == alrao_jax.__version__ and pathlib.Path(location) == site
+  assert version == alrao_jax.__version__ and pathlib.Path(location) == pathlib.Path(
+    purelib.strip()
+  )
+  assert (
+    _run(str(fresh / "bin" / "alrao-jax"), "--version", cwd=tmp_path)
+    .strip()
+    .endswith(alrao_jax.__version__)
+  )
