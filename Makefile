@@ -22,7 +22,8 @@ $(VENV)/.docs: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[docs]"
 	touch $@
 
-docs: $(VENV)/.docs
+docs: $(VENV)/.docs  # a clean build: every page's navigation lists every page
+	rm -rf docs/_build docs/_autosummary
 	$(PY) -m sphinx -W --keep-going -b html docs docs/_build/html
 
 bench-speed: $(VENV)/.installed
