@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import optax
 
+from alrao_jax.checks import check_int
 from alrao_jax.experiments.compare import RunResult, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
@@ -162,8 +163,7 @@ def tune(
   """
   if optimizer not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
-  if isinstance(race_epochs, bool) or not isinstance(race_epochs, int) or race_epochs < 0:
-    raise ValueError(f"race_epochs must be an int >= 0, got {race_epochs!r}.")
+  race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}
   options.update(alrao_options or {})
