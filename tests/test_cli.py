@@ -552,3 +552,37 @@ def test_a_run_compiles_its_training_step_once(tmp_path, capsys):
   capsys.readouterr()
   assert compiled.count("step") == 1, compiled  # one program for every batch of every epoch
   assert compiled.count("evaluate") == 1  # validation and test: 300 examples each, one shape
+
+
+def test_the_figures_are_redrawn_when_that_is_cheap_and_always_when_the_run_ends(
+  tmp_path, monkeypatch
+):
+  drawn = []
+  monkeypatch.setattr(cli, "plot_history", lambda history, *a, **k: drawn.append(len(history)))
+  method = make_method("alrao-sgd", lr_min=1e-3, lr_max=1.0, copies=2)
+  history = [
+    {"epoch": e, "train_loss": 1.0, "valid_loss": 1.0, "posterior": [0.5, 0.5]} for e in (1, 2, 3)
+  ]
+
+  def reporter(plot_seconds):
+    r = cli._Reporter(tmp_path, 3, False, method, "title", cli._CtrlC())
+    r.plot_seconds = plot_seconds
+    return r
+
+  slow = reporter(plot_seconds=1e6)  # drawing would cost far more than a tenth of the run
+  for e in (1, 2, 3):
+    slow(history[e - 1], history[:e])
+  assert drawn == []
+  assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # written every epoch
+  slow.close()
+  slow.close()  # the except branch and finally both close: one drawing
+  assert drawn == [3]
+  drawn.clear()
+  cheap = reporter(plot_seconds=0.0)
+  for e in (1, 2):
+    cheap(history[e - 1], history[:e])
+  cheap.close()
+  assert drawn == [1, 2]  # the last epoch was drawn already
+  drawn.clear()
+  reporter(plot_seconds=1e6).close()  # stopped before its first epoch: nothing to draw
+  assert drawn == []
