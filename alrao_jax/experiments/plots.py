@@ -14,13 +14,22 @@ import numpy as np
 History = Sequence[Mapping[str, Any]]  # per epoch, as alrao_jax.fit records it
 
 
-def _figure(ncols: int = 1) -> tuple[Any, Any]:
+def import_pyplot() -> Any:
+  """matplotlib's pyplot with the file-only backend, imported now if not yet.
+
+  The command line imports it before it handles Ctrl-C: an import that a Ctrl-C interrupts
+  leaves a half-initialised module behind, and the figures drawn at the end would fail.
+  """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  return plt.subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
+  return plt
+
+
+def _figure(ncols: int = 1) -> tuple[Any, Any]:
+  return import_pyplot().subplots(1, ncols, figsize=(6 * ncols, 4), squeeze=False)
 
 
 def _save(fig: Any, path: str | pathlib.Path) -> None:
