@@ -552,6 +552,8 @@ def test_a_run_compiles_its_training_step_once(tmp_path, capsys):
   capsys.readouterr()
   assert compiled.count("step") == 1, compiled  # one program for every batch of every epoch
   assert compiled.count("evaluate") == 1  # validation and test: 300 examples each, one shape
+  assert compiled.count("create") == 1  # the first state: one program, not a hundred eager ops
+  assert len(compiled) < 40, compiled
 
 
 def test_the_figures_are_redrawn_when_that_is_cheap_and_always_when_the_run_ends(
