@@ -24,6 +24,7 @@ from flax import nnx
 from alrao_jax.checks import check_bounds, check_rng_streams
 from alrao_jax.head import CopyOutputs
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.splits import Split, rows_of, take
 from alrao_jax.steps import TrainState, stream_keys
 
 
@@ -264,6 +265,32 @@ def takes_learning_rate(
     return optimizer(learning_rate)
 
   return factory
+
+
+def range_test_batches(
+  split: Split, *, batch_size: int, num_steps: int, seed: int = 0, in_order: bool = False
+) -> list[tuple[Any, np.ndarray]]:
+  """The ``(inputs, targets)`` batches of a range test: ``num_steps`` batches of the split,
+  its rows shuffled afresh at each pass (``in_order``: the rows in order, as carried streams
+  are trained), as many passes as it takes.
+
+  Example:
+    >>> import numpy as np
+    >>> from alrao_jax.lr_find import range_test_batches
+    >>> from alrao_jax.splits import Split
+    >>> split = Split(np.arange(10.0)[:, None], np.arange(10) % 2)
+    >>> [x.shape for x, _ in range_test_batches(split, batch_size=4, num_steps=3)]
+    [(4, 1), (4, 1), (4, 1)]
+  """
+  rows = rows_of(split.inputs)
+  passes = -(-num_steps * batch_size // rows)
+  rng = np.random.default_rng(seed)
+  if in_order:
+    order = np.tile(np.arange(rows), passes)
+  else:
+    order = np.concatenate([rng.permutation(rows) for _ in range(passes)])
+  index = order[: num_steps * batch_size].reshape(num_steps, batch_size)
+  return [(take(split.inputs, i), np.asarray(split.targets)[i]) for i in index]
 
 
 def lr_find(

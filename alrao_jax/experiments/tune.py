@@ -21,7 +21,7 @@ from alrao_jax.experiments.compare import RunResult, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
 from alrao_jax.loop import test_metrics_of
-from alrao_jax.lr_find import LRFindResult, lr_find
+from alrao_jax.lr_find import LRFindResult, lr_find, range_test_batches
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
 from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
@@ -82,14 +82,9 @@ def task_lr_find(
   state = create_train_state(
     model, optax.sgd(0.1), jax.random.key(seed), train.inputs[:batch], **MODES["eval_kwargs"]
   )
-  rng = np.random.default_rng(seed)
-  epochs = -(-steps * batch // len(train.inputs))  # enough passes
-  if task.carry:  # carried streams: the windows in order, as fit trains them
-    order = np.tile(np.arange(len(train.inputs)), epochs)
-  else:
-    order = np.concatenate([rng.permutation(len(train.inputs)) for _ in range(epochs)])
-  rows = order[: steps * batch].reshape(steps, batch)
-  batches = [(train.inputs[i], train.targets[i]) for i in rows]
+  batches = range_test_batches(
+    train, batch_size=batch, num_steps=steps, seed=seed, in_order=bool(task.carry)
+  )
   return lr_find(
     model,
     state,
