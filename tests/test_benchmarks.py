@@ -4,6 +4,8 @@ import pathlib
 import re
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -183,3 +185,34 @@ def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
   text = "\n".join(lines)  # one seed: no spread, so any difference counts
   assert "- digits, SGD: better than uniform beyond the seeds' spread: smith;" in text
   assert "worse: discriminative; faster to the target on every seed: none." in text
+
+
+def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch):
+  rules = _import(monkeypatch, "tune_rules")
+  rates = [0.01, 0.0316, 0.1, 0.316, 1.0]
+
+  def record(test, valid, race_lr, valley):
+    return {
+      "suggestion": 0.1, "confidence": "high", "race_lr": race_lr, "valley": valley,
+      "minimum": 0.1, "rates": rates, "test": test, "valid": valid,
+      # the grid race: 0.316 leads after 2 epochs, 0.1 from the 5th on
+      "valid_by_epoch": [[3, 3, 3, 3, 3], [2, 2, 2, 2, 2], [2, 1.5, 1, 1, 0.5],
+                         [1, 1, 1, 1, 1], [9, 9, 9, 9, 9]],
+    }
+
+  seeds = [
+    record([4.0, 2.0, 1.0, 3.0, float("inf")], [3, 2, 0.5, 1, 9], 0.316, 0.01),
+    record([4.0, 2.0, 2.0, 2.0, float("inf")], [3, 2, 0.5, 1, 9], 0.1, 0.1),
+  ]
+  assert rules.tuned_rate(seeds) == 0.1  # of 0.01, 0.1, 1: the lowest mean validation loss
+  assert rules.sgd_at(seeds[0], 0.0562) == pytest.approx(1.0 + 1.0 * 0.5, rel=1e-2)
+  assert rules.sgd_at(seeds[0], 2.0) == float("inf")  # beyond the rates that trained
+  table = rules.score({"toy": seeds})
+  race = table["tune (race of the suggestion's candidates, 2 epochs)"]["toy"]
+  assert race == pytest.approx({"mean": (3.0 + 1.0) / 2, "worst": 3.0, "decades": 0.25}, abs=1e-3)
+  assert table["race of the whole grid, 2 epochs"]["toy"]["worst"] == pytest.approx(3.0)
+  assert table["race of the whole grid, 5 epochs"]["toy"]["mean"] == pytest.approx(1.0)
+  geometric = table["geometric mean of the race's pick and the valley"]["toy"]
+  assert geometric["decades"] == pytest.approx((-0.75 + 0) / 2, abs=1e-3)
+  text = rules.report({"toy": seeds}, ["# header", ""])
+  assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text
