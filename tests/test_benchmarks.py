@@ -213,6 +213,6 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   assert table["race of the whole grid, 2 epochs"]["toy"]["worst"] == pytest.approx(3.0)
   assert table["race of the whole grid, 5 epochs"]["toy"]["mean"] == pytest.approx(1.0)
   geometric = table["geometric mean of the race's pick and the valley"]["toy"]
-  assert geometric["decades"] == pytest.approx((-0.75 + 0) / 2, abs=1e-3)
+  assert geometric["decades"] == pytest.approx((-0.25 + 0) / 2, abs=1e-3)  # sqrt(0.316 * 0.01)
   text = rules.report({"toy": seeds}, ["# header", ""])
   assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text
