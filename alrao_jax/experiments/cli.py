@@ -55,8 +55,6 @@ from alrao_jax.experiments.tasks import (
 from alrao_jax.experiments.tune import task_lr_find, tune
 from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
-from alrao_jax.splits import take
-from alrao_jax.steps import model_args
 from alrao_jax.suggest_lr import describe
 from alrao_jax.sweep import SweepResult, sweep
 
@@ -435,24 +433,20 @@ def _train(args: argparse.Namespace) -> FitResult:
       compiling = "compiling the step (the first epoch includes it)"
       print(f"alrao-jax: {title}; {compiling}", file=sys.stderr)
       warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)  # said below
-      model, seed = task.build(len(method.copy_lrs)), settings["seed"]
-      resume = resuming and checkpoint.exists()
       result = fit(
-        model,
+        task.build(len(method.copy_lrs)),
         method.optimizer,
         task.splits,
         epochs=settings["epochs"],
-        seed=seed,
+        seed=settings["seed"],
         batch_size=task.batch_size,
         **MODES,
         checkpoint_dir=checkpoint,
-        resume=resume,
+        resume=resuming and checkpoint.exists(),
         on_epoch=reporter,
         eval_params=method.eval_params,
         mesh=mesh,
         carry=task.carry,
-        # fit creates the state itself when it restores one or shards it over the mesh
-        initial_state=None if resume or mesh else _initial_state(model, method, task, seed),
       )
   except KeyboardInterrupt as err:
     reporter.close()
@@ -471,23 +465,6 @@ def _train(args: argparse.Namespace) -> FitResult:
       f"checkpoint in {out} keeps {kept} as its best state"
     )
   return result
-
-
-def _initial_state(model: Any, method: Method, task: Task, seed: int) -> alrao_jax.TrainState:
-  """The state :func:`alrao_jax.fit` starts from, created by one jitted program.
-
-  The values of fit's own (eager) creation, to float rounding; with the persistent
-  compilation cache, one program loaded instead of a hundred small ones, each traced and
-  loaded: about 0.6 s less of a warm digits run, 2.3 s less of a cold one.
-  """
-  example = model_args(take(task.splits.train.inputs, slice(0, task.batch_size)))
-
-  def create(key: jax.Array, *inputs: Any) -> alrao_jax.TrainState:
-    return alrao_jax.create_train_state(
-      model, method.optimizer, key, *inputs, **MODES["eval_kwargs"]
-    )
-
-  return jax.jit(create)(jax.random.key(seed), *example)
 
 
 def _screen(args: argparse.Namespace) -> None:
