@@ -33,11 +33,9 @@ def _figure(ncols: int = 1) -> tuple[Any, Any]:
 
 
 def _save(fig: Any, path: str | pathlib.Path) -> None:
-  import matplotlib.pyplot as plt
-
   fig.tight_layout()
   fig.savefig(path, dpi=100)
-  plt.close(fig)
+  import_pyplot().close(fig)
 
 
 def _positive(values: Sequence[float]) -> list[float]:
