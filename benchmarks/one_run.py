@@ -41,6 +41,7 @@ import optax
 
 import alrao_jax
 from alrao_jax.experiments.data import load_mnist1d
+from alrao_jax.lr_find import range_test_batches
 
 PATIENCE = 10
 COPIES = 10
@@ -66,11 +67,10 @@ class GRUClassifier(nn.Module):
 def intervals(splits: alrao_jax.Splits, seed: int) -> tuple[dict[str, Any], float, tuple[str, ...]]:
   """The candidate intervals, the range test's seconds, and its notes."""
   model = GRUClassifier(num_copies=None)
-  x, y = splits.train.inputs, splits.train.targets
-  params = model.init(jax.random.key(seed), x[:32])
-  order = np.random.default_rng(seed).permutation(len(x))[: RANGE_STEPS * 32].reshape(-1, 32)
+  params = model.init(jax.random.key(seed), splits.train.inputs[:32])
+  batches = range_test_batches(splits.train, batch_size=32, num_steps=RANGE_STEPS, seed=seed)
   start = time.perf_counter()
-  found = alrao_jax.lr_find(model, params, [(x[i], y[i]) for i in order], num_steps=RANGE_STEPS)
+  found = alrao_jax.lr_find(model, params, batches, num_steps=RANGE_STEPS)
   seconds = time.perf_counter() - start
   valley = found.suggestions["valley"]
   top = float(found.learning_rates[-1])  # where the loss blew up, or the last rate tested
