@@ -32,6 +32,7 @@ import jax
 import numpy as np
 import optax
 
+from alrao_jax.experiments.compare import lowest_mean
 from alrao_jax.experiments.tasks import MODES, load_task
 from alrao_jax.experiments.tune import task_lr_find, tune
 from alrao_jax.sweep import sweep
@@ -88,12 +89,16 @@ def sgd_at(record: dict[str, Any], lr: float) -> float:
   return float(np.interp(np.log10(lr), rates[finite], test[finite]))
 
 
+def _nearest(rates: Any, rate: float) -> int:
+  """The index of the grid rate closest to ``rate`` in log space."""
+  return int(np.argmin(np.abs(np.log10(np.asarray(rates) / rate))))
+
+
 def tuned_rate(records: list[dict[str, Any]]) -> float:
-  """The decade grid's rate of lowest mean validation loss over seeds."""
-  rates = np.asarray(records[0]["rates"])
-  index = [int(np.argmin(np.abs(np.log10(rates / d)))) for d in DECADES]
-  means = [np.mean([r["valid"][i] for r in records]) for i in index]
-  return float(rates[index[int(np.argmin(means))]])
+  """The decade grid's rate of lowest mean validation loss over seeds (as ``select_lr``)."""
+  rates = records[0]["rates"]
+  index = [_nearest(rates, d) for d in DECADES]
+  return float(rates[lowest_mean({i: [r["valid"][i] for r in records] for i in index})])
 
 
 def _grid_race(record: dict[str, Any], epochs: int) -> float:
@@ -133,7 +138,7 @@ def score(records: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[
     table[name] = {}
     for task, seeds in records.items():
       best = tuned_rate(seeds)
-      i = int(np.argmin(np.abs(np.log10(np.asarray(seeds[0]["rates"]) / best))))
+      i = _nearest(seeds[0]["rates"], best)
       ratios = [sgd_at(r, rule(r)) / r["test"][i] for r in seeds]
       table[name][task] = {
         "mean": float(np.mean(ratios)),
@@ -169,11 +174,12 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
     "seed. A rule that always lands on one of these rates does this well."
   )
   rates = records[tasks[0]][0]["rates"]
+  tuned = {task: tuned_rate(seeds) for task, seeds in records.items()}
   lines += ["", "| task | tuned lr | " + " | ".join(f"{v:.3g}" for v in rates) + " |"]
   lines.append("|---|---|" + "---|" * len(rates))
   for task, seeds in records.items():
-    best = tuned_rate(seeds)
-    i = int(np.argmin(np.abs(np.log10(np.asarray(rates) / best))))
+    best = tuned[task]
+    i = _nearest(rates, best)
     cells = []
     for j in range(len(rates)):
       ratios = np.array([r["test"][j] / r["test"][i] for r in seeds])
@@ -193,8 +199,8 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
     lines.append(f"- {name}: meets both goals on {len(met)} of {len(tasks)} tasks"
                  + (f" ({', '.join(met)})" if met else "") + ".")
   for task, seeds in records.items():
-    best = tuned_rate(seeds)
-    i = int(np.argmin(np.abs(np.log10(np.asarray(rates) / best))))
+    best = tuned[task]
+    i = _nearest(rates, best)
     near = [
       j for j in range(len(rates)) if 0 < abs(np.log10(rates[j] / best)) <= 0.26
     ]

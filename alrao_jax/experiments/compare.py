@@ -108,8 +108,20 @@ def select_lr(grid: Mapping[float, Sequence[RunResult]]) -> float:
   """
   if not grid:
     raise ValueError("select_lr needs at least one learning rate.")
-  means = {lr: float(np.mean([r.valid_loss for r in runs])) for lr, runs in grid.items()}
-  return min(means, key=lambda lr: (not np.isfinite(means[lr]), means[lr]))
+  return lowest_mean({lr: [r.valid_loss for r in runs] for lr, runs in grid.items()})
+
+
+def lowest_mean(losses: Mapping[float, Sequence[float]]) -> float:
+  """The key (e.g. a learning rate) whose losses have the lowest mean; a non-finite mean (a
+  diverged run) comes after every finite one.
+
+  Example:
+    >>> from alrao_jax.experiments.compare import lowest_mean
+    >>> lowest_mean({0.01: [0.5, 0.5], 0.1: [0.2, 0.4], 1.0: [0.1, float('inf')]})
+    0.1
+  """
+  means = {key: float(np.mean(values)) for key, values in losses.items()}
+  return min(means, key=lambda key: (not np.isfinite(means[key]), means[key]))
 
 
 def compare(
