@@ -27,9 +27,7 @@ Data: MNIST-1D is generated locally by the ``mnist1d`` package.
 from __future__ import annotations
 
 import argparse
-import datetime
 import pathlib
-import platform
 import sys
 import time
 from typing import Any
@@ -38,6 +36,9 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import ran_on
 
 import alrao_jax
 from alrao_jax.experiments.data import load_mnist1d
@@ -175,9 +176,8 @@ def main(argv: list[str] | None = None) -> str:
   header = [
     "# One Alrao run on a GRU: the default interval against intervals from a range test",
     "",
-    f"Command: `{command}`. {(time.perf_counter() - start) / 60:.1f} min on "
-    f"{jax.local_device_count()} {jax.default_backend()} device(s), {platform.machine()}, jax "
-    f"{jax.__version__}; {datetime.date.today()}. GRU (64 units) on MNIST-1D as a 40-step "
+    f"Command: `{command}`. {ran_on((time.perf_counter() - start) / 60)}. GRU (64 units) on "
+    "MNIST-1D as a 40-step "
     f"sequence, {epochs} epochs, early stopping with patience {PATIENCE}, {COPIES} copies; "
     "tuned SGD: the grid " + ", ".join(f"{v:g}" for v in GRID) + " (one sweep). Test loss "
     "(nats); each Alrao run over tuned SGD with the same seed.",

@@ -564,6 +564,15 @@ def evaluation_memory(rows: int, chunk: int, streams: int = 20) -> list[str]:
   return out
 
 
+def ran_on(minutes: float) -> str:
+  """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), x86_64, jax 0.10.2;
+  2026-12-02" (the header line of the results that report a run's minutes)."""
+  return (
+    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
+    f"{platform.machine()}, jax {jax.__version__}; {datetime.date.today()}"
+  )
+
+
 def machine() -> str:
   cpu = platform.processor() or platform.machine()
   try:

@@ -19,16 +19,16 @@ Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import ran_on
 
 from alrao_jax.experiments.compare import RunResult, run_method, select_lr, timed_fit
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
@@ -436,9 +436,8 @@ def main() -> None:
   header = [
     "# Alrao as a learning-rate tuner, a one-run variant, and schedules",
     "",
-    f"Command: `{command}` (this file, tune.json and tune_schedules.png). {minutes:.1f} min on "
-    f"{jax.local_device_count()} {jax.default_backend()} device(s), {platform.machine()}, jax "
-    f"{jax.__version__}; {datetime.date.today()}. Epochs and seeds per task: "
+    f"Command: `{command}` (this file, tune.json and tune_schedules.png). {ran_on(minutes)}. "
+    "Epochs and seeds per task: "
     + ", ".join(f"{n} {r['epochs']} epochs x {r['seeds']} seeds" for n, r in results.items())
     + f"; early stopping with patience {PATIENCE}; SGD grid "
     + ", ".join(f"{v:g}" for v in grid)

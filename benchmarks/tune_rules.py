@@ -19,18 +19,18 @@ for ``k`` epochs pick the grid rate of lowest validation loss within its first `
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-import jax
 import numpy as np
 import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import ran_on
 
 from alrao_jax.experiments.compare import lowest_mean
 from alrao_jax.experiments.tasks import MODES, load_task
@@ -236,9 +236,7 @@ def main(argv: list[str] | None = None) -> str:
   header = [
     "# Which rule picks SGD's rate: measured against a quarter-decade grid",
     "",
-    f"Command: `{command}` (this file and tune_rules.json). {minutes:.1f} min on "
-    f"{jax.local_device_count()} {jax.default_backend()} device(s), {platform.machine()}, jax "
-    f"{jax.__version__}; {datetime.date.today()}. Epochs per task: "
+    f"Command: `{command}` (this file and tune_rules.json). {ran_on(minutes)}. Epochs per task: "
     + ", ".join(f"{n} {e}" for n, e in settings.items())
     + f", {seeds} seeds, early stopping with patience {PATIENCE}; SGD grid "
     + ", ".join(f"{v:.3g}" for v in rates)
