@@ -13,18 +13,17 @@ Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import os
 import pathlib
-import platform
 import sys
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
-import jax
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from speed import ran_on
 
 from alrao_jax.experiments.compare import (
   SGD_GRID,
@@ -279,9 +278,7 @@ def main(argv: list[str] | None = None) -> int:
   header = [
     "# Quality: one Alrao-SGD run against tuned SGD, Adam and learning-rate-free optimizers",
     "",
-    f"Command: `{command}` (this file and the PNGs beside it). {minutes:.1f} min on "
-    f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), jax "
-    f"{jax.__version__}, {jax.devices()[0].platform}; {datetime.date.today()}.",
+    f"Command: `{command}` (this file and the PNGs beside it). {ran_on(minutes)}.",
     "",
     "## Summary: Alrao-SGD's mean test loss divided by each method's (below 1: Alrao better)",
     "",
