@@ -149,7 +149,12 @@ def checked_splits(splits: Any, batch_size: int) -> tuple[Splits, int]:
   return splits, rows
 
 
-def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
+def check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:
+  """``carry`` checked, and every split cut into ``batch_size`` streams when it is not empty.
+
+  Raises:
+    ValueError: a bad ``carry``, or a split whose rows are not whole windows of the streams.
+  """
   carry = check_carry(carry)
   if not carry:
     return carry
@@ -162,6 +167,18 @@ def _check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[
         "same batch_size (e.g. load_ptb_char(batch_size=...))."
       )
   return carry
+
+
+def check_carried(model_state: Mapping[str, Any], carry: Sequence[str]) -> None:
+  """Raises a ValueError when ``carry`` names a collection the model does not hold, or is
+  empty while the model keeps a ``carry`` collection (which shuffled batches would mix up)."""
+  check_carry_in(model_state, carry)
+  if not carry and "carry" in model_state:
+    raise ValueError(
+      "the model keeps a 'carry' collection (a state passed from batch to batch), which "
+      "shuffled batches would mix up; pass carry=('carry',) to train and evaluate its "
+      "streams in order."
+    )
 
 
 def zero_collections(state: TrainState, names: Sequence[str]) -> TrainState:
@@ -405,7 +422,7 @@ def fit(
       patience=patience,
       eval_batch_size=eval_batch_size,
     )
-  carry = _check_streams(carry, splits, batch_size)
+  carry = check_streams(carry, splits, batch_size)
   if mesh is not None:
     _check_mesh(mesh, batch_size)
   create = (
@@ -439,13 +456,7 @@ def fit(
         "model, with optimizer.init's state."
       )
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
-  check_carry_in(state.model_state, carry)
-  if not carry and "carry" in state.model_state:
-    raise ValueError(
-      "the model keeps a 'carry' collection (a state passed from batch to batch), which "
-      "shuffled batches would mix up; pass carry=('carry',) to train and evaluate its "
-      "streams in order."
-    )
+  check_carried(state.model_state, carry)
   if likelihood is categorical_log_likelihood:
     num_classes = num_outputs(
       model if eval_model is None else eval_model,

@@ -26,14 +26,18 @@ from jax.sharding import PartitionSpec as P
 from alrao_jax.checks import check_int
 from alrao_jax.head import as_copy_outputs
 from alrao_jax.loop import (
+  check_carried,
   check_eval_batch_size,
   check_split_labels,
+  check_streams,
   checked_splits,
   evaluate_in_chunks,
+  evaluate_streams,
   nnx_outputs,
   num_outputs,
   stop_reason,
   test_metrics_of,
+  zero_collections,
 )
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.lr_find import takes_learning_rate
@@ -147,6 +151,7 @@ def _linen_members(
   eval_kwargs,
   rng_streams,
   eval_model,
+  carry,
 ):
   """(state, train step, eval step) of a linen model: the state fit starts from."""
   state = create_train_state(
@@ -168,7 +173,11 @@ def _linen_members(
     rng_streams=rng_streams,
   )
   evaluate = make_eval_step(
-    eval_model or model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
+    eval_model or model,
+    averaging=averaging,
+    likelihood=likelihood,
+    eval_kwargs=eval_kwargs,
+    carry=carry,
   )
   return state, step, evaluate
 
@@ -258,6 +267,7 @@ def sweep(
   eval_kwargs: Mapping[str, Any] | None = None,
   eval_model: nn.Module | None = None,
   rng_streams: Sequence[str] = ("dropout",),
+  carry: Sequence[str] = (),
   eval_batch_size: int | None = 1024,
   mesh: jax.sharding.Mesh | None = None,
   on_epoch: Callable[[int, list[list[dict[str, Any]]]], None] | None = None,
@@ -292,6 +302,10 @@ def sweep(
     eval_kwargs: keyword arguments of the model call in evaluation.
     eval_model: linen: the module that evaluates, when it differs from the training one.
     rng_streams: linen: the RNG streams the model draws from in training.
+    carry: linen: the variable collections a model carries from batch to batch, e.g.
+      ``('carry',)`` for an RNN trained by truncated BPTT on streams, as for
+      :func:`alrao_jax.fit`: batches in order, each member's carried state zeroed at the
+      start of every epoch and of every evaluated split.
     eval_batch_size: examples per evaluation call (see :func:`alrao_jax.fit`).
     mesh: a ``jax.sharding.Mesh`` with an axis named ``"members"``: the members are sharded
       over it (their number a multiple of its size), each device training its share.
@@ -301,7 +315,8 @@ def sweep(
     A :class:`SweepResult`.
 
   Raises:
-    ValueError: bad values, epochs, batch size or mesh; labels outside the model's classes.
+    ValueError: bad values, epochs, batch size, mesh or carry; labels outside the model's
+      classes.
     TypeError: an optimizer that is not a factory taking ``hyperparam``.
 
   Example:
@@ -327,14 +342,15 @@ def sweep(
   if mesh is not None:
     _check_mesh(mesh, len(values_))
   splits, rows = checked_splits(splits, batch_size)
+  carry = check_streams(carry, splits, batch_size)
   train, valid, test = splits
   averaging = averaging or switch_averaging()
   tx = _injected(optimizer, hyperparam, float(values_[0]))
   train_kwargs, eval_kwargs = dict(train_kwargs or {}), dict(eval_kwargs or {})
   if isinstance(model, nnx.Module):
-    if eval_model is not None or tuple(rng_streams) != ("dropout",):
+    if eval_model is not None or tuple(rng_streams) != ("dropout",) or carry:
       raise ValueError(
-        "eval_model and rng_streams apply to linen models; an NNX model holds its RNG "
+        "eval_model, rng_streams and carry apply to linen models; an NNX model holds its RNG "
         "streams (pass rngs at call time with train_kwargs)."
       )
     if likelihood is categorical_log_likelihood:
@@ -359,7 +375,9 @@ def sweep(
       eval_kwargs=eval_kwargs,
       rng_streams=rng_streams,
       eval_model=eval_model,
+      carry=carry,
     )
+    check_carried(state.model_state, carry)
     if likelihood is categorical_log_likelihood:
       outputs = num_outputs(
         eval_model or model, state, take(train.inputs, slice(0, 1)), eval_kwargs
@@ -378,6 +396,20 @@ def sweep(
   states = _placed(states, mesh)
   train_all = jax.jit(jax.vmap(step, in_axes=(0, None, None)), donate_argnums=0)
   evaluate_all = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+
+  def evaluate_split(split: Any) -> dict[str, Any]:
+    if carry:
+      return evaluate_streams(
+        evaluate_all,
+        states,
+        split.inputs,
+        split.targets,
+        streams=batch_size,
+        carry=carry,
+        chunk=eval_batch_size,
+      )
+    return evaluate_in_chunks(evaluate_all, states, *split, eval_batch_size)
+
   best_states = jax.tree.map(jnp.copy, states)
   histories: list[list[dict[str, Any]]] = [[] for _ in range(count)]
   best = np.full(count, np.inf)
@@ -385,17 +417,15 @@ def sweep(
   stopped: list[str | None] = [None] * count
   steps = rows // batch_size
   for epoch in range(1, epochs + 1):
-    order = np.random.default_rng([seed, epoch]).permutation(rows)
+    order = np.arange(rows) if carry else np.random.default_rng([seed, epoch]).permutation(rows)
+    states = zero_collections(states, carry)
     losses = []
     for idx in order[: steps * batch_size].reshape(steps, batch_size):
       states, metrics = train_all(states, take(train.inputs, idx), train.targets[idx])
       losses.append(metrics["loss"])
     train_losses = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64)
     posteriors = np.asarray(metrics["posterior"], np.float64)
-    found = {
-      prefix: evaluate_in_chunks(evaluate_all, states, *split, eval_batch_size)
-      for prefix, split in (("valid", valid), ("test", test))
-    }
+    found = {prefix: evaluate_split(split) for prefix, split in (("valid", valid), ("test", test))}
     improved = np.zeros(count, bool)
     for i in range(count):
       if stopped[i] is not None:

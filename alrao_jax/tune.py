@@ -81,6 +81,7 @@ def tune(
   train_kwargs: Mapping[str, Any] | None = None,
   eval_kwargs: Mapping[str, Any] | None = None,
   rng_streams: Sequence[str] = ("dropout",),
+  carry: Sequence[str] = (),
 ) -> TuneResult:
   """Picks a learning rate for the model's plain optimizer from one Alrao run and a race.
 
@@ -110,6 +111,9 @@ def tune(
     train_kwargs: keyword arguments of the model call in training.
     eval_kwargs: keyword arguments of the model call in evaluation.
     rng_streams: linen: the RNG streams the model draws from in training.
+    carry: linen: the variable collections the model carries from batch to batch (an RNN on
+      streams, see :func:`alrao_jax.fit`); the Alrao run and the race both keep the streams'
+      order.
 
   Returns:
     A :class:`TuneResult`.
@@ -151,14 +155,14 @@ def tune(
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
     initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    rng_kwargs = {}
+    rng_kwargs = {"carry": carry} if tuple(carry) else {}  # which fit refuses, naming it
   else:
     racer = plain_model if plain_model is not None else model
     example = model_args(take(splits.train.inputs, slice(0, batch_size)))
     initial = create_train_state(
       model, tx, jax.random.key(seed), *example, rng_streams=rng_streams, **dict(eval_kwargs or {})
     ).params
-    rng_kwargs = {"rng_streams": rng_streams}
+    rng_kwargs = {"rng_streams": rng_streams, "carry": carry}
   result = fit(model, tx, splits, **fit_kwargs, **kwargs, **rng_kwargs)
   if isinstance(model, nnx.Module):  # trained in place, left at its best epoch
     params, averaging_state = nnx.state(model, nnx.Param), result.state

@@ -135,3 +135,26 @@ def test_a_carried_task_trains_through_the_comparison_protocol():
   assert (
     np.isfinite(run.test["loss"]) and result.last_state.model_state["carry"]["layer_1"][1].any()
   )
+
+
+def test_a_sweep_member_on_carried_streams_is_the_fit_run_at_its_rate():
+  """Each member keeps its own LSTM state, zeroed every epoch, windows in order: member 1 is
+  the plain fit at its rate (history, and the carry its best state ends with)."""
+  splits, rates = _splits(), [0.05, 0.5]
+  kw = {"epochs": 2, "batch_size": STREAMS, "carry": ("carry",), **MODES}
+  result = alrao_jax.sweep(_model(), optax.sgd, splits, values=rates, **kw)
+  alone = alrao_jax.fit(_model(), optax.sgd(rates[1]), splits, **kw)
+  for swept, fitted in zip(result.histories[1], alone.history, strict=True):
+    for key in ("train_loss", "valid_loss", "test_loss"):
+      assert swept[key] == pytest.approx(fitted[key], rel=2e-4), key
+  best = result.state(1).model_state["carry"]
+  for got, want in zip(
+    jax.tree.leaves(best), jax.tree.leaves(alone.state.model_state["carry"]), strict=True
+  ):
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)
+  assert result.histories[0][-1]["valid_loss"] != result.histories[1][-1]["valid_loss"]
+  with pytest.raises(ValueError, match=r"pass carry=\('carry',\)"):
+    alrao_jax.sweep(_model(), optax.sgd, splits, values=rates, **{**kw, "carry": ()})
+  with pytest.raises(ValueError, match="carry apply to linen models"):
+    net = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)))
+    alrao_jax.sweep(net, optax.sgd, splits, values=rates, **kw)

@@ -586,12 +586,6 @@ def _tune(args: argparse.Namespace) -> None:
     return _method({**s, **alrao_only, "optimizer": name, "lr": options["lr"]}, task)
 
   print(f"alrao-jax tune: {_describe(s, task, alrao)}", file=sys.stderr)
-  if task.carry and args.race_epochs:
-    print(
-      f"{task.name} carries its LSTM state from batch to batch, which the race does not: "
-      f"{plain} trains at the suggestion",
-      file=sys.stderr,
-    )
   result = tune(
     task,
     epochs=s["epochs"],
@@ -664,11 +658,6 @@ def _sweep(args: argparse.Namespace) -> None:
   _refuse_to_overwrite(out, ("sweep.json",), "a sweep")
   optimizer = args.optimizer or "sgd"
   task = _load(s)
-  if task.carry:
-    raise UsageError(
-      f"{task.name} carries its LSTM state from batch to batch, which sweep does not; "
-      "run `alrao-jax train --optimizer sgd --lr LR` per rate"
-    )
   print(
     f"alrao-jax sweep: {task.name}, {optimizer} at {len(grid)} rates as one program, "
     f"{s['epochs']} epochs; compiling the step",
@@ -683,6 +672,7 @@ def _sweep(args: argparse.Namespace) -> None:
     seed=s["seed"],
     batch_size=task.batch_size,
     patience=args.patience,
+    carry=task.carry,
     **MODES,
   )
   runs = {}

@@ -138,8 +138,7 @@ def tune(
   The race trains the plain model (one output copy) at every candidate rate for
   ``race_epochs`` epochs in one program (:func:`alrao_jax.sweep`), with the optimizer ``make``
   builds (its extras included) scaled by each rate; the lowest validation loss wins. A task
-  that carries streams across batches (``Task.carry``) is not raced: its rate is the
-  suggestion.
+  that carries streams across batches (``Task.carry``) races on them in order, as it trains.
 
   Args:
     task: an :class:`alrao_jax.experiments.tasks.Task`.
@@ -170,7 +169,7 @@ def tune(
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
   lr, race, race_seconds = suggestion.lr, None, 0.0
-  if race_epochs and not task.carry:
+  if race_epochs:
     start = time.perf_counter()
     race = sweep(
       task.build(1),
@@ -180,6 +179,7 @@ def tune(
       epochs=race_epochs,
       seed=seed,
       batch_size=task.batch_size,
+      carry=task.carry,
       **MODES,
     )
     race_seconds = time.perf_counter() - start
