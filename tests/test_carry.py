@@ -124,17 +124,18 @@ def test_the_ptb_task_carries_its_streams_and_shrinks_to_whole_windows():
   assert len(task.shrink(7).splits.train.inputs) == task.batch_size  # at least one window
 
 
-def test_a_carried_task_trains_through_the_comparison_protocol():
-  from alrao_jax.experiments.compare import timed_fit
-  from alrao_jax.experiments.methods import make_method
+@pytest.mark.filterwarnings("ignore:alrao_jax.suggest_lr:UserWarning")  # 1 epoch: low confidence
+def test_a_carried_task_is_tuned_and_raced_on_its_streams():
   from alrao_jax.experiments.tasks import Task
+  from alrao_jax.experiments.tune import tune
 
-  task = Task("streams", _splits(), lambda n: _model(), 1e-2, 1.0, 2, STREAMS, carry=("carry",))
-  method = make_method("alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=2)
-  run, result = timed_fit(task, method, seed=0, epochs=1)
-  assert (
-    np.isfinite(run.test["loss"]) and result.last_state.model_state["carry"]["layer_1"][1].any()
-  )
+  build = lambda n: _model()  # noqa: E731
+  task = Task("streams", _splits(), build, 1e-2, 1.0, 2, STREAMS, carry=("carry",))
+  result = tune(task, epochs=1, race_epochs=1)
+  assert np.isfinite(result.alrao.test["loss"]) and np.isfinite(result.sgd.test["loss"])
+  assert result.race is not None and result.lr == result.race.best_value
+  carried = result.race.state(result.race.best_index).model_state["carry"]["layer_1"][1]
+  assert carried.shape[0] == STREAMS and carried.any()
 
 
 def test_a_sweep_member_on_carried_streams_is_the_fit_run_at_its_rate():

@@ -39,7 +39,7 @@ class TuneResult(NamedTuple):
   suggestion: LRSuggestion
   alrao: RunResult
   sgd: RunResult  # the plain optimizer (SGD, or Adam for Alrao-Adam) at ``lr``
-  race: SweepResult | None  # the race of the candidates; None when the task carries streams
+  race: SweepResult | None  # the race of the candidates; None with race_epochs=0
   race_seconds: float  # wall time of the race, compilation included (0 without one)
 
 
