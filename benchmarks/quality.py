@@ -191,6 +191,7 @@ def heatmap(task: Task, result: Comparison, lrs: list[float], epochs: int, out: 
     out,
     title=f"{task.name}: Alrao test loss by interval (diagonal: SGD)",
     label=f"test loss ({task.loss_unit})",
+    vmax=float(np.nanmax(np.diag(values))),  # above SGD's worst rate: one colour
   )
   return values
 

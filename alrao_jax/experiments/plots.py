@@ -175,6 +175,7 @@ def plot_heatmap(
   *,
   title: str,
   label: str,
+  vmax: float | None = None,
 ) -> None:
   """Writes a heatmap of ``values[i, j]`` at (``lr_mins[i]``, ``lr_maxs[j]``), NaN blank.
 
@@ -185,18 +186,23 @@ def plot_heatmap(
     path: the PNG file.
     title: the figure's title.
     label: the colour bar's label.
+    vmax: the top of the colour scale (default: the largest value); larger values take its
+      colour and keep their number, so that one run that blew up does not flatten the rest.
   """
   fig, axes = _figure()
   ax = axes[0, 0]
-  shown = np.ma.masked_invalid(np.asarray(values, float))
-  image = ax.imshow(shown, origin="lower", cmap="viridis_r")
-  for (i, j), v in np.ndenumerate(np.asarray(values, float)):
+  values = np.asarray(values, float)
+  shown = np.ma.masked_invalid(values)
+  image = ax.imshow(shown, origin="lower", cmap="viridis_r", vmax=vmax)
+  for (i, j), v in np.ndenumerate(values):
     if np.isfinite(v):
-      ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="w")
+      text = f"{v:.2f}" if abs(v) < 1000 else f"{v:.0e}"
+      ax.text(j, i, text, ha="center", va="center", fontsize=7, color="w")
   ax.set_xticks(range(len(lr_maxs)), [f"{v:g}" for v in lr_maxs], rotation=45)
   ax.set_yticks(range(len(lr_mins)), [f"{v:g}" for v in lr_mins])
   ax.set(xlabel="lr_max", ylabel="lr_min", title=title)
-  fig.colorbar(image, ax=ax, label=label)
+  clipped = vmax is not None and bool((shown > vmax).any())
+  fig.colorbar(image, ax=ax, label=label, extend="max" if clipped else "neither")
   _save(fig, path)
 
 
