@@ -80,7 +80,7 @@ from alrao_jax.transform import (
   rates_of,
   scale_by_rates,
 )
-from alrao_jax.tune import TuneResult, tune
+from alrao_jax.tune import TuneResult, race_pick, tune
 
 __all__ = [
   "AlraoHead",
@@ -128,6 +128,7 @@ __all__ = [
   "nnx",
   "num_copies_of",
   "predict",
+  "race_pick",
   "rates_of",
   "restore_checkpoint",
   "restore_nnx_checkpoint",

@@ -72,6 +72,7 @@ class SweepResult(NamedTuple):
   best_index: int  # the member of lowest validation loss; -1 when none had a finite one
   best_value: float  # its value (nan when none)
   states: Any  # every member's state at its best epoch, stacked on a leading axis
+  start_valid_loss: float  # the validation loss of the members' common start, before training
 
   def state(self, index: int) -> Any:
     """Member ``index``'s state at its best epoch (linen: a :class:`alrao_jax.TrainState`)."""
@@ -410,6 +411,7 @@ def sweep(
       )
     return evaluate_in_chunks(evaluate_all, states, *split, eval_batch_size)
 
+  start_valid_loss = float(evaluate_split(valid)["loss"][0])  # the members start equal
   best_states = jax.tree.map(jnp.copy, states)
   histories: list[list[dict[str, Any]]] = [[] for _ in range(count)]
   best = np.full(count, np.inf)
@@ -470,4 +472,5 @@ def sweep(
     best_index=best_index,
     best_value=float(values_[best_index]) if best_index >= 0 else float("nan"),
     states=best_states,
+    start_valid_loss=start_valid_loss,
   )

@@ -4,8 +4,8 @@ points to.
 :func:`tune` trains the model once with Alrao, reads the candidates off that run
 (:func:`alrao_jax.suggest_lr`: the switch's choice, the copies that learned, the body's
 movement), adds their neighbours half a decade away, and races them with the plain optimizer
-for a few epochs in one vmapped program (:func:`alrao_jax.sweep`); the race's validation loss
-picks the rate.
+for a few epochs in one vmapped program (:func:`alrao_jax.sweep`); the suggestion holds unless
+the race's validation loss clearly beat it (:func:`alrao_jax.race_pick`).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ from alrao_jax.transform import alrao_adam, alrao_sgd
 OPTIMIZERS = {"sgd": (alrao_sgd, optax.sgd), "adam": (alrao_adam, optax.adam)}
 NEIGHBOUR_DECADES = 0.5  # each candidate is raced with its neighbours this far on each side
 MERGE_DECADES = 0.2  # candidates closer than this are raced once
+TOLERANCE = 0.2  # the suggestion's racer may lag the best by this share of the best's progress
 
 
 class TuneResult(NamedTuple):
   """What :func:`tune` returns."""
 
-  lr: float  # the rate the race picked (nan when every racer diverged)
+  lr: float  # the rate picked (see race_pick; nan when every racer diverged)
   suggestion: LRSuggestion  # the evidence of the Alrao run
   candidates: np.ndarray  # the rates raced, increasing
   race: SweepResult  # the race: each candidate's history and best validation loss
@@ -48,20 +49,89 @@ class TuneResult(NamedTuple):
 
 
 def race_candidates(suggestion: LRSuggestion) -> np.ndarray:
-  """The rates to race: the suggestion and every candidate it weighed, each with its
-  neighbours half a decade below and above, those closer than 0.2 decades merged."""
-  centres = {suggestion.lr, *suggestion.candidates.values()}
-  logs = sorted(
-    np.log10(c) + k * NEIGHBOUR_DECADES
-    for c in centres
-    if np.isfinite(c) and c > 0
-    for k in (-1, 0, 1)
-  )
+  """The rates to race: the suggestion itself and every candidate it weighed, each with its
+  neighbours half a decade below and above; a rate closer than 0.2 decades to one already kept
+  (the suggestion and its neighbours first, then the others from the lowest up) is merged into
+  it, so the suggestion is always raced as it is."""
+  centres = [suggestion.lr, *suggestion.candidates.values()]
+  logs = [np.log10(c) for c in centres if np.isfinite(c) and c > 0]
+  around = [c + k * NEIGHBOUR_DECADES for c in logs for k in (0, -1, 1)]
+  first = around[:3] if np.isfinite(suggestion.lr) and suggestion.lr > 0 else []
   kept: list[float] = []
-  for value in logs:
-    if not kept or value - kept[-1] >= MERGE_DECADES:
+  for value in first + sorted(around[len(first) :]):
+    if all(abs(value - k) >= MERGE_DECADES for k in kept):
       kept.append(value)
-  return 10.0 ** np.asarray(kept)
+  return 10.0 ** np.sort(np.asarray(kept))
+
+
+def check_tolerance(tolerance: float) -> None:
+  """Raises a ValueError when ``tolerance`` (see :func:`alrao_jax.race_pick`) is not in [0, 1]."""
+  if not 0.0 <= tolerance <= 1.0:
+    raise ValueError(
+      f"tolerance must be in [0, 1] (a share of the best racer's progress), got {tolerance}."
+    )
+
+
+def race_pick(
+  values: Any,
+  valid_losses: Any,
+  start_loss: float,
+  suggestion: float,
+  *,
+  tolerance: float = TOLERANCE,
+) -> int:
+  """The racer that :func:`tune` picks: the suggestion's, unless the race clearly beat it.
+
+  A race of a few epochs rewards the rates that learn fastest at first, which are often above
+  the rate that ends best (a short-horizon bias: on the bundled tasks the best of a two-epoch
+  race sat 0.1-0.5 decades above the grid's best rate, see ``benchmarks/results/tune.md``).
+  The race is therefore a check on the Alrao run's suggestion rather than a contest: the
+  racer nearest the suggestion (in log-rate) is kept when its validation loss fell from the
+  racers' common start by at least ``1 - tolerance`` of what the best racer's fell; otherwise
+  the best racer is picked.
+
+  Args:
+    values: the raced rates.
+    valid_losses: each racer's best validation loss (inf or nan: diverged).
+    start_loss: the validation loss of the racers' common start.
+    suggestion: the Alrao run's suggestion (:attr:`alrao_jax.LRSuggestion.lr`).
+    tolerance: the share of the best racer's progress the suggestion's racer may lag by, in
+      ``[0, 1]``; 0 picks the best racer unless the suggestion's ties it.
+
+  Returns:
+    The index of the racer picked; -1 when no racer has a finite loss.
+
+  Raises:
+    ValueError: a tolerance outside [0, 1], or values and losses of different lengths.
+
+  Example:
+    >>> import alrao_jax
+    >>> rates, losses = [0.03, 0.1, 0.3], [1.8, 1.67, 1.60]  # from 2.30: 0.63, 0.70 fallen
+    >>> alrao_jax.race_pick(rates, losses, start_loss=2.30, suggestion=0.1)  # 0.63 >= 0.8 * 0.70
+    1
+    >>> alrao_jax.race_pick(rates, [1.8, 2.0, 1.60], start_loss=2.30, suggestion=0.1)  # 0.3 < 0.56
+    2
+  """
+  check_tolerance(tolerance)
+  rates = np.asarray(values, np.float64)
+  losses = np.asarray(valid_losses, np.float64)
+  if rates.shape != losses.shape or rates.ndim != 1:
+    raise ValueError(
+      f"values and valid_losses must be 1-D and of one length, got {rates.shape} and "
+      f"{losses.shape}."
+    )
+  losses = np.where(np.isfinite(losses), losses, np.inf)
+  if not np.isfinite(losses).any():
+    return -1
+  best = int(np.argmin(losses))
+  if not (np.isfinite(suggestion) and suggestion > 0):
+    return best
+  nearest = int(np.argmin(np.abs(np.log10(rates) - np.log10(suggestion))))
+  progress = start_loss - losses
+  learned = np.isfinite(progress[best]) and progress[best] > 0
+  if learned and progress[nearest] >= (1.0 - tolerance) * progress[best]:
+    return nearest
+  return best
 
 
 def tune(
@@ -72,6 +142,7 @@ def tune(
   lr_max: float,
   epochs: int,
   race_epochs: int = 2,
+  tolerance: float = TOLERANCE,
   optimizer: str = "sgd",
   plain_model: nn.Module | nnx.Module | None = None,
   seed: int = 0,
@@ -91,7 +162,9 @@ def tune(
      parameters: the suggestion and every candidate it weighed (see
      :func:`race_candidates`).
   3. A race of the candidates with ``optax.sgd`` (or ``optax.adam``): ``race_epochs``
-     epochs, all in one program (:func:`alrao_jax.sweep`); the lowest validation loss wins.
+     epochs, all in one program (:func:`alrao_jax.sweep`). The suggestion's racer is picked
+     unless the race clearly beat it, else the best racer (:func:`alrao_jax.race_pick`,
+     ``tolerance``).
 
   Args:
     model: a linen or NNX module ending with an Alrao head. An NNX model is trained in place
@@ -101,6 +174,9 @@ def tune(
     lr_max: its upper end.
     epochs: epochs of the Alrao run.
     race_epochs: epochs of the race, >= 1.
+    tolerance: how far the suggestion's racer may lag the best racer and still be picked, as a
+      share of the best racer's fall in validation loss (see :func:`alrao_jax.race_pick`); 0 picks
+      the race's best.
     optimizer: ``"sgd"`` or ``"adam"``: Alrao-SGD suggests SGD's rate, Alrao-Adam Adam's.
     plain_model: the model the race trains (e.g. the same network with a plain output layer);
       default: ``model`` itself (its copies all at the raced rate).
@@ -119,7 +195,7 @@ def tune(
     A :class:`TuneResult`.
 
   Raises:
-    ValueError: an unknown optimizer, bad bounds or epochs.
+    ValueError: an unknown optimizer, bad bounds, epochs or tolerance.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
@@ -142,6 +218,7 @@ def tune(
     raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
   check_bounds(lr_min, lr_max)
   race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
+  check_tolerance(tolerance)
   epochs = check_int(epochs, "epochs", minimum=1)
   make_alrao, plain = OPTIMIZERS[optimizer]
   tx = make_alrao(lr_min, lr_max, key=jax.random.key(seed + 1))
@@ -192,8 +269,11 @@ def tune(
     **rng_kwargs,
   )
   total = time.perf_counter() - start
+  pick = race_pick(
+    race.values, race.valid_losses, race.start_valid_loss, suggestion.lr, tolerance=tolerance
+  )
   return TuneResult(
-    lr=race.best_value,
+    lr=float(race.values[pick]) if pick >= 0 else float("nan"),
     suggestion=suggestion,
     candidates=candidates,
     race=race,

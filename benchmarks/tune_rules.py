@@ -5,9 +5,10 @@ Usage:
   python benchmarks/tune_rules.py          # writes benchmarks/results/tune_rules.md and .json
   python benchmarks/tune_rules.py --quick  # smoke test: tiny data, 2 epochs, 1 seed, no file
 
-Per bundled task (digits, mnist1d, mnist1d-mlp; ptb-char's streams are not raced) and seed,
-with the epochs and early stopping of ``benchmarks/tune.py``: ``alrao-jax tune``'s protocol
-(one Alrao-SGD run, ``suggest_lr``, the 2-epoch race), the range test of the plain model, and
+Per bundled task (digits, mnist1d, mnist1d-mlp; ptb-char's 14-rate grid would take hours on a
+CPU) and seed, with the epochs and early stopping of ``benchmarks/tune.py``: ``alrao-jax
+tune``'s protocol (one Alrao-SGD run, ``suggest_lr``, the 2-epoch race and the rate
+``race_pick`` takes from it), the range test of the plain model, and
 SGD at 14 rates a quarter of a decade apart (``alrao_jax.sweep``: the same initial parameters
 and batches as ``fit``), each kept at its best validation epoch. Every rule's rate is then
 scored without a new run: SGD's test loss there is interpolated (linearly in log-rate) between
@@ -36,6 +37,7 @@ from alrao_jax.experiments.compare import lowest_mean
 from alrao_jax.experiments.tasks import MODES, load_task
 from alrao_jax.experiments.tune import task_lr_find, tune
 from alrao_jax.sweep import sweep
+from alrao_jax.tune import TOLERANCE, race_pick
 
 PATIENCE = 20
 RACE_EPOCHS = 2
@@ -44,6 +46,7 @@ SEEDS = 3
 FINE = 10.0 ** np.arange(-2.5, 0.76, 0.25)  # 3.2e-3 ... 5.6
 DECADES = (0.01, 0.1, 1.0)  # the decade grid's rates inside FINE (the others are far worse)
 HORIZONS = (2, 5, 10)  # epochs of the grid races
+TOLERANCES = (0.1, 0.3)  # race_pick's tolerance beside tune's default, to show how it bears
 GOALS = {"mean": 1.05, "worst": 1.2}
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -66,9 +69,11 @@ def collect(task: Any, epochs: int, seed: int, rates: np.ndarray) -> dict[str, A
   return {
     "suggestion": found.suggestion.lr,
     "confidence": found.suggestion.confidence,
-    "race_lr": float(found.lr),
+    "tune_lr": float(found.lr),
+    "race_best": float(found.race.best_value),
     "race_rates": [float(v) for v in found.race.values],
     "race_valid": [float(v) for v in found.race.valid_losses],
+    "race_start": float(found.race.start_valid_loss),
     "valley": float(ranged.suggestions["valley"]),
     "minimum": float(ranged.suggestions["minimum"]),
     "rates": [float(v) for v in grid.values],
@@ -112,16 +117,28 @@ def _geometric(*rates: float) -> float:
   return float(np.exp(np.mean(np.log(rates))))
 
 
+def _picked(record: dict[str, Any], tolerance: float) -> float:
+  """The rate race_pick takes from the record's race with ``tolerance``."""
+  race = (record["race_rates"], record["race_valid"], record["race_start"], record["suggestion"])
+  return float(record["race_rates"][race_pick(*race, tolerance=tolerance)])
+
+
 RULES: dict[str, Callable[[dict[str, Any]], float]] = {
-  "tune (race of the suggestion's candidates, 2 epochs)": lambda r: r["race_lr"],
+  f"tune: the suggestion unless the 2-epoch race clearly beat it (tolerance {TOLERANCE})": (
+    lambda r: r["tune_lr"]
+  ),
+  **{
+    f"the same with tolerance {t}": (lambda r, t=t: _picked(r, t)) for t in TOLERANCES
+  },
+  "the 2-epoch race's best (tune until 2026-12-02)": lambda r: r["race_best"],
   "suggest_lr alone": lambda r: r["suggestion"],
   "lr_find valley": lambda r: r["valley"],
   "lr_find minimum": lambda r: r["minimum"],
-  "geometric mean of the race's pick and the valley": lambda r: _geometric(
-    r["race_lr"], r["valley"]
+  "geometric mean of the race's best and the valley": lambda r: _geometric(
+    r["race_best"], r["valley"]
   ),
-  "median of suggestion, race's pick and valley": lambda r: float(
-    np.median([r["suggestion"], r["race_lr"], r["valley"]])
+  "median of suggestion, race's best and valley": lambda r: float(
+    np.median([r["suggestion"], r["race_best"], r["valley"]])
   ),
   **{
     f"race of the whole grid, {k} epochs": (lambda r, k=k: _grid_race(r, k)) for k in HORIZONS
@@ -188,8 +205,10 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
   lines += [
     "",
     "The two mixed rules (geometric mean, median) were written after looking at these tasks' "
-    "race and range-test picks: a rule that wins here needs networks it was not chosen on "
-    "before it becomes a default.",
+    "race and range-test picks, and tune's tolerance was chosen after looking at their races "
+    "(the rows with other tolerances show how much it bears): a rule that wins here needs "
+    "networks it was not chosen on before it becomes a default (tune.md's ptb-char and the "
+    "four networks of tests/test_tune_own_model.py are tune's).",
     "",
     "## What it shows",
     "",

@@ -92,10 +92,10 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
           "confidence": "high",
-          "raced": True,
-          "race_lr": 0.1,
+          "tune_lr": 0.1,
+          "race_best": 0.1,
           "race_seconds": 2,
-          "race_sgd_loss": 0.02,
+          "tune_sgd_loss": 0.02,
         },
         {
           "lr": 0.01,
@@ -106,10 +106,10 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
           "confidence": "low",
-          "raced": True,
-          "race_lr": 0.1,
+          "tune_lr": 0.1,
+          "race_best": 0.316,
           "race_seconds": 2,
-          "race_sgd_loss": 0.048,
+          "tune_sgd_loss": 0.048,
         },
       ],
       "lr_find": [
@@ -137,7 +137,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
     )
   )
   cells = [c.strip() for c in trust.strip("|").split("|")]
-  # per seed, over tuned SGD of the same seed (0.02, 0.04): the race's pick 0.02 / 0.02 and
+  # per seed, over tuned SGD of the same seed (0.02, 0.04): tune's pick 0.02 / 0.02 and
   # 0.048 / 0.04; suggest_lr and the valley 0.03 / 0.02 and 0.03 / 0.04. Compute in SGD runs of
   # the grid's 21 s / 2 rates: the race 5 + 2 s, suggest_lr 5 s, the range test 1 s.
   assert cells[2:5] == ["+0.00", "1.100, 1.200", "7, 0.7"]
@@ -155,6 +155,8 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "The best of the three suggestions is Alrao's suggestion on digits." in text
   assert "refocused run beats one plain Alrao run on digits" in text  # 1.5 against 2.0
   assert "tune (Alrao + race) meets all three goals" in text and "on 0 of 1 tasks" in text
+  # per seed: the suggestion, the race's best and tune's pick (the suggestion or the race's best)
+  assert "| digits | 1 | 0.01 | low | 0.750 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
@@ -191,28 +193,38 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   rules = _import(monkeypatch, "tune_rules")
   rates = [0.01, 0.0316, 0.1, 0.316, 1.0]
 
-  def record(test, valid, race_lr, valley):
+  def record(test, valid, race_valid, valley):
+    race = [0.0316, 0.1, 0.316]  # the suggestion 0.1 and its neighbours, from 2.3
     return {
-      "suggestion": 0.1, "confidence": "high", "race_lr": race_lr, "valley": valley,
+      "suggestion": 0.1, "confidence": "high", "valley": valley, "race_rates": race,
+      "race_valid": race_valid, "race_start": 2.3,
+      "race_best": race[race_valid.index(min(race_valid))],
+      "tune_lr": race[rules.race_pick(race, race_valid, 2.3, 0.1, tolerance=0.2)],
       "minimum": 0.1, "rates": rates, "test": test, "valid": valid,
       # the grid race: 0.316 leads after 2 epochs, 0.1 from the 5th on
       "valid_by_epoch": [[3, 3, 3, 3, 3], [2, 2, 2, 2, 2], [2, 1.5, 1, 1, 0.5],
                          [1, 1, 1, 1, 1], [9, 9, 9, 9, 9]],
     }
 
-  seeds = [
-    record([4.0, 2.0, 1.0, 3.0, float("inf")], [3, 2, 0.5, 1, 9], 0.316, 0.01),
-    record([4.0, 2.0, 2.0, 2.0, float("inf")], [3, 2, 0.5, 1, 9], 0.1, 0.1),
+  seeds = [  # seed 0: 0.316 fell 0.8, the suggestion 0.6 (kept with a tolerance of 0.3 only)
+    record([4.0, 2.0, 1.0, 3.0, float("inf")], [3, 2, 0.5, 1, 9], [1.9, 1.7, 1.5], 0.01),
+    record([4.0, 2.0, 2.0, 2.0, float("inf")], [3, 2, 0.5, 1, 9], [1.9, 1.5, 1.7], 0.1),
   ]
   assert rules.tuned_rate(seeds) == 0.1  # of 0.01, 0.1, 1: the lowest mean validation loss
   assert rules.sgd_at(seeds[0], 0.0562) == pytest.approx(1.0 + 1.0 * 0.5, rel=1e-2)
   assert rules.sgd_at(seeds[0], 2.0) == float("inf")  # beyond the rates that trained
   table = rules.score({"toy": seeds})
-  race = table["tune (race of the suggestion's candidates, 2 epochs)"]["toy"]
+  race = table["the 2-epoch race's best (tune until 2026-12-02)"]["toy"]
   assert race == pytest.approx({"mean": (3.0 + 1.0) / 2, "worst": 3.0, "decades": 0.25}, abs=1e-3)
+  assert table["tune: the suggestion unless the 2-epoch race clearly beat it (tolerance 0.2)"][
+    "toy"
+  ] == race
+  assert table["the same with tolerance 0.1"]["toy"] == race
+  kept = table["the same with tolerance 0.3"]["toy"]
+  assert kept == pytest.approx({"mean": 1.0, "worst": 1.0, "decades": 0.0}, abs=1e-3)
   assert table["race of the whole grid, 2 epochs"]["toy"]["worst"] == pytest.approx(3.0)
   assert table["race of the whole grid, 5 epochs"]["toy"]["mean"] == pytest.approx(1.0)
-  geometric = table["geometric mean of the race's pick and the valley"]["toy"]
+  geometric = table["geometric mean of the race's best and the valley"]["toy"]
   assert geometric["decades"] == pytest.approx((-0.25 + 0) / 2, abs=1e-3)  # sqrt(0.316 * 0.01)
   text = rules.report({"toy": seeds}, ["# header", ""])
   assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text

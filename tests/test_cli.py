@@ -17,6 +17,7 @@ import optax
 import pytest
 
 import alrao_jax
+from alrao_jax import race_pick
 from alrao_jax.checkpoint import restore_checkpoint
 from alrao_jax.experiments import cli
 from alrao_jax.experiments.data import load_digits
@@ -197,9 +198,16 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
   summary = json.loads(out.strip().splitlines()[-1])
   assert summary == json.loads((tmp_path / "t" / "tune.json").read_text())
   assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
-  race = summary["race"]["valid_loss"]  # the suggestion among the candidates, the best picked
+  race = summary["race"]["valid_loss"]  # the suggestion among the candidates, race_pick's pick
   assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
-  assert f"{summary['lr']:.3g}" == min(race, key=race.get) and "<- picked" in err
+  pick = race_pick(
+    [float(rate) for rate in race],
+    list(race.values()),
+    summary["race"]["start_valid_loss"],
+    summary["suggested_lr"],
+    tolerance=summary["race"]["tolerance"],
+  )
+  assert f"{summary['lr']:.3g}" == list(race)[pick] and "<- picked" in err
   verify = summary["verify"]
   assert set(verify["grid"]) == {"0.1", "1"} and verify["best_lr"] in (0.1, 1.0)
   assert verify["decades_from_best"] == pytest.approx(np.log10(summary["lr"] / verify["best_lr"]))
@@ -388,6 +396,7 @@ X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
     (lambda p: ["tune", "--verify", "--grid", "0,1"], "--grid rates must be > 0"),
     (lambda p: ["tune", "--momentum", "2"], "--momentum must be in [0, 1)"),
     (lambda p: ["tune", "--race-epochs", "-1"], "--race-epochs must be >= 0"),
+    (lambda p: ["tune", "--tolerance", "1.5"], "--tolerance must be in [0, 1]"),
     (lambda p: ["train", "--layer-schedule", "deep"], "invalid choice: 'deep'"),
     (
       lambda p: ["train", "--optimizer", "schedule-free-sgd", "--layer-schedule", "smith"],

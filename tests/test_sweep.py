@@ -77,6 +77,12 @@ def test_each_member_is_the_fit_run_at_its_rate_and_a_diverged_member_stops_alon
   assert result.best_epochs[2] == 0 and np.isinf(result.valid_losses[2])
   assert result.best_index == int(np.argmin(result.valid_losses[:2]))
   assert result.best_value == values[result.best_index]
+  # the members' common start, evaluated before training (the race's yardstick in tune)
+  start = alrao_jax.create_train_state(
+    Net(), optax.sgd(0.03), jax.random.key(3), X[:20], train=False
+  )
+  want = alrao_jax.make_eval_step(Net(), eval_kwargs=calls["eval"])(start, *SPLITS.valid)
+  assert result.start_valid_loss == pytest.approx(float(want["loss"]), rel=1e-5)
 
 
 def test_an_nnx_sweep_with_call_time_rngs_equals_fit_and_leaves_the_winner_in_the_model():

@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import alrao_jax
+from alrao_jax import race_pick
 from alrao_jax.experiments.data import load_digits
 
 GRID = 10.0 ** np.arange(-3.0, 1.5, 0.5)  # the brute force: SGD every half decade
@@ -171,3 +172,34 @@ def test_bad_arguments_are_named():
     alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, optimizer="rmsprop")
   with pytest.raises(ValueError, match="race_epochs"):
     alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, race_epochs=0)
+  with pytest.raises(ValueError, match=r"tolerance must be in \[0, 1\]"):
+    alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, tolerance=1.5)
+
+
+def test_the_race_keeps_the_suggestion_unless_it_clearly_lost():
+  rates = [0.01, 0.1, 1.0]
+  # from 2.0: the suggestion's racer (0.1) fell 0.9, the best (1.0) fell 1.0
+  assert race_pick(rates, [1.5, 1.1, 1.0], 2.0, 0.12) == 1
+  assert race_pick(rates, [1.5, 1.1, 1.0], 2.0, 0.12, tolerance=0.05) == 2
+  assert race_pick(rates, [1.5, 1.1, 1.0], 2.0, 0.12, tolerance=0.0) == 2
+  assert race_pick(rates, [1.0, 1.0, 1.5], 2.0, 0.12, tolerance=0.0) == 1  # a tie keeps it
+  assert race_pick(rates, [1.5, np.inf, 1.0], 2.0, 0.12) == 2  # it diverged
+  assert race_pick(rates, [2.5, 2.2, 2.1], 2.0, 0.12) == 2  # nothing learned: the best
+  assert race_pick(rates, [1.5, 1.1, 1.0], 2.0, float("nan")) == 2  # no suggestion
+  assert race_pick(rates, [np.nan, np.inf, np.inf], 2.0, 0.1) == -1
+  with pytest.raises(ValueError, match="one length"):
+    race_pick(rates, [1.0, 2.0], 2.0, 0.1)
+
+
+def test_the_suggestion_is_raced_as_it_is_with_its_neighbours():
+  from types import SimpleNamespace
+
+  from alrao_jax.tune import race_candidates
+
+  # the leading copy (0.178) and the body's neighbour (0.562) fall within 0.2 decades of the
+  # suggestion (0.24) and of its upper neighbour (0.759): they merge into them, not the reverse
+  weighed = {"posterior": 0.24, "leading": 0.178, "body": 0.562}
+  rates = race_candidates(SimpleNamespace(lr=0.24, candidates=weighed))
+  np.testing.assert_allclose(rates, [0.24 / 10**0.5, 0.24, 0.24 * 10**0.5, 0.562 * 10**0.5])
+  far = race_candidates(SimpleNamespace(lr=0.01, candidates={"body": 1.0}))
+  np.testing.assert_allclose(far, [10**-2.5, 0.01, 10**-1.5, 10**-0.5, 1.0, 10**0.5])

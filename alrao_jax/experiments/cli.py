@@ -57,6 +57,7 @@ from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
 from alrao_jax.sweep import SweepResult, sweep
+from alrao_jax.tune import TOLERANCE
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -574,6 +575,8 @@ def _tune(args: argparse.Namespace) -> None:
   grid = _grid(args.grid) if args.verify else []
   if args.race_epochs < 0:
     raise UsageError(f"--race-epochs must be >= 0 (0: no race), got {args.race_epochs}")
+  if not 0.0 <= args.tolerance <= 1.0:
+    raise UsageError(f"--tolerance must be in [0, 1], got {args.tolerance}")
   out = _run_folder(args)
   _refuse_to_overwrite(out, ("tune.json", "suggestion.txt"), "a tune run")
   task = _load(s)
@@ -593,11 +596,12 @@ def _tune(args: argparse.Namespace) -> None:
     make=make,
     optimizer=plain,
     race_epochs=args.race_epochs,
+    tolerance=args.tolerance,
   )
   out.mkdir(parents=True, exist_ok=True)
   text = describe(result.suggestion)
   if result.race is not None:
-    text += "\n" + _race_table(result.race, result.race_seconds)
+    text += "\n" + _race_table(result.race, result.race_seconds, result.lr)
   (out / "suggestion.txt").write_text(text + "\n")
   print(text, file=sys.stderr)
   summary: dict[str, Any] = {
@@ -610,7 +614,9 @@ def _tune(args: argparse.Namespace) -> None:
   if (race := result.race) is not None:
     summary["race"] = {
       "epochs": args.race_epochs,
+      "start_valid_loss": race.start_valid_loss,
       "valid_loss": {f"{v:.3g}": loss for v, loss in _pairs(race.values, race.valid_losses)},
+      "tolerance": args.tolerance,
       "seconds": round(result.race_seconds, 2),
     }
   summary[plain] = _run_summary(result.sgd)
@@ -636,11 +642,16 @@ def _pairs(values: np.ndarray, losses: np.ndarray) -> list[tuple[float, float]]:
   return list(zip(values.tolist(), losses.tolist(), strict=True))
 
 
-def _race_table(race: SweepResult, seconds: float) -> str:
-  """The race in words: each candidate's best validation loss, the winner marked."""
-  lines = [f"race ({len(race.values)} rates, one program, {seconds:.1f} s): best validation loss"]
+def _race_table(race: SweepResult, seconds: float, picked: float) -> str:
+  """The race in words: each candidate's best validation loss, the rate picked marked."""
+  lines = [
+    f"race ({len(race.values)} rates, one program, {seconds:.1f} s): best validation loss "
+    f"(from {race.start_valid_loss:.4f} at the start)"
+  ]
   for i, (value, loss) in enumerate(_pairs(race.values, race.valid_losses)):
-    mark = "  <- picked" if i == race.best_index else ""
+    mark = "  <- picked" if value == picked else ""
+    if i == race.best_index and value != picked:
+      mark = "  (best, but the suggestion's racer kept within --tolerance of its fall)"
     lines.append(f"  lr {value:<9.3g} {loss:.4f} ({race.stopped[i]}){mark}")
   return "\n".join(lines)
 
@@ -806,10 +817,11 @@ def _parser() -> argparse.ArgumentParser:
   )
   tuner = commands.add_parser(
     "tune",
-    help="one Alrao run, a short race of the rates it points to, then SGD (or Adam) at the winner",
+    help="one Alrao run, a short race of the rates it points to, then SGD (or Adam) at the pick",
     description="Train with Alrao-SGD (Alrao-Adam), read candidate rates for plain SGD (Adam) "
     "off the run (alrao_jax.suggest_lr), race them for --race-epochs epochs in one program "
-    "(alrao_jax.sweep), and train SGD (Adam) at the winner. The last line is JSON.",
+    "(alrao_jax.sweep), keep the suggestion unless the race clearly beat it, and train SGD "
+    "(Adam) at the rate picked. The last line is JSON.",
   )
   _data_options(train, models=True)
   _data_options(tuner, models=True)
@@ -872,6 +884,13 @@ def _parser() -> argparse.ArgumentParser:
     default=2,
     help="epochs of the race of the candidate rates; 0: no race, SGD at the suggestion "
     "(default: 2)",
+  )
+  tuner.add_argument(
+    "--tolerance",
+    type=float,
+    default=TOLERANCE,
+    help="the suggestion's racer is picked when its validation loss fell at least 1 - "
+    f"TOLERANCE of the best racer's fall; 0: the race's best (default: {TOLERANCE})",
   )
   tuner.add_argument(
     "--out", default="runs/tune", help="folder of tune.json and suggestion.txt (default: runs/tune)"

@@ -27,7 +27,7 @@ from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import ScaleByRatesState
-from alrao_jax.tune import race_candidates
+from alrao_jax.tune import TOLERANCE, check_tolerance, race_candidates, race_pick
 
 REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
 
@@ -128,6 +128,7 @@ def tune(
   alrao_options: dict[str, Any] | None = None,
   optimizer: str = "sgd",
   race_epochs: int = 2,
+  tolerance: float = TOLERANCE,
   **fit_kwargs: Any,
 ) -> TuneResult:
   """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, a race of the rates it
@@ -137,7 +138,8 @@ def tune(
   The suggestion averages the log-rate over the posteriors of the epochs up to the kept one.
   The race trains the plain model (one output copy) at every candidate rate for
   ``race_epochs`` epochs in one program (:func:`alrao_jax.sweep`), with the optimizer ``make``
-  builds (its extras included) scaled by each rate; the lowest validation loss wins. A task
+  builds (its extras included) scaled by each rate; the suggestion's racer is picked unless the
+  race clearly beat it (:func:`alrao_jax.race_pick`), else the best racer. A task
   that carries streams across batches (``Task.carry``) races on them in order, as it trains.
 
   Args:
@@ -150,6 +152,7 @@ def tune(
     alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
     optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is tuned.
     race_epochs: epochs of the race; 0: no race, the final run is at the suggestion.
+    tolerance: see :func:`alrao_jax.race_pick` (0: the race's best).
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
@@ -158,6 +161,7 @@ def tune(
   if optimizer not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
   race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
+  check_tolerance(tolerance)
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}
   options.update(alrao_options or {})
@@ -183,8 +187,11 @@ def tune(
       **MODES,
     )
     race_seconds = time.perf_counter() - start
-    if race.best_index >= 0:
-      lr = race.best_value
+    pick = race_pick(
+      race.values, race.valid_losses, race.start_valid_loss, suggestion.lr, tolerance=tolerance
+    )
+    if pick >= 0:
+      lr = float(race.values[pick])
   sgd_run, _ = timed_fit(
     task, make(optimizer, lr=lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
