@@ -84,7 +84,7 @@ def race_pick(
 
   A race of a few epochs rewards the rates that learn fastest at first, which are often above
   the rate that ends best (a short-horizon bias: on the bundled tasks the best of a two-epoch
-  race sat 0.1-0.5 decades above the grid's best rate, see ``benchmarks/results/tune.md``).
+  race sat 0.2-0.5 decades above the grid's best rate, see ``benchmarks/results/tune_rules.md``).
   The race is therefore a check on the Alrao run's suggestion rather than a contest: the
   racer nearest the suggestion (in log-rate) is kept when its validation loss fell from the
   racers' common start by at least ``1 - tolerance`` of what the best racer's fell; otherwise

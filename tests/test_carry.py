@@ -125,17 +125,24 @@ def test_the_ptb_task_carries_its_streams_and_shrinks_to_whole_windows():
 
 
 @pytest.mark.filterwarnings("ignore:alrao_jax.suggest_lr:UserWarning")  # 1 epoch: low confidence
-def test_a_carried_task_is_tuned_and_raced_on_its_streams():
-  from alrao_jax.experiments.tasks import Task
-  from alrao_jax.experiments.tune import tune
-
-  build = lambda n: _model()  # noqa: E731
-  task = Task("streams", _splits(), build, 1e-2, 1.0, 2, STREAMS, carry=("carry",))
-  result = tune(task, epochs=1, race_epochs=1)
-  assert np.isfinite(result.alrao.test["loss"]) and np.isfinite(result.sgd.test["loss"])
-  assert result.race is not None and result.lr == result.race.best_value
-  carried = result.race.state(result.race.best_index).model_state["carry"]["layer_1"][1]
-  assert carried.shape[0] == STREAMS and carried.any()
+def test_a_model_on_streams_is_tuned_and_raced_on_its_streams():
+  result = alrao_jax.tune(
+    _model(),
+    _splits(),
+    lr_min=1e-2,
+    lr_max=1.0,
+    epochs=1,
+    race_epochs=1,
+    batch_size=STREAMS,
+    carry=("carry",),
+    train_kwargs=MODES["train_kwargs"],
+    eval_kwargs=MODES["eval_kwargs"],
+  )
+  assert np.isfinite(result.alrao.history[-1]["test_loss"]) and result.lr in result.candidates
+  race = result.race
+  assert np.isfinite(race.start_valid_loss) and np.isfinite(race.valid_losses).any()
+  carried = race.state(int(np.nanargmin(race.valid_losses))).model_state["carry"]["layer_1"][1]
+  assert carried.shape[0] == STREAMS and carried.any()  # each racer carried its own streams
 
 
 def test_a_sweep_member_on_carried_streams_is_the_fit_run_at_its_rate():
