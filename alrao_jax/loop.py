@@ -235,6 +235,35 @@ def evaluate_streams(
   return evaluate_in_chunks(evaluate_windows, state, inputs, targets, per_call)
 
 
+def epoch_batches(
+  rows: int, batch_size: int, *, seed: int, epoch: int, in_order: bool = False
+) -> np.ndarray:
+  """The training rows of an epoch, ``(steps, batch_size)``: a shuffle drawn from ``(seed,
+  epoch)`` (or the rows in order, for carried streams), the last partial batch dropped."""
+  steps = rows // batch_size
+  order = np.arange(rows) if in_order else np.random.default_rng([seed, epoch]).permutation(rows)
+  return order[: steps * batch_size].reshape(steps, batch_size)
+
+
+def evaluate_split(
+  evaluate: Callable,
+  state: Any,
+  split: Any,
+  *,
+  carry: Sequence[str],
+  streams: int,
+  chunk: int | None,
+) -> dict[str, Any]:
+  """Metrics of a whole split: window by window from zeroed ``carry`` collections when there
+  are any (:func:`evaluate_streams`, ``streams`` rows per window), else ``chunk`` examples at a
+  time (:func:`evaluate_in_chunks`)."""
+  if carry:
+    return evaluate_streams(
+      evaluate, state, split.inputs, split.targets, streams=streams, carry=carry, chunk=chunk
+    )
+  return evaluate_in_chunks(evaluate, state, split.inputs, split.targets, chunk)
+
+
 def num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> int:
   """The model's outputs per example: an Alrao head's K, or a plain output layer's last axis."""
   try:
@@ -489,7 +518,6 @@ def fit(
       if carry
       else _sharded_evaluation(evaluate, state, mesh)
     )
-  steps = rows // batch_size
   # The step donates its state: until an epoch is kept, the best state is a copy of the first.
   history, best, best_state, best_epoch, done = [], float("inf"), None, 0, 0
   stopped = None
@@ -504,28 +532,16 @@ def fit(
   for epoch in range(done + 1, epochs + 1):
     if stopped is not None:
       break
-    rng = np.random.default_rng([seed, epoch])
-    order = np.arange(steps * batch_size) if carry else rng.permutation(rows)
-    order = order[: steps * batch_size].reshape(steps, batch_size)
     state = zero_collections(state, carry)
     losses = []
-    for idx in order:
+    for idx in epoch_batches(rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)):
       state, metrics = step(state, *place((take(train.inputs, idx), train.targets[idx])))
       losses.append(metrics["loss"])
     record = _epoch_record(epoch, losses, averaging.posterior(state.averaging_state))
     for prefix, split in (("valid", valid), ("test", test)):
-      if carry:
-        metrics = evaluate_streams(
-          evaluate,
-          state,
-          split.inputs,
-          split.targets,
-          streams=batch_size,
-          carry=carry,
-          chunk=eval_batch_size,
-        )
-      else:
-        metrics = evaluate_in_chunks(evaluate, state, *split, eval_batch_size)
+      metrics = evaluate_split(
+        evaluate, state, split, carry=carry, streams=batch_size, chunk=eval_batch_size
+      )
       record.update({f"{prefix}_{k}": v for k, v in metrics.items()})
     if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best:
       # The step donates its state: keep a copy, not the buffers the next step reuses.
@@ -606,7 +622,6 @@ def _fit_nnx(
     model, averaging=averaging, likelihood=likelihood, eval_kwargs=eval_kwargs
   )
   rows = rows_of(train.inputs)
-  steps = rows // batch_size
   history, best, best_epoch, done, stopped = [], float("inf"), 0, 0, None
   best_variables, best_averaging = _snapshot(nodes), averaging_state
   if resume:
@@ -628,9 +643,8 @@ def _fit_nnx(
   for epoch in range(done + 1, epochs + 1):
     if stopped is not None:
       break
-    order = np.random.default_rng([seed, epoch]).permutation(rows)
     losses = []
-    for idx in order[: steps * batch_size].reshape(steps, batch_size):
+    for idx in epoch_batches(rows, batch_size, seed=seed, epoch=epoch):
       averaging_state, metrics = step(averaging_state, take(train.inputs, idx), train.targets[idx])
       losses.append(metrics["loss"])
     record = _epoch_record(epoch, losses, averaging.posterior(averaging_state))

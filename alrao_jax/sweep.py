@@ -31,8 +31,8 @@ from alrao_jax.loop import (
   check_split_labels,
   check_streams,
   checked_splits,
-  evaluate_in_chunks,
-  evaluate_streams,
+  epoch_batches,
+  evaluate_split,
   nnx_outputs,
   num_outputs,
   stop_reason,
@@ -398,36 +398,26 @@ def sweep(
   train_all = jax.jit(jax.vmap(step, in_axes=(0, None, None)), donate_argnums=0)
   evaluate_all = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
 
-  def evaluate_split(split: Any) -> dict[str, Any]:
-    if carry:
-      return evaluate_streams(
-        evaluate_all,
-        states,
-        split.inputs,
-        split.targets,
-        streams=batch_size,
-        carry=carry,
-        chunk=eval_batch_size,
-      )
-    return evaluate_in_chunks(evaluate_all, states, *split, eval_batch_size)
+  def evaluate_all_on(split: Any) -> dict[str, Any]:
+    return evaluate_split(
+      evaluate_all, states, split, carry=carry, streams=batch_size, chunk=eval_batch_size
+    )
 
-  start_valid_loss = float(evaluate_split(valid)["loss"][0])  # the members start equal
+  start_valid_loss = float(evaluate_all_on(valid)["loss"][0])  # the members start equal
   best_states = jax.tree.map(jnp.copy, states)
   histories: list[list[dict[str, Any]]] = [[] for _ in range(count)]
   best = np.full(count, np.inf)
   best_epochs = np.zeros(count, int)
   stopped: list[str | None] = [None] * count
-  steps = rows // batch_size
   for epoch in range(1, epochs + 1):
-    order = np.arange(rows) if carry else np.random.default_rng([seed, epoch]).permutation(rows)
     states = zero_collections(states, carry)
     losses = []
-    for idx in order[: steps * batch_size].reshape(steps, batch_size):
+    for idx in epoch_batches(rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)):
       states, metrics = train_all(states, take(train.inputs, idx), train.targets[idx])
       losses.append(metrics["loss"])
     train_losses = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64)
     posteriors = np.asarray(metrics["posterior"], np.float64)
-    found = {prefix: evaluate_split(split) for prefix, split in (("valid", valid), ("test", test))}
+    found = {prefix: evaluate_all_on(split) for prefix, split in (("valid", valid), ("test", test))}
     improved = np.zeros(count, bool)
     for i in range(count):
       if stopped[i] is not None:
