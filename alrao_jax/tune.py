@@ -134,6 +134,15 @@ def race_pick(
   return best
 
 
+def picked_rate(race: SweepResult, suggestion: float, *, tolerance: float = TOLERANCE) -> float:
+  """The rate :func:`race_pick` takes from a race run by :func:`alrao_jax.sweep` (nan when
+  every racer diverged)."""
+  pick = race_pick(
+    race.values, race.valid_losses, race.start_valid_loss, suggestion, tolerance=tolerance
+  )
+  return float(race.values[pick]) if pick >= 0 else float("nan")
+
+
 def tune(
   model: nn.Module | nnx.Module,
   splits: Any,
@@ -232,15 +241,15 @@ def tune(
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
     initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    rng_kwargs = {"carry": carry} if tuple(carry) else {}  # which fit refuses, naming it
+    linen_kwargs = {"carry": carry} if tuple(carry) else {}  # fit refuses it, naming it
   else:
     racer = plain_model if plain_model is not None else model
     example = model_args(take(splits.train.inputs, slice(0, batch_size)))
     initial = create_train_state(
       model, tx, jax.random.key(seed), *example, rng_streams=rng_streams, **dict(eval_kwargs or {})
     ).params
-    rng_kwargs = {"rng_streams": rng_streams, "carry": carry}
-  result = fit(model, tx, splits, **fit_kwargs, **kwargs, **rng_kwargs)
+    linen_kwargs = {"rng_streams": rng_streams, "carry": carry}
+  result = fit(model, tx, splits, **fit_kwargs, **kwargs, **linen_kwargs)
   if isinstance(model, nnx.Module):  # trained in place, left at its best epoch
     params, averaging_state = nnx.state(model, nnx.Param), result.state
   else:
@@ -266,14 +275,11 @@ def tune(
     seed=seed,
     batch_size=batch_size,
     **kwargs,
-    **rng_kwargs,
+    **linen_kwargs,
   )
   total = time.perf_counter() - start
-  pick = race_pick(
-    race.values, race.valid_losses, race.start_valid_loss, suggestion.lr, tolerance=tolerance
-  )
   return TuneResult(
-    lr=float(race.values[pick]) if pick >= 0 else float("nan"),
+    lr=picked_rate(race, suggestion.lr, tolerance=tolerance),
     suggestion=suggestion,
     candidates=candidates,
     race=race,

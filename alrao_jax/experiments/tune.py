@@ -27,7 +27,7 @@ from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import ScaleByRatesState
-from alrao_jax.tune import TOLERANCE, check_tolerance, race_candidates, race_pick
+from alrao_jax.tune import TOLERANCE, check_tolerance, picked_rate, race_candidates
 
 REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
 
@@ -187,11 +187,9 @@ def tune(
       **MODES,
     )
     race_seconds = time.perf_counter() - start
-    pick = race_pick(
-      race.values, race.valid_losses, race.start_valid_loss, suggestion.lr, tolerance=tolerance
-    )
-    if pick >= 0:
-      lr = float(race.values[pick])
+    picked = picked_rate(race, suggestion.lr, tolerance=tolerance)
+    if np.isfinite(picked):
+      lr = picked
   sgd_run, _ = timed_fit(
     task, make(optimizer, lr=lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
