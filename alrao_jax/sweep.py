@@ -67,7 +67,7 @@ class SweepResult(NamedTuple):
   histories: list[list[dict[str, Any]]]  # per member, per epoch: as fit's history
   best_epochs: np.ndarray  # (M,) each member's best validation epoch, 1-based; 0: none finite
   valid_losses: np.ndarray  # (M,) each member's best validation loss (inf: none finite)
-  test: list[dict[str, float]]  # per member: test metrics at its best epoch
+  test: list[dict[str, float]]  # per member: test metrics at its best epoch ({}: not evaluated)
   stopped: list[str]  # per member: "epochs", "patience" or "diverged" (see fit)
   best_index: int  # the member of lowest validation loss; -1 when none had a finite one
   best_value: float  # its value (nan when none)
@@ -272,6 +272,7 @@ def sweep(
   eval_batch_size: int | None = 1024,
   mesh: jax.sharding.Mesh | None = None,
   on_epoch: Callable[[int, list[list[dict[str, Any]]]], None] | None = None,
+  evaluate_test: bool = True,
 ) -> SweepResult:
   """Trains one run per value of a hyperparameter, all in one jitted program.
 
@@ -311,6 +312,10 @@ def sweep(
     mesh: a ``jax.sharding.Mesh`` with an axis named ``"members"``: the members are sharded
       over it (their number a multiple of its size), each device training its share.
     on_epoch: called after each epoch with its number and every member's history so far.
+    evaluate_test: evaluate the test split every epoch, as fit does; ``False`` skips it (no
+      ``test_*`` metrics in the histories, ``SweepResult.test`` holds empty dicts), for a
+      sweep read on validation only, such as :func:`alrao_jax.tune`'s race: it saves the
+      test split's evaluations and their compilation.
 
   Returns:
     A :class:`SweepResult`.
@@ -340,6 +345,8 @@ def sweep(
   if patience is not None:
     patience = check_int(patience, "patience", minimum=1)
   check_eval_batch_size(eval_batch_size)
+  if not isinstance(evaluate_test, bool):
+    raise TypeError(f"evaluate_test must be True or False, got {evaluate_test!r}.")
   if mesh is not None:
     _check_mesh(mesh, len(values_))
   splits, rows = checked_splits(splits, batch_size)
@@ -417,7 +424,8 @@ def sweep(
       losses.append(metrics["loss"])
     train_losses = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64)
     posteriors = np.asarray(metrics["posterior"], np.float64)
-    found = {prefix: evaluate_all_on(split) for prefix, split in (("valid", valid), ("test", test))}
+    evaluated = (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),)
+    found = {prefix: evaluate_all_on(split) for prefix, split in evaluated}
     improved = np.zeros(count, bool)
     for i in range(count):
       if stopped[i] is not None:
@@ -455,7 +463,7 @@ def sweep(
     best_epochs=best_epochs,
     valid_losses=best,
     test=[
-      test_metrics_of(h[e - 1]) if e else {"loss": float("inf")}
+      (test_metrics_of(h[e - 1]) if e else {"loss": float("inf")}) if evaluate_test else {}
       for h, e in zip(histories, best_epochs, strict=True)
     ],
     stopped=[reason or "epochs" for reason in stopped],

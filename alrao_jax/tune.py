@@ -35,6 +35,7 @@ OPTIMIZERS = {"sgd": (alrao_sgd, optax.sgd), "adam": (alrao_adam, optax.adam)}
 NEIGHBOUR_DECADES = 0.5  # each candidate is raced with its neighbours this far on each side
 MERGE_DECADES = 0.2  # candidates closer than this are raced once
 TOLERANCE = 0.2  # the suggestion's racer may lag the best by this share of the best's progress
+RACE_EPOCHS = 2  # the longest race by default (see race_length)
 
 
 class TuneResult(NamedTuple):
@@ -62,6 +63,29 @@ def race_candidates(suggestion: LRSuggestion) -> np.ndarray:
     if all(abs(value - k) >= MERGE_DECADES for k in kept):
       kept.append(value)
   return 10.0 ** np.sort(np.asarray(kept))
+
+
+def race_length(epochs: int, racers: int) -> int:
+  """The race's default length in epochs: ``epochs // racers``, at least 1 and at most
+  :data:`RACE_EPOCHS` (2).
+
+  The racers together then train about as many epochs as the Alrao run (``epochs``), so that on
+  a CPU, where a vmapped member costs about one run's share, the race costs about one plain run
+  (an Alrao run of 5 epochs and 7 racers: 1 epoch); a longer run races for 2 epochs.
+
+  Args:
+    epochs: the Alrao run's epochs.
+    racers: the number of rates raced.
+
+  Returns:
+    The race's epochs, 1 or 2.
+
+  Example:
+    >>> from alrao_jax.tune import race_length
+    >>> race_length(60, 6), race_length(5, 7)
+    (2, 1)
+  """
+  return int(np.clip(epochs // max(racers, 1), 1, RACE_EPOCHS))
 
 
 def check_tolerance(tolerance: float) -> None:
@@ -150,7 +174,7 @@ def tune(
   lr_min: float,
   lr_max: float,
   epochs: int,
-  race_epochs: int = 2,
+  race_epochs: int | None = None,
   tolerance: float = TOLERANCE,
   optimizer: str = "sgd",
   plain_model: nn.Module | nnx.Module | None = None,
@@ -171,9 +195,9 @@ def tune(
      parameters: the suggestion and every candidate it weighed (see
      :func:`race_candidates`).
   3. A race of the candidates with ``optax.sgd`` (or ``optax.adam``): ``race_epochs``
-     epochs, all in one program (:func:`alrao_jax.sweep`). The suggestion's racer is picked
-     unless the race clearly beat it, else the best racer (:func:`alrao_jax.race_pick`,
-     ``tolerance``).
+     epochs, all in one program (:func:`alrao_jax.sweep`, read on validation only). The
+     suggestion's racer is picked unless the race clearly beat it, else the best racer
+     (:func:`alrao_jax.race_pick`, ``tolerance``).
 
   Args:
     model: a linen or NNX module ending with an Alrao head. An NNX model is trained in place
@@ -182,7 +206,8 @@ def tune(
     lr_min: the Alrao interval's lower end.
     lr_max: its upper end.
     epochs: epochs of the Alrao run.
-    race_epochs: epochs of the race, >= 1.
+    race_epochs: epochs of the race, >= 1; default :func:`race_length` (``epochs`` divided by
+      the number of racers, 1 or 2: the race costs about one plain run).
     tolerance: how far the suggestion's racer may lag the best racer and still be picked, as a
       share of the best racer's fall in validation loss (see :func:`alrao_jax.race_pick`); 0 picks
       the race's best.
@@ -226,7 +251,8 @@ def tune(
   if optimizer not in OPTIMIZERS:
     raise ValueError(f"optimizer must be one of {sorted(OPTIMIZERS)}, got {optimizer!r}.")
   check_bounds(lr_min, lr_max)
-  race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
+  if race_epochs is not None:
+    race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
   check_tolerance(tolerance)
   epochs = check_int(epochs, "epochs", minimum=1)
   make_alrao, plain = OPTIMIZERS[optimizer]
@@ -271,9 +297,10 @@ def tune(
     plain,
     splits,
     values=candidates,
-    epochs=race_epochs,
+    epochs=race_length(epochs, len(candidates)) if race_epochs is None else race_epochs,
     seed=seed,
     batch_size=batch_size,
+    evaluate_test=False,
     **kwargs,
     **linen_kwargs,
   )

@@ -39,7 +39,6 @@ from alrao_jax.screen import SGD_GRID
 from alrao_jax.tune import TOLERANCE
 
 PATIENCE = 20
-RACE_EPOCHS = 2
 
 
 class Setting(NamedTuple):
@@ -83,7 +82,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
     k: [] for k in ("tune", "lr_find", "refocus", "cosine")
   }
   for seed in seeds:
-    found = tune(task, epochs=epochs, seed=seed, patience=PATIENCE, race_epochs=RACE_EPOCHS)
+    found = tune(task, epochs=epochs, seed=seed, patience=PATIENCE)
     kept = found.alrao.history[max(found.alrao.best_epoch, 1) - 1]["posterior"]
     suggestion = found.suggestion.lr
     alone = found.sgd if suggestion == found.lr else sgd(suggestion, seed)
@@ -100,6 +99,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
         "tune_lr": found.lr,
         "race_best": found.race.best_value,
         "race_rates": len(found.race.values),
+        "race_epochs": max(len(h) for h in found.race.histories),
         "race_seconds": found.race_seconds,
         "tune_sgd_loss": found.sgd.test["loss"],
       }
@@ -204,7 +204,9 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     "## Which rate? `tune`, `suggest_lr` alone and `lr_find` alone against the grid",
     "",
     f"`tune`: one Alrao-SGD run, `suggest_lr`'s candidates and their neighbours half a decade "
-    f"away raced with plain SGD for {RACE_EPOCHS} epochs in one program (`alrao_jax.sweep`); "
+    "away raced with plain SGD in one program (`alrao_jax.sweep`) for the run's epochs over "
+    "the number of racers, 1 or 2 (`race_length`; the race's rates x epochs are in the "
+    "per-seed table); "
     "the suggestion's racer is picked unless its validation loss fell less than "
     f"{1 - TOLERANCE:g} of the best racer's fall from their common start, else the best "
     "racer (`race_pick`). `suggest_lr` alone: the same Alrao run's "
@@ -236,17 +238,20 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     )
   lines += [
     "",
-    "Per seed: the suggestion and its confidence, the race's best, tune's pick, and SGD at "
-    "each / tuned SGD.",
+    "Per seed: the suggestion and its confidence, the race (rates x epochs) and its best, "
+    "tune's pick, and SGD at each / tuned SGD.",
     "",
-    "| task | seed | suggest_lr | confidence | SGD at it / tuned | race's best | tune's pick | "
-    "SGD at it / tuned | range test valley | SGD at it / tuned |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| task | seed | suggest_lr | confidence | SGD at it / tuned | race | race's best | "
+    "tune's pick | SGD at it / tuned | range test valley | SGD at it / tuned |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for task, r in results.items():
     tuned = r["grid"]["best_loss"]
     for seed, (t, f) in enumerate(zip(r["tune"], r["lr_find"], strict=True)):
-      race = f"{t['race_best']:.3g} | {t['tune_lr']:.3g} | {t['tune_sgd_loss'] / tuned[seed]:.3f}"
+      race = (
+        f"{t['race_rates']} x {t['race_epochs']} | {t['race_best']:.3g} | {t['tune_lr']:.3g} | "
+        f"{t['tune_sgd_loss'] / tuned[seed]:.3f}"
+      )
       lines.append(
         f"| {task} | {seed} | {t['lr']:.3g} | {t['confidence']} | "
         f"{t['sgd_loss'] / tuned[seed]:.3f} | {race} | {f['valley_lr']:.3g} | "

@@ -95,6 +95,8 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "tune_lr": 0.1,
           "race_best": 0.1,
           "race_seconds": 2,
+          "race_rates": 6,
+          "race_epochs": 2,
           "tune_sgd_loss": 0.02,
         },
         {
@@ -109,6 +111,8 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "tune_lr": 0.1,
           "race_best": 0.316,
           "race_seconds": 2,
+          "race_rates": 6,
+          "race_epochs": 2,
           "tune_sgd_loss": 0.048,
         },
       ],
@@ -155,8 +159,8 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "The best of the three suggestions is Alrao's suggestion on digits." in text
   assert "refocused run beats one plain Alrao run on digits" in text  # 1.5 against 2.0
   assert "tune (Alrao + race) meets all three goals" in text and "on 0 of 1 tasks" in text
-  # per seed: the suggestion, the race's best and tune's pick (the suggestion or the race's best)
-  assert "| digits | 1 | 0.01 | low | 0.750 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
+  # per seed: the suggestion, the race (rates x epochs), its best and tune's pick
+  assert "| digits | 1 | 0.01 | low | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):

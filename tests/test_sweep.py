@@ -118,6 +118,17 @@ def test_any_injected_hyperparameter_is_swept_with_one_compile():
   _same_history(result.histories[2], alone.history)
 
 
+def test_a_sweep_read_on_validation_only_skips_the_test_split_and_trains_the_same():
+  kwargs = {"values": [0.1, 1.0], "epochs": 2, "batch_size": 40}
+  full = alrao_jax.sweep(nn.Dense(3), optax.sgd, SPLITS, **kwargs)
+  valid_only = alrao_jax.sweep(nn.Dense(3), optax.sgd, SPLITS, evaluate_test=False, **kwargs)
+  assert valid_only.test == [{}, {}] and all("loss" in t for t in full.test)
+  for a, b in zip(valid_only.histories, full.histories, strict=True):
+    assert [r["valid_loss"] for r in a] == [r["valid_loss"] for r in b]
+    assert not any(k.startswith("test_") for r in a for k in r)
+  assert valid_only.best_epochs.tolist() == full.best_epochs.tolist()
+
+
 def test_a_sweep_compiles_its_step_once_for_every_value(monkeypatch):
   compiled = []
   original = jax.jit
@@ -143,6 +154,7 @@ def test_a_sweep_compiles_its_step_once_for_every_value(monkeypatch):
     ({"values": [0.1], "hyperparam": "beta"}, TypeError, r"no argument named 'beta'"),
     ({"values": [0.1], "epochs": 0}, ValueError, r"epochs"),
     ({"values": [0.1], "batch_size": 500}, ValueError, r"batch_size must be in \[1, 120\]"),
+    ({"values": [0.1], "evaluate_test": "no"}, TypeError, r"evaluate_test must be True or"),
   ],
 )
 def test_bad_arguments_are_named(kwargs, error, match):

@@ -157,9 +157,10 @@ def test_an_nnx_model_is_tuned_in_place_and_its_race_starts_from_its_start():
   splits = _digits()
   model = Net(nnx.Rngs(0))
   start = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-  tuned = alrao_jax.tune(
-    model, splits, lr_min=1e-4, lr_max=10.0, epochs=3, race_epochs=1, batch_size=64
-  )
+  tuned = alrao_jax.tune(model, splits, lr_min=1e-4, lr_max=10.0, epochs=3, batch_size=64)
+  # by default the race costs about one run: 3 epochs over >= 3 racers, 1 epoch, validation only
+  assert len(tuned.race.values) >= 3 and max(len(h) for h in tuned.race.histories) == 1
+  assert not any(k.startswith("test_") for h in tuned.race.histories for k in h[0])
   moved = jax.tree.leaves(
     jax.tree.map(lambda a, b: jnp.abs(a - b).max(), nnx.state(model, nnx.Param), start)
   )

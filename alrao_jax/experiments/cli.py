@@ -57,7 +57,7 @@ from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
 from alrao_jax.sweep import SweepResult, sweep
-from alrao_jax.tune import TOLERANCE
+from alrao_jax.tune import TOLERANCE, race_length
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -573,7 +573,7 @@ def _tune(args: argparse.Namespace) -> None:
   _check_data_options(s)
   _check_optimizer_options(s)
   grid = _grid(args.grid) if args.verify else []
-  if args.race_epochs < 0:
+  if args.race_epochs is not None and args.race_epochs < 0:
     raise UsageError(f"--race-epochs must be >= 0 (0: no race), got {args.race_epochs}")
   if not 0.0 <= args.tolerance <= 1.0:
     raise UsageError(f"--tolerance must be in [0, 1], got {args.tolerance}")
@@ -613,7 +613,9 @@ def _tune(args: argparse.Namespace) -> None:
   }
   if (race := result.race) is not None:
     summary["race"] = {
-      "epochs": args.race_epochs,
+      "epochs": race_length(s["epochs"], len(race.values))
+      if args.race_epochs is None
+      else args.race_epochs,
       "start_valid_loss": race.start_valid_loss,
       "valid_loss": {f"{v:.3g}": loss for v, loss in _pairs(race.values, race.valid_losses)},
       "tolerance": args.tolerance,
@@ -881,9 +883,8 @@ def _parser() -> argparse.ArgumentParser:
   tuner.add_argument(
     "--race-epochs",
     type=int,
-    default=2,
     help="epochs of the race of the candidate rates; 0: no race, SGD at the suggestion "
-    "(default: 2)",
+    "(default: --epochs over the number of racers, 1 or 2)",
   )
   tuner.add_argument(
     "--tolerance",

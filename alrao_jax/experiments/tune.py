@@ -27,7 +27,13 @@ from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import ScaleByRatesState
-from alrao_jax.tune import TOLERANCE, check_tolerance, picked_rate, race_candidates
+from alrao_jax.tune import (
+  TOLERANCE,
+  check_tolerance,
+  picked_rate,
+  race_candidates,
+  race_length,
+)
 
 REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
 
@@ -127,7 +133,7 @@ def tune(
   make: Callable[..., Method] = make_method,
   alrao_options: dict[str, Any] | None = None,
   optimizer: str = "sgd",
-  race_epochs: int = 2,
+  race_epochs: int | None = None,
   tolerance: float = TOLERANCE,
   **fit_kwargs: Any,
 ) -> TuneResult:
@@ -151,7 +157,8 @@ def tune(
       bound), used for every run.
     alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
     optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is tuned.
-    race_epochs: epochs of the race; 0: no race, the final run is at the suggestion.
+    race_epochs: epochs of the race; 0: no race, the final run is at the suggestion; default
+      :func:`alrao_jax.tune.race_length` (``epochs`` over the number of racers, 1 or 2).
     tolerance: see :func:`alrao_jax.race_pick` (0: the race's best).
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
@@ -160,7 +167,8 @@ def tune(
   """
   if optimizer not in ("sgd", "adam"):
     raise ValueError(f"optimizer must be 'sgd' or 'adam', got {optimizer!r}.")
-  race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
+  if race_epochs is not None:
+    race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
   check_tolerance(tolerance)
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}
@@ -173,17 +181,19 @@ def tune(
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
   lr, race, race_seconds = suggestion.lr, None, 0.0
-  if race_epochs:
+  if race_epochs != 0:
     start = time.perf_counter()
+    candidates = race_candidates(suggestion)
     race = sweep(
       task.build(1),
       racing_optimizer(make, optimizer, seed=seed),
       task.splits,
-      values=race_candidates(suggestion),
-      epochs=race_epochs,
+      values=candidates,
+      epochs=race_length(epochs, len(candidates)) if race_epochs is None else race_epochs,
       seed=seed,
       batch_size=task.batch_size,
       carry=task.carry,
+      evaluate_test=False,
       **MODES,
     )
     race_seconds = time.perf_counter() - start
