@@ -565,21 +565,26 @@ def evaluation_memory(rows: int, chunk: int, streams: int = 20) -> list[str]:
 
 
 def ran_on(minutes: float) -> str:
-  """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), x86_64, jax 0.10.2;
-  2026-12-02" (the header line of the results that report a run's minutes)."""
+  """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
+  Processor (x86_64), jax 0.10.2; 2026-12-02" (the header line of the results that report a
+  run's minutes; the processor, since training on it rounds its own way)."""
   return (
     f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
-    f"{platform.machine()}, jax {jax.__version__}; {datetime.date.today()}"
+    f"{processor()} ({platform.machine()}), jax {jax.__version__}; {datetime.date.today()}"
   )
 
 
-def machine() -> str:
-  cpu = platform.processor() or platform.machine()
+def processor() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
   try:
     with open("/proc/cpuinfo") as f:
-      cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
-    pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  cpu = processor()
   return (
     f"{jax.devices()[0].platform.upper()} ({jax.devices()[0].device_kind}); {cpu}; "
     f"{os.cpu_count()} cores visible; Python {platform.python_version()}, "

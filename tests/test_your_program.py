@@ -299,3 +299,24 @@ def test_a_resnet_with_batch_stats_and_a_deterministic_flag_fits_steps_and_predi
     state, loss = step(state, images[:64], labels[:64], jax.random.key(i))
     losses.append(float(loss))
   assert np.isfinite(losses).all() and np.mean(losses[-5:]) < np.mean(losses[:5])
+
+
+def test_a_two_input_model_is_swept_as_fit_trains_it_and_tuned():
+  splits = alrao_jax.split_arrays((IDS, LENGTHS), Y, valid=40, test=40)
+  evaluation = TwoInput(copies=None, deterministic=True)
+  kwargs = {"epochs": 3, "eval_model": evaluation, "seed": 2}
+  swept = alrao_jax.sweep(TwoInput(copies=None), optax.sgd, splits, values=[0.3, 1.0], **kwargs)
+  alone = alrao_jax.fit(TwoInput(copies=None), optax.sgd(1.0), splits, **kwargs)
+  for got, want in zip(swept.histories[1], alone.history, strict=True):
+    for key in ("train_loss", "valid_loss", "test_loss"):
+      np.testing.assert_allclose(got[key], want[key], rtol=2e-4, atol=1e-6, err_msg=key)
+  tuned = alrao_jax.tune(
+    TwoInput(deterministic=True),
+    splits,
+    lr_min=1e-3,
+    lr_max=10.0,
+    epochs=4,
+    plain_model=TwoInput(copies=None, deterministic=True),
+  )
+  assert tuned.lr in tuned.candidates and np.isfinite(tuned.race.start_valid_loss)
+  assert np.isfinite(tuned.race.valid_losses).any() and np.isfinite(tuned.suggestion.lr)
