@@ -416,6 +416,7 @@ def sweep(
   best = np.full(count, np.inf)
   best_epochs = np.zeros(count, int)
   stopped: list[str | None] = [None] * count
+  evaluated = (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),)
   for epoch in range(1, epochs + 1):
     states = zero_collections(states, carry)
     losses = []
@@ -424,7 +425,6 @@ def sweep(
       losses.append(metrics["loss"])
     train_losses = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64)
     posteriors = np.asarray(metrics["posterior"], np.float64)
-    evaluated = (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),)
     found = {prefix: evaluate_all_on(split) for prefix, split in evaluated}
     improved = np.zeros(count, bool)
     for i in range(count):

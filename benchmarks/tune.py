@@ -99,7 +99,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
         "tune_lr": found.lr,
         "race_best": found.race.best_value,
         "race_rates": len(found.race.values),
-        "race_epochs": max(len(h) for h in found.race.histories),
+        "race_epochs": found.race_epochs,
         "race_seconds": found.race_seconds,
         "tune_sgd_loss": found.sgd.test["loss"],
       }

@@ -200,6 +200,7 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
   assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
   race = summary["race"]["valid_loss"]  # the suggestion among the candidates, race_pick's pick
   assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
+  assert summary["race"]["epochs"] == 1  # race_length's default: 2 epochs over >= 3 racers
   pick = race_pick(
     [float(rate) for rate in race],
     list(race.values()),

@@ -57,7 +57,7 @@ from alrao_jax.loop import STOP_REASONS, FitResult, fit, test_metrics_of
 from alrao_jax.screen import SGD_GRID, screen
 from alrao_jax.suggest_lr import describe
 from alrao_jax.sweep import SweepResult, sweep
-from alrao_jax.tune import TOLERANCE, race_length
+from alrao_jax.tune import TOLERANCE
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -613,9 +613,7 @@ def _tune(args: argparse.Namespace) -> None:
   }
   if (race := result.race) is not None:
     summary["race"] = {
-      "epochs": race_length(s["epochs"], len(race.values))
-      if args.race_epochs is None
-      else args.race_epochs,
+      "epochs": result.race_epochs,
       "start_valid_loss": race.start_valid_loss,
       "valid_loss": {f"{v:.3g}": loss for v, loss in _pairs(race.values, race.valid_losses)},
       "tolerance": args.tolerance,

@@ -47,6 +47,7 @@ class TuneResult(NamedTuple):
   sgd: RunResult  # the plain optimizer (SGD, or Adam for Alrao-Adam) at ``lr``
   race: SweepResult | None  # the race of the candidates; None with race_epochs=0
   race_seconds: float  # wall time of the race, compilation included (0 without one)
+  race_epochs: int  # the race's length in epochs (race_length by default; 0 without a race)
 
 
 def initial_params(task: Task, method: Method, seed: int) -> Any:
@@ -184,12 +185,14 @@ def tune(
   if race_epochs != 0:
     start = time.perf_counter()
     candidates = race_candidates(suggestion)
+    if race_epochs is None:
+      race_epochs = race_length(epochs, len(candidates))
     race = sweep(
       task.build(1),
       racing_optimizer(make, optimizer, seed=seed),
       task.splits,
       values=candidates,
-      epochs=race_length(epochs, len(candidates)) if race_epochs is None else race_epochs,
+      epochs=race_epochs,
       seed=seed,
       batch_size=task.batch_size,
       carry=task.carry,
@@ -203,7 +206,7 @@ def tune(
   sgd_run, _ = timed_fit(
     task, make(optimizer, lr=lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
-  return TuneResult(lr, suggestion, alrao_run, sgd_run, race, race_seconds)
+  return TuneResult(lr, suggestion, alrao_run, sgd_run, race, race_seconds, race_epochs)
 
 
 def replace_body_rates(opt_state: Any, rates: Any) -> Any:
