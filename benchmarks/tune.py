@@ -3,16 +3,19 @@
 Usage:
   python benchmarks/tune.py           # full run, writes benchmarks/results/tune.md,
                                       # tune.json and tune_schedules.png
+  python benchmarks/tune.py --name tune_amd  # the same as tune_amd.md, .json, _schedules.png
+                                      # (a second processor's run beside the first)
   python benchmarks/tune.py --quick   # smoke test: tiny data, 2 epochs, 1 seed, short grid
 
 Per bundled task and seed: the SGD grid (constant rate, and with a cosine schedule), one
-Alrao-SGD run, a 2-epoch race of the rates ``alrao_jax.suggest_lr`` reads off it and SGD at the
-winner (``alrao-jax tune``), SGD at the suggestion alone,
-the range test's suggestions (``lr_find``: fastai's ``valley`` and ``minimum``) each followed
-by one SGD run, the one-run variant (``refocus``: the body's rates narrowed to
-``[lr / 10, 10 lr]`` around the suggestion after a quarter of the epochs), and Alrao-SGD with
-a cosine schedule against tuned SGD with the same schedule (the paper's open question). Every
-run keeps its best validation epoch (early stopping with patience 20, as the paper).
+Alrao-SGD run, a short race (``alrao_jax.tune.race_length``: 1 or 2 epochs) of the rates
+``alrao_jax.suggest_lr`` reads off it and SGD at the rate it picks (``alrao-jax tune``), SGD at
+the suggestion alone, the range test's suggestions (``lr_find``: fastai's ``valley`` and
+``minimum``) each followed by one SGD run, the one-run variant (``refocus``: the body's rates
+narrowed to ``[lr / 10, 10 lr]`` around the suggestion after a quarter of the epochs), and
+Alrao-SGD with a cosine schedule against tuned SGD with the same schedule (the paper's open
+question). Every run keeps its best validation epoch (early stopping with patience 20, as the
+paper).
 Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared/data/ptb-char).
 """
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import sys
 import time
 from typing import Any, NamedTuple
@@ -260,7 +264,7 @@ def trust_table(results: dict[str, Any]) -> list[str]:
   return [*lines, ""]
 
 
-def report(results: dict[str, Any], header: list[str]) -> list[str]:
+def report(results: dict[str, Any], header: list[str], prefix: str = "tune") -> list[str]:
   lines = [
     *header,
     *trust_table(results),
@@ -331,7 +335,7 @@ def report(results: dict[str, Any], header: list[str]) -> list[str]:
       f"{tuned_cos * scale:.4f} ({r['grid_cosine']['best_lr']:g}) | {alrao_cos * scale:.4f} | "
       f"{alrao_cos / tuned_cos:.3f} |"
     )
-  lines += ["", "![schedules](tune_schedules.png)", "", *findings(results), ""]
+  lines += ["", f"![schedules]({prefix}_schedules.png)", "", *findings(results), ""]
   return lines
 
 
@@ -411,7 +415,12 @@ def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="smoke test: tiny, fast")
   parser.add_argument("--out", default="benchmarks/results", help="folder of the results")
+  parser.add_argument(
+    "--name", default="tune", help="the results' name: NAME.md, NAME.json, NAME_schedules.png"
+  )
   args = parser.parse_args()
+  if not re.fullmatch(r"[\w-]+", args.name):
+    parser.error(f"--name must be letters, digits, '_' or '-' (a file name), got {args.name!r}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = QUICK if args.quick else FULL
@@ -427,16 +436,19 @@ def main() -> None:
     if args.quick:
       task = task.shrink(QUICK_ROWS)
     results[setting.task] = run_task(task, setting, grid, log)
-  (out / "tune.json").write_text(json.dumps(results, indent=1) + "\n")
-  plot(results, out / "tune_schedules.png")
+  (out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+  plot(results, out / f"{args.name}_schedules.png")
   minutes = (time.perf_counter() - start) / 60
   command = "python benchmarks/tune.py" + (" --quick" if args.quick else "")
   if args.out != "benchmarks/results":
     command += f" --out {args.out}"
+  if args.name != "tune":
+    command += f" --name {args.name}"
   header = [
     "# Alrao as a learning-rate tuner, a one-run variant, and schedules",
     "",
-    f"Command: `{command}` (this file, tune.json and tune_schedules.png). {ran_on(minutes)}. "
+    f"Command: `{command}` (this file, {args.name}.json and {args.name}_schedules.png). "
+    f"{ran_on(minutes)}. "
     "Epochs and seeds per task: "
     + ", ".join(f"{n} {r['epochs']} epochs x {r['seeds']} seeds" for n, r in results.items())
     + f"; early stopping with patience {PATIENCE}; SGD grid "
@@ -444,8 +456,8 @@ def main() -> None:
     + ".",
     "",
   ]
-  (out / "tune.md").write_text("\n".join(report(results, header)) + "\n")
-  print(f"wrote {out / 'tune.md'}")
+  (out / f"{args.name}.md").write_text("\n".join(report(results, header, args.name)) + "\n")
+  print(f"wrote {out / f'{args.name}.md'}")
 
 
 if __name__ == "__main__":

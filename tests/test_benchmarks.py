@@ -161,6 +161,9 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "tune (Alrao + race) meets all three goals" in text and "on 0 of 1 tasks" in text
   # per seed: the suggestion, the race (rates x epochs), its best and tune's pick
   assert "| digits | 1 | 0.01 | low | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
+  assert "![schedules](tune_schedules.png)" in text
+  # a second processor's run (--name tune_amd) shows its own figure
+  assert "![schedules](tune_amd_schedules.png)" in tune.report(results, ["# h"], "tune_amd")
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
