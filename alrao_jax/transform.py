@@ -259,9 +259,9 @@ def rates_of(opt_state: optax.OptState) -> optax.Params:
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
-    >>> params = {'w': jnp.ones((2, 3))}
+    >>> params = {'kernel': jnp.ones((2, 3))}  # a Dense kernel: one rate per output unit
     >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
-    >>> alrao_jax.rates_of(tx.init(params))['w'].shape
+    >>> alrao_jax.rates_of(tx.init(params))['kernel'].shape
     (1, 3)
   """
   found = optax.tree_utils.tree_get_all_with_path(

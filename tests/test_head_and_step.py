@@ -456,7 +456,7 @@ def test_the_heads_outputs_name_the_fix_where_logits_would_go():
 
 
 def test_rates_of_reads_the_rates_inside_any_combinator():
-  params = {"w": jnp.ones((2, 3))}
+  params = {"kernel": jnp.ones((2, 3))}
   tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0), momentum=0.9)
   want = alrao_jax.sample_rates(jax.random.key(0), params, 1e-3, 1.0)
   for wrapped in (tx, optax.chain(optax.clip(1.0), tx), optax.MultiSteps(tx, 2)):
