@@ -4,6 +4,7 @@ import pathlib
 import re
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -235,3 +236,36 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   assert geometric["decades"] == pytest.approx((-0.25 + 0) / 2, abs=1e-3)  # sqrt(0.316 * 0.01)
   text = rules.report({"toy": seeds}, ["# header", ""])
   assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text
+
+
+def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
+  bench = _import(monkeypatch, "adam_interval")
+
+  def row(tuned, default, narrow, two, ranged, interval=(1e-5, 0.1)):
+    found = {"default": default, "narrow": narrow, "two decades": two, "range test": ranged}
+    spans = {**bench.FIXED, "range test": interval}
+    return {
+      "tuned_loss": tuned,
+      "usual_loss": 1.5 * tuned,
+      "notes": [] if np.isfinite(interval[0]) else ["flat: the loss never fell"],
+      **{n: {"interval": list(spans[n]), "loss": v} for n, v in found.items()},
+    }
+
+  nan = float("nan")
+  results = {
+    "toy": {
+      "epochs": 2,
+      "tuned_lr": 0.01,
+      # seed 1's range test was flat: no interval, no run
+      "rows": [row(0.1, 0.3, 0.1, 0.2, 0.05), row(0.2, 0.2, 0.3, 0.2, nan, (nan, nan))],
+    }
+  }
+  text = "\n".join(bench.report(results, ["# header", ""]))
+  # default: 3 and 1 -> mean 2, worst 3; narrow 1 and 1.5; two decades 2 and 1; range test 0.5
+  assert (
+    "| toy | 0.01 | 1.500 | 2.000, 3.000 | 1.250, 1.500 | 1.500, 2.000 | 0.500, 0.500, 1 seed(s) "
+    "without | [1e-05, 0.1], [nan, nan] |" in text
+  )
+  assert "- toy: the closest to tuned Adam is the range test interval (0.500)" in text
+  assert "- The narrow interval beats the default on 1 of 1 tasks (toy)." in text
+  assert "- toy seed 1: flat: the loss never fell" in text
