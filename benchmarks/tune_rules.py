@@ -3,6 +3,7 @@ races of other lengths, against a quarter-decade SGD grid, and how noisy the goa
 
 Usage:
   python benchmarks/tune_rules.py          # writes benchmarks/results/tune_rules.md and .json
+  python benchmarks/tune_rules.py --name tune_rules_amd  # the same as tune_rules_amd.md, .json
   python benchmarks/tune_rules.py --quick  # smoke test: tiny data, 2 epochs, 1 seed, no file
 
 Per bundled task (digits, mnist1d, mnist1d-mlp; ptb-char's 14-rate grid would take hours on a
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -237,7 +239,10 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
+  parser.add_argument("--name", default="tune_rules", help="the results' name: NAME.md, NAME.json")
   args = parser.parse_args(argv)
+  if not re.fullmatch(r"[\w-]+", args.name):
+    parser.error(f"--name must be letters, digits, '_' or '-' (a file name), got {args.name!r}")
   settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
   rates = FINE[4:9] if args.quick else FINE
   start = time.perf_counter()
@@ -252,10 +257,12 @@ def main(argv: list[str] | None = None) -> str:
       print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
   minutes = (time.perf_counter() - start) / 60
   command = "python benchmarks/tune_rules.py" + (" --quick" if args.quick else "")
+  if args.name != "tune_rules":
+    command += f" --name {args.name}"
   header = [
     "# Which rule picks SGD's rate: measured against a quarter-decade grid",
     "",
-    f"Command: `{command}` (this file and tune_rules.json). {ran_on(minutes)}. Epochs per task: "
+    f"Command: `{command}` (this file and {args.name}.json). {ran_on(minutes)}. Epochs per task: "
     + ", ".join(f"{n} {e}" for n, e in settings.items())
     + f", {seeds} seeds, early stopping with patience {PATIENCE}; SGD grid "
     + ", ".join(f"{v:.3g}" for v in rates)
@@ -265,8 +272,8 @@ def main(argv: list[str] | None = None) -> str:
   text = report(records, header)
   print(text)
   if not args.quick:
-    (RESULTS / "tune_rules.md").write_text(text)
-    (RESULTS / "tune_rules.json").write_text(json.dumps(records) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(records) + "\n")
   return text
 
 
