@@ -574,6 +574,16 @@ def ran_on(minutes: float) -> str:
   )
 
 
+def results_name(value: str) -> str:
+  """The ``type`` of a benchmark's ``--name`` option: the results' file name (letters, digits,
+  '_' or '-'; no folder), e.g. ``tune_amd`` for a second processor's run beside the first."""
+  if not re.fullmatch(r"[\w-]+", value):
+    raise argparse.ArgumentTypeError(
+      f"must be letters, digits, '_' or '-' (a file name), got {value!r}"
+    )
+  return value
+
+
 def processor() -> str:
   """The CPU's model name (from /proc/cpuinfo where there is one)."""
   try:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 from typing import Any, NamedTuple
@@ -32,7 +31,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on
+from speed import ran_on, results_name
 
 from alrao_jax.experiments.compare import RunResult, run_method, select_lr, timed_fit
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
@@ -416,11 +415,12 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="smoke test: tiny, fast")
   parser.add_argument("--out", default="benchmarks/results", help="folder of the results")
   parser.add_argument(
-    "--name", default="tune", help="the results' name: NAME.md, NAME.json, NAME_schedules.png"
+    "--name",
+    default="tune",
+    type=results_name,
+    help="the results' name: NAME.md, NAME.json, NAME_schedules.png",
   )
   args = parser.parse_args()
-  if not re.fullmatch(r"[\w-]+", args.name):
-    parser.error(f"--name must be letters, digits, '_' or '-' (a file name), got {args.name!r}")
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = QUICK if args.quick else FULL

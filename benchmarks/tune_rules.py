@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on
+from speed import ran_on, results_name
 
 from alrao_jax.experiments.compare import lowest_mean
 from alrao_jax.experiments.tasks import MODES, load_task
@@ -239,10 +238,10 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
-  parser.add_argument("--name", default="tune_rules", help="the results' name: NAME.md, NAME.json")
+  parser.add_argument(
+    "--name", default="tune_rules", type=results_name, help="the results' name: NAME.md, NAME.json"
+  )
   args = parser.parse_args(argv)
-  if not re.fullmatch(r"[\w-]+", args.name):
-    parser.error(f"--name must be letters, digits, '_' or '-' (a file name), got {args.name!r}")
   settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
   rates = FINE[4:9] if args.quick else FINE
   start = time.perf_counter()

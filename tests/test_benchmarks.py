@@ -1,5 +1,6 @@
 """The speed benchmark's --quick mode runs end to end (no timing thresholds: CI is noisy)."""
 
+import argparse
 import pathlib
 import re
 import sys
@@ -165,6 +166,9 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "![schedules](tune_schedules.png)" in text
   # a second processor's run (--name tune_amd) shows its own figure
   assert "![schedules](tune_amd_schedules.png)" in tune.report(results, ["# h"], "tune_amd")
+  assert tune.results_name("tune_amd") == "tune_amd"
+  with pytest.raises(argparse.ArgumentTypeError, match="a file name"):
+    tune.results_name("../tune")  # a name, not a path: the results stay beside the others
 
 
 def test_layer_schedule_report_counts_epochs_to_the_target(monkeypatch):
