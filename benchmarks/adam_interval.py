@@ -81,7 +81,8 @@ def run_task(task: Task, epochs: int, seeds: int, log) -> dict[str, Any]:
 
 
 def ratios(rows: list[dict[str, Any]], name: str) -> np.ndarray:
-  """Each seed's Alrao-Adam test loss over tuned Adam's (nan where there was no interval)."""
+  """Each seed's Alrao-Adam test loss over tuned Adam's (nan where there was no interval, inf
+  where the run diverged)."""
   return np.array([r[name]["loss"] / r["tuned_loss"] for r in rows])
 
 
@@ -100,7 +101,7 @@ def report(results: dict[str, Any], header: list[str]) -> list[str]:
     cells = []
     for name in NAMES:
       values = ratios(rows, name)
-      kept = values[np.isfinite(values)]
+      kept = values[~np.isnan(values)]  # a diverged run (inf) counts; a missing one does not
       if len(kept):
         means.setdefault(task, {})[name] = float(np.mean(kept))
         missing = f", {len(values) - len(kept)} seed(s) without" if len(kept) < len(values) else ""

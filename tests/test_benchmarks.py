@@ -273,3 +273,8 @@ def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
   assert "- toy: the closest to tuned Adam is the range test interval (0.500)" in text
   assert "- The narrow interval beats the default on 1 of 1 tasks (toy)." in text
   assert "- toy seed 1: flat: the loss never fell" in text
+  # a run that diverged (test loss inf) is the worst, not a seed without an interval
+  results["toy"]["rows"][0]["narrow"]["loss"] = float("inf")
+  text = "\n".join(bench.report(results, ["# header", ""]))
+  assert "| toy | 0.01 | 1.500 | 2.000, 3.000 | inf, inf | 1.500, 2.000 |" in text
+  assert "- The narrow interval beats the default on 0 of 1 tasks." in text
