@@ -136,7 +136,7 @@ def report(rows: list[dict[str, Any]], header: list[str]) -> list[str]:
       + f" | {row['range_test_seconds']:.1f} |"
     )
   means = {n: float(np.mean([r[n]["loss"] / r["tuned_loss"] for r in rows])) for n in names}
-  found = {n: v for n, v in means.items() if np.isfinite(v)}
+  found = {n: v for n, v in means.items() if not np.isnan(v)}  # a diverged run (inf) counts
   best = min(found, key=found.get)
   lines += [
     "",

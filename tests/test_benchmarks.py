@@ -278,3 +278,23 @@ def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
   text = "\n".join(bench.report(results, ["# header", ""]))
   assert "| toy | 0.01 | 1.500 | 2.000, 3.000 | inf, inf | 1.500, 2.000 |" in text
   assert "- The narrow interval beats the default on 0 of 1 tasks." in text
+
+
+def test_one_run_report_counts_a_diverged_run_and_names_a_missing_interval(monkeypatch):
+  bench = _import(monkeypatch, "one_run")
+  nan, inf = float("nan"), float("inf")
+
+  def row(default, below):
+    return {
+      "tuned_lr": 1.0, "tuned_loss": 0.2, "range_test_seconds": 1.0, "notes": ["flat"],
+      "default": {"interval": [1e-5, 10.0], "loss": default},
+      "range test": {"interval": [nan, nan], "loss": nan},
+      "centred": {"interval": [nan, nan], "loss": nan},
+      "below the top": {"interval": [1e-3, 10.0], "loss": below},
+    }
+
+  text = "\n".join(bench.report([row(0.4, inf), row(0.6, 0.3)], ["# header", ""]))
+  # default 2 and 3; below the top diverged on seed 0: inf, not "no interval"
+  assert "default interval 2.500, below the top interval inf." in text
+  assert "Closest to tuned SGD: the default interval." in text
+  assert "No range test interval (nan)" in text and "No below the top interval" not in text
