@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import signal
+import tempfile
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -23,10 +24,10 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from alrao_jax.strict_json import with_nulls
+
 if TYPE_CHECKING:
   from alrao_jax.steps import TrainState
-
-META = "meta.json"
 
 
 class Checkpoint(NamedTuple):
@@ -81,23 +82,91 @@ def _interrupts_deferred() -> Iterator[None]:
 
 
 VERSION_PREFIX = "alrao_checkpoint_"  # the folders this module writes: <prefix><n>
-MARKER = "ALRAO_CHECKPOINT"  # written first into each of them: only those are ever removed
-POINTER = "_alrao_checkpoint"  # the key of meta.json naming the complete version
+MARKER = "ALRAO_CHECKPOINT"  # written into each of them before it gets its name, holding:
+MARKER_TEXT = "written by alrao_jax.checkpoint; removed by its next save\n"
+POINTER = "alrao_checkpoint.json"  # names the complete version and holds the saved extras
+FORMAT = "alrao_jax.checkpoint"  # the pointer's "format" (a file of that name without it: not ours)
+STAGING_PREFIX = ".alrao_checkpoint_staging_"  # a version being written or removed
+LEGACY_META = "meta.json"  # the pointer of checkpoints written by earlier versions (read only)
+LEGACY_POINTER = "_alrao_checkpoint"  # its key naming the version
 
 
-def _versions(folder: pathlib.Path) -> dict[int, pathlib.Path]:
-  """The version folders this module wrote in ``folder`` (complete or not), by number."""
-  found = {}
-  for child in folder.iterdir() if folder.is_dir() else ():
-    suffix = child.name[len(VERSION_PREFIX) :]
-    if child.name.startswith(VERSION_PREFIX) and suffix.isdigit() and (child / MARKER).is_file():
-      found[int(suffix)] = child
-  return found
+def _numbered(name: str) -> int | None:
+  """``n`` for a name ``alrao_checkpoint_<n>``, else None."""
+  suffix = name[len(VERSION_PREFIX) :]
+  return int(suffix) if name.startswith(VERSION_PREFIX) and suffix.isdigit() else None
+
+
+def _ours(path: pathlib.Path) -> bool:
+  """Whether ``path`` is something this module wrote: a folder that holds the marker, or an
+  entry under the staging prefix, which is reserved (a save or removal killed half-way)."""
+  if path.name.startswith(STAGING_PREFIX):
+    return True
+  return path.is_dir() and not path.is_symlink() and _marked(path)
+
+
+def _marked(path: pathlib.Path) -> bool:
+  """Whether the folder holds this module's marker (its name and its text)."""
+  marker = path / MARKER
+  try:
+    return marker.is_file() and marker.stat().st_size < 256 and marker.read_text() == MARKER_TEXT
+  except (OSError, UnicodeDecodeError):
+    return False
+
+
+def _next_number(folder: pathlib.Path) -> int:
+  """One more than every ``alrao_checkpoint_<n>`` in ``folder``, ours or not: a save steps
+  over a user's entry of that name (or one left unmarked) instead of colliding with it."""
+  numbers = (_numbered(child.name) for child in folder.iterdir())
+  return max((n for n in numbers if n is not None), default=0) + 1
+
+
+def _remove(path: pathlib.Path) -> None:
+  """Removes a folder this module wrote: renamed to a staging name first (one atomic step),
+  then emptied with its marker last, so that a removal killed half-way leaves a folder that
+  the next save still knows as its own and removes."""
+  if not path.is_dir() or path.is_symlink():
+    path.unlink(missing_ok=True)
+    return
+  if not path.name.startswith(STAGING_PREFIX):
+    trash = path.with_name(f"{STAGING_PREFIX}{path.name}.{os.getpid()}.removing")
+    os.replace(path, trash)
+    path = trash
+  for child in path.iterdir():
+    if child.name != MARKER:
+      if child.is_dir() and not child.is_symlink():
+        shutil.rmtree(child, ignore_errors=True)
+      else:
+        child.unlink(missing_ok=True)
+  (path / MARKER).unlink(missing_ok=True)
+  with contextlib.suppress(OSError):
+    path.rmdir()
+
+
+def _pointer(folder: pathlib.Path) -> dict[str, Any] | None:
+  """The pointer file's content, None when there is none.
+
+  Raises:
+    ValueError: a file of that name that this module did not write, or a corrupt one.
+  """
+  path = folder / POINTER
+  if not path.exists():
+    return None
+  try:
+    pointer = json.loads(path.read_text())
+  except (OSError, ValueError) as err:
+    raise ValueError(f"corrupt checkpoint in {folder}: {POINTER} is unreadable ({err}).") from err
+  if not (isinstance(pointer, dict) and pointer.get("format") == FORMAT):
+    raise ValueError(
+      f"{path} was not written by alrao_jax.checkpoint, which keeps its pointer under that "
+      "name; move or rename that file, or give the checkpoint another folder."
+    )
+  return pointer
 
 
 def _replace_file(path: pathlib.Path, text: str) -> None:
   """Writes ``text`` to ``path`` atomically: a new file beside it, flushed, then renamed."""
-  staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  staging = path.with_name(f"{STAGING_PREFIX}{path.name}.{os.getpid()}.tmp")
   with open(staging, "w") as file:
     file.write(text)
     file.flush()
@@ -105,30 +174,50 @@ def _replace_file(path: pathlib.Path, text: str) -> None:
   os.replace(staging, path)
 
 
+def _stage_version(folder: pathlib.Path) -> pathlib.Path:
+  """A new, marked, empty version folder ``alrao_checkpoint_<n>``: made under a staging name
+  and marked before it is renamed, so that no unmarked folder ever takes a version's name."""
+  staging = pathlib.Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+  (staging / MARKER).write_text(MARKER_TEXT)
+  while True:
+    version = folder / f"{VERSION_PREFIX}{_next_number(folder)}"
+    try:
+      staging.rename(version)  # refuses a name taken meanwhile (a non-empty folder or a file)
+    except OSError:
+      if not version.exists():
+        raise
+    else:
+      return version
+
+
 def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[str, Any]) -> None:
   """Writes ``items`` (named pytrees) and ``meta`` (JSON extras) as a new version of the
   checkpoint in ``directory``; :func:`restore_items` reads them back.
 
   Only what this module writes is touched: a new version folder ``alrao_checkpoint_<n>``
-  (marked by a ``ALRAO_CHECKPOINT`` file), then ``meta.json``, replaced atomically, which
-  names it. Until that replace the previous version is the checkpoint; after it, the new one.
-  Older version folders (and any left by a save that failed or was killed) are removed last.
-  Other files and folders in ``directory`` are left as they are.
+  (marked by a ``ALRAO_CHECKPOINT`` file; its number steps over every entry of that name),
+  then ``alrao_checkpoint.json``, replaced atomically, which names it and holds ``meta``.
+  Until that replace the previous version is the checkpoint; after it, the new one. Older
+  version folders (and any left by a save that failed or was killed) are removed last. Other
+  files and folders in ``directory`` (a ``meta.json`` of the user's included) are left as they
+  are; a file named ``alrao_checkpoint.json`` that this module did not write is refused.
+
+  Raises:
+    ValueError: ``directory`` is a file, holds an ``alrao_checkpoint.json`` of someone else's,
+      or an array of ``items`` was deleted; or ``meta`` is not strict JSON.
   """
   folder = pathlib.Path(directory).resolve()
   if folder.exists() and not folder.is_dir():
     raise ValueError(f"checkpoint directory {folder} is a file; pass a folder path.")
   _check_alive(items)
+  _pointer_text("", meta)  # refuses meta that JSON cannot write before anything is written
   primary = jax.process_index() == 0  # several processes: one writes files, all write shards
   with _interrupts_deferred():
     number = 0
     if primary:
       folder.mkdir(parents=True, exist_ok=True)
-      number = max(_versions(folder), default=0) + 1
-      (folder / f"{VERSION_PREFIX}{number}").mkdir()
-      (folder / f"{VERSION_PREFIX}{number}" / MARKER).write_text(
-        "written by alrao_jax.checkpoint; removed by its next save\n"
-      )
+      _pointer(folder)  # refuses someone else's file before anything is written
+      number = _numbered(_stage_version(folder).name)
     version = folder / f"{VERSION_PREFIX}{_from_primary(number)}"
     _sync("alrao_jax_checkpoint_staged")
     with ocp.StandardCheckpointer() as checkpointer:
@@ -136,11 +225,36 @@ def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[s
         checkpointer.save(version / name, _raw(tree))
     _sync("alrao_jax_checkpoint_saved")
     if primary:
-      _replace_file(folder / META, json.dumps({**meta, POINTER: version.name}))
-      for stale in _versions(folder).values():
-        if stale != version:
-          shutil.rmtree(stale, ignore_errors=True)
+      _replace_file(folder / POINTER, _pointer_text(version.name, meta))
+      for child in list(folder.iterdir()):
+        stale = _numbered(child.name) is not None or child.name.startswith(STAGING_PREFIX)
+        if stale and child != version and _ours(child):
+          _remove(child)
     _sync("alrao_jax_checkpoint_done")
+
+
+def _pointer_text(version: str, meta: dict[str, Any]) -> str:
+  """The pointer file: strict JSON, with the places of ``meta``'s non-finite floats (which it
+  holds as null) so that :func:`_meta_of` gives back exactly what was saved."""
+  found: list = []
+  clean = with_nulls(meta, found)
+  pointer = {"format": FORMAT, "version": version, "meta": clean, "non_finite": found}
+  try:
+    return json.dumps(pointer, allow_nan=False)
+  except (TypeError, ValueError) as err:
+    raise ValueError(f"the checkpoint's meta is not JSON-serialisable: {err}") from err
+
+
+def _meta_of(pointer: dict[str, Any]) -> dict[str, Any]:
+  """The saved ``meta``, its non-finite floats put back."""
+  meta = pointer["meta"]
+  for path, text in pointer.get("non_finite", []):
+    *parents, last = path
+    node = meta
+    for key in parents:
+      node = node[key]
+    node[last] = float(text)
+  return meta
 
 
 def _check_alive(items: dict[str, Any]) -> None:
@@ -174,25 +288,47 @@ def _sync(name: str) -> None:
 
 
 def _meta_and_version(folder: pathlib.Path) -> tuple[dict[str, Any], pathlib.Path]:
-  """``meta.json`` without the version pointer, and the version folder it names (the folder
-  itself in the layout before versions), read once.
+  """The saved extras and the version folder the pointer names (the folder itself in the
+  layout before versions), read once. Checkpoints written before the pointer had a file of its
+  own (``meta.json`` with a ``_alrao_checkpoint`` key) are read too.
 
   Raises:
     FileNotFoundError: no checkpoint there. ValueError: its metadata is corrupt.
   """
-  if not (folder / META).is_file():
-    raise FileNotFoundError(f"no checkpoint in {folder} (missing {META}).")
+  pointer = _pointer(folder)
+  if pointer is None:
+    return _legacy_meta_and_version(folder)
   try:
-    meta = json.loads((folder / META).read_text())
+    meta, name = _meta_of(pointer), pointer.get("version")
+    if not isinstance(meta, dict):
+      raise TypeError("its meta is not an object")
+  except (KeyError, IndexError, TypeError, ValueError) as err:
+    raise ValueError(f"corrupt checkpoint in {folder}: {POINTER} is unreadable ({err}).") from err
+  if not (isinstance(name, str) and _numbered(name) is not None and _ours(folder / name)):
+    raise ValueError(f"corrupt checkpoint in {folder}: {POINTER} names a missing version {name!r}.")
+  return meta, folder / name
+
+
+def _legacy_meta_and_version(folder: pathlib.Path) -> tuple[dict[str, Any], pathlib.Path]:
+  if not (folder / LEGACY_META).is_file():
+    raise FileNotFoundError(f"no checkpoint in {folder} (missing {POINTER}).")
+  try:
+    meta = json.loads((folder / LEGACY_META).read_text())
     if not isinstance(meta, dict):
       raise TypeError("not a JSON object")
   except (ValueError, TypeError) as err:
-    raise ValueError(f"corrupt checkpoint in {folder}: {META} is unreadable ({err}).") from err
-  name = meta.pop(POINTER, None)
+    raise ValueError(
+      f"corrupt checkpoint in {folder}: {LEGACY_META} is unreadable ({err})."
+    ) from err
+  name = meta.pop(LEGACY_POINTER, None)
   if name is None:
+    if not (folder / "state").is_dir() and not (folder / "variables").is_dir():
+      raise FileNotFoundError(f"no checkpoint in {folder} (missing {POINTER}).")
     return meta, folder
   if not (isinstance(name, str) and name.startswith(VERSION_PREFIX) and (folder / name).is_dir()):
-    raise ValueError(f"corrupt checkpoint in {folder}: {META} names a missing version {name!r}.")
+    raise ValueError(
+      f"corrupt checkpoint in {folder}: {LEGACY_META} names a missing version {name!r}."
+    )
   return meta, folder / name
 
 
@@ -246,7 +382,8 @@ def save_checkpoint(
 
   The write is atomic: the previous checkpoint stays readable until the new one is complete,
   a save that fails or is killed half-way leaves it as it was, and nothing in ``directory``
-  but the checkpoint's own ``meta.json`` and ``alrao_checkpoint_<n>`` folders is touched.
+  but the checkpoint's own ``alrao_checkpoint.json`` and ``alrao_checkpoint_<n>`` folders is
+  touched (see :func:`save_items`).
 
   Args:
     directory: the checkpoint folder.
@@ -290,7 +427,7 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkp
   try:
     epoch = int(meta.pop("epoch"))
   except (KeyError, TypeError, ValueError) as err:
-    raise ValueError(f"corrupt checkpoint in {directory}: {META} has no epoch ({err}).") from err
+    raise ValueError(f"corrupt checkpoint in {directory}: its meta has no epoch ({err}).") from err
   return Checkpoint(restored["state"], restored["best_state"], epoch, meta)
 
 

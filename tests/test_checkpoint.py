@@ -1,9 +1,13 @@
 """Orbax checkpoints: resuming gives exactly the uninterrupted run; bad checkpoints are errors."""
 
+import functools
+
 import chex
 import jax
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import alrao_jax
 from alrao_jax.checkpoint import restore_checkpoint
@@ -25,6 +29,9 @@ def _tx():
 def test_resume_from_a_mid_run_checkpoint_equals_an_uninterrupted_run(tmp_path):
   model = DigitsCNN(num_copies=3, width=4)
   whole = fit(model, _tx(), SPLITS, epochs=3, **KW)
+  (tmp_path / "run").mkdir()
+  users = b'{"dataset": "v3", "_alrao_checkpoint": "mine", "epoch": 7}'
+  (tmp_path / "run" / "meta.json").write_bytes(users)  # the user's own: never read or written
   fit(model, _tx(), SPLITS, epochs=1, checkpoint_dir=tmp_path / "run", **KW)
   resumed = fit(model, _tx(), SPLITS, epochs=3, checkpoint_dir=tmp_path / "run", resume=True, **KW)
   chex.assert_trees_all_equal(
@@ -39,6 +46,7 @@ def test_resume_from_a_mid_run_checkpoint_equals_an_uninterrupted_run(tmp_path):
   assert saved.epoch == 3 and len(saved.meta["history"]) == 3
   # The rates travel in the optimizer state: the restored ones are the sampled ones.
   chex.assert_trees_all_equal(saved.state.opt_state, whole.last_state.opt_state)
+  assert (tmp_path / "run" / "meta.json").read_bytes() == users
 
 
 def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
@@ -51,7 +59,7 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
   other = DigitsCNN(num_copies=5, width=4)  # another head: shapes differ
   with pytest.raises(ValueError, match="does not fit this model"):
     fit(other, _tx(), SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)
-  (tmp_path / "run" / "meta.json").write_text("{not json")
+  (tmp_path / "run" / "alrao_checkpoint.json").write_text("{not json")
   with pytest.raises(ValueError, match="corrupt checkpoint"):
     fit(model, _tx(), SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)
   assert np.isfinite(fit(model, _tx(), SPLITS, epochs=1, **KW).test["loss"])
@@ -95,6 +103,7 @@ def test_nnx_checkpoint_restores_a_run_that_continues_identically(tmp_path):
     )
 
 
+@functools.cache
 def _small_state(seed=0):
   import flax.linen as nn
 
@@ -105,6 +114,109 @@ def _small_state(seed=0):
 
 def _versions(folder):
   return sorted(p.name for p in folder.iterdir() if p.name.startswith("alrao_checkpoint_"))
+
+
+def _tree(folder):
+  """Every file under ``folder`` (relative path -> bytes) and every folder (-> None)."""
+  return {
+    str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes() for p in folder.rglob("*")
+  }
+
+
+def test_a_users_entries_named_like_versions_are_stepped_over_never_touched(tmp_path):
+  folder = tmp_path / "run"
+  alrao_jax.save_checkpoint(folder, _small_state(0), epoch=1)
+  (folder / "alrao_checkpoint_2").mkdir()  # a save killed after its mkdir, or the user's own
+  (folder / "alrao_checkpoint_3").mkdir()
+  (folder / "alrao_checkpoint_3" / "notes.txt").write_text("mine")
+  (folder / "alrao_checkpoint_4").write_text("a file of mine")
+  (folder / "meta.json").write_text('{"notes": "my own metadata"}')
+  users = {k: v for k, v in _tree(folder).items() if not k.startswith("alrao_checkpoint_1")}
+  users.pop("alrao_checkpoint.json")
+  alrao_jax.save_checkpoint(folder, _small_state(1), epoch=2)
+  alrao_jax.save_checkpoint(folder, _small_state(2), epoch=3)
+  after = _tree(folder)
+  assert {k: after.get(k, "gone") for k in users} == users
+  assert _versions(folder) == [f"alrao_checkpoint_{n}" for n in (2, 3, 4, 6)]
+  restored = restore_checkpoint(folder, _small_state(0))
+  assert restored.epoch == 3
+  chex.assert_trees_all_equal(restored.state.params, _small_state(2).params)
+
+
+def test_what_a_killed_save_or_removal_left_is_reclaimed_by_the_next_save(tmp_path):
+  from alrao_jax import checkpoint
+
+  folder = tmp_path / "run"
+  alrao_jax.save_checkpoint(folder, _small_state(0), epoch=1)
+  stage = checkpoint.STAGING_PREFIX
+  (folder / f"{stage}a1b2").mkdir()  # killed between mkdtemp and the marker
+  (folder / f"{stage}c3d4").mkdir()  # killed between the marker and the rename
+  (folder / f"{stage}c3d4" / checkpoint.MARKER).write_text(checkpoint.MARKER_TEXT)
+  (folder / f"{stage}alrao_checkpoint_1.99.removing").mkdir()  # a removal killed half-way
+  (folder / f"{stage}alrao_checkpoint_1.99.removing" / checkpoint.MARKER).write_text(
+    checkpoint.MARKER_TEXT
+  )
+  (folder / f"{stage}alrao_checkpoint_1.99.removing" / "state").mkdir()
+  (folder / f"{stage}alrao_checkpoint_0.98.removing").mkdir()  # killed after the marker went
+  (folder / f"{stage}alrao_checkpoint.json.97.tmp").write_text("{")  # a pointer never renamed
+  (folder / "alrao_checkpoint_0").mkdir()  # an old version killed in the middle of its removal
+  (folder / "alrao_checkpoint_0" / checkpoint.MARKER).write_text(checkpoint.MARKER_TEXT)
+  (folder / "mine.txt").write_text("kept")
+  alrao_jax.save_checkpoint(folder, _small_state(1), epoch=2)
+  assert sorted(p.name for p in folder.iterdir()) == [
+    "alrao_checkpoint.json",
+    "alrao_checkpoint_2",
+    "mine.txt",
+  ]
+  assert restore_checkpoint(folder, _small_state(0)).epoch == 2
+
+
+def test_a_pointer_file_it_did_not_write_is_refused_by_name(tmp_path):
+  folder = tmp_path / "run"
+  folder.mkdir()
+  (folder / "alrao_checkpoint.json").write_text('{"my": "file"}')
+  with pytest.raises(ValueError, match=r"alrao_checkpoint.json was not written by alrao_jax"):
+    alrao_jax.save_checkpoint(folder, _small_state(0), epoch=1)
+  with pytest.raises(ValueError, match=r"alrao_checkpoint.json was not written by alrao_jax"):
+    restore_checkpoint(folder, _small_state(0))
+  assert sorted(p.name for p in folder.iterdir()) == ["alrao_checkpoint.json"]
+  assert (folder / "alrao_checkpoint.json").read_text() == '{"my": "file"}'
+
+
+def test_a_checkpoint_of_the_earlier_layout_is_read_and_its_meta_json_left(tmp_path):
+  import json
+
+  folder = tmp_path / "run"
+  alrao_jax.save_checkpoint(folder, _small_state(1), epoch=4, meta={"best": float("inf")})
+  pointer = json.loads((folder / "alrao_checkpoint.json").read_text())
+  legacy = {"epoch": 4, "best": float("inf"), "_alrao_checkpoint": pointer["version"]}
+  (folder / "meta.json").write_text(json.dumps(legacy))  # what earlier versions wrote
+  (folder / "alrao_checkpoint.json").unlink()
+  restored = restore_checkpoint(folder, _small_state(0))
+  assert restored.epoch == 4 and restored.meta == {"best": float("inf")}
+  chex.assert_trees_all_equal(restored.state.params, _small_state(1).params)
+  alrao_jax.save_checkpoint(folder, _small_state(2), epoch=5)
+  assert json.loads((folder / "meta.json").read_text())["epoch"] == 4
+  assert _versions(folder) == ["alrao_checkpoint_2"]
+  assert restore_checkpoint(folder, _small_state(0)).epoch == 5
+
+
+def test_the_pointer_is_strict_json_and_gives_back_non_finite_floats(tmp_path):
+  import json
+
+  meta = {"best": float("inf"), "history": [{"loss": float("nan"), "x": [1.0, float("-inf")]}]}
+  alrao_jax.save_checkpoint(tmp_path / "run", _small_state(0), epoch=1, meta=meta)
+
+  def refuse(token):
+    raise ValueError(f"not strict JSON: {token}")
+
+  json.loads((tmp_path / "run" / "alrao_checkpoint.json").read_text(), parse_constant=refuse)
+  restored = restore_checkpoint(tmp_path / "run", _small_state(0)).meta
+  assert restored["best"] == float("inf") and restored["history"][0]["x"] == [1.0, float("-inf")]
+  assert np.isnan(restored["history"][0]["loss"])
+  with pytest.raises(ValueError, match="not JSON-serialisable"):
+    alrao_jax.save_checkpoint(tmp_path / "other", _small_state(0), meta={"a": object()})
+  assert not (tmp_path / "other").exists()
 
 
 def test_saving_never_touches_the_users_files(tmp_path):
@@ -197,8 +309,43 @@ def test_a_save_killed_half_way_leaves_the_previous_checkpoint(tmp_path):
 
 
 def test_saving_a_donated_state_is_a_clear_error_with_no_hang(tmp_path):
-  state = _small_state(0)
+  state = _small_state.__wrapped__(0)  # not the cached one: it is deleted below
   state.step.delete()  # what a donating step does to the state it was given
   with pytest.raises(ValueError, match=r"arrays were deleted.*Save the state the step returned"):
     alrao_jax.save_checkpoint(tmp_path / "run", state)
   assert not (tmp_path / "run").exists()
+
+
+_NAMES = st.one_of(
+  st.sampled_from(["meta.json", "alrao_checkpoint_1", "alrao_checkpoint_2", "alrao_checkpoint_9"]),
+  st.sampled_from(["ALRAO_CHECKPOINT", "state", "best_state", ".hidden", "a b.txt", "é.npz"]),
+  st.text(st.characters(codec="utf-8", exclude_characters="/\0"), min_size=1, max_size=12).filter(
+    lambda n: n not in (".", "..") and not n.startswith(".alrao_checkpoint_staging_")
+  ),
+)
+_CONTENT = st.one_of(st.binary(max_size=64), st.dictionaries(_NAMES, st.binary(max_size=16)))
+_USER_FILES = st.dictionaries(_NAMES, _CONTENT, max_size=6)
+
+
+@settings(
+  deadline=None, max_examples=15, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(user_files=_USER_FILES, saves=st.integers(1, 3))
+def test_saving_n_times_leaves_any_user_files_byte_identical(tmp_path_factory, user_files, saves):
+  """Any names (a meta.json, an entry named like a version included), files and folders:
+  after N saves each is byte-identical and the last save is what is restored."""
+  folder = tmp_path_factory.mktemp("run")
+  for name, content in user_files.items():
+    if isinstance(content, bytes):
+      (folder / name).write_bytes(content)
+    else:
+      (folder / name).mkdir()
+      for inner, data in content.items():
+        (folder / name / inner).write_bytes(data)
+  before = _tree(folder)
+  for epoch in range(1, saves + 1):
+    alrao_jax.save_checkpoint(folder, _small_state(0), epoch=epoch, meta={"epoch_seen": epoch})
+  after = _tree(folder)
+  assert {k: after.get(k, "gone") for k in before} == before
+  restored = restore_checkpoint(folder, _small_state(0))
+  assert restored.epoch == saves and restored.meta == {"epoch_seen": saves}

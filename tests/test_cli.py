@@ -328,7 +328,7 @@ def _saved_run(tmp_path, checkpoint_meta=None, **changes):
   settings = {**cli.RUN_DEFAULTS, "task": "digits", "lr_min": 1e-5, "lr_max": 10.0, "copies": 4}
   (folder / "settings.json").write_text(json.dumps({**settings, **changes}))
   if checkpoint_meta is not None:
-    (folder / "checkpoint" / "meta.json").write_text(checkpoint_meta)
+    (folder / "checkpoint" / "alrao_checkpoint.json").write_text(checkpoint_meta)
   return str(folder)
 
 
