@@ -80,7 +80,16 @@ class SweepResult(NamedTuple):
 
 
 def _member(states: Any, index: int) -> Any:
-  return jax.tree.map(lambda x: x[index], states)
+  """Member ``index`` of stacked states, on any mesh the members were sharded over (a mesh
+  of Explicit axes refuses to index a sharded axis: the stack is replicated first)."""
+
+  def take(x: Any) -> Any:
+    sharding = getattr(x, "sharding", None)
+    if isinstance(sharding, NamedSharding) and not sharding.is_fully_replicated:
+      x = jax.device_put(x, NamedSharding(sharding.mesh, P()))
+    return x[index]
+
+  return jax.tree.map(take, states)
 
 
 def _check_values(values: Any, hyperparam: str) -> np.ndarray:

@@ -256,15 +256,26 @@ def sweep_report():
   y = rng.integers(0, CLASSES, size=160).astype(np.int32)
   splits = alrao_jax.split_arrays(x, y, valid=32, test=32)
   kw = {"values": [0.01, 0.1, 1.0, 10.0], "epochs": 2, "batch_size": BATCH}
-  mesh = jax.make_mesh((4,), ("members",))
-  runs = [alrao_jax.sweep(nn.Dense(CLASSES), optax.sgd, splits, mesh=m, **kw) for m in (None, mesh)]
+  mesh = jax.make_mesh((4,), ("members",))  # Explicit axes, as jax.make_mesh makes them
+  auto = jax.make_mesh((4,), ("members",), axis_types=(jax.sharding.AxisType.Auto,))
+  runs = [
+    alrao_jax.sweep(nn.Dense(CLASSES), optax.sgd, splits, mesh=m, **kw) for m in (None, mesh, auto)
+  ]
   losses = [
     [r[k] for h in run.histories for r in h for k in ("train_loss", "valid_loss")] for run in runs
   ]
   kernel = runs[1].states.params["kernel"]
+  members = [[jax.device_get(run.state(i).params) for i in range(4)] for run in runs]
+  nnx_models = []
+  for m in (None, mesh):  # an NNX sweep indexes its winner itself, at its end
+    model = NNXBody(nnx.Rngs(0))
+    alrao_jax.sweep(model, optax.sgd, splits, mesh=m, **kw)
+    nnx_models.append(jax.device_get(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
   return {
-    "losses": float(np.nanmax(np.abs(np.subtract(*losses)))),
-    "params": max_difference(*jax.device_get([r.states.params for r in runs])),
+    "losses": max(float(np.nanmax(np.abs(np.subtract(losses[0], other)))) for other in losses),
+    "params": max(max_difference(runs[0].states.params, r.states.params) for r in runs),
+    "members": max(max_difference(members[0], other) for other in members[1:]),
+    "nnx_winner": max_difference(*nnx_models),
     "best": [r.best_index for r in runs],
     "kernel_spec": str(kernel.sharding.spec),
     "kernel_devices": len(kernel.sharding.device_set),

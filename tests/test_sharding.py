@@ -283,7 +283,9 @@ def test_scanned_layers_with_logical_names_map_through_the_rules():
 
 
 def test_a_sweep_with_its_members_over_four_devices_equals_one_device():
-  run = _meshes()["sweep"]
+  run = _meshes()["sweep"]  # on a mesh of Explicit axes (jax.make_mesh) and of Auto axes
   assert run["losses"] < 1e-5 and run["params"] < 1e-5
-  assert run["best"][0] == run["best"][1]
+  assert run["members"] < 1e-5  # SweepResult.state(i) of every member, on either mesh
+  assert run["nnx_winner"] < 1e-5  # an NNX sweep puts its winner in the model itself
+  assert run["best"][0] == run["best"][1] == run["best"][2]
   assert run["kernel_spec"] == "P('members', None, None)" and run["kernel_devices"] == 4
