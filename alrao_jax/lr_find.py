@@ -97,9 +97,56 @@ class LRFindResult(NamedTuple):
 
 SKIP_BEGIN, SKIP_END = 10, 1  # as Lightning: the first points are the noisiest
 MIN_POINTS = 10  # points the curve needs after the skipped ends to suggest anything
-FLAT_NOISE = 5.0  # a fall within this many standard errors of the noise is no fall
+FLAT_NOISE = 7.0  # a fall within this many standard errors of the noise is no fall
+NEGLIGIBLE = 1e-4  # nor is a fall (or a rise) under this fraction of the loss's own size
+DIVERGE_NOISE = 3.0  # a rise within this many batch-noise deviations is no divergence
 ALRAO_DECADES = 4  # the suggested Alrao interval spans this many decades below its top
 NO_SUGGESTIONS = {"steep": float("nan"), "valley": float("nan"), "minimum": float("nan")}
+
+
+def _batch_noise(losses: np.ndarray, *, robust_only: bool = False) -> float:
+  """The batch losses' standard deviation, from consecutive differences (a trend cancels):
+  the larger of a robust estimate (median absolute deviation) and the plain one, so that
+  neither a few outliers nor a skewed, heavy-tailed loss makes noise look like a fall.
+  ``robust_only``: the robust estimate alone, where a climb to divergence is in the curve."""
+  if len(losses) < 3:
+    return 0.0
+  steps = np.diff(losses)
+  robust = 1.4826 * float(np.median(np.abs(steps - np.median(steps))))
+  return (robust if robust_only else max(robust, float(np.std(steps)))) / np.sqrt(2.0)
+
+
+def _rose_too_far(smoothed: np.ndarray, losses: np.ndarray, factor: float, level: float) -> bool:
+  """Whether the last point of a curve has diverged: not finite, or risen above the best
+  before it (past the noisy start) by more than ``factor - 1`` times the curve's own scale,
+  the largest of its fall to that best, ``DIVERGE_NOISE`` batch-noise deviations and
+  ``NEGLIGIBLE`` of the loss's size (``level``). Only differences of losses enter: a constant
+  shift of the loss moves nothing (fastai's ``factor`` times the best loss would)."""
+  last = smoothed[-1]
+  if not (np.isfinite(last) and np.isfinite(losses[-1])):
+    return True
+  if len(smoothed) <= SKIP_BEGIN + 1:
+    return False
+  best_at = SKIP_BEGIN + int(np.argmin(smoothed[SKIP_BEGIN:-1]))  # a lucky start is no best
+  best = smoothed[best_at]
+  fall = float(np.max(smoothed[: best_at + 1]) - best)
+  noise = _batch_noise(losses, robust_only=True)  # the climb itself is no noise
+  scale = max(fall, DIVERGE_NOISE * noise, NEGLIGIBLE * level)
+  return bool(last - best > (factor - 1.0) * scale)
+
+
+def _stable_length(smoothed: np.ndarray, losses: np.ndarray, factor: float, level: float) -> int:
+  """How many points come before the curve's first diverged one (see :func:`_rose_too_far`)."""
+  for i in range(len(smoothed)):
+    if _rose_too_far(smoothed[: i + 1], losses[: i + 1], factor, level):
+      return i
+  return len(smoothed)
+
+
+def _level(losses: np.ndarray) -> float:
+  """The loss's own size: its largest finite magnitude."""
+  finite = np.abs(losses[np.isfinite(losses)])
+  return float(finite.max()) if len(finite) else 0.0
 
 
 def _usable(
@@ -107,19 +154,22 @@ def _usable(
   smoothed: np.ndarray,
   losses: np.ndarray | None = None,
   diverge_factor: float = 4.0,
+  *,
+  level: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
   """The curve without its noisy ends and its divergence, or why it cannot be read.
 
   A curve is flat when the batch losses' running mean (over an eighth of the curve, at least
   3 points) never falls by more than ``FLAT_NOISE`` standard errors of that mean, the batch
-  noise measured from consecutive losses (their median absolute deviation): whatever it does
-  is noise.
+  noise measured from consecutive losses: whatever it does is noise; or when that fall is
+  under ``NEGLIGIBLE`` of the loss's own size (``level``, default its largest magnitude):
+  the loss did not move. Only differences of losses are read otherwise, so that a constant
+  shift of the loss changes nothing (the curves may be given relative to any reference).
   """
   losses = smoothed if losses is None else losses
-  stable = np.isfinite(smoothed) & np.isfinite(losses)
-  if stable.any():
-    stable &= smoothed <= diverge_factor * np.min(smoothed[stable])
-  lrs, smoothed, losses = lrs[stable], smoothed[stable], losses[stable]
+  level = _level(losses) if level is None else level
+  kept = _stable_length(smoothed, losses, diverge_factor, level)
+  lrs, smoothed, losses = lrs[:kept], smoothed[:kept], losses[:kept]
   if len(lrs) - SKIP_BEGIN - SKIP_END < MIN_POINTS:
     return lrs[:0], smoothed[:0], (
       f"too short: {len(lrs)} usable steps, of which the first {SKIP_BEGIN} (noisy) and the "
@@ -131,14 +181,18 @@ def _usable(
   window = max(3, len(losses) // 8)
   mean = np.convolve(losses, np.ones(window) / window, mode="valid")
   fall = float(np.max(np.maximum.accumulate(mean) - mean))
-  steps = np.diff(losses)  # batch noise, robustly (the climb to divergence is no noise)
-  spread = 1.4826 * float(np.median(np.abs(steps - np.median(steps))))
-  noise = spread / np.sqrt(2.0) / np.sqrt(window)
+  noise = _batch_noise(losses) / np.sqrt(window)
   if fall <= FLAT_NOISE * noise:
     return lrs[:0], smoothed[:0], (
       f"flat: between {lrs[0]:.2g} and {lrs[-1]:.2g} the loss never fell by more than its "
       f"noise (it fell by {fall:.3g}; noise {noise:.3g}); the good rates are not in this "
       "range: raise end_lr if it stayed flat, lower start_lr if it rose from the start"
+    )
+  if fall <= NEGLIGIBLE * level:
+    return lrs[:0], smoothed[:0], (
+      f"flat: between {lrs[0]:.2g} and {lrs[-1]:.2g} the loss barely moved (it fell by "
+      f"{fall:.3g}, under {NEGLIGIBLE:g} of its size {level:.3g}); the good rates are not in "
+      "this range: raise end_lr if it stayed flat, lower start_lr if it rose from the start"
     )
   return lrs, smoothed, None
 
@@ -402,29 +456,32 @@ def lr_find(
 
   source = itertools.cycle(batches) if isinstance(batches, list | tuple) else iter(batches)
   ratio = math.log(end_lr / start_lr)
-  lrs, losses, smoothed = [], [], []
+  # The curve is read relative to its first loss: a constant shift of the loss moves nothing.
+  lrs, relative, smoothed = [], [], []
   current, opt_state = params, tx.init(params)
-  average, best = 0.0, math.inf
+  first, average, level = None, 0.0, 0.0
   for i, batch in zip(range(num_steps), source, strict=False):
     lr = start_lr * math.exp(ratio * i / (num_steps - 1))
     current, opt_state, carry, loss = step(current, opt_state, carry, batch, np.float32(lr))
     loss = float(loss)
-    average = beta * average + (1 - beta) * loss
-    smooth = average / (1 - beta ** (i + 1))
+    first = loss if first is None else first
+    level = max(level, abs(loss)) if math.isfinite(loss) else level
+    average = beta * average + (1 - beta) * (loss - first)
     lrs.append(lr)
-    losses.append(loss)
-    smoothed.append(smooth)
-    if not math.isfinite(smooth) or smooth > diverge_factor * best:
+    relative.append(loss - first)
+    smoothed.append(average / (1 - beta ** (i + 1)))
+    if _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, level):
       break
-    best = min(best, smooth)
   if not lrs:
     raise ValueError("batches is empty: the range test needs at least one batch.")
-  lrs_a, smoothed_a = np.asarray(lrs), np.asarray(smoothed)
-  usable_lrs, usable, problem = _usable(lrs_a, smoothed_a, np.asarray(losses), diverge_factor)
+  lrs_a, relative_a, smoothed_a = np.asarray(lrs), np.asarray(relative), np.asarray(smoothed)
+  usable_lrs, usable, problem = _usable(
+    lrs_a, smoothed_a, relative_a, diverge_factor, level=level
+  )
   return LRFindResult(
     learning_rates=lrs_a,
-    losses=np.asarray(losses),
-    smoothed=smoothed_a,
+    losses=relative_a + first,
+    smoothed=smoothed_a + first,
     suggestions=_suggest(usable_lrs, usable),
     alrao_interval=_interval(usable_lrs, usable),
     notes=() if problem is None else (problem,),

@@ -7,6 +7,8 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import alrao_jax
 from alrao_jax.lr_find import alrao_interval
@@ -235,3 +237,99 @@ def test_a_curve_too_short_to_read_says_so_and_plots():
   assert high == pytest.approx(1e4 * low)
   labels = [t.get_text() for t in good.plot().get_legend().get_texts()]
   assert any(label.startswith("Alrao interval") for label in labels)
+
+
+def test_a_constant_shift_of_the_loss_changes_nothing():
+  params = {"w": jnp.zeros(8), "b": jnp.zeros(())}
+  kw = {"start_lr": 1e-5, "end_lr": 100.0, "num_steps": 80}
+  plain = alrao_jax.lr_find(mse, params, BATCHES, **kw)
+  shifted = alrao_jax.lr_find(lambda p, b: mse(p, b) - 5.0, params, BATCHES, **kw)
+  assert plain.notes == shifted.notes == ()  # before: 'too short' after 11 steps
+  step = (100.0 / 1e-5) ** (1 / 79)  # one step of the ramp: float32 rounds the two apart
+  for name, lr in plain.suggestions.items():
+    assert lr / step <= shifted.suggestions[name] <= lr * step, name
+  np.testing.assert_allclose(shifted.alrao_interval, plain.alrao_interval, rtol=step - 1)
+
+
+def test_a_gaussian_likelihood_of_small_sigma_is_read_not_stopped():
+  """Its loss is negative from the start (log sigma dominates): fastai's rule, 4 times the
+  best loss, stopped it after 2 steps."""
+  model = nn.Dense(1, kernel_init=nn.initializers.zeros)
+  variables = model.init(jax.random.key(0), X[:1])
+  noise = np.random.default_rng(0).normal(size=(len(X), 1)).astype(np.float32)
+  targets = 0.05 * np.asarray(Y)[:, None] / np.std(np.asarray(Y)) + 0.01 * noise
+  batches = [(X[i : i + 32], targets[i : i + 32]) for i in range(0, len(X), 32)]
+  likelihood = alrao_jax.gaussian_log_likelihood(sigma=0.05)
+  result = alrao_jax.lr_find(
+    model, variables, batches, likelihood=likelihood, start_lr=1e-6, end_lr=10.0, num_steps=80
+  )
+  assert result.losses[0] < 0 and np.nanmin(result.losses) < result.losses[0] - 0.3
+  assert result.notes == () and len(result.losses) > 40
+  assert np.isfinite(result.alrao_interval).all()
+  assert np.isfinite(result.alrao_interval).all()
+
+
+def test_a_loss_that_barely_moves_is_flat_though_noiseless():
+  """A zero-initialised logistic regression at tiny rates: every batch starts at log 2 and
+  the loss falls by a few millionths: no noise to compare with, but nothing moved."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(640, 10)).astype(np.float32)
+  y = (x @ rng.normal(size=10) > 0).astype(np.float32)
+
+  def logistic(p, batch):
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(batch[0] @ p["w"] + p["b"], batch[1]))
+
+  params = {"w": jnp.zeros(10), "b": jnp.zeros(())}
+  for seed in range(5):
+    order = np.random.default_rng(seed).permutation(640)
+    batches = [(x[order[i : i + 32]], y[order[i : i + 32]]) for i in range(0, 640, 32)]
+    result = alrao_jax.lr_find(logistic, params, batches, start_lr=1e-9, end_lr=1e-6, num_steps=60)
+    assert result.notes and result.notes[0].startswith("flat:"), seed
+    assert "barely moved" in result.notes[0]
+    assert np.isnan(list(result.suggestions.values())).all()
+  useful = alrao_jax.lr_find(logistic, params, batches, start_lr=1e-4, end_lr=100.0, num_steps=60)
+  assert useful.notes == ()  # the same model over rates that train it
+
+
+def test_pure_noise_curves_are_flat_whatever_the_batch_order():
+  """A loss the parameters cannot change, of skewed noise (a mean of squares), over 30
+  batch orders: none may get suggestions (before: 4 to 5 of 30)."""
+  rng = np.random.default_rng(1)
+  targets = rng.normal(size=3200).astype(np.float32)
+  suggested = 0
+  for seed in range(30):
+    order = np.random.default_rng(seed).permutation(3200)
+    batches = [targets[order[i : i + 32]] for i in range(0, 3200, 32)]
+    result = alrao_jax.lr_find(
+      lambda p, b: jnp.mean(b**2) + 0.0 * jnp.sum(p), jnp.zeros(3), batches, num_steps=100
+    )
+    suggested += not result.notes
+  assert suggested == 0
+
+
+@settings(deadline=None, max_examples=25)
+@given(
+  fall=st.integers(2, 60),
+  noise=st.lists(st.integers(-64, 64), min_size=60, max_size=60),
+  blowup=st.integers(0, 59),
+  shift=st.integers(-100, 100),
+)
+def test_suggestions_do_not_move_under_a_constant_shift(fall, noise, blowup, shift):
+  """Curves of a fall, noise and a blow-up on a grid of 1/1024 (their shifts are exact in
+  float32): the shifted curve gets the same suggestions, notes and interval, bit for bit."""
+  steps = np.arange(60)
+  trend = np.round(1024 * fall * (1 - np.minimum(steps, 40) / 40)) / 1024
+  curve = trend + np.asarray(noise) / 1024
+  curve[blowup:] += np.where(steps[blowup:] > 45, 2.0 ** np.minimum(steps[blowup:] - 45, 12), 0)
+
+  def run(offset):
+    batches = [np.full(2, value + offset, np.float32) for value in curve]
+    return alrao_jax.lr_find(_noise_loss, jnp.zeros(3), batches, start_lr=1e-6, num_steps=60)
+
+  plain, shifted = run(0.0), run(float(shift))
+  assert plain.notes == shifted.notes
+  assert plain.suggestions == shifted.suggestions or all(
+    np.isnan(list(r.suggestions.values())).all() for r in (plain, shifted)
+  )
+  np.testing.assert_array_equal(plain.alrao_interval, shifted.alrao_interval)
+  np.testing.assert_array_equal(plain.learning_rates, shifted.learning_rates)
