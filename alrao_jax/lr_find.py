@@ -181,7 +181,9 @@ def _usable(
   window = max(3, len(losses) // 8)
   mean = np.convolve(losses, np.ones(window) / window, mode="valid")
   fall = float(np.max(np.maximum.accumulate(mean) - mean))
-  noise = _batch_noise(losses) / np.sqrt(window)
+  lowest = int(np.argmin(smoothed))  # past it the loss turns up: a climb, not noise
+  before = losses[: lowest + 1] if lowest >= MIN_POINTS else losses
+  noise = max(_batch_noise(before), _batch_noise(losses, robust_only=True)) / np.sqrt(window)
   if fall <= FLAT_NOISE * noise:
     return lrs[:0], smoothed[:0], (
       f"flat: between {lrs[0]:.2g} and {lrs[-1]:.2g} the loss never fell by more than its "
@@ -366,8 +368,13 @@ def lr_find(
 
   Step ``i`` trains with ``start_lr * (end_lr / start_lr) ** (i / (num_steps - 1))`` and
   records the batch loss before its update. The test stops after ``num_steps`` steps, when
-  ``batches`` runs out, or when the smoothed loss exceeds ``diverge_factor`` times its best
-  (or is not finite). A sequence of batches is cycled; any other iterable is read once.
+  ``batches`` runs out, or when the loss diverges: it is not finite, or (past the first 10
+  steps) the smoothed loss has risen above its best by more than ``diverge_factor - 1``
+  times the curve's own scale (the larger of its fall to that best and 3 deviations of the
+  batch noise). Only differences of losses are read, so that a constant shift of the loss
+  (a likelihood's normalising constant, a loss below zero) changes nothing; fastai's rule,
+  ``diverge_factor`` times the best loss, stops a negative loss at once. A sequence of
+  batches is cycled; any other iterable is read once.
 
   The first argument is a loss function ``(params, batch) -> scalar``, or a model:
 
@@ -393,7 +400,8 @@ def lr_find(
     end_lr: last learning rate, > ``start_lr``.
     num_steps: number of steps of the ramp, >= 3.
     beta: smoothing factor of the moving average.
-    diverge_factor: stop when the smoothed loss exceeds this multiple of its best.
+    diverge_factor: stop when the smoothed loss rises above its best by more than
+      ``diverge_factor - 1`` times the curve's scale (see above), > 1.
     likelihood: a model's per-example log-likelihood (default categorical).
     train_kwargs: keyword arguments of a model's call in training.
     rng_streams: a linen model's RNG streams in training (see
@@ -405,9 +413,11 @@ def lr_find(
     lr, measured over +-5% of the curve), ``valley`` (middle of the longest stretch of
     falling loss) and ``minimum`` (a tenth of the rate at the lowest smoothed loss);
     ``alrao_interval`` (see :func:`alrao_interval`) for Alrao over the same optimizer. A
-    curve with fewer than 10 points left, or whose batch loss never falls by more than its
-    noise (the good rates lie outside the range tested), suggests nothing: its suggestions
-    and interval are ``nan`` and ``notes`` says why and what to change. ``result.plot()``
+    curve with fewer than 10 points left, or a flat one, suggests nothing: its suggestions
+    and interval are ``nan`` and ``notes`` says why and what to change. A curve is flat
+    (the good rates lie outside the range tested) when its batch loss's running mean never
+    falls by more than 7 standard errors of its noise (pure noise exceeds that about once
+    in a thousand curves) or by more than 1e-4 of the loss's own size. ``result.plot()``
     draws the curve.
 
   Example:
