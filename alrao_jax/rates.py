@@ -64,6 +64,18 @@ def copy_rates(num_copies: int, lr_min: float, lr_max: float) -> jax.Array:
   return jnp.asarray(np.geomspace(lr_min, lr_max, num_copies), jnp.float32)
 
 
+_EXP_LIMIT = math.log(float(np.finfo(np.float32).max))  # exp overflows float32 above this
+
+
+def _log_uniform(u: jax.Array, lr_min: float, log_ratio: float) -> jax.Array:
+  """``lr_min * (lr_max / lr_min) ** u`` in float32, for ``u`` in [0, 1). Two bounds inside
+  float32's range may have a ratio outside it (``[1e-20, 1e20]``): the power is then taken in
+  log space, where it cannot overflow to inf."""
+  if log_ratio < _EXP_LIMIT:
+    return lr_min * jnp.exp(u * log_ratio)
+  return jnp.exp(math.log(lr_min) + u * log_ratio)
+
+
 class _Plan(NamedTuple):
   """How one parameter leaf gets its rates from the rates of its group."""
 
@@ -713,7 +725,7 @@ def sample_rates(
       drawn[group] = jnp.full((), plan.value, jnp.float32)
     else:
       u = jax.random.uniform(group_key, plan.shape, jnp.float32)
-      drawn[group] = lr_min * jnp.exp(u * log_ratio)
+      drawn[group] = _log_uniform(u, lr_min, log_ratio)
   # Each leaf owns its buffer, so that a state holding the rates can be donated to jit.
   rate_leaves = [
     _sharded_like(jnp.copy(plan.to_leaf(drawn[plan.group])), leaf)

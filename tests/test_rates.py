@@ -649,6 +649,16 @@ def test_bounds_outside_float32_are_refused(lo, hi):
     alrao_jax.alrao_sgd(lo, hi, key=KEY)
 
 
+@pytest.mark.parametrize(("lo", "hi"), [(1e-20, 1e20), (1.2e-38, 3.4e38), (1e-30, 1e15)])
+def test_bounds_inside_float32_whose_ratio_is_not_sample_finite_rates(lo, hi):
+  """Before: lr_min * exp(u * log(ratio)) overflowed, 159 of 4,096 rates inf for [1e-20, 1e20]."""
+  params = {"kernel": jnp.zeros((2, 4096)), "bias": jnp.zeros(4096)}
+  rates = np.asarray(alrao_jax.sample_rates(KEY, params, lo, hi)["kernel"], np.float64)
+  assert np.isfinite(rates).all() and (rates >= lo * 0.999).all() and (rates <= hi * 1.001).all()
+  exponents = (np.log(rates) - np.log(lo)) / (np.log(hi) - np.log(lo))  # uniform in [0, 1)
+  assert abs(exponents.mean() - 0.5) < 0.03 and exponents.min() < 0.01 and exponents.max() > 0.99
+
+
 def test_leaves_without_a_learning_rate_are_named():
   for dtype in (jnp.int32, jnp.bool_):
     with pytest.raises(TypeError, match=r"floating or complex.*w \("):
