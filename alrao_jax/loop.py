@@ -434,23 +434,27 @@ def fit(
         f"{given} apply to linen models; an NNX model holds its variables and RNG streams "
         "(start from the model as it is; pass rngs at call time with train_kwargs)."
       )
-    return _fit_nnx(
-      model,
-      optimizer,
-      splits,
-      epochs=epochs,
-      seed=seed,
-      batch_size=batch_size,
-      averaging=averaging,
-      likelihood=likelihood,
-      train_kwargs=train_kwargs,
-      eval_kwargs=eval_kwargs,
-      checkpoint_dir=checkpoint_dir,
-      resume=resume,
-      on_epoch=on_epoch,
-      patience=patience,
-      eval_batch_size=eval_batch_size,
-    )
+    modes = _modes(model)  # the steps set train() and eval(): the caller's loop keeps its own
+    try:
+      return _fit_nnx(
+        model,
+        optimizer,
+        splits,
+        epochs=epochs,
+        seed=seed,
+        batch_size=batch_size,
+        averaging=averaging,
+        likelihood=likelihood,
+        train_kwargs=train_kwargs,
+        eval_kwargs=eval_kwargs,
+        checkpoint_dir=checkpoint_dir,
+        resume=resume,
+        on_epoch=on_epoch,
+        patience=patience,
+        eval_batch_size=eval_batch_size,
+      )
+    finally:
+      _restore_modes(modes)
   carry = check_streams(carry, splits, batch_size)
   if mesh is not None:
     _check_mesh(mesh, batch_size)
@@ -585,6 +589,24 @@ def nnx_outputs(model: nnx.Module, example: Any, kwargs: Mapping[str, Any] | Non
     return int(jax.eval_shape(call, state).shape[-1])
 
 
+_MODE_ATTRIBUTES = ("deterministic", "use_running_average")  # what train() and eval() set
+
+
+def _modes(model: nnx.Module) -> list[tuple[nnx.Module, str, Any]]:
+  """Each submodule's train/eval attributes, as they are now."""
+  return [
+    (module, name, getattr(module, name))
+    for _, module in nnx.iter_modules(model)
+    for name in _MODE_ATTRIBUTES
+    if hasattr(module, name)
+  ]
+
+
+def _restore_modes(modes: list[tuple[nnx.Module, str, Any]]) -> None:
+  for module, name, value in modes:
+    setattr(module, name, value)
+
+
 def _fit_nnx(
   model: nnx.Module,
   optimizer: optax.GradientTransformation | nnx.Optimizer,
@@ -604,7 +626,8 @@ def _fit_nnx(
   eval_batch_size: int | None,
 ) -> FitResult:
   """:func:`fit` for an NNX model: the model and its optimizer are trained in place; the
-  result's states are averaging states, and the model ends with the best epoch's variables."""
+  result's states are averaging states, and the model ends with the best epoch's variables,
+  in the train/eval mode it was given in."""
   train, valid, test = splits
   if not isinstance(optimizer, nnx.Optimizer):
     optimizer = nnx.Optimizer(model, optimizer, wrt=nnx.Param)

@@ -119,6 +119,9 @@ def test_fit_trains_an_nnx_model_resumes_it_exactly_and_leaves_the_best_epoch(tm
     return model, alrao_jax.fit(model, tx, splits, epochs=epochs, train_kwargs=rngs, **kwargs)
 
   model, whole = run(3)
+  # the model is given back in the mode it came in (train, as built): dropout on, BatchNorm
+  # updating its statistics for the user's next loop (before: left in eval())
+  assert model.drop.deterministic is False and model.bn.use_running_average is False
   run(1, checkpoint_dir=tmp_path)
   resumed_model, resumed = run(3, checkpoint_dir=tmp_path, resume=True)
   assert resumed.history == whole.history and resumed.stopped == whole.stopped == "epochs"
