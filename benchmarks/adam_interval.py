@@ -23,7 +23,6 @@ Adam's with the same seed: mean over seeds and the worst seed.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -35,6 +34,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import ran_on
 
+from alrao_jax import strict_json
 from alrao_jax.experiments.compare import run_method, select_lr
 from alrao_jax.experiments.methods import make_method
 from alrao_jax.experiments.tasks import Task, load_task
@@ -174,7 +174,7 @@ def main(argv: list[str] | None = None) -> str:
   print(text)
   if not args.quick:
     (RESULTS / "adam_interval.md").write_text(text)
-    (RESULTS / "adam_interval.json").write_text(json.dumps(results, indent=1) + "\n")
+    (RESULTS / "adam_interval.json").write_text(strict_json.dumps(results, indent=1) + "\n")
   return text
 
 

@@ -12,7 +12,6 @@ makes of it.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import alrao_jax
-from alrao_jax import sharding
+from alrao_jax import sharding, strict_json
 
 STEPS = 20
 TOLERANCE = 1e-4
@@ -86,7 +85,7 @@ def main() -> int:
   report["ok"] = bool(
     report["accelerator_vs_cpu"] < TOLERANCE and report["mesh_vs_one_device"] < TOLERANCE
   )
-  print(json.dumps(report))
+  print(strict_json.dumps(report))
   return 0 if report["ok"] else 1
 
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import pathlib
 import platform
 import sys
@@ -30,6 +29,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from alrao_jax import strict_json
 from alrao_jax.experiments.compare import run_method
 from alrao_jax.experiments.methods import (
   LAYER_SCHEDULES,
@@ -221,7 +221,7 @@ def main() -> None:
   for setting in QUICK if args.quick else FULL:
     task = load_task(setting.task)
     results[setting.task] = run_task(task.shrink(QUICK_ROWS) if args.quick else task, setting, log)
-  (out / "layer_schedules.json").write_text(json.dumps(results) + "\n")
+  (out / "layer_schedules.json").write_text(strict_json.dumps(results) + "\n")
   plot_multipliers(
     next(iter(results.values()))["num_layers"], out / "layer_schedules_multipliers.png"
   )

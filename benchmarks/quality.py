@@ -13,7 +13,6 @@ Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -25,6 +24,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import ran_on
 
+from alrao_jax import strict_json
 from alrao_jax.experiments.compare import (
   SGD_GRID,
   Comparison,
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
       *ablations,
     ]
   (out / "quality.md").write_text("\n".join(header + sections))
-  (out / "quality.json").write_text(json.dumps(records, indent=1))
+  (out / "quality.json").write_text(strict_json.dumps(records, indent=1))
   print(f"wrote {out / 'quality.md'} in {minutes:.1f} min")
   return 0
 

@@ -22,7 +22,6 @@ Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -33,6 +32,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import ran_on, results_name
 
+from alrao_jax import strict_json
 from alrao_jax.experiments.compare import RunResult, run_method, select_lr, timed_fit
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.plots import plot_bars
@@ -436,7 +436,7 @@ def main() -> None:
     if args.quick:
       task = task.shrink(QUICK_ROWS)
     results[setting.task] = run_task(task, setting, grid, log)
-  (out / f"{args.name}.json").write_text(json.dumps(results, indent=1) + "\n")
+  (out / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1) + "\n")
   plot(results, out / f"{args.name}_schedules.png")
   minutes = (time.perf_counter() - start) / 60
   command = "python benchmarks/tune.py" + (" --quick" if args.quick else "")

@@ -21,7 +21,6 @@ for ``k`` epochs pick the grid rate of lowest validation loss within its first `
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -34,6 +33,7 @@ import optax
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from speed import ran_on, results_name
 
+from alrao_jax import strict_json
 from alrao_jax.experiments.compare import lowest_mean
 from alrao_jax.experiments.tasks import MODES, load_task
 from alrao_jax.experiments.tune import task_lr_find, tune
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> str:
   print(text)
   if not args.quick:
     (RESULTS / f"{args.name}.md").write_text(text)
-    (RESULTS / f"{args.name}.json").write_text(json.dumps(records) + "\n")
+    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(records) + "\n")
   return text
 
 

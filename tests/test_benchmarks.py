@@ -298,3 +298,22 @@ def test_one_run_report_counts_a_diverged_run_and_names_a_missing_interval(monke
   assert "default interval 2.500, below the top interval inf." in text
   assert "Closest to tuned SGD: the default interval." in text
   assert "No range test interval (nan)" in text and "No below the top interval" not in text
+
+
+def test_every_json_file_of_the_project_parses_with_a_strict_parser():
+  """NaN and Infinity are not JSON (Python writes them by default): results hold null."""
+  import json
+  import subprocess
+
+  def refuse(token):
+    raise ValueError(f"not JSON: {token}")
+
+  tracked = subprocess.run(
+    ["git", "ls-files", "*.json", "*.jsonl"], cwd=ROOT, capture_output=True, text=True, check=True
+  ).stdout.split()
+  assert any(name.startswith("benchmarks/results/") for name in tracked)
+  for name in tracked:
+    text = (ROOT / name).read_text()
+    lines = text.splitlines() if name.endswith(".jsonl") else [text]
+    for line in lines:
+      json.loads(line, parse_constant=refuse)

@@ -24,7 +24,7 @@ import numpy as np
 import optax
 
 import alrao_jax
-from alrao_jax import sharding
+from alrao_jax import sharding, strict_json
 from alrao_jax.checkpoint import checkpoint_meta
 from alrao_jax.checks import check_bounds
 from alrao_jax.experiments.compare import RunResult, select_lr, timed_fit
@@ -275,7 +275,7 @@ class _Reporter:
 
   def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
     self.epoch, self.history = record["epoch"], list(history)
-    (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history))
+    (self.out / "metrics.jsonl").write_text("".join(strict_json.dumps(r) + "\n" for r in history))
     self.ctrl_c.check()  # the epoch is checkpointed and recorded: a good place to stop
     if self.bar is None:
       self.bar = self.tqdm(
@@ -423,7 +423,7 @@ def _train(args: argparse.Namespace) -> FitResult:
   if resuming and checkpoint.exists():
     checkpoint_meta(checkpoint)  # a corrupt run is refused before the model is built
   out.mkdir(parents=True, exist_ok=True)
-  (out / SETTINGS).write_text(json.dumps(settings, indent=1) + "\n")
+  (out / SETTINGS).write_text(strict_json.dumps(settings, indent=1) + "\n")
   title = _describe(settings, task, method)
   ctrl_c = _CtrlC()
   reporter = _Reporter(out, settings["epochs"], not args.no_progress, method, title, ctrl_c)
@@ -458,7 +458,7 @@ def _train(args: argparse.Namespace) -> FitResult:
   finally:
     reporter.close(result)
   summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
-  print(json.dumps(summary))
+  print(strict_json.dumps(summary))
   if result.stopped == "diverged":
     kept = f"epoch {result.best_epoch}" if result.best_epoch else "no epoch (none was finite)"
     raise RunDivergedError(
@@ -518,8 +518,8 @@ def _screen(args: argparse.Namespace) -> None:
     }
   )
   out.mkdir(parents=True, exist_ok=True)
-  (out / "screen.json").write_text(json.dumps(summary, indent=1) + "\n")
-  print(json.dumps(summary))
+  (out / "screen.json").write_text(strict_json.dumps(summary, indent=1) + "\n")
+  print(strict_json.dumps(summary))
 
 
 DEFAULT_GRID = ",".join(f"{v:g}" for v in SGD_GRID)  # the paper's seven rates, as --grid
@@ -634,8 +634,8 @@ def _tune(args: argparse.Namespace) -> None:
       "grid_seconds": round(sum(r.seconds for r in runs.values()), 2),
     }
   summary = _rounded(summary)
-  (out / "tune.json").write_text(json.dumps(summary, indent=1) + "\n")
-  print(json.dumps(summary))
+  (out / "tune.json").write_text(strict_json.dumps(summary, indent=1) + "\n")
+  print(strict_json.dumps(summary))
 
 
 def _pairs(values: np.ndarray, losses: np.ndarray) -> list[tuple[float, float]]:
@@ -704,8 +704,8 @@ def _sweep(args: argparse.Namespace) -> None:
     )
   summary = _rounded({"optimizer": optimizer, "best_lr": result.best_value, "runs": runs})
   out.mkdir(parents=True, exist_ok=True)
-  (out / "sweep.json").write_text(json.dumps(summary, indent=1) + "\n")
-  print(json.dumps(summary))
+  (out / "sweep.json").write_text(strict_json.dumps(summary, indent=1) + "\n")
+  print(strict_json.dumps(summary))
 
 
 def _lr_find(args: argparse.Namespace) -> None:
@@ -737,9 +737,9 @@ def _lr_find(args: argparse.Namespace) -> None:
   low, high = result.alrao_interval
   usable = np.isfinite(low) and np.isfinite(high)
   print(
-    json.dumps(
+    strict_json.dumps(
       {
-        "suggestions": {k: v if np.isfinite(v) else None for k, v in result.suggestions.items()},
+        "suggestions": result.suggestions,
         f"alrao_{optimizer}_interval": [low, high] if usable else None,
         "steps": len(result.learning_rates),
         "plot": str(out / "lr_find.png"),
