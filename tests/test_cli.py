@@ -4,6 +4,7 @@ extras, progress, and one-line errors with exit code 2 before any model is built
 import json
 import logging
 import os
+import pathlib
 import pickle
 import signal
 import subprocess
@@ -359,6 +360,19 @@ def _npz(tmp_path, **arrays):
 X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
 
 
+def _truncated_npz(tmp_path):
+  path = _npz(tmp_path, x=X, y=Y)
+  data = pathlib.Path(path).read_bytes()
+  pathlib.Path(path).write_bytes(data[: len(data) // 2])
+  return path
+
+
+def _npy_named_npz(tmp_path):
+  np.save(tmp_path / "arrays.npy", X)
+  (tmp_path / "arrays.npy").rename(tmp_path / "arrays.npz")
+  return str(tmp_path / "arrays.npz")
+
+
 @pytest.mark.parametrize(
   ("make_args", "message"),
   [
@@ -401,6 +415,13 @@ X, Y = np.zeros((40, 8, 8, 1), np.float32), np.arange(40) % 4
     (lambda p: ["train", "--data", _npz(p, x=X, y=Y, x_test=X)], "come in pairs"),
     (lambda p: ["train", "--data", _npz(p, x=X[..., 0, 0], y=Y), "--model", "cnn"], "images"),
     (lambda p: ["train", "--data", _npz(p, x=X, y=Y), "--batch-size", "64"], "exceeds the 32"),
+    (lambda p: ["train", "--data", _truncated_npz(p)], "is not a readable .npz archive"),
+    (lambda p: ["train", "--data", _npy_named_npz(p)], "holds one array of shape (40, 8, 8, 1)"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y, x_valid=X[:0], y_valid=Y[:0])], "are empty"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y.astype(np.int64) + 2**32)], "beyond int32"),
+    (lambda p: ["train", "--data", _npz(p, x=X, y=Y * 1000)], "only 4 of those classes occur"),
+    (lambda p: ["train", "--seed", "-1"], "--seed must be in [0, 2**32), got -1"),
+    (lambda p: ["sweep", "--grid", ""], "--grid must be comma-separated numbers, got ''"),
     (lambda p: ["train", "--mesh", "data"], "--mesh takes NAME=SIZE,... such as"),
     (lambda p: ["train", "--mesh", "copies=1"], "--mesh needs a data axis"),
     (lambda p: ["train", "--mesh", "data=1,data=1"], "names the axis 'data' twice"),
@@ -437,6 +458,24 @@ def test_bad_input_gives_one_line_and_exit_2_before_any_model_is_built(
   assert _main(make_args(tmp_path)) == 2
   err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
   assert len(err) == 1 and message in err[0], err
+
+
+def test_an_error_no_check_foresaw_is_one_line_too(tmp_path, capsys, monkeypatch):
+  def broken(*args, **kwargs):
+    raise RuntimeError("Maximum allowed size exceeded\nand a second line")
+
+  monkeypatch.setattr(cli, "sweep", broken)
+  monkeypatch.delenv("ALRAO_JAX_TRACEBACK", raising=False)
+  assert _main(["sweep", "--grid", "0.1", "--out", str(tmp_path / "s")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == (
+    "alrao-jax: error: RuntimeError: Maximum allowed size exceeded "
+    "(ALRAO_JAX_TRACEBACK=1 shows where)"
+  )
+  assert not any(line.startswith("alrao-jax: error") for line in err[:-1])
+  monkeypatch.setenv("ALRAO_JAX_TRACEBACK", "1")
+  with pytest.raises(RuntimeError, match="Maximum allowed size"):
+    cli.main(["sweep", "--grid", "0.1", "--out", str(tmp_path / "t")])
 
 
 def test_a_bad_run_exits_2_without_a_traceback_in_a_fresh_process(tmp_path):

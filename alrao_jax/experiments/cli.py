@@ -131,6 +131,8 @@ def _check_data_options(s: dict[str, Any]) -> None:
   for name in ("width", "depth", "batch_size", "epochs"):
     if s.get(name) is not None and s[name] < 1:
       raise UsageError(f"{_flag(name)} must be >= 1, got {s[name]}")
+  if s.get("seed") is not None and not 0 <= s["seed"] < 2**32:
+    raise UsageError(f"--seed must be in [0, 2**32), got {s['seed']}; e.g. 0")
 
 
 def _check_given_alrao_options(s: dict[str, Any]) -> None:
@@ -527,7 +529,7 @@ DEFAULT_GRID = ",".join(f"{v:g}" for v in SGD_GRID)  # the paper's seven rates, 
 
 def _grid(text: str | None) -> list[float]:
   try:
-    grid = [float(v) for v in (text or DEFAULT_GRID).split(",")]
+    grid = [float(v) for v in (DEFAULT_GRID if text is None else text).split(",")]
   except ValueError as err:
     raise UsageError(f"--grid must be comma-separated numbers, got {text!r}") from err
   if not all(v > 0 for v in grid):
@@ -980,6 +982,12 @@ def main(argv: Sequence[str] | None = None) -> int:
   except KeyboardInterrupt:
     print("alrao-jax: interrupted", file=sys.stderr)
     return 130
+  except Exception as err:  # no check foresaw it: still one line, unless asked for the trace
+    if os.environ.get("ALRAO_JAX_TRACEBACK"):
+      raise
+    message = f"alrao-jax: error: {type(err).__name__}: {err}".splitlines()[0]
+    print(f"{message} (ALRAO_JAX_TRACEBACK=1 shows where)", file=sys.stderr)
+    return 2
   return 0
 
 

@@ -6,6 +6,8 @@ import importlib.util
 import os
 import pathlib
 import pickle
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -211,6 +213,19 @@ def _unit(images: np.ndarray) -> np.ndarray:
 NPZ_SPLITS = (("x", "y"), ("x_valid", "y_valid"), ("x_test", "y_test"))
 
 
+def _check_dense_labels(path: pathlib.Path, labels: list[np.ndarray]) -> None:
+  """Raises a `ValueError` when most classes ``0..K-1`` of a ``K``-way head never occur:
+  labels such as 0, 1000 and 2000 would build a 2001-way output for 3 classes."""
+  present = np.unique(np.concatenate(labels))
+  classes = int(present.max()) + 1
+  if classes > 2 and len(present) < classes / 2:
+    raise ValueError(
+      f"{path}: the labels run to {classes - 1}, a {classes}-way output, but only "
+      f"{len(present)} of those classes occur ({present[:5].tolist()}...); classes are "
+      "0, 1, ..., K-1: relabel them (numpy.unique(y, return_inverse=True))."
+    )
+
+
 def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -> Splits:
   """Splits of a classification data set saved with ``numpy.savez``.
 
@@ -229,17 +244,25 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
 
   Raises:
     FileNotFoundError: no such file.
-    ValueError: a file that is no ``.npz`` archive, missing or unpaired arrays, lengths that
-      differ, non-integer or negative labels, fewer than two classes, or too few examples.
+    ValueError: a file that is no readable ``.npz`` archive, missing, unpaired or empty
+      arrays, lengths that differ, non-integer or negative labels, labels beyond int32 or
+      of which most classes below the largest never occur, fewer than two classes, or too
+      few examples.
   """
   path = pathlib.Path(path)
   if not path.is_file():
     raise FileNotFoundError(f"{path} not found; --data takes an .npz file with arrays x and y.")
   try:
-    with np.load(path, allow_pickle=False) as archive:
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # an .npy file under another name
+      raise ValueError(f"it holds one array of shape {np.shape(loaded)}, not named arrays")
+    with loaded as archive:
       arrays = {name: archive[name] for name in archive.files}
-  except (OSError, ValueError) as err:
-    raise ValueError(f"{path} is not an .npz archive (numpy.savez): {err}") from err
+  except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+    raise ValueError(
+      f"{path} is not a readable .npz archive (numpy.savez): {err}; save x and y with "
+      "numpy.savez(path, x=..., y=...)"
+    ) from err
   if "x" not in arrays or "y" not in arrays:
     raise ValueError(f"{path} must hold arrays 'x' and 'y'; it holds {sorted(arrays)}.")
   unknown = sorted(set(arrays) - {name for pair in NPZ_SPLITS for name in pair})
@@ -259,11 +282,21 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
       raise ValueError(
         f"{path}: {x_name} must be (N, features...) and {y_name} (N,), got {x.shape} and {y.shape}."
       )
+    if not len(y):
+      raise ValueError(
+        f"{path}: {x_name} and {y_name} are empty; leave them out to hold out a split."
+      )
     if not np.issubdtype(y.dtype, np.integer):
       raise ValueError(f"{path}: {y_name} must hold integer class labels, got dtype {y.dtype}.")
-    if y.size and y.min() < 0:
+    if y.min() < 0:
       raise ValueError(f"{path}: {y_name} holds negative labels; classes are 0, 1, ..., K-1.")
+    if y.max() > np.iinfo(np.int32).max:
+      raise ValueError(
+        f"{path}: {y_name} holds the label {y.max()}, beyond int32; classes are 0, 1, ..., K-1 "
+        "(relabel them: numpy.unique(y, return_inverse=True))."
+      )
     found.append(Split(x.astype(np.float32), y.astype(np.int32)))
+  _check_dense_labels(path, [s.targets for s in found if s is not None])
   train, valid, test = found
   if len(np.unique(train.targets)) < 2:
     raise ValueError(f"{path}: y must hold at least two classes.")
