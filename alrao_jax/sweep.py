@@ -130,7 +130,16 @@ def _with_values(opt_state: Any, hyperparam: str, values: np.ndarray) -> Any:
   """The stacked optimizer state with member ``i``'s hyperparameter set to ``values[i]``."""
   hyperparams = dict(opt_state.hyperparams)
   dtype = jnp.result_type(hyperparams[hyperparam])
-  hyperparams[hyperparam] = jnp.asarray(values, dtype)
+  with np.errstate(over="ignore"):  # an overflow is named below
+    stored = np.asarray(values, dtype)
+  lost = ((values != 0) & (stored == 0)) | (np.isfinite(values) & ~np.isfinite(stored))
+  if lost.any():
+    raise ValueError(
+      f"values {values[lost].tolist()} are outside the range of {dtype}, in which the "
+      f"optimizer stores {hyperparam}: they would train at {stored[lost].tolist()}; pass "
+      f"values within [{np.finfo(dtype).tiny:.3g}, {np.finfo(dtype).max:.3g}] in magnitude."
+    )
+  hyperparams[hyperparam] = jnp.asarray(stored)
   return opt_state._replace(hyperparams=hyperparams)
 
 

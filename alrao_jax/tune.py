@@ -126,7 +126,8 @@ def race_pick(
     The index of the racer picked; -1 when no racer has a finite loss.
 
   Raises:
-    ValueError: a tolerance outside [0, 1], or values and losses of different lengths.
+    ValueError: a tolerance outside [0, 1], rates that are not positive and finite, or
+      values and losses of different lengths.
 
   Example:
     >>> import alrao_jax
@@ -144,6 +145,8 @@ def race_pick(
       f"values and valid_losses must be 1-D and of one length, got {rates.shape} and "
       f"{losses.shape}."
     )
+  if not (np.isfinite(rates).all() and (rates > 0).all()):
+    raise ValueError(f"values must be learning rates > 0, got {rates.tolist()}.")
   losses = np.where(np.isfinite(losses), losses, np.inf)
   if not np.isfinite(losses).any():
     return -1

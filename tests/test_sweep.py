@@ -155,6 +155,8 @@ def test_a_sweep_compiles_its_step_once_for_every_value(monkeypatch):
     ({"values": [0.1], "epochs": 0}, ValueError, r"epochs"),
     ({"values": [0.1], "batch_size": 500}, ValueError, r"batch_size must be in \[1, 120\]"),
     ({"values": [0.1], "evaluate_test": "no"}, TypeError, r"evaluate_test must be True or"),
+    ({"values": [1e-50, 0.1]}, ValueError, r"values \[1e-50\] are outside .* train at \[0.0\]"),
+    ({"values": [0.1, 1e39]}, ValueError, r"values \[1e\+39\] are outside .* at \[inf\]"),
   ],
 )
 def test_bad_arguments_are_named(kwargs, error, match):

@@ -190,6 +190,9 @@ def test_the_race_keeps_the_suggestion_unless_it_clearly_lost():
   assert race_pick(rates, [np.nan, np.inf, np.inf], 2.0, 0.1) == -1
   with pytest.raises(ValueError, match="one length"):
     race_pick(rates, [1.0, 2.0], 2.0, 0.1)
+  for bad in ([-1.0, 0.1, 1.0], [0.0, 0.1, 1.0], [np.inf, 0.1, 1.0]):
+    with pytest.raises(ValueError, match=r"learning rates > 0"):
+      race_pick(bad, [1.5, 1.1, 1.0], 2.0, 0.1)
 
 
 def test_the_suggestion_is_raced_as_it_is_with_its_neighbours():
