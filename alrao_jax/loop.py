@@ -274,6 +274,25 @@ def num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) 
     return int(jax.eval_shape(call).shape[-1])
 
 
+def check_eval_model(eval_model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> None:
+  """Raises a `ValueError` when ``eval_model`` cannot evaluate the trained variables (traced
+  once, abstractly, before any training): another architecture's shapes would otherwise fail
+  inside the first evaluation, in Flax's words."""
+  variables = {"params": state.params, **state.model_state}
+  call = functools.partial(
+    eval_model.apply, variables, *model_args(example), mutable=True, **dict(kwargs or {})
+  )
+  try:
+    jax.eval_shape(call)
+  except Exception as err:  # Flax raises many types for missing or misshapen variables
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise ValueError(
+      f"eval_model cannot evaluate the trained model's variables ({type(err).__name__}: "
+      f"{first}); pass the training module with other settings (e.g. deterministic=True), "
+      "whose parameters are named and shaped as the training model's."
+    ) from err
+
+
 def _check_mesh(mesh: jax.sharding.Mesh, batch_size: int) -> None:
   if DATA_AXIS not in mesh.axis_names:
     raise ValueError(f"mesh needs a {DATA_AXIS!r} axis for the batch, got {dict(mesh.shape)}.")
@@ -490,6 +509,8 @@ def fit(
       )
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
   check_carried(state.model_state, carry)
+  if eval_model is not None:
+    check_eval_model(eval_model, state, take(train.inputs, slice(0, 1)), eval_kwargs)
   if likelihood is categorical_log_likelihood:
     num_classes = num_outputs(
       model if eval_model is None else eval_model,

@@ -28,6 +28,7 @@ from alrao_jax.head import as_copy_outputs
 from alrao_jax.loop import (
   check_carried,
   check_eval_batch_size,
+  check_eval_model,
   check_split_labels,
   check_streams,
   checked_splits,
@@ -404,6 +405,8 @@ def sweep(
       carry=carry,
     )
     check_carried(state.model_state, carry)
+    if eval_model is not None:
+      check_eval_model(eval_model, state, take(train.inputs, slice(0, 1)), eval_kwargs)
     if likelihood is categorical_log_likelihood:
       outputs = num_outputs(
         eval_model or model, state, take(train.inputs, slice(0, 1)), eval_kwargs

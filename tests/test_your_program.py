@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import alrao_jax
 
@@ -47,6 +48,13 @@ def test_two_inputs_a_plain_baseline_and_an_eval_module_share_fit():
     probs = alrao_jax.predict(evaluation, result.state, splits.test.inputs)
     assert probs.shape == (40, 3)
     np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)
+  # another architecture as eval_model is named before training (was a raw Flax shape error)
+  kwargs = {"epochs": 1, "eval_model": TwoInput(copies=6, deterministic=True)}
+  message = r"eval_model cannot evaluate the trained model's variables \("
+  with pytest.raises(ValueError, match=message):
+    alrao_jax.fit(TwoInput(copies=4), tx, splits, **kwargs)
+  with pytest.raises(ValueError, match=message):
+    alrao_jax.sweep(TwoInput(copies=4), optax.sgd, splits, values=[1.0], **kwargs)
 
 
 def test_a_plain_output_layer_steps_as_optax_does():
