@@ -19,7 +19,6 @@ from alrao_jax.head import (
   CopyOutputs,
   Posterior,
   as_copy_outputs,
-  best_copy,
   copy_values,
   log_posterior_of,
   mixture_log_probs,
@@ -435,23 +434,26 @@ def evaluation_metrics(
 
   Returns:
     ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
-    ``accuracy`` and ``best_copy_accuracy``. Diverged copies are left out; when no copy
-    (or not the best one) is usable, its loss is ``inf`` and its accuracy ``nan``.
+    ``accuracy`` and ``best_copy_accuracy``. Diverged copies are left out of both: the best
+    copy is the usable one of largest posterior weight (what ``predict(best=True)`` takes);
+    when no copy is usable, the losses are ``inf`` and the accuracies ``nan``.
   """
   values = copy_values(outputs)
   _, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
-  best = jnp.argmax(log_posterior_of(posterior))
+  # the best copy among the usable ones, as predict(best=True) skips a diverged copy
+  log_posterior = jnp.where(ok, log_posterior_of(posterior), -jnp.inf)
+  best = jnp.argmax(log_posterior)
   any_usable = has_usable_copy(ok, posterior)
   metrics = {
     "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
-    "best_copy_loss": jnp.where(ok[best], -jnp.mean(ll[best]), jnp.inf),
+    "best_copy_loss": jnp.where(any_usable, -jnp.mean(ll[best]), jnp.inf),
   }
   if likelihood is categorical_log_likelihood:
     mixture_hits = jnp.argmax(mixture_log_probs(values, posterior), -1) == targets
-    copy_hits = jnp.argmax(best_copy(values, posterior), -1) == targets
+    copy_hits = jnp.argmax(values[best], -1) == targets
     metrics["accuracy"] = jnp.where(any_usable, jnp.mean(mixture_hits), jnp.nan)
-    metrics["best_copy_accuracy"] = jnp.where(ok[best], jnp.mean(copy_hits), jnp.nan)
+    metrics["best_copy_accuracy"] = jnp.where(any_usable, jnp.mean(copy_hits), jnp.nan)
   return metrics
 
 

@@ -364,7 +364,11 @@ def test_evaluation_of_diverged_copies_is_never_a_good_score():
   labels = jnp.array([0, 1, 2, 0])
   both = alrao_jax.evaluation_metrics(logits, labels, jnp.array([0.9, 0.1]))
   assert both["loss"] == pytest.approx(np.log(3), rel=1e-6)  # copy 1 alone, renormalised
-  assert both["best_copy_loss"] == np.inf and np.isnan(both["best_copy_accuracy"])
+  # the best copy is the usable one of largest weight, as predict(best=True) takes it (the
+  # diverged copy 0 was scored: inf and nan, though the prediction came from copy 1)
+  assert both["best_copy_loss"] == pytest.approx(np.log(3), rel=1e-6)
+  predicted = jnp.argmax(alrao_jax.best_copy(logits, jnp.array([0.9, 0.1])), -1)
+  assert both["best_copy_accuracy"] == pytest.approx(float(jnp.mean(predicted == labels)))
   dead = alrao_jax.evaluation_metrics(logits[:1], labels, jnp.ones(1))
   assert dead["loss"] == np.inf and dead["best_copy_loss"] == np.inf  # was 0: looked perfect
   assert np.isnan(dead["accuracy"]) and np.isnan(dead["best_copy_accuracy"])
