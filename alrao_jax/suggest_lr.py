@@ -121,15 +121,16 @@ def _weigh(
   along: np.ndarray,
   moved: np.ndarray | None,
   body: tuple[dict[str, float], ...],
+  reasons: list[str],
 ) -> tuple[float, dict[str, float], str, tuple[str, ...]]:
-  """The suggestion, the candidates, the confidence and its reasons (see :func:`suggest_lr`)."""
+  """The suggestion, the candidates, the confidence and its reasons (see :func:`suggest_lr`);
+  ``reasons`` holds those found before (a degenerate posterior)."""
   log_lrs = np.log(lrs)
   leading = int(np.argmax(posterior))
   candidates = {
     "posterior": float(np.exp(np.mean(along @ log_lrs))),
     "leading": float(lrs[leading]),
   }
-  reasons = []
   suggestion = candidates["posterior"]
   if moved is None:
     reasons.append("no initial_params: whether the leading copy learned is unknown")
@@ -143,12 +144,18 @@ def _weigh(
       mass = kept.sum(axis=1, keepdims=True)
       kept = np.where(mass > 0, kept / np.where(mass > 0, mass, 1.0), learned / learned.sum())
       suggestion = candidates["learned"] = float(np.exp(np.mean(kept @ log_lrs)))
-      reasons.append(
-        f"the leading copy (lr {lrs[leading]:.2g}) barely moved from its start "
-        f"({moved[leading]:.2g} of its size, against {reference:.2g} for the median copy): the "
-        "body learned to serve a copy that did not learn; the suggestion "
-        "follows the posterior among the copies that learned"
-      )
+      if not finite[leading]:
+        reasons.append(
+          f"the leading copy (lr {lrs[leading]:.2g}) diverged: its weights are not finite; "
+          "the suggestion follows the posterior among the copies that learned"
+        )
+      else:
+        reasons.append(
+          f"the leading copy (lr {lrs[leading]:.2g}) barely moved from its start "
+          f"({moved[leading]:.2g} of its size, against {reference:.2g} for the median copy): "
+          "the body learned to serve a copy that did not learn; the suggestion "
+          "follows the posterior among the copies that learned"
+        )
   if leading in (0, len(lrs) - 1) and len(lrs) > 1:
     side = "lowest" if leading == 0 else "highest"
     reasons.append(
@@ -169,12 +176,17 @@ def _weigh(
     reasons.append(
       f"the posterior is spread: the leading copy and its neighbours hold {near:.2f} of it"
     )
-  doubts = ("barely moved", "decades from")
+  doubts = ("barely moved", "diverged", "decades from", "degenerate")
   if any(word in reason for reason in reasons for word in doubts):
     confidence = "low"
   else:
     confidence = "medium" if reasons else "high"
   return suggestion, candidates, confidence, tuple(reasons)
+
+
+def _is_distribution(weights: np.ndarray) -> bool:
+  """Whether ``weights`` can be read as a posterior: finite, non-negative, some mass."""
+  return bool(np.isfinite(weights).all() and (weights >= 0).all() and weights.sum() > 0)
 
 
 def body_movement(params: Any, initial_params: Any, rates: Any) -> tuple[dict[str, float], ...]:
@@ -327,7 +339,7 @@ def suggest_lr(
       f"averaging_state is over {posterior.size} copies but the head has {lrs.size}; pass "
       "the state of the same run."
     )
-  posterior = posterior / posterior.sum()
+  reasons: list[str] = []
   if posteriors is not None:
     along = np.asarray([np.asarray(p, np.float64) for p in posteriors])
     if along.ndim != 2 or along.shape[1] != lrs.size or not len(along):
@@ -335,15 +347,31 @@ def suggest_lr(
         f"posteriors must be a non-empty sequence of posteriors over the {lrs.size} copies, "
         f"got shape {along.shape}; e.g. [r['posterior'] for r in fit_result.history]."
       )
-    along = along / along.sum(axis=1, keepdims=True)
-    posterior = along.mean(axis=0)
+    usable = np.asarray([_is_distribution(p) for p in along])
+    if usable.any() and not usable.all():
+      reasons.append(
+        f"{int((~usable).sum())} of the {len(along)} posteriors given are not finite or "
+        "have no mass: they are left out"
+      )
+    along = along[usable] if usable.any() else posterior[None]
   else:
     along = posterior[None]
   moved, body = None, ()
   if initial_params is not None:
     moved = copy_movement(params, initial_params)
     body = body_movement(params, initial_params, rates)
-  lr, candidates, confidence, reasons = _weigh(lrs, posterior, along, moved, body)
+  if all(_is_distribution(p) for p in along):
+    along = along / along.sum(axis=1, keepdims=True)
+    posterior = along.mean(axis=0)
+    lr, candidates, confidence, reasons = _weigh(lrs, posterior, along, moved, body, reasons)
+  else:  # nothing to weigh: a low answer that says why, not nan
+    posterior = np.full(lrs.size, np.nan)
+    lr = float(np.exp(np.mean(np.log(lrs))))
+    candidates, confidence = {"middle": lr}, "low"
+    reasons = (
+      "the posterior is degenerate (not finite, or no mass: every copy diverged, or no step "
+      "was taken): it says nothing, and the suggestion is the middle of the copies' rates",
+    )
   if confidence == "low":
     warnings.warn(
       f"alrao_jax.suggest_lr: low confidence in {lr:.3g}: " + "; ".join(reasons) + ". Race "
@@ -356,7 +384,7 @@ def suggest_lr(
     lr=lr,
     copy_lrs=lrs,
     posterior=posterior,
-    leading_lr=float(lrs[int(np.argmax(posterior))]),
+    leading_lr=float(lrs[int(np.argmax(posterior))]) if np.isfinite(posterior).all() else lr,
     body=body,
     candidates=candidates,
     confidence=confidence,

@@ -215,3 +215,39 @@ def test_bad_input_is_named():
     alrao_jax.suggest_lr(state.params, state.opt_state, alrao_jax.switch_init(5))
   with pytest.raises(ValueError, match="initial_params must have the structure"):
     alrao_jax.suggest_lr(state, initial_params={"other": jnp.ones(2)})
+
+
+def test_a_diverged_leading_copy_is_named_as_diverged_not_as_frozen():
+  state, _, _ = _state(width=64)
+  posterior = jnp.array([0.01, 0.01, 0.01, 0.97])  # the switch held on to the fastest copy
+  moved = _moved(state, [0.2, 0.3, 0.5, 0.8], lambda rate: np.sqrt(rate))
+  moved["AlraoHead_0"]["alrao_copies"]["kernel"][3] = np.nan  # the copy's weights blew up
+  trained = state.replace(
+    params=moved, averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior))
+  )
+  with pytest.warns(UserWarning, match=r"low confidence .* diverged: its weights are not finite"):
+    suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
+  assert not any("barely moved" in reason for reason in suggestion.reasons)
+  lrs = np.geomspace(1e-4, 1.0, 4)
+  np.testing.assert_allclose(suggestion.lr, np.exp(np.mean(np.log(lrs[:3]))), rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "log_posterior", [jnp.full(4, jnp.nan), jnp.full(4, -jnp.inf)], ids=["nan", "no-mass"]
+)
+def test_a_degenerate_posterior_gets_a_low_answer_with_its_reason_not_nan(log_posterior):
+  state, _, _ = _state()
+  degenerate = state.replace(
+    averaging_state=state.averaging_state._replace(log_posterior=log_posterior)
+  )
+  with pytest.warns(UserWarning, match=r"low confidence .* the posterior is degenerate"):
+    suggestion = alrao_jax.suggest_lr(degenerate)
+  assert suggestion.confidence == "low" and len(suggestion.reasons) == 1
+  assert suggestion.lr == pytest.approx(np.sqrt(1e-4 * 1.0), rel=1e-5)  # the rates' middle
+  assert "degenerate" in describe(suggestion)
+  # posteriors along the run: the degenerate ones are left out, and it says so
+  good = [0.1, 0.6, 0.3, 0.0]
+  along = alrao_jax.suggest_lr(state, posteriors=[good, [np.nan] * 4, good])
+  np.testing.assert_allclose(along.posterior, good, atol=1e-7)
+  assert any("1 of the 3 posteriors given are not finite" in r for r in along.reasons)
+  assert along.confidence == "medium"
