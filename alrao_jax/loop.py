@@ -41,6 +41,7 @@ from alrao_jax.steps import (
   model_args,
 )
 from alrao_jax.switch import ModelAveraging, switch_averaging
+from alrao_jax.transform import rates_of
 
 
 class FitResult(NamedTuple):
@@ -272,6 +273,47 @@ def num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) 
     variables = {"params": state.params, **state.model_state}
     call = functools.partial(model.apply, variables, *model_args(example), **dict(kwargs or {}))
     return int(jax.eval_shape(call).shape[-1])
+
+
+def _model_name(model: Any) -> str:
+  return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def _rate_arrays(opt_state: Any) -> list[np.ndarray] | None:
+  """The Alrao optimizer's sampled rates, on the host; None for another optimizer."""
+  try:
+    rates = rates_of(opt_state)
+  except ValueError:
+    return None
+  return [np.asarray(leaf) for leaf in jax.tree.leaves(rates)]
+
+
+def check_resumed(
+  directory: Any,
+  meta: Mapping[str, Any],
+  model: Any,
+  fresh: list[np.ndarray] | None,
+  restored: list[np.ndarray] | None,
+) -> None:
+  """Raises a `ValueError` when a checkpoint was written by another run than the one resuming:
+  another model class, or (the shapes being equal) other rates, which an optimizer with
+  another interval or key samples. ``fresh`` and ``restored`` are the optimizers' rates
+  (:func:`_rate_arrays`)."""
+  saved = meta.get("model")  # absent from checkpoints of earlier versions
+  if saved is not None and saved != _model_name(model):
+    raise ValueError(
+      f"the checkpoint in {directory} was written by a run of {saved}, not of "
+      f"{_model_name(model)}; resume with the model that wrote it, or pass another "
+      "checkpoint_dir."
+    )
+  if fresh is None or restored is None:
+    return
+  if any(not np.array_equal(a, b) for a, b in zip(fresh, restored, strict=True)):
+    raise ValueError(
+      f"the checkpoint in {directory} holds other learning rates than this optimizer "
+      "samples (another lr_min, lr_max or key, or another model); resume with the "
+      "settings that wrote it, or pass another checkpoint_dir."
+    )
 
 
 def check_eval_model(eval_model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> None:
@@ -548,6 +590,13 @@ def fit(
   stopped = None
   if resume:
     saved = restore_checkpoint(checkpoint_dir, state)
+    check_resumed(
+      checkpoint_dir,
+      saved.meta,
+      model,
+      _rate_arrays(state.opt_state),
+      _rate_arrays(saved.state.opt_state),
+    )
     state, best_state, done = saved.state, saved.best_state, saved.epoch
     history, best, best_epoch = saved.meta["history"], saved.meta["best"], saved.meta["best_epoch"]
     if history:  # a run that stopped early stays stopped: re-running it gives the same answer
@@ -577,6 +626,7 @@ def fit(
     history.append(record)
     if checkpoint_dir is not None:
       meta = {"history": history, "best": best, "best_epoch": best_epoch}
+      meta["model"] = _model_name(model)
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
     if on_epoch is not None:
       on_epoch(record, history)
@@ -678,7 +728,13 @@ def _fit_nnx(
         "best_averaging": averaging_state,
       },
     )
+    fresh_rates = _rate_arrays(optimizer.opt_state)
     _load(nodes, items["variables"])
+    try:
+      check_resumed(checkpoint_dir, meta, model, fresh_rates, _rate_arrays(optimizer.opt_state))
+    except ValueError:
+      _load(nodes, best_variables)  # the model and optimizer as they were given
+      raise
     averaging_state, done = items["averaging"], int(meta["epoch"])
     best_variables, best_averaging = items["best_variables"], items["best_averaging"]
     history, best, best_epoch = meta["history"], meta["best"], meta["best_epoch"]
@@ -711,7 +767,13 @@ def _fit_nnx(
           "best_variables": best_variables,
           "best_averaging": best_averaging,
         },
-        {"epoch": epoch, "history": history, "best": best, "best_epoch": best_epoch},
+        {
+          "epoch": epoch,
+          "history": history,
+          "best": best,
+          "best_epoch": best_epoch,
+          "model": _model_name(model),
+        },
       )
     if on_epoch is not None:
       on_epoch(record, history)

@@ -59,6 +59,23 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
   other = DigitsCNN(num_copies=5, width=4)  # another head: shapes differ
   with pytest.raises(ValueError, match="does not fit this model"):
     fit(other, _tx(), SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)
+  other_rates = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(5), momentum=0.9)
+  with pytest.raises(ValueError, match="holds other learning rates than this optimizer"):
+    fit(model, other_rates, SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)
+
+  class OtherCNN(DigitsCNN):  # the same parameters, another model
+    pass
+
+  with pytest.raises(ValueError, match=r"written by a run of .*DigitsCNN, not of .*OtherCNN"):
+    fit(
+      OtherCNN(num_copies=3, width=4),
+      _tx(),
+      SPLITS,
+      epochs=2,
+      checkpoint_dir=tmp_path / "run",
+      resume=True,
+      **KW,
+    )
   (tmp_path / "run" / "alrao_checkpoint.json").write_text("{not json")
   with pytest.raises(ValueError, match="corrupt checkpoint"):
     fit(model, _tx(), SPLITS, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **KW)

@@ -132,6 +132,20 @@ def test_fit_trains_an_nnx_model_resumes_it_exactly_and_leaves_the_best_epoch(tm
   assert model.drop.deterministic is False and model.bn.use_running_average is False
   run(1, checkpoint_dir=tmp_path)
   resumed_model, resumed = run(3, checkpoint_dir=tmp_path, resume=True)
+  other = Net(3, rngs=nnx.Rngs(0))  # resumed with another interval: refused, model untouched
+  before = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(other)))
+  with pytest.raises(ValueError, match="holds other learning rates than this optimizer"):
+    alrao_jax.fit(
+      other,
+      alrao_jax.alrao_sgd(1e-2, 3.0, key=jax.random.key(0)),
+      splits,
+      epochs=3,
+      train_kwargs={"rngs": nnx.Rngs(dropout=1)},
+      checkpoint_dir=tmp_path,
+      resume=True,
+    )
+  after = nnx.to_pure_dict(nnx.state(other))
+  jax.tree.map(np.testing.assert_array_equal, before, after)
   assert resumed.history == whole.history and resumed.stopped == whole.stopped == "epochs"
   params = [jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (resumed_model, model)]
   for a, b in zip(*params, strict=True):
