@@ -27,7 +27,9 @@ extensions = [
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
   "sphinx.ext.viewcode",
+  "sphinx_copybutton",
 ]
+copybutton_exclude = ".linenos, .gp, .go"  # prompts and outputs are not copied
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
 myst_enable_extensions = ["colon_fence", "dollarmath"]
@@ -44,6 +46,8 @@ add_module_names = False
 html_theme = "sphinx_book_theme"
 html_title = f"alrao-jax {release}"
 html_theme_options = {"show_toc_level": 2, "home_page_in_toc": True}
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # wide tables scroll, command outputs wrap
 
 
 def _copy_results() -> None:
