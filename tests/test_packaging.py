@@ -13,7 +13,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _run(*args, cwd=ROOT, env=None):
-  result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=600, env=env)
+  result = subprocess.run(args, cwd=cwd, capture_output=True, text=True, env=env)
   assert result.returncode == 0, (args, result.stdout[-2000:], result.stderr[-2000:])
   return result.stdout
 
