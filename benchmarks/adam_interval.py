@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on
+from speed import ran_on, results_name
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import run_method, select_lr
@@ -144,6 +144,12 @@ def report(results: dict[str, Any], header: list[str]) -> list[str]:
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
+  parser.add_argument(
+    "--name",
+    type=results_name,
+    default="adam_interval",
+    help="the results' file name, e.g. adam_interval_avx2 for a second processor's run",
+  )
   args = parser.parse_args(argv)
   settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
   start = time.perf_counter()
@@ -158,10 +164,11 @@ def main(argv: list[str] | None = None) -> str:
       task = task.shrink(64)
     results[name] = run_task(task, epochs, seeds, log)
   command = "python benchmarks/adam_interval.py" + (" --quick" if args.quick else "")
+  command += "" if args.name == "adam_interval" else f" --name {args.name}"
   header = [
     "# Alrao-Adam's interval: the default against narrower ones and the range test's",
     "",
-    f"Command: `{command}` (this file and adam_interval.json). "
+    f"Command: `{command}` (this file and {args.name}.json). "
     f"{ran_on((time.perf_counter() - start) / 60)}. Epochs per task: "
     + ", ".join(f"{n} {e}" for n, e in settings.items())
     + f"; {seeds} seeds; early stopping with patience {PATIENCE}; tuned Adam: the grid "
@@ -173,8 +180,8 @@ def main(argv: list[str] | None = None) -> str:
   text = "\n".join(report(results, header))
   print(text)
   if not args.quick:
-    (RESULTS / "adam_interval.md").write_text(text)
-    (RESULTS / "adam_interval.json").write_text(strict_json.dumps(results, indent=1) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1) + "\n")
   return text
 
 

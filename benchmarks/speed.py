@@ -566,12 +566,25 @@ def evaluation_memory(rows: int, chunk: int, streams: int = 20) -> list[str]:
 
 def ran_on(minutes: float) -> str:
   """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
-  Processor (x86_64), jax 0.10.2; 2026-12-02" (the header line of the results that report a
-  run's minutes; the processor, since training on it rounds its own way)."""
+  Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that
+  report a run's minutes; the processor and its vector units, since training on it rounds its
+  own way)."""
   return (
     f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
-    f"{processor()} ({platform.machine()}), jax {jax.__version__}; {datetime.date.today()}"
+    f"{processor()} ({platform.machine()}{vector_units()}), jax {jax.__version__}; "
+    f"{datetime.date.today()}"
   )
+
+
+def vector_units() -> str:
+  """", AVX-512" or ", AVX2" where /proc/cpuinfo says so: two processors of one name that
+  differ there compile other code, and training rounds apart on them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next(line for line in f if line.startswith("flags")).split()
+  except (OSError, StopIteration):
+    return ""
+  return ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
 
 
 def results_name(value: str) -> str:
