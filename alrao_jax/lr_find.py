@@ -467,7 +467,7 @@ def lr_find(
   source = itertools.cycle(batches) if isinstance(batches, list | tuple) else iter(batches)
   ratio = math.log(end_lr / start_lr)
   # The curve is read relative to its first loss: a constant shift of the loss moves nothing.
-  lrs, relative, smoothed = [], [], []
+  lrs, losses, relative, smoothed = [], [], [], []
   current, opt_state = params, tx.init(params)
   first, average, level = None, 0.0, 0.0
   for i, batch in zip(range(num_steps), source, strict=False):
@@ -478,6 +478,7 @@ def lr_find(
     level = max(level, abs(loss)) if math.isfinite(loss) else level
     average = beta * average + (1 - beta) * (loss - first)
     lrs.append(lr)
+    losses.append(loss)
     relative.append(loss - first)
     smoothed.append(average / (1 - beta ** (i + 1)))
     if _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, level):
@@ -490,7 +491,7 @@ def lr_find(
   )
   return LRFindResult(
     learning_rates=lrs_a,
-    losses=relative_a + first,
+    losses=np.asarray(losses),
     smoothed=smoothed_a + first,
     suggestions=_suggest(usable_lrs, usable),
     alrao_interval=_interval(usable_lrs, usable),
