@@ -5,7 +5,7 @@ The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.tra
 :mod:`~alrao_jax.switch` (model averaging), :mod:`~alrao_jax.loss`, :mod:`~alrao_jax.steps`
 (jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
-:mod:`~alrao_jax.checkpoint` and :mod:`~alrao_jax.splits`; the tools
+:mod:`~alrao_jax.checkpoint`, :mod:`~alrao_jax.splits` and :mod:`~alrao_jax.strict_json`; the tools
 :mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.suggest_lr`, :mod:`~alrao_jax.sweep`,
 :mod:`~alrao_jax.tune`, :mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The
 bundled tasks, models, peers, comparison protocol, plots, demo and command line are in
