@@ -97,7 +97,7 @@ class LRFindResult(NamedTuple):
 
 SKIP_BEGIN, SKIP_END = 10, 1  # as Lightning: the first points are the noisiest
 MIN_POINTS = 10  # points the curve needs after the skipped ends to suggest anything
-FLAT_NOISE = 7.0  # a fall within this many standard errors of the noise is no fall
+FLAT_NOISE = 6.5  # a fall within this many standard errors of the noise is no fall
 NEGLIGIBLE = 1e-4  # nor is a fall (or a rise) under this fraction of the loss's own size
 DIVERGE_NOISE = 3.0  # a rise within this many batch-noise deviations is no divergence
 ALRAO_DECADES = 4  # the suggested Alrao interval spans this many decades below its top
@@ -116,17 +116,19 @@ def _batch_noise(losses: np.ndarray, *, robust_only: bool = False) -> float:
   return (robust if robust_only else max(robust, float(np.std(steps)))) / np.sqrt(2.0)
 
 
-def _rose_too_far(smoothed: np.ndarray, losses: np.ndarray, factor: float, level: float) -> bool:
+def _rose_too_far(smoothed: np.ndarray, losses: np.ndarray, factor: float, offset: float) -> bool:
   """Whether the last point of a curve has diverged: not finite, or risen above the best
   before it (past the noisy start) by more than ``factor - 1`` times the curve's own scale,
   the largest of its fall to that best, ``DIVERGE_NOISE`` batch-noise deviations and
-  ``NEGLIGIBLE`` of the loss's size (``level``). Only differences of losses enter: a constant
-  shift of the loss moves nothing (fastai's ``factor`` times the best loss would)."""
+  ``NEGLIGIBLE`` of the loss's size before it (the curves are given less ``offset``). Only
+  differences of losses enter otherwise: a constant shift of the loss moves nothing
+  (fastai's ``factor`` times the best loss would)."""
   last = smoothed[-1]
   if not (np.isfinite(last) and np.isfinite(losses[-1])):
     return True
   if len(smoothed) <= SKIP_BEGIN + 1:
     return False
+  level = _level(losses[:-1] + offset)
   best_at = SKIP_BEGIN + int(np.argmin(smoothed[SKIP_BEGIN:-1]))  # a lucky start is no best
   best = smoothed[best_at]
   fall = float(np.max(smoothed[: best_at + 1]) - best)
@@ -135,10 +137,10 @@ def _rose_too_far(smoothed: np.ndarray, losses: np.ndarray, factor: float, level
   return bool(last - best > (factor - 1.0) * scale)
 
 
-def _stable_length(smoothed: np.ndarray, losses: np.ndarray, factor: float, level: float) -> int:
+def _stable_length(smoothed: np.ndarray, losses: np.ndarray, factor: float, offset: float) -> int:
   """How many points come before the curve's first diverged one (see :func:`_rose_too_far`)."""
   for i in range(len(smoothed)):
-    if _rose_too_far(smoothed[: i + 1], losses[: i + 1], factor, level):
+    if _rose_too_far(smoothed[: i + 1], losses[: i + 1], factor, offset):
       return i
   return len(smoothed)
 
@@ -155,21 +157,22 @@ def _usable(
   losses: np.ndarray | None = None,
   diverge_factor: float = 4.0,
   *,
-  level: float | None = None,
+  offset: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
   """The curve without its noisy ends and its divergence, or why it cannot be read.
 
   A curve is flat when the batch losses' running mean (over an eighth of the curve, at least
   3 points) never falls by more than ``FLAT_NOISE`` standard errors of that mean, the batch
   noise measured from consecutive losses: whatever it does is noise; or when that fall is
-  under ``NEGLIGIBLE`` of the loss's own size (``level``, default its largest magnitude):
-  the loss did not move. Only differences of losses are read otherwise, so that a constant
-  shift of the loss changes nothing (the curves may be given relative to any reference).
+  under ``NEGLIGIBLE`` of the loss's own size (its largest magnitude before divergence): the
+  loss did not move. Only differences of losses are read otherwise, so that a constant shift
+  of the loss changes nothing (the curves may be given less any ``offset``: the size is read
+  on the losses themselves).
   """
   losses = smoothed if losses is None else losses
-  level = _level(losses) if level is None else level
-  kept = _stable_length(smoothed, losses, diverge_factor, level)
+  kept = _stable_length(smoothed, losses, diverge_factor, offset)
   lrs, smoothed, losses = lrs[:kept], smoothed[:kept], losses[:kept]
+  level = _level(losses + offset)
   if len(lrs) - SKIP_BEGIN - SKIP_END < MIN_POINTS:
     return lrs[:0], smoothed[:0], (
       f"too short: {len(lrs)} usable steps, of which the first {SKIP_BEGIN} (noisy) and the "
@@ -416,8 +419,9 @@ def lr_find(
     curve with fewer than 10 points left, or a flat one, suggests nothing: its suggestions
     and interval are ``nan`` and ``notes`` says why and what to change. A curve is flat
     (the good rates lie outside the range tested) when its batch loss's running mean never
-    falls by more than 7 standard errors of its noise (pure noise exceeds that about once
-    in a thousand curves) or by more than 1e-4 of the loss's own size. ``result.plot()``
+    falls by more than 6.5 standard errors of its noise (simulated pure noise, skewed or
+    heavy-tailed included, exceeds that in about 0.5% of curves) or by more than 1e-4 of the
+    loss's own size. ``result.plot()``
     draws the curve.
 
   Example:
@@ -469,25 +473,24 @@ def lr_find(
   # The curve is read relative to its first loss: a constant shift of the loss moves nothing.
   lrs, losses, relative, smoothed = [], [], [], []
   current, opt_state = params, tx.init(params)
-  first, average, level = None, 0.0, 0.0
+  first, average = None, 0.0
   for i, batch in zip(range(num_steps), source, strict=False):
     lr = start_lr * math.exp(ratio * i / (num_steps - 1))
     current, opt_state, carry, loss = step(current, opt_state, carry, batch, np.float32(lr))
     loss = float(loss)
     first = loss if first is None else first
-    level = max(level, abs(loss)) if math.isfinite(loss) else level
     average = beta * average + (1 - beta) * (loss - first)
     lrs.append(lr)
     losses.append(loss)
     relative.append(loss - first)
     smoothed.append(average / (1 - beta ** (i + 1)))
-    if _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, level):
+    if _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, first):
       break
   if not lrs:
     raise ValueError("batches is empty: the range test needs at least one batch.")
   lrs_a, relative_a, smoothed_a = np.asarray(lrs), np.asarray(relative), np.asarray(smoothed)
   usable_lrs, usable, problem = _usable(
-    lrs_a, smoothed_a, relative_a, diverge_factor, level=level
+    lrs_a, smoothed_a, relative_a, diverge_factor, offset=first
   )
   return LRFindResult(
     learning_rates=lrs_a,

@@ -292,7 +292,10 @@ def test_alrao_adam_has_its_own_interval_and_learns(tmp_path, capsys):
 
 
 def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_path, capsys):
-  args = ["lr-find", "--steps", "40", "--start-lr", "1e-4", "--end-lr", "100"]
+  # the default ramp (1e-7 to 10 in 100 steps): 40 steps from 1e-4 leave digits' curve 19
+  # points whose fall (0.145) is 3.4 standard errors of its noise, which the range test now
+  # calls flat (pure noise exceeds 5 in 5-28% of curves)
+  args = ["lr-find", "--steps", "100"]
   assert cli.main([*args, "--out", str(tmp_path)]) == 0
   captured = capsys.readouterr()
   out = _strict_json(captured.out.strip().splitlines()[-1])
