@@ -24,6 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
+from alrao_jax import strict_json
 from alrao_jax.strict_json import with_nulls
 
 if TYPE_CHECKING:
@@ -239,10 +240,7 @@ def _pointer_text(version: str, meta: dict[str, Any]) -> str:
   found: list = []
   clean = with_nulls(meta, found)
   pointer = {"format": FORMAT, "version": version, "meta": clean, "non_finite": found}
-  try:
-    return json.dumps(pointer, allow_nan=False)
-  except (TypeError, ValueError) as err:
-    raise ValueError(f"the checkpoint's meta is not JSON-serialisable: {err}") from err
+  return strict_json.dumps(pointer, what="the checkpoint's meta")
 
 
 def _meta_of(pointer: dict[str, Any]) -> dict[str, Any]:

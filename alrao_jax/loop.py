@@ -625,8 +625,12 @@ def fit(
       record["stopped"] = stopped
     history.append(record)
     if checkpoint_dir is not None:
-      meta = {"history": history, "best": best, "best_epoch": best_epoch}
-      meta["model"] = _model_name(model)
+      meta = {
+        "history": history,
+        "best": best,
+        "best_epoch": best_epoch,
+        "model": _model_name(model),
+      }
       save_checkpoint(checkpoint_dir, state, best_state=best_state, epoch=epoch, meta=meta)
     if on_epoch is not None:
       on_epoch(record, history)

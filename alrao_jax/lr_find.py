@@ -158,6 +158,7 @@ def _usable(
   diverge_factor: float = 4.0,
   *,
   offset: float = 0.0,
+  kept: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str | None]:
   """The curve without its noisy ends and its divergence, or why it cannot be read.
 
@@ -167,10 +168,12 @@ def _usable(
   under ``NEGLIGIBLE`` of the loss's own size (its largest magnitude before divergence): the
   loss did not move. Only differences of losses are read otherwise, so that a constant shift
   of the loss changes nothing (the curves may be given less any ``offset``: the size is read
-  on the losses themselves).
+  on the losses themselves). ``kept``: how many points precede divergence, when the caller
+  found it already (:func:`lr_find` stops there); otherwise it is found here.
   """
   losses = smoothed if losses is None else losses
-  kept = _stable_length(smoothed, losses, diverge_factor, offset)
+  if kept is None:
+    kept = _stable_length(smoothed, losses, diverge_factor, offset)
   lrs, smoothed, losses = lrs[:kept], smoothed[:kept], losses[:kept]
   level = _level(losses + offset)
   if len(lrs) - SKIP_BEGIN - SKIP_END < MIN_POINTS:
@@ -473,7 +476,7 @@ def lr_find(
   # The curve is read relative to its first loss: a constant shift of the loss moves nothing.
   lrs, losses, relative, smoothed = [], [], [], []
   current, opt_state = params, tx.init(params)
-  first, average = None, 0.0
+  first, average, diverged = None, 0.0, False
   for i, batch in zip(range(num_steps), source, strict=False):
     lr = start_lr * math.exp(ratio * i / (num_steps - 1))
     current, opt_state, carry, loss = step(current, opt_state, carry, batch, np.float32(lr))
@@ -484,13 +487,14 @@ def lr_find(
     losses.append(loss)
     relative.append(loss - first)
     smoothed.append(average / (1 - beta ** (i + 1)))
-    if _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, first):
+    diverged = _rose_too_far(np.asarray(smoothed), np.asarray(relative), diverge_factor, first)
+    if diverged:
       break
   if not lrs:
     raise ValueError("batches is empty: the range test needs at least one batch.")
   lrs_a, relative_a, smoothed_a = np.asarray(lrs), np.asarray(relative), np.asarray(smoothed)
   usable_lrs, usable, problem = _usable(
-    lrs_a, smoothed_a, relative_a, diverge_factor, offset=first
+    lrs_a, smoothed_a, relative_a, diverge_factor, offset=first, kept=len(lrs) - diverged
   )
   return LRFindResult(
     learning_rates=lrs_a,

@@ -1,5 +1,6 @@
 """Helpers shared by several test files, and the early start of the sharding runs."""
 
+import json
 import os
 import pathlib
 import sys
@@ -8,6 +9,15 @@ import pytest
 from flax import nnx
 
 import alrao_jax
+
+
+def strict_json(text):
+  """``json.loads`` as strict parsers read JSON: ``NaN`` and ``Infinity`` are refused."""
+
+  def refuse(token):
+    raise ValueError(f"not JSON: {token} (a non-finite number must be written as null)")
+
+  return json.loads(text, parse_constant=refuse)
 
 
 class SmallNNXNet(nnx.Module):

@@ -302,11 +302,9 @@ def test_one_run_report_counts_a_diverged_run_and_names_a_missing_interval(monke
 
 def test_every_json_file_of_the_project_parses_with_a_strict_parser():
   """NaN and Infinity are not JSON (Python writes them by default): results hold null."""
-  import json
   import subprocess
 
-  def refuse(token):
-    raise ValueError(f"not JSON: {token}")
+  from conftest import strict_json
 
   tracked = subprocess.run(
     ["git", "ls-files", "*.json", "*.jsonl"], cwd=ROOT, capture_output=True, text=True, check=True
@@ -316,4 +314,4 @@ def test_every_json_file_of_the_project_parses_with_a_strict_parser():
     text = (ROOT / name).read_text()
     lines = text.splitlines() if name.endswith(".jsonl") else [text]
     for line in lines:
-      json.loads(line, parse_constant=refuse)
+      strict_json(line)

@@ -15,7 +15,7 @@ from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.models import DigitsCNN
 from alrao_jax.loop import fit
 from alrao_jax.splits import Split, Splits
-from conftest import SmallNNXNet
+from conftest import SmallNNXNet, strict_json
 
 FULL = load_digits()
 SPLITS = Splits(Split(*(a[:256] for a in FULL.train)), FULL.valid, FULL.test)  # small and quick
@@ -219,15 +219,11 @@ def test_a_checkpoint_of_the_earlier_layout_is_read_and_its_meta_json_left(tmp_p
 
 
 def test_the_pointer_is_strict_json_and_gives_back_non_finite_floats(tmp_path):
-  import json
 
   meta = {"best": float("inf"), "history": [{"loss": float("nan"), "x": [1.0, float("-inf")]}]}
   alrao_jax.save_checkpoint(tmp_path / "run", _small_state(0), epoch=1, meta=meta)
 
-  def refuse(token):
-    raise ValueError(f"not strict JSON: {token}")
-
-  json.loads((tmp_path / "run" / "alrao_checkpoint.json").read_text(), parse_constant=refuse)
+  strict_json((tmp_path / "run" / "alrao_checkpoint.json").read_text())
   restored = restore_checkpoint(tmp_path / "run", _small_state(0)).meta
   assert restored["best"] == float("inf") and restored["history"][0]["x"] == [1.0, float("-inf")]
   assert np.isnan(restored["history"][0]["loss"])

@@ -25,17 +25,9 @@ from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.models import DigitsCNN
 from alrao_jax.experiments.tasks import ADAM_INTERVAL
+from conftest import strict_json
 
 TRAIN = ["train", "--no-progress", "--copies", "4", "--seed", "1"]
-
-
-def _strict_json(text):
-  """``json.loads`` as strict parsers read JSON: ``NaN`` and ``Infinity`` are refused."""
-
-  def refuse(token):
-    raise ValueError(f"not JSON: {token} (a non-finite number must be written as null)")
-
-  return json.loads(text, parse_constant=refuse)
 
 
 def _main(args):
@@ -70,11 +62,11 @@ def test_resume_alone_continues_the_run_and_equals_one_uninterrupted_run(tmp_pat
   chex.assert_trees_all_equal(split.state.averaging_state, whole.state.averaging_state)
   lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
   assert lines == (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
-  assert len(lines) == 3 and len(_strict_json(lines[0])["posterior"]) == 4
+  assert len(lines) == 3 and len(strict_json(lines[0])["posterior"]) == 4
   for name in ("curves.png", "posterior.png"):
     assert (tmp_path / "split" / name).read_bytes()[:4] == b"\x89PNG"
   captured = capsys.readouterr()
-  summary = _strict_json(captured.out.strip().splitlines()[-1])
+  summary = strict_json(captured.out.strip().splitlines()[-1])
   assert summary["test_accuracy"] > 0.5
   err = captured.err.replace("\r", "\n")
   assert "alrao-sgd, rates in [1e-05, 10], 4 copies; compiling the step" in err.splitlines()[0]
@@ -116,9 +108,9 @@ def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
     str(tmp_path / "run"),
   ]
   assert cli.main(args) == 0
-  summary = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+  summary = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["test_accuracy"] > 0.6  # chance 0.1; valid and test cut from x, 10% each
-  settings = _strict_json((tmp_path / "run" / "settings.json").read_text())
+  settings = strict_json((tmp_path / "run" / "settings.json").read_text())
   assert settings["momentum"] == 0.9 and settings["schedule"] == "cosine"
   assert settings["model"] == "cnn" and settings["task"] is None
   assert not (tmp_path / "run" / "posterior.png").exists()  # one output: no posterior figure
@@ -136,8 +128,8 @@ def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
   printed = capsys.readouterr().out.splitlines()
   ranked = [line.split(" | ")[1] for line in printed[1:3]]
   assert ranked == ["wide", "tiny"]
-  summary = _strict_json(printed[-1])  # the last line is JSON, also written to --out
-  assert summary == _strict_json((tmp_path / "screen" / "screen.json").read_text())
+  summary = strict_json(printed[-1])  # the last line is JSON, also written to --out
+  assert summary == strict_json((tmp_path / "screen" / "screen.json").read_text())
   assert [row["name"] for row in summary["rows"]] == ranked and summary["kendall_tau"] is None
   assert cli.main([*screen, "--out", str(tmp_path / "screen")]) == 2
   assert "holds a screen already" in capsys.readouterr().err
@@ -150,8 +142,8 @@ def test_sweep_trains_the_grid_as_one_program_and_equals_train_at_a_rate(tmp_pat
   args = ["sweep", *common, "--grid", "0.01,0.1,1000,1e38", "--out", str(tmp_path / "s")]
   assert cli.main(args) == 0
   out, err = capsys.readouterr()
-  summary = _strict_json(out.strip().splitlines()[-1])
-  assert summary == _strict_json((tmp_path / "s" / "sweep.json").read_text())
+  summary = strict_json(out.strip().splitlines()[-1])
+  assert summary == strict_json((tmp_path / "s" / "sweep.json").read_text())
   assert set(summary["runs"]) == {"0.01", "0.1", "1000", "1e+38"}
   assert summary["best_lr"] in (0.01, 0.1)
   diverged = summary["runs"]["1e+38"]  # no finite validation loss: null, not Infinity
@@ -163,7 +155,7 @@ def test_sweep_trains_the_grid_as_one_program_and_equals_train_at_a_rate(tmp_pat
   # a member is `train --optimizer sgd` at its rate: the same best validation loss
   train = ["train", *common, "--optimizer", "sgd", "--lr", "0.1", "--no-progress"]
   assert cli.main([*train, "--out", str(tmp_path / "t")]) == 0
-  trained = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+  trained = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
   assert summary["runs"]["0.1"]["best_epoch"] == trained["best_epoch"]
   assert summary["runs"]["0.1"]["loss"] == pytest.approx(trained["test_loss"], rel=1e-3)
 
@@ -175,7 +167,7 @@ def test_tune_with_adam_suggests_adams_rate_from_an_alrao_adam_run(tmp_path, cap
   no_race = ["--race-epochs", "0", "--out", str(tmp_path / "t")]
   assert cli.main([*common, "--optimizer", "adam", *no_race]) == 0
   out, err = capsys.readouterr()
-  summary = _strict_json(out.strip().splitlines()[-1])
+  summary = strict_json(out.strip().splitlines()[-1])
   assert "alrao-adam" in err and "race" not in err
   assert set(summary) == {"lr", "suggested_lr", "leading_copy_lr", "confidence", "alrao", "adam"}
   assert summary["lr"] == summary["suggested_lr"]  # no race: Adam at the suggestion
@@ -208,8 +200,8 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
     == 0
   )
   out, err = capsys.readouterr()
-  summary = _strict_json(out.strip().splitlines()[-1])
-  assert summary == _strict_json((tmp_path / "t" / "tune.json").read_text())
+  summary = strict_json(out.strip().splitlines()[-1])
+  assert summary == strict_json((tmp_path / "t" / "tune.json").read_text())
   assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
   race = summary["race"]["valid_loss"]  # the suggestion among the candidates, race_pick's pick
   assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
@@ -232,9 +224,9 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
   lr = str(summary["lr"])
   train = ["train", "--no-progress", *common, "--optimizer", "sgd", "--lr", lr]
   assert cli.main([*train, "--out", str(tmp_path / "sgd")]) == 0
-  alone = _strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+  alone = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
   assert alone["test_loss"] == pytest.approx(summary["sgd"]["test_loss"], rel=1e-5)
-  settings = _strict_json((tmp_path / "sgd" / "settings.json").read_text())
+  settings = strict_json((tmp_path / "sgd" / "settings.json").read_text())
   assert settings["layer_schedule"] == "smith"
 
 
@@ -280,15 +272,15 @@ def test_extras_equal_the_optax_chain_written_by_hand():
 def test_alrao_adam_has_its_own_interval_and_learns(tmp_path, capsys):
   args = ["train", "--no-progress", "--optimizer", "alrao-adam", "--epochs", "4"]
   assert cli.main([*args, "--out", str(tmp_path / "run")]) == 0
-  settings = _strict_json((tmp_path / "run" / "settings.json").read_text())
+  settings = strict_json((tmp_path / "run" / "settings.json").read_text())
   assert (settings["lr_min"], settings["lr_max"]) == ADAM_INTERVAL == (1e-6, 1.0)
   # it learns: the training loss falls to a tenth of the first epoch's on seeds 0 and 1, on
   # Intel and AMD alike, and the kept epoch is well above chance (10 classes); its validation
   # loss jumps around at 4 epochs (0.53 to 0.81 accuracy across seeds and processors), so no
   # finer bound holds there
-  history = [_strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+  history = [strict_json(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
   assert history[-1]["train_loss"] < 0.3 * history[0]["train_loss"], history
-  assert _strict_json(capsys.readouterr().out.splitlines()[-1])["test_accuracy"] > 0.4
+  assert strict_json(capsys.readouterr().out.splitlines()[-1])["test_accuracy"] > 0.4
 
 
 def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_path, capsys):
@@ -298,7 +290,7 @@ def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_p
   args = ["lr-find", "--steps", "100"]
   assert cli.main([*args, "--out", str(tmp_path)]) == 0
   captured = capsys.readouterr()
-  out = _strict_json(captured.out.strip().splitlines()[-1])
+  out = strict_json(captured.out.strip().splitlines()[-1])
   assert set(out["suggestions"]) == {"steep", "valley", "minimum"}
   assert 1e-4 <= out["suggestions"]["steep"] <= 100
   low, high = out["alrao_sgd_interval"]
@@ -310,7 +302,7 @@ def test_lr_find_on_the_alrao_model_prints_the_interval_and_saves_the_plot(tmp_p
   # 10 steps are too few to read: no suggestion, no interval, no command to paste
   assert cli.main([*args[:1], "--steps", "10", "--out", str(tmp_path / "short")]) == 0
   captured = capsys.readouterr()
-  out = _strict_json(captured.out.strip().splitlines()[-1])
+  out = strict_json(captured.out.strip().splitlines()[-1])
   assert out["alrao_sgd_interval"] is None and set(out["suggestions"].values()) == {None}
   assert "no suggestion, the curve is too short" in captured.err
   assert "alrao-jax train" not in captured.err
@@ -514,10 +506,10 @@ def test_mesh_run_in_a_fresh_process_equals_the_one_device_run(tmp_path, capsys)
     text=True,
   )
   assert cli.main([*common, "--out", str(tmp_path / "one")]) == 0
-  one = _strict_json(capsys.readouterr().out.splitlines()[-1])
+  one = strict_json(capsys.readouterr().out.splitlines()[-1])
   out, err = good.communicate()
   assert good.returncode == 0, err
-  mesh = _strict_json(out.splitlines()[-1])
+  mesh = strict_json(out.splitlines()[-1])
   assert mesh.keys() == one.keys() and mesh["best_epoch"] == one["best_epoch"]
   for name in one:
     assert abs(mesh[name] - one[name]) < 1e-5, name
@@ -568,8 +560,8 @@ def test_ctrl_c_ends_with_one_line_and_resume_alone_finishes(when, tmp_path):
     done = len((out / "metrics.jsonl").read_text().splitlines())
     assert f"after epoch {done}" in err[1] and 1 <= done < 3
   assert cli.main(["train", "--resume", "--no-progress", "--out", str(out)]) == 0
-  records = [_strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-  epochs = _strict_json((out / "settings.json").read_text())["epochs"]
+  records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  epochs = strict_json((out / "settings.json").read_text())["epochs"]
   assert [r["epoch"] for r in records] == list(range(1, epochs + 1))
 
 
@@ -582,7 +574,7 @@ def test_a_run_that_diverges_in_its_first_epoch_ends_cleanly_and_says_why(tmp_pa
     f"alrao-jax: the run diverged in epoch 1: {alrao_jax.loop.STOP_REASONS['diverged']}; the "
     f"checkpoint in {tmp_path} keeps no epoch (none was finite) as its best state"
   ]
-  assert _strict_json(captured.out.strip().splitlines()[-1])["best_epoch"] == 0
+  assert strict_json(captured.out.strip().splitlines()[-1])["best_epoch"] == 0
 
 
 def test_the_command_line_keeps_a_persistent_compilation_cache(tmp_path):
