@@ -24,25 +24,21 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alrao_jax.checks import check_int
+from alrao_jax.epochs import Progress, epoch_batches, run_epochs, test_metrics_of
+from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.head import as_copy_outputs
-from alrao_jax.loop import (
+from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.lr_find import takes_learning_rate
+from alrao_jax.run_checks import (
   check_carried,
-  check_eval_batch_size,
   check_eval_model,
   check_split_labels,
   check_streams,
   checked_splits,
-  epoch_batches,
-  evaluate_split,
   nnx_outputs,
   num_outputs,
-  stop_reason,
-  test_metrics_of,
-  zero_collections,
 )
-from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
-from alrao_jax.lr_find import takes_learning_rate
-from alrao_jax.splits import take
+from alrao_jax.splits import Split, take
 from alrao_jax.steps import (
   averaging_weights,
   check_averaging_state,
@@ -127,8 +123,9 @@ def _injected(
   return optax.inject_hyperparams(factory)(**{hyperparam: first})
 
 
-def _with_values(opt_state: Any, hyperparam: str, values: np.ndarray) -> Any:
-  """The stacked optimizer state with member ``i``'s hyperparameter set to ``values[i]``."""
+def _with_values(states: Any, hyperparam: str, values: np.ndarray) -> Any:
+  """The stacked states with member ``i``'s hyperparameter set to ``values[i]``."""
+  opt_state = states.opt_state
   hyperparams = dict(opt_state.hyperparams)
   dtype = jnp.result_type(hyperparams[hyperparam])
   with np.errstate(over="ignore"):  # an overflow is named below
@@ -141,7 +138,10 @@ def _with_values(opt_state: Any, hyperparam: str, values: np.ndarray) -> Any:
       f"values within [{np.finfo(dtype).tiny:.3g}, {np.finfo(dtype).max:.3g}] in magnitude."
     )
   hyperparams[hyperparam] = jnp.asarray(stored)
-  return opt_state._replace(hyperparams=hyperparams)
+  opt_state = opt_state._replace(hyperparams=hyperparams)
+  if isinstance(states, _NNXMember):
+    return states._replace(opt_state=opt_state)
+  return states.replace(opt_state=opt_state)
 
 
 def _stack(tree: Any, count: int) -> Any:
@@ -162,9 +162,10 @@ def _select(keep: jax.Array, new: Any, old: Any) -> Any:
 def _linen_members(
   model,
   tx,
-  example,
+  splits,
   *,
   seed,
+  batch_size,
   averaging,
   likelihood,
   train_kwargs,
@@ -173,12 +174,14 @@ def _linen_members(
   eval_model,
   carry,
 ):
-  """(state, train step, eval step) of a linen model: the state fit starts from."""
+  """(state, train step, eval step) of a linen model, checked: the state fit starts from."""
+  if not isinstance(model, nn.Module):
+    raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
   state = create_train_state(
     model,
     tx,
     jax.random.key(seed),
-    *model_args(example),
+    *model_args(take(splits.train.inputs, slice(0, batch_size))),
     averaging=averaging,
     rng_streams=rng_streams,
     **eval_kwargs,
@@ -199,6 +202,12 @@ def _linen_members(
     eval_kwargs=eval_kwargs,
     carry=carry,
   )
+  check_carried(state.model_state, carry)
+  example = take(splits.train.inputs, slice(0, 1))
+  if eval_model is not None:
+    check_eval_model(eval_model, state, example, eval_kwargs)
+  if likelihood is categorical_log_likelihood:
+    check_split_labels(splits, num_outputs(eval_model or model, state, example, eval_kwargs))
   return state, step, evaluate
 
 
@@ -209,8 +218,19 @@ class _NNXMember(NamedTuple):
   averaging_state: Any
 
 
-def _nnx_members(model, tx, *, averaging, likelihood, train_kwargs, eval_kwargs):
-  """(state, train step, eval step) of an NNX model, as pure functions of its variables."""
+def _nnx_members(model, tx, splits, *, averaging, likelihood, train_kwargs, eval_kwargs, **linen):
+  """(state, train step, eval step) of an NNX model, as pure functions of its variables;
+  ``linen`` holds the linen-only arguments, which must keep their defaults."""
+  if (
+    linen["eval_model"] is not None or tuple(linen["rng_streams"]) != ("dropout",) or linen["carry"]
+  ):
+    raise ValueError(
+      "eval_model, rng_streams and carry apply to linen models; an NNX model holds its RNG "
+      "streams (pass rngs at call time with train_kwargs)."
+    )
+  if likelihood is categorical_log_likelihood:
+    example = take(splits.train.inputs, slice(0, 1))
+    check_split_labels(splits, nnx_outputs(model, example, eval_kwargs))
   nodes, call_kwargs = node_kwargs(train_kwargs)
   if any(isinstance(v, nnx.Pytree) for v in eval_kwargs.values()):
     raise ValueError(
@@ -248,6 +268,44 @@ def _nnx_members(model, tx, *, averaging, likelihood, train_kwargs, eval_kwargs)
     return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
 
   return state, step, evaluate
+
+
+class _Members:
+  """A sweep's members for the epoch loop: their states stacked on a leading axis, trained by
+  one vmapped step and evaluated by one vmapped evaluation."""
+
+  def __init__(self, states, step, evaluate, *, carry, streams, chunk):
+    self.runs = len(jax.tree.leaves(states)[0])
+    self.states, self.best_states = states, jax.tree.map(jnp.copy, states)
+    self._step = jax.jit(jax.vmap(step, in_axes=(0, None, None)), donate_argnums=0)
+    self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+    self._carry, self._streams, self._chunk = carry, streams, chunk
+    self._posteriors = None
+
+  def begin_epoch(self) -> None:
+    self.states = zero_collections(self.states, self._carry)
+
+  def step(self, inputs: Any, targets: Any) -> jax.Array:
+    self.states, metrics = self._step(self.states, inputs, targets)
+    self._posteriors = metrics["posterior"]
+    return metrics["loss"]
+
+  def posteriors(self) -> np.ndarray:
+    return np.asarray(self._posteriors)
+
+  def evaluate(self, split: Split) -> list[dict[str, Any]]:
+    found = evaluate_split(
+      self._evaluate,
+      self.states,
+      split,
+      carry=self._carry,
+      streams=self._streams,
+      chunk=self._chunk,
+    )
+    return [{k: v[i] for k, v in found.items()} for i in range(self.runs)]
+
+  def keep(self, improved: np.ndarray) -> None:
+    self.best_states = _select(jnp.asarray(improved), self.states, self.best_states)
 
 
 def _placed(tree: Any, mesh: jax.sharding.Mesh | None) -> Any:
@@ -374,122 +432,58 @@ def sweep(
   averaging = averaging or switch_averaging()
   tx = _injected(optimizer, hyperparam, float(values_[0]))
   train_kwargs, eval_kwargs = dict(train_kwargs or {}), dict(eval_kwargs or {})
-  if isinstance(model, nnx.Module):
-    if eval_model is not None or tuple(rng_streams) != ("dropout",) or carry:
-      raise ValueError(
-        "eval_model, rng_streams and carry apply to linen models; an NNX model holds its RNG "
-        "streams (pass rngs at call time with train_kwargs)."
-      )
-    if likelihood is categorical_log_likelihood:
-      check_split_labels(splits, nnx_outputs(model, take(train.inputs, slice(0, 1)), eval_kwargs))
-    state, step, evaluate = _nnx_members(
-      model,
-      tx,
-      averaging=averaging,
-      likelihood=likelihood,
-      train_kwargs=train_kwargs,
-      eval_kwargs=eval_kwargs,
-    )
-  elif isinstance(model, nn.Module):
-    state, step, evaluate = _linen_members(
-      model,
-      tx,
-      take(train.inputs, slice(0, batch_size)),
-      seed=seed,
-      averaging=averaging,
-      likelihood=likelihood,
-      train_kwargs=train_kwargs,
-      eval_kwargs=eval_kwargs,
-      rng_streams=rng_streams,
-      eval_model=eval_model,
-      carry=carry,
-    )
-    check_carried(state.model_state, carry)
-    if eval_model is not None:
-      check_eval_model(eval_model, state, take(train.inputs, slice(0, 1)), eval_kwargs)
-    if likelihood is categorical_log_likelihood:
-      outputs = num_outputs(
-        eval_model or model, state, take(train.inputs, slice(0, 1)), eval_kwargs
-      )
-      check_split_labels(splits, outputs)
-  else:
-    raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
-  count = len(values_)
-  states = _stack(state, count)
-  opt_states = _with_values(states.opt_state, hyperparam, values_)
-  states = (
-    states._replace(opt_state=opt_states)
-    if isinstance(states, _NNXMember)
-    else states.replace(opt_state=opt_states)
+  kind = _nnx_members if isinstance(model, nnx.Module) else _linen_members
+  state, step, evaluate = kind(
+    model,
+    tx,
+    splits,
+    seed=seed,
+    batch_size=batch_size,
+    averaging=averaging,
+    likelihood=likelihood,
+    train_kwargs=train_kwargs,
+    eval_kwargs=eval_kwargs,
+    rng_streams=rng_streams,
+    eval_model=eval_model,
+    carry=carry,
   )
-  states = _placed(states, mesh)
-  train_all = jax.jit(jax.vmap(step, in_axes=(0, None, None)), donate_argnums=0)
-  evaluate_all = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
-
-  def evaluate_all_on(split: Any) -> dict[str, Any]:
-    return evaluate_split(
-      evaluate_all, states, split, carry=carry, streams=batch_size, chunk=eval_batch_size
-    )
-
-  start_valid_loss = float(evaluate_all_on(valid)["loss"][0])  # the members start equal
-  best_states = jax.tree.map(jnp.copy, states)
-  histories: list[list[dict[str, Any]]] = [[] for _ in range(count)]
-  best = np.full(count, np.inf)
-  best_epochs = np.zeros(count, int)
-  stopped: list[str | None] = [None] * count
-  evaluated = (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),)
-  for epoch in range(1, epochs + 1):
-    states = zero_collections(states, carry)
-    losses = []
-    for idx in epoch_batches(rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)):
-      states, metrics = train_all(states, take(train.inputs, idx), train.targets[idx])
-      losses.append(metrics["loss"])
-    train_losses = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64)
-    posteriors = np.asarray(metrics["posterior"], np.float64)
-    found = {prefix: evaluate_all_on(split) for prefix, split in evaluated}
-    improved = np.zeros(count, bool)
-    for i in range(count):
-      if stopped[i] is not None:
-        continue
-      record = {
-        "epoch": epoch,
-        "train_loss": float(train_losses[i]),
-        "posterior": posteriors[i].tolist(),
-        hyperparam: float(values_[i]),
-      }
-      for prefix, metrics_ in found.items():
-        record.update({f"{prefix}_{k}": float(v[i]) for k, v in metrics_.items()})
-      if np.isfinite(record["valid_loss"]) and record["valid_loss"] < best[i]:
-        best[i], best_epochs[i], improved[i] = record["valid_loss"], epoch, True
-      stopped[i] = stop_reason(record, int(best_epochs[i]), patience)
-      if stopped[i] is not None:
-        record["stopped"] = stopped[i]
-      histories[i].append(record)
-    if improved.any():
-      best_states = _select(jnp.asarray(improved), states, best_states)
-    if on_epoch is not None:
-      on_epoch(epoch, histories)
-    if all(reason is not None for reason in stopped):
-      break
-  finite = np.isfinite(best)
-  best_index = int(np.argmin(np.where(finite, best, np.inf))) if finite.any() else -1
+  states = _placed(_with_values(_stack(state, len(values_)), hyperparam, values_), mesh)
+  members = _Members(states, step, evaluate, carry=carry, streams=batch_size, chunk=eval_batch_size)
+  start_valid_loss = float(members.evaluate(valid)[0]["loss"])  # the members start equal
+  progress = run_epochs(
+    members,
+    Progress.start(len(values_)),
+    train,
+    (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),),
+    epochs=epochs,
+    batches=lambda epoch: epoch_batches(
+      rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)
+    ),
+    patience=patience,
+    labels=[{hyperparam: float(v)} for v in values_],
+    on_epoch=None
+    if on_epoch is None
+    else lambda epoch, progress: on_epoch(epoch, progress.histories),
+  )
+  finite = np.isfinite(progress.best)
+  best_index = int(np.argmin(np.where(finite, progress.best, np.inf))) if finite.any() else -1
   if isinstance(model, nnx.Module):
-    winner = _member(best_states, max(best_index, 0))
+    winner = _member(members.best_states, max(best_index, 0))
     nnx.update((model, *node_kwargs(train_kwargs)[0]), winner.params, winner.rest)
     model.eval()
   return SweepResult(
     hyperparam=hyperparam,
     values=values_,
-    histories=histories,
-    best_epochs=best_epochs,
-    valid_losses=best,
+    histories=progress.histories,
+    best_epochs=progress.best_epochs,
+    valid_losses=progress.best,
     test=[
       (test_metrics_of(h[e - 1]) if e else {"loss": float("inf")}) if evaluate_test else {}
-      for h, e in zip(histories, best_epochs, strict=True)
+      for h, e in zip(progress.histories, progress.best_epochs, strict=True)
     ],
-    stopped=[reason or "epochs" for reason in stopped],
+    stopped=[reason or "epochs" for reason in progress.stopped],
     best_index=best_index,
     best_value=float(values_[best_index]) if best_index >= 0 else float("nan"),
-    states=best_states,
+    states=members.best_states,
     start_valid_loss=start_valid_loss,
   )

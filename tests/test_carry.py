@@ -9,9 +9,9 @@ import pytest
 from flax import nnx
 
 import alrao_jax
+from alrao_jax.evaluation import evaluate_streams
 from alrao_jax.experiments.data import _sequences
 from alrao_jax.experiments.models import CharLSTM
-from alrao_jax.loop import evaluate_streams
 from alrao_jax.splits import Split, Splits
 
 VOCAB, STREAMS, BPTT = 7, 4, 6

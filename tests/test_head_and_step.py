@@ -403,7 +403,7 @@ def test_copy_outputs_drops_a_diverged_copy_from_dz_in_every_regime(
 
 
 def test_evaluation_in_chunks_equals_the_whole_split():
-  from alrao_jax.loop import evaluate_in_chunks
+  from alrao_jax.evaluation import evaluate_in_chunks
 
   model = nn.Sequential([nn.Dense(8), nn.relu, alrao_jax.AlraoHead(3, num_copies=4)])
   x = jax.random.normal(KEY, (50, 5))

@@ -19,7 +19,7 @@ METHOD = (
   "sharding",
   "predict",
 )
-AROUND = ("loop", "checkpoint", "splits", "strict_json")
+AROUND = ("loop", "epochs", "evaluation", "run_checks", "checkpoint", "splits", "strict_json")
 TOOLS = ("lr_find", "suggest_lr", "sweep", "tune", "screen", "layer_schedule")
 
 
