@@ -15,11 +15,10 @@ import jax
 import optax
 
 from alrao_jax.checks import check_bounds, check_num_copies
+from alrao_jax.defaults import SGD_GRID
 from alrao_jax.loop import fit
 from alrao_jax.splits import Splits
 from alrao_jax.transform import alrao_sgd
-
-SGD_GRID = tuple(10.0**e for e in range(-5, 2))  # the paper's grid, 1e-5 ... 10
 
 
 class ScreenResult(NamedTuple):

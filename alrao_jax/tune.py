@@ -23,6 +23,7 @@ import optax
 from flax import nnx
 
 from alrao_jax.checks import check_bounds, check_int
+from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.splits import as_splits, take
@@ -34,8 +35,6 @@ from alrao_jax.transform import alrao_adam, alrao_sgd
 OPTIMIZERS = {"sgd": (alrao_sgd, optax.sgd), "adam": (alrao_adam, optax.adam)}
 NEIGHBOUR_DECADES = 0.5  # each candidate is raced with its neighbours this far on each side
 MERGE_DECADES = 0.2  # candidates closer than this are raced once
-TOLERANCE = 0.2  # the suggestion's racer may lag the best by this share of the best's progress
-RACE_EPOCHS = 2  # the longest race by default (see race_length)
 
 
 class TuneResult(NamedTuple):

@@ -45,7 +45,7 @@ def _train(epochs: int, cache: pathlib.Path, out: pathlib.Path) -> float:
 def _imports() -> float:
   """Wall seconds of a new process that imports the command line and exits."""
   start = time.perf_counter()
-  subprocess.run([sys.executable, "-c", "import alrao_jax.experiments.cli"], check=True)
+  subprocess.run([sys.executable, "-c", "import alrao_jax.experiments.cli.train"], check=True)
   return time.perf_counter() - start
 
 
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> str:
   for name, values in times.items():
     per_round = ", ".join(f"{v:.1f}" for v in values)
     ratio = median[name] / training if name != "warm, 5x epochs" else median[name] / (5 * training)
-    label = "imports alone (`import alrao_jax.experiments.cli`)" if name == "imports" else name
+    label = "imports alone (`import alrao_jax.experiments.cli.train`)" if name == "imports" else name
     lines.append(f"| {label} | {median[name]:.1f} | {per_round} | {ratio:.2f} |")
   fixed = median["warm"] - training
   lines += [

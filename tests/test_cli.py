@@ -21,6 +21,7 @@ import alrao_jax
 from alrao_jax import race_pick
 from alrao_jax.checkpoint import restore_checkpoint
 from alrao_jax.experiments import cli
+from alrao_jax.experiments.cli import interrupt, options, report
 from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.models import DigitsCNN
@@ -321,6 +322,33 @@ def test_help_shows_defaults_in_plain_text_and_version(capsys):
   assert capsys.readouterr().out.strip() == f"alrao-jax {alrao_jax.__version__}"
 
 
+def test_help_and_a_bad_flag_answer_without_starting_jax():
+  script = (
+    "import sys\n"
+    "from alrao_jax.experiments.cli import main\n"
+    "for argv in (['--help'], ['train', '--help'], ['sweep', '--grid']):\n"
+    "  try:\n"
+    "    main(argv)\n"
+    "  except SystemExit as exit_:\n"
+    "    print(argv[0], exit_.code)\n"
+    "print('jax' in sys.modules, 'alrao_jax.loop' in sys.modules)\n"
+  )
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  assert done.stdout.splitlines()[-4:] == ["--help 0", "train 0", "sweep 2", "False False"]
+  assert "expected one argument" in done.stderr
+
+
+def test_the_parsers_names_are_those_the_tasks_and_methods_implement():
+  from alrao_jax.experiments import methods, names, tasks
+  from alrao_jax.screen import SGD_GRID
+
+  assert set(names.METHODS) == {*methods.ALRAO, *methods.PEERS}
+  assert set(names.MODEL_KINDS) == set(tasks.MODEL_KINDS)
+  assert set(names.PLAIN) == set(options.LR_FIND_OPTIMIZERS) <= set(methods.PEERS)
+  assert [float(v) for v in options.DEFAULT_GRID.split(",")] == list(SGD_GRID)
+
+
 def _bad_cifar(tmp_path):
   folder = tmp_path / "cifar"
   folder.mkdir()
@@ -333,7 +361,7 @@ def _saved_run(tmp_path, checkpoint_meta=None, **changes):
   """A run folder as train leaves it, made by hand: settings.json and a checkpoint's meta."""
   folder = tmp_path / "run"
   (folder / "checkpoint").mkdir(parents=True)
-  settings = {**cli.RUN_DEFAULTS, "task": "digits", "lr_min": 1e-5, "lr_max": 10.0, "copies": 4}
+  settings = {**options.RUN_DEFAULTS, "task": "digits", "lr_min": 1e-5, "lr_max": 10.0, "copies": 4}
   (folder / "settings.json").write_text(json.dumps({**settings, **changes}))
   if checkpoint_meta is not None:
     (folder / "checkpoint" / "alrao_checkpoint.json").write_text(checkpoint_meta)
@@ -628,7 +656,7 @@ def test_the_figures_are_redrawn_when_that_is_cheap_and_always_when_the_run_ends
   ]
 
   def reporter(plot_seconds):
-    r = cli._Reporter(tmp_path, 3, False, method, "title", cli._CtrlC())
+    r = report.Reporter(tmp_path, 3, False, method, "title", interrupt.CtrlC())
     r.plot_seconds = plot_seconds
     return r
 

@@ -29,7 +29,7 @@ def test_the_sdist_builds_a_wheel_that_installs_in_a_fresh_venv_and_runs_there(t
   )
   (wheel,) = wheels.glob("alrao_jax-*.whl")
   names = zipfile.ZipFile(wheel).namelist()
-  assert "alrao_jax/py.typed" in names and "alrao_jax/experiments/cli.py" in names
+  assert "alrao_jax/py.typed" in names and "alrao_jax/experiments/cli/__init__.py" in names
   assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
   entry_points = next(n for n in names if n.endswith("entry_points.txt"))
   assert (

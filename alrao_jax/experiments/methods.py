@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 from alrao_jax.checks import check_bounds, check_num_copies
+from alrao_jax.experiments.names import LAYER_SCHEDULES, METHODS, SCHEDULES, WITH_MOMENTUM
 from alrao_jax.layer_schedule import (
   LayerDepths,
   discriminative_schedule,
@@ -44,11 +45,7 @@ EVAL_PARAMS = {  # optimizers whose model is evaluated at other parameters than 
   "schedule-free-sgd": lambda s: optax.contrib.schedule_free_eval_params(s.opt_state, s.params),
 }
 ALRAO = {"alrao-sgd": alrao_sgd, "alrao-adam": alrao_adam}
-METHODS = (*ALRAO, *PEERS)
-WITH_MOMENTUM = ("alrao-sgd", "sgd")
-SCHEDULES = ("constant", "cosine", "warmup-cosine", "onecycle", "linear", "warmup-linear")
 WARMUP_FRACTION = 0.05  # of the steps, for the warmup-* schedules
-LAYER_SCHEDULES = ("uniform", "discriminative", "smith", "smith-reverse")
 
 
 class Method(NamedTuple):

@@ -25,10 +25,10 @@ from alrao_jax.experiments.data import (
   load_ptb_char,
 )
 from alrao_jax.experiments.models import MLP, CharLSTM, Conv1DNet, DigitsCNN
+from alrao_jax.experiments.names import TASKS
 from alrao_jax.splits import Split, Splits
 
 MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}
-TASKS = ("digits", "mnist1d", "mnist1d-mlp", "ptb-char", "cifar10")
 MODEL_KINDS = {"mlp": MLP, "cnn": DigitsCNN}  # the built-in models for the user's arrays
 BUILTIN_CONFIGS = {  # digits: three widths of clearly different capacity, one hidden layer each
   "mlp-width-2": {"model": "mlp", "width": 2, "depth": 1},

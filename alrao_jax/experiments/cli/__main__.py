@@ -1,0 +1,7 @@
+"""``python -m alrao_jax.experiments.cli``: the alrao-jax command."""
+
+import sys
+
+from alrao_jax.experiments.cli import main
+
+sys.exit(main())

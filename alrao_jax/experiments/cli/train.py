@@ -1,0 +1,118 @@
+"""``alrao-jax train``: one optimizer on a bundled task or your arrays, with metrics, figures and
+a checkpoint that ``--resume`` continues."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import warnings
+from typing import Any
+
+from alrao_jax import strict_json
+from alrao_jax.checkpoint import checkpoint_meta
+from alrao_jax.experiments.cli.devices import mesh_of
+from alrao_jax.experiments.cli.errors import RunDivergedError, RunInterruptedError, UsageError
+from alrao_jax.experiments.cli.interrupt import CtrlC
+from alrao_jax.experiments.cli.options import (
+  CHANGEABLE_ON_RESUME,
+  RUN_DEFAULTS,
+  SETTINGS,
+  check_data_options,
+  check_optimizer_options,
+  describe_run,
+  flag,
+  load,
+  resolve,
+  run_folder,
+  run_method,
+)
+from alrao_jax.experiments.cli.report import Reporter
+from alrao_jax.experiments.tasks import MODES
+from alrao_jax.loop import STOP_REASONS, FitResult, fit
+
+
+def _train_settings(args: argparse.Namespace, out: pathlib.Path) -> tuple[dict[str, Any], bool]:
+  """The run's settings and whether it continues a saved run."""
+  saved_path = out / SETTINGS
+  if not args.resume:
+    if saved_path.exists() or (out / "metrics.jsonl").exists():
+      raise UsageError(f"{out} holds a run already; pass --resume to continue it, or another --out")
+    return resolve(args, RUN_DEFAULTS), False
+  if not saved_path.is_file():
+    raise UsageError(f"no run to resume in {out} (no {SETTINGS}); start it without --resume")
+  try:
+    saved = json.loads(saved_path.read_text())
+  except ValueError as err:
+    raise UsageError(f"{saved_path} is corrupt ({err}); start a new run in another --out") from err
+  if not isinstance(saved, dict) or not {"task", "optimizer"} <= set(saved) <= set(RUN_DEFAULTS):
+    raise UsageError(f"{saved_path} is not a run's settings; start a new run in another --out")
+  saved = {**RUN_DEFAULTS, **saved}  # runs saved before an option existed have its default
+  for name in RUN_DEFAULTS:
+    given = getattr(args, name, None)
+    if given is not None and given != saved[name] and name not in CHANGEABLE_ON_RESUME:
+      raise UsageError(
+        f"{flag(name)} {given} differs from this run's {saved[name]} ({saved_path}); "
+        "drop it to continue the run, or start a new one in another --out"
+      )
+  if args.epochs is not None:
+    saved["epochs"] = args.epochs
+  return saved, True
+
+
+def run(args: argparse.Namespace) -> FitResult:
+  out = run_folder(args)
+  settings, resuming = _train_settings(args, out)
+  check_data_options(settings)
+  check_optimizer_options(settings)
+  task = load(settings)
+  method = run_method(settings, task)
+  mesh = mesh_of(args, settings, task)
+  checkpoint = out / "checkpoint"
+  if resuming and checkpoint.exists():
+    checkpoint_meta(checkpoint)  # a corrupt run is refused before the model is built
+  out.mkdir(parents=True, exist_ok=True)
+  (out / SETTINGS).write_text(strict_json.dumps(settings, indent=1) + "\n")
+  title = describe_run(settings, task, method)
+  ctrl_c = CtrlC()
+  reporter = Reporter(out, settings["epochs"], not args.no_progress, method, title, ctrl_c)
+  result = None
+  try:
+    with ctrl_c, warnings.catch_warnings():
+      # said once the handler is in place: a Ctrl-C from here on ends with the resume hint
+      compiling = "compiling the step (the first epoch includes it)"
+      print(f"alrao-jax: {title}; {compiling}", file=sys.stderr)
+      warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)  # said below
+      result = fit(
+        task.build(len(method.copy_lrs)),
+        method.optimizer,
+        task.splits,
+        epochs=settings["epochs"],
+        seed=settings["seed"],
+        batch_size=task.batch_size,
+        **MODES,
+        checkpoint_dir=checkpoint,
+        resume=resuming and checkpoint.exists(),
+        on_epoch=reporter,
+        eval_params=method.eval_params,
+        mesh=mesh,
+        carry=task.carry,
+      )
+  except KeyboardInterrupt as err:
+    reporter.close()
+    done = f"after epoch {reporter.epoch}" if reporter.epoch else "before its first epoch"
+    raise RunInterruptedError(
+      f"interrupted {done}; `alrao-jax train --resume --out {out}` continues the run"
+    ) from err
+  finally:
+    reporter.close(result)
+  summary = {"best_epoch": result.best_epoch, **{f"test_{k}": v for k, v in result.test.items()}}
+  print(strict_json.dumps(summary))
+  if result.stopped == "diverged":
+    kept = f"epoch {result.best_epoch}" if result.best_epoch else "no epoch (none was finite)"
+    raise RunDivergedError(
+      f"the run diverged in epoch {len(result.history)}: {STOP_REASONS['diverged']}; the "
+      f"checkpoint in {out} keeps {kept} as its best state"
+    )
+  return result
