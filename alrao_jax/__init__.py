@@ -5,147 +5,78 @@ The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.tra
 :mod:`~alrao_jax.switch` (model averaging), :mod:`~alrao_jax.loss`, :mod:`~alrao_jax.steps`
 (jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),
-:mod:`~alrao_jax.checkpoint`, :mod:`~alrao_jax.splits` and :mod:`~alrao_jax.strict_json`; the tools
+:mod:`~alrao_jax.epochs` (the epoch loop ``fit`` and ``sweep`` share),
+:mod:`~alrao_jax.evaluation`, :mod:`~alrao_jax.run_checks`, :mod:`~alrao_jax.checkpoint`,
+:mod:`~alrao_jax.splits`, :mod:`~alrao_jax.strict_json` and :mod:`~alrao_jax.defaults`; the tools
 :mod:`~alrao_jax.lr_find`, :mod:`~alrao_jax.suggest_lr`, :mod:`~alrao_jax.sweep`,
 :mod:`~alrao_jax.tune`, :mod:`~alrao_jax.screen` and :mod:`~alrao_jax.layer_schedule`. The
 bundled tasks, models, peers, comparison protocol, plots, demo and command line are in
 :mod:`alrao_jax.experiments`.
+
+The names are loaded when first used (PEP 562): ``import alrao_jax`` alone does not start JAX, so
+that the command line's ``--help`` answers at once. ``__init__.pyi`` lists them, for type
+checkers and for the loader.
 """
+
+from __future__ import annotations
+
+import ast
+import importlib
+import pathlib
+import sys
+import types
+from typing import Any
 
 __version__ = "0.1.0"
 
-from alrao_jax import nnx, sharding
-from alrao_jax.checkpoint import (
-  Checkpoint,
-  restore_checkpoint,
-  restore_nnx_checkpoint,
-  save_checkpoint,
-  save_nnx_checkpoint,
-)
-from alrao_jax.head import (
-  AlraoHead,
-  CopyOutputs,
-  best_copy,
-  copy_outputs,
-  mixture_log_probs,
-)
-from alrao_jax.layer_schedule import (
-  LayerDepths,
-  ScaleByLayerScheduleState,
-  discriminative_schedule,
-  layer_depths,
-  scale_by_layer_schedule,
-  smith_schedule,
-)
-from alrao_jax.loop import FitResult, fit
-from alrao_jax.loss import (
-  AlraoLossAux,
-  alrao_loss,
-  categorical_log_likelihood,
-  gaussian_log_likelihood,
-)
-from alrao_jax.lr_find import LRFindResult, lr_find
-from alrao_jax.predict import mixture_mean, predict
-from alrao_jax.rates import copy_rates, sample_rates
-from alrao_jax.screen import ScreenResult, screen
-from alrao_jax.splits import Split, Splits, split_arrays
-from alrao_jax.steps import (
-  TrainState,
-  create_train_state,
-  evaluation_metrics,
-  init_averaging,
-  make_eval_step,
-  make_train_step,
-  num_copies_of,
-)
-from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
-from alrao_jax.sweep import SweepResult, sweep
-from alrao_jax.switch import (
-  BayesState,
-  ModelAveraging,
-  SwitchState,
-  bayes_averaging,
-  bayes_init,
-  bayes_posterior,
-  bayes_update,
-  switch_averaging,
-  switch_init,
-  switch_posterior,
-  switch_update,
-)
-from alrao_jax.transform import (
-  ScaleByRatesState,
-  alrao_adam,
-  alrao_sgd,
-  rates_of,
-  scale_by_rates,
-)
-from alrao_jax.tune import TuneResult, race_pick, tune
 
-__all__ = [
-  "AlraoHead",
-  "AlraoLossAux",
-  "BayesState",
-  "Checkpoint",
-  "CopyOutputs",
-  "FitResult",
-  "LRFindResult",
-  "LRSuggestion",
-  "LayerDepths",
-  "ModelAveraging",
-  "ScaleByLayerScheduleState",
-  "ScaleByRatesState",
-  "ScreenResult",
-  "Split",
-  "Splits",
-  "SweepResult",
-  "SwitchState",
-  "TrainState",
-  "TuneResult",
-  "alrao_adam",
-  "alrao_loss",
-  "alrao_sgd",
-  "bayes_averaging",
-  "bayes_init",
-  "bayes_posterior",
-  "bayes_update",
-  "best_copy",
-  "categorical_log_likelihood",
-  "copy_outputs",
-  "copy_rates",
-  "create_train_state",
-  "discriminative_schedule",
-  "evaluation_metrics",
-  "fit",
-  "gaussian_log_likelihood",
-  "init_averaging",
-  "layer_depths",
-  "lr_find",
-  "make_eval_step",
-  "make_train_step",
-  "mixture_log_probs",
-  "mixture_mean",
-  "nnx",
-  "num_copies_of",
-  "predict",
-  "race_pick",
-  "rates_of",
-  "restore_checkpoint",
-  "restore_nnx_checkpoint",
-  "sample_rates",
-  "save_checkpoint",
-  "save_nnx_checkpoint",
-  "scale_by_layer_schedule",
-  "scale_by_rates",
-  "screen",
-  "sharding",
-  "smith_schedule",
-  "split_arrays",
-  "suggest_lr",
-  "sweep",
-  "switch_averaging",
-  "switch_init",
-  "switch_posterior",
-  "switch_update",
-  "tune",
-]
+def _exports() -> dict[str, tuple[str, str | None]]:
+  """Each public name -> (the module it comes from, its name there; None for a module itself),
+  as the stub ``__init__.pyi`` imports it."""
+  stub = ast.parse(pathlib.Path(__file__).with_suffix(".pyi").read_text())
+  found = {}
+  for node in stub.body:
+    if isinstance(node, ast.ImportFrom):
+      for alias in node.names:
+        module = node.module == __name__
+        found[alias.name] = (
+          (f"{__name__}.{alias.name}", None) if module else (node.module, alias.name)
+        )
+  return found
+
+
+_EXPORTS = _exports()
+__all__ = sorted(_EXPORTS)
+
+
+def _load_all() -> None:
+  """Imports every public name at once, as an eager ``__init__`` would: the first use of one
+  costs what ``import alrao_jax`` cost before (JAX, Flax, Optax)."""
+  for name, (module, attribute) in _EXPORTS.items():
+    value = importlib.import_module(module)
+    globals()[name] = value if attribute is None else getattr(value, attribute)
+
+
+def __getattr__(name: str) -> Any:
+  if name not in _EXPORTS:
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+  _load_all()
+  return globals()[name]
+
+
+def __dir__() -> list[str]:
+  return sorted({*globals(), *_EXPORTS})
+
+
+class _Package(types.ModuleType):
+  """The package, whose functions named like their modules (``lr_find``, ``sweep``, ``tune``,
+  ...) stay functions: importing such a module binds it to the package, which would hide the
+  function; that binding is dropped (the module stays in ``sys.modules``)."""
+
+  def __setattr__(self, name: str, value: Any) -> None:
+    if isinstance(value, types.ModuleType) and _EXPORTS.get(name, ("", None))[1] is not None:
+      return
+    super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -1,0 +1,137 @@
+"""The public API of alrao_jax (see __init__.py): its names and where they live."""
+
+from alrao_jax import nnx, sharding
+from alrao_jax.checkpoint import (
+  Checkpoint,
+  restore_checkpoint,
+  restore_nnx_checkpoint,
+  save_checkpoint,
+  save_nnx_checkpoint,
+)
+from alrao_jax.head import (
+  AlraoHead,
+  CopyOutputs,
+  best_copy,
+  copy_outputs,
+  mixture_log_probs,
+)
+from alrao_jax.layer_schedule import (
+  LayerDepths,
+  ScaleByLayerScheduleState,
+  discriminative_schedule,
+  layer_depths,
+  scale_by_layer_schedule,
+  smith_schedule,
+)
+from alrao_jax.loop import FitResult, fit
+from alrao_jax.loss import (
+  AlraoLossAux,
+  alrao_loss,
+  categorical_log_likelihood,
+  gaussian_log_likelihood,
+)
+from alrao_jax.lr_find import LRFindResult, lr_find
+from alrao_jax.predict import mixture_mean, predict
+from alrao_jax.rates import copy_rates, sample_rates
+from alrao_jax.screen import ScreenResult, screen
+from alrao_jax.splits import Split, Splits, split_arrays
+from alrao_jax.steps import (
+  TrainState,
+  create_train_state,
+  evaluation_metrics,
+  init_averaging,
+  make_eval_step,
+  make_train_step,
+  num_copies_of,
+)
+from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
+from alrao_jax.sweep import SweepResult, sweep
+from alrao_jax.switch import (
+  BayesState,
+  ModelAveraging,
+  SwitchState,
+  bayes_averaging,
+  bayes_init,
+  bayes_posterior,
+  bayes_update,
+  switch_averaging,
+  switch_init,
+  switch_posterior,
+  switch_update,
+)
+from alrao_jax.transform import (
+  ScaleByRatesState,
+  alrao_adam,
+  alrao_sgd,
+  rates_of,
+  scale_by_rates,
+)
+from alrao_jax.tune import TuneResult, race_pick, tune
+
+__all__ = [
+  "AlraoHead",
+  "AlraoLossAux",
+  "BayesState",
+  "Checkpoint",
+  "CopyOutputs",
+  "FitResult",
+  "LRFindResult",
+  "LRSuggestion",
+  "LayerDepths",
+  "ModelAveraging",
+  "ScaleByLayerScheduleState",
+  "ScaleByRatesState",
+  "ScreenResult",
+  "Split",
+  "Splits",
+  "SweepResult",
+  "SwitchState",
+  "TrainState",
+  "TuneResult",
+  "alrao_adam",
+  "alrao_loss",
+  "alrao_sgd",
+  "bayes_averaging",
+  "bayes_init",
+  "bayes_posterior",
+  "bayes_update",
+  "best_copy",
+  "categorical_log_likelihood",
+  "copy_outputs",
+  "copy_rates",
+  "create_train_state",
+  "discriminative_schedule",
+  "evaluation_metrics",
+  "fit",
+  "gaussian_log_likelihood",
+  "init_averaging",
+  "layer_depths",
+  "lr_find",
+  "make_eval_step",
+  "make_train_step",
+  "mixture_log_probs",
+  "mixture_mean",
+  "nnx",
+  "num_copies_of",
+  "predict",
+  "race_pick",
+  "rates_of",
+  "restore_checkpoint",
+  "restore_nnx_checkpoint",
+  "sample_rates",
+  "save_checkpoint",
+  "save_nnx_checkpoint",
+  "scale_by_layer_schedule",
+  "scale_by_rates",
+  "screen",
+  "sharding",
+  "smith_schedule",
+  "split_arrays",
+  "suggest_lr",
+  "sweep",
+  "switch_averaging",
+  "switch_init",
+  "switch_posterior",
+  "switch_update",
+  "tune",
+]
