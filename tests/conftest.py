@@ -1,9 +1,12 @@
-"""Helpers shared by several test files, and the early start of the sharding runs."""
+"""Helpers shared by several test files, the test run's compilation cache, and the early start
+of the sharding runs."""
 
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 
 import pytest
 from flax import nnx
@@ -47,3 +50,44 @@ def pytest_collection_modifyitems(session, config, items):
     import sharding_runs
 
     sharding_runs.start_early()
+
+
+CACHE_SETTINGS = {  # every program, however small or quick to compile, is cached
+  "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+  "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+}
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole test run: its workers and the subprocesses
+  they start (the command line, the sharding runs) compile a program that an earlier test
+  compiled once (most of the suite's time is XLA compiling small programs). A fresh folder per
+  run, removed at its end, unless ``JAX_COMPILATION_CACHE_DIR`` names one (``make check``
+  keeps ``.jax-cache/`` between runs)."""
+  if "PYTEST_XDIST_WORKER" in os.environ:
+    folder = os.environ["JAX_COMPILATION_CACHE_DIR"]
+  else:
+    folder = os.environ.get("JAX_COMPILATION_CACHE_DIR")
+    if not folder:
+      folder = tempfile.mkdtemp(prefix="alrao-jax-tests-xla-")
+      config._alrao_cache = folder  # removed when the run ends
+      os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    for name, value in CACHE_SETTINGS.items():
+      os.environ.setdefault(name, value)
+  import jax  # already imported (flax): the environment is read again here
+
+  jax.config.update("jax_compilation_cache_dir", folder)
+  jax.config.update(
+    "jax_persistent_cache_min_compile_time_secs",
+    float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]),
+  )
+  jax.config.update(
+    "jax_persistent_cache_min_entry_size_bytes",
+    int(os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"]),
+  )
+
+
+def pytest_unconfigure(config):
+  folder = getattr(config, "_alrao_cache", None)
+  if folder is not None:
+    shutil.rmtree(folder, ignore_errors=True)
