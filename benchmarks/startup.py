@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> str:
   for name, values in times.items():
     per_round = ", ".join(f"{v:.1f}" for v in values)
     ratio = median[name] / training if name != "warm, 5x epochs" else median[name] / (5 * training)
-    label = "imports alone (`import alrao_jax.experiments.cli.train`)" if name == "imports" else name
+    imports = "imports alone (`import alrao_jax.experiments.cli.train`)"
+    label = imports if name == "imports" else name
     lines.append(f"| {label} | {median[name]:.1f} | {per_round} | {ratio:.2f} |")
   fixed = median["warm"] - training
   lines += [
