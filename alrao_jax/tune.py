@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -293,25 +293,81 @@ def tune(
       posteriors=[r["posterior"] for r in history],
     )
   alrao_seconds = time.perf_counter() - start
-  candidates = race_candidates(suggestion)
-  race = sweep(
+  raced = race_suggestion(
     racer,
     plain,
     splits,
-    values=candidates,
-    epochs=race_length(epochs, len(candidates)) if race_epochs is None else race_epochs,
+    suggestion,
+    epochs=epochs,
+    race_epochs=race_epochs,
+    tolerance=tolerance,
     seed=seed,
     batch_size=batch_size,
-    evaluate_test=False,
     **kwargs,
     **linen_kwargs,
   )
-  total = time.perf_counter() - start
   return TuneResult(
-    lr=picked_rate(race, suggestion.lr, tolerance=tolerance),
+    lr=raced.lr,
     suggestion=suggestion,
-    candidates=candidates,
-    race=race,
+    candidates=raced.candidates,
+    race=raced.race,
     alrao=result,
-    seconds={"alrao": alrao_seconds, "race": total - alrao_seconds, "total": total},
+    seconds={"alrao": alrao_seconds, "race": raced.seconds, "total": alrao_seconds + raced.seconds},
   )
+
+
+class Race(NamedTuple):
+  """What :func:`race_suggestion` returns."""
+
+  lr: float  # the rate picked (race_pick), or the fallback when every racer diverged
+  candidates: np.ndarray  # the rates raced, increasing
+  race: SweepResult  # each candidate's history and best validation loss
+  epochs: int  # the race's length
+  seconds: float  # its wall time, compilation included
+
+
+def race_suggestion(
+  model: nn.Module | nnx.Module,
+  optimizer: Callable[..., optax.GradientTransformation],
+  splits: Any,
+  suggestion: LRSuggestion,
+  *,
+  epochs: int,
+  race_epochs: int | None = None,
+  tolerance: float = TOLERANCE,
+  fallback: float = float("nan"),
+  **sweep_kwargs: Any,
+) -> Race:
+  """The race of step 3 of :func:`tune`: the suggestion's candidates
+  (:func:`race_candidates`) trained with ``optimizer`` in one program (:func:`alrao_jax.sweep`,
+  read on validation only), and the rate :func:`race_pick` takes from it.
+
+  Args:
+    model: the model the racers train (a plain output layer, or the Alrao model itself).
+    optimizer: a factory ``learning_rate -> GradientTransformation``, e.g. ``optax.sgd``.
+    splits: an :class:`alrao_jax.Splits`.
+    suggestion: the Alrao run's :class:`alrao_jax.LRSuggestion`.
+    epochs: the Alrao run's epochs, which set the race's default length (:func:`race_length`).
+    race_epochs: the race's length in epochs, >= 1 (default: :func:`race_length`).
+    tolerance: see :func:`race_pick`.
+    fallback: the rate returned when every racer diverged (default nan: none).
+    **sweep_kwargs: more keyword arguments of :func:`alrao_jax.sweep` (seed, batch_size, ...).
+
+  Returns:
+    A :class:`Race`.
+  """
+  start = time.perf_counter()
+  candidates = race_candidates(suggestion)
+  length = race_length(epochs, len(candidates)) if race_epochs is None else race_epochs
+  race = sweep(
+    model,
+    optimizer,
+    splits,
+    values=candidates,
+    epochs=length,
+    evaluate_test=False,
+    **sweep_kwargs,
+  )
+  picked = picked_rate(race, suggestion.lr, tolerance=tolerance)
+  lr = picked if np.isfinite(picked) else fallback
+  return Race(lr, candidates, race, length, time.perf_counter() - start)

@@ -207,3 +207,26 @@ def test_the_suggestion_is_raced_as_it_is_with_its_neighbours():
   np.testing.assert_allclose(rates, [0.24 / 10**0.5, 0.24, 0.24 * 10**0.5, 0.562 * 10**0.5])
   far = race_candidates(SimpleNamespace(lr=0.01, candidates={"body": 1.0}))
   np.testing.assert_allclose(far, [10**-2.5, 0.01, 10**-1.5, 10**-0.5, 1.0, 10**0.5])
+
+
+def test_a_race_whose_racers_all_diverge_falls_back_as_asked():
+  from types import SimpleNamespace
+
+  from alrao_jax.tune import race_suggestion
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(96, 4)).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, (x[:, 0] > 0).astype(np.int32), valid=32, test=32)
+
+  def exploding(learning_rate):  # every update is nan: every racer diverges in its first epoch
+    return optax.chain(optax.sgd(learning_rate), optax.scale(float("nan")))
+
+  suggestion = SimpleNamespace(lr=0.1, candidates={})
+  kw = {"epochs": 4, "batch_size": 16}
+  raced = race_suggestion(nn.Dense(2), exploding, splits, suggestion, **kw)
+  np.testing.assert_allclose(raced.candidates, [0.1 / 10**0.5, 0.1, 0.1 * 10**0.5])
+  assert np.isnan(raced.lr) and raced.epochs == 1  # 4 epochs over 3 racers
+  assert set(raced.race.stopped) == {"diverged"} and raced.race.best_index == -1
+  assert race_suggestion(nn.Dense(2), exploding, splits, suggestion, fallback=0.1, **kw).lr == 0.1
+  healthy = race_suggestion(nn.Dense(2), optax.sgd, splits, suggestion, race_epochs=2, **kw)
+  assert healthy.epochs == 2 and healthy.lr in raced.candidates

@@ -8,7 +8,6 @@ around the suggestion after a warm-up.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,23 +16,17 @@ import numpy as np
 import optax
 
 from alrao_jax.checks import check_int
+from alrao_jax.epochs import test_metrics_of
 from alrao_jax.experiments.compare import RunResult, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
-from alrao_jax.loop import test_metrics_of
 from alrao_jax.lr_find import LRFindResult, lr_find, range_test_batches
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, sample_rates
 from alrao_jax.steps import create_train_state
 from alrao_jax.suggest_lr import LRSuggestion, find_rates, suggest_lr
-from alrao_jax.sweep import SweepResult, sweep
+from alrao_jax.sweep import SweepResult
 from alrao_jax.transform import ScaleByRatesState
-from alrao_jax.tune import (
-  TOLERANCE,
-  check_tolerance,
-  picked_rate,
-  race_candidates,
-  race_length,
-)
+from alrao_jax.tune import TOLERANCE, check_tolerance, race_suggestion
 
 REFOCUS_DECADES = 1.0  # the refocused body's rates span this many decades each side
 
@@ -183,26 +176,21 @@ def tune(
   )
   lr, race, race_seconds = suggestion.lr, None, 0.0
   if race_epochs != 0:
-    start = time.perf_counter()
-    candidates = race_candidates(suggestion)
-    if race_epochs is None:
-      race_epochs = race_length(epochs, len(candidates))
-    race = sweep(
+    raced = race_suggestion(
       task.build(1),
       racing_optimizer(make, optimizer, seed=seed),
       task.splits,
-      values=candidates,
-      epochs=race_epochs,
+      suggestion,
+      epochs=epochs,
+      race_epochs=race_epochs,
+      tolerance=tolerance,
+      fallback=suggestion.lr,
       seed=seed,
       batch_size=task.batch_size,
       carry=task.carry,
-      evaluate_test=False,
       **MODES,
     )
-    race_seconds = time.perf_counter() - start
-    picked = picked_rate(race, suggestion.lr, tolerance=tolerance)
-    if np.isfinite(picked):
-      lr = picked
+    lr, race, race_seconds, race_epochs = raced.lr, raced.race, raced.seconds, raced.epochs
   sgd_run, _ = timed_fit(
     task, make(optimizer, lr=lr, seed=seed), seed=seed, epochs=epochs, **fit_kwargs
   )
