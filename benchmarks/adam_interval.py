@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on, results_name
+from header import command_line, ran_on, results_name
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import run_method, select_lr
@@ -163,8 +163,7 @@ def main(argv: list[str] | None = None) -> str:
     if args.quick:
       task = task.shrink(64)
     results[name] = run_task(task, epochs, seeds, log)
-  command = "python benchmarks/adam_interval.py" + (" --quick" if args.quick else "")
-  command += "" if args.name == "adam_interval" else f" --name {args.name}"
+  command = command_line("adam_interval.py", parser, args)
   header = [
     "# Alrao-Adam's interval: the default against narrower ones and the range test's",
     "",

@@ -41,6 +41,9 @@ from alrao_jax.experiments.plots import plot_panels
 from alrao_jax.experiments.tasks import MODES, Task, load_task
 from alrao_jax.layer_schedule import discriminative_schedule, smith_schedule
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from header import command_line
+
 SGD_LR = 0.1
 
 
@@ -226,9 +229,7 @@ def main() -> None:
     next(iter(results.values()))["num_layers"], out / "layer_schedules_multipliers.png"
   )
   plot_training(results, out / "layer_schedules_training.png")
-  command = "python benchmarks/layer_schedules.py" + (" --quick" if args.quick else "")
-  if args.out != "benchmarks/results":
-    command += f" --out {args.out}"
+  command = command_line("layer_schedules.py", parser, args)
   header = [
     "# Layer-wise learning-rate schedules (L. Smith's question)",
     "",

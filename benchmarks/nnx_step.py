@@ -29,7 +29,8 @@ import alrao_jax
 from alrao_jax.steps import nnx_pure_call
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import machine, time_rounds
+from header import command_line, machine
+from speed import time_rounds
 
 BATCH, WIDTH, CLASSES, COPIES = 32, 64, 10, 10
 DEFAULT_OUT = "benchmarks/results/nnx_step.md"
@@ -177,9 +178,7 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument("--out", default=DEFAULT_OUT, help=f"(default: {DEFAULT_OUT})")
   args = parser.parse_args(argv)
   rounds, steps = (2, 20) if args.quick else (args.rounds, args.steps)
-  command = "python benchmarks/nnx_step.py" + (
-    f" --out {args.out}" if args.out != DEFAULT_OUT else ""
-  )
+  command = command_line("nnx_step.py", parser, args)
   x = jax.random.normal(jax.random.key(1), (BATCH, WIDTH))
   y = jax.random.randint(jax.random.key(2), (BATCH,), 0, CLASSES)
   medians = time_rounds(variants(x, y), rounds=rounds, per_round=steps, warmup=5)

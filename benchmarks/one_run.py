@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on
+from header import command_line, ran_on
 
 import alrao_jax
 from alrao_jax.experiments.data import load_mnist1d
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> str:
     print(f"[{time.perf_counter() - start:6.0f} s] {line}", file=sys.stderr, flush=True)
 
   rows = [run_seed(splits, seed, epochs, log) for seed in range(seeds)]
-  command = "python benchmarks/one_run.py" + (" --quick" if args.quick else "")
+  command = command_line("one_run.py", parser, args)
   header = [
     "# One Alrao run on a GRU: the default interval against intervals from a range test",
     "",

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on
+from header import command_line, ran_on
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import (
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
       found = [alrao_ablations(task, seed=seed, **options) for seed in seeds]
       ablations += ablation_lines(task, result, found)
   minutes = (time.perf_counter() - start) / 60
-  command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+  command = command_line("quality.py", parser, args)
   header = [
     "# Quality: one Alrao-SGD run against tuned SGD, Adam and learning-rate-free optimizers",
     "",

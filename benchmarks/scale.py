@@ -30,7 +30,8 @@ import alrao_jax
 from alrao_jax import sharding
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import interleaved, machine
+from header import command_line, machine
+from speed import interleaved
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "scale.md"
 OUTPUTS_AXIS = "classes"
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> str:
   lines = [
     f"# Scale: an output-heavy head on several devices ({datetime.date.today()})",
     "",
-    f"Command: `python benchmarks/scale.py{' --quick' if args.quick else ''}`  ",
+    f"Command: `{command_line('scale.py', parser, args)}`  ",
     f"Machine: {machine()}; {len(jax.devices())} simulated CPU devices.",
     "",
     f"Head: {classes:,} classes, d = {width}, after Dense({width}); batch {batch}; Alrao-SGD. "

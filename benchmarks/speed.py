@@ -13,9 +13,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import os
 import pathlib
-import platform
 import re
 import statistics
 import sys
@@ -32,6 +30,9 @@ import alrao_jax
 from alrao_jax.experiments.models import MLP, CharLSTM, DigitsCNN
 from alrao_jax.head import AlraoHead
 from alrao_jax.steps import TrainState
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from header import command_line, machine
 
 BATCH = 32
 DEFAULT_OUT = "benchmarks/results/speed.md"
@@ -564,66 +565,13 @@ def evaluation_memory(rows: int, chunk: int, streams: int = 20) -> list[str]:
   return out
 
 
-def ran_on(minutes: float) -> str:
-  """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
-  Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that
-  report a run's minutes; the processor and its vector units, since training on it rounds its
-  own way)."""
-  return (
-    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
-    f"{processor()} ({platform.machine()}{vector_units()}), jax {jax.__version__}; "
-    f"{datetime.date.today()}"
-  )
-
-
-def vector_units() -> str:
-  """", AVX-512" or ", AVX2" where /proc/cpuinfo says so: two processors of one name that
-  differ there compile other code, and training rounds apart on them."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      flags = next(line for line in f if line.startswith("flags")).split()
-  except (OSError, StopIteration):
-    return ""
-  return ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
-
-
-def results_name(value: str) -> str:
-  """The ``type`` of a benchmark's ``--name`` option: the results' file name (letters, digits,
-  '_' or '-'; no folder), e.g. ``tune_amd`` for a second processor's run beside the first."""
-  if not re.fullmatch(r"[\w-]+", value):
-    raise argparse.ArgumentTypeError(
-      f"must be letters, digits, '_' or '-' (a file name), got {value!r}"
-    )
-  return value
-
-
-def processor() -> str:
-  """The CPU's model name (from /proc/cpuinfo where there is one)."""
-  try:
-    with open("/proc/cpuinfo") as f:
-      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-  except (OSError, StopIteration):
-    return platform.processor() or platform.machine()
-
-
-def machine() -> str:
-  cpu = processor()
-  return (
-    f"{jax.devices()[0].platform.upper()} ({jax.devices()[0].device_kind}); {cpu}; "
-    f"{os.cpu_count()} cores visible; Python {platform.python_version()}, "
-    f"jax {jax.__version__}, optax {optax.__version__}"
-  )
-
-
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI smoke run: few steps and sizes")
   parser.add_argument("--out", default=DEFAULT_OUT, help=f"(default: {DEFAULT_OUT})")
   args = parser.parse_args(argv)
   rounds, per_round = (2, 3) if args.quick else (10, 5)
-  command = "python benchmarks/speed.py" + (" --quick" if args.quick else "")
-  if args.out != DEFAULT_OUT:
-    command += f" --out {args.out}"
+  command = command_line("speed.py", parser, args)
   lines = [
     f"# Alrao step speed and memory\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
     f"Date: {datetime.date.today()}; batch {BATCH}; median of {rounds * per_round} "

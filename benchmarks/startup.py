@@ -26,7 +26,7 @@ import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import machine
+from header import command_line, machine
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "startup.md"
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> str:
   lines = [
     "# Start-up of `alrao-jax train`",
     "",
-    f"Command: `python benchmarks/startup.py{' --quick' if args.quick else ''}`  ",
+    f"Command: `{command_line('startup.py', parser, args)}`  ",
     f"Machine: {machine()}  ",
     f"Date: {datetime.date.today()}",
     "",

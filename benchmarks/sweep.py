@@ -28,7 +28,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import machine
+from header import command_line, machine
 
 import alrao_jax
 from alrao_jax.experiments.tasks import MODES, load_task
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> str:
   lines = [
     "# A grid of learning rates as one program",
     "",
-    f"Command: `python benchmarks/sweep.py{' --quick' if args.quick else ''}`  ",
+    f"Command: `{command_line('sweep.py', parser, args)}`  ",
     f"Machine: {machine()}  ",
     f"Date: {datetime.date.today()}",
     "",

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on, results_name
+from header import command_line, ran_on, results_name
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import RunResult, run_method, select_lr, timed_fit
@@ -439,11 +439,7 @@ def main() -> None:
   (out / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1) + "\n")
   plot(results, out / f"{args.name}_schedules.png")
   minutes = (time.perf_counter() - start) / 60
-  command = "python benchmarks/tune.py" + (" --quick" if args.quick else "")
-  if args.out != "benchmarks/results":
-    command += f" --out {args.out}"
-  if args.name != "tune":
-    command += f" --name {args.name}"
+  command = command_line("tune.py", parser, args)
   header = [
     "# Alrao as a learning-rate tuner, a one-run variant, and schedules",
     "",

@@ -31,7 +31,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from speed import ran_on, results_name
+from header import command_line, ran_on, results_name
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import lowest_mean
@@ -255,9 +255,7 @@ def main(argv: list[str] | None = None) -> str:
       records[name].append(collect(task, epochs, seed, rates))
       print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
   minutes = (time.perf_counter() - start) / 60
-  command = "python benchmarks/tune_rules.py" + (" --quick" if args.quick else "")
-  if args.name != "tune_rules":
-    command += f" --name {args.name}"
+  command = command_line("tune_rules.py", parser, args)
   header = [
     "# Which rule picks SGD's rate: measured against a quarter-decade grid",
     "",

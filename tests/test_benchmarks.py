@@ -315,3 +315,19 @@ def test_every_json_file_of_the_project_parses_with_a_strict_parser():
     lines = text.splitlines() if name.endswith(".jsonl") else [text]
     for line in lines:
       strict_json(line)
+
+
+def test_the_header_rebuilds_the_command_from_the_options_given(monkeypatch):
+  monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+  sys.modules.pop("header", None)
+  from header import command_line
+
+  parser = argparse.ArgumentParser()
+  parser.add_argument("--quick", action="store_true")
+  parser.add_argument("--out", default="benchmarks/results")
+  parser.add_argument("--name", default="tune")
+  parser.add_argument("--rounds", type=int, default=10)
+  line = "python benchmarks/tune.py"
+  assert command_line("tune.py", parser, parser.parse_args([])) == line
+  args = parser.parse_args(["--rounds", "3", "--name", "tune_amd", "--quick"])
+  assert command_line("tune.py", parser, args) == f"{line} --quick --name tune_amd --rounds 3"

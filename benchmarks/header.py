@@ -1,0 +1,91 @@
+"""The header of every benchmark's results: the command that made them (rebuilt from the
+options given), the machine, its processor and vector units, and the date.
+
+The benchmarks import it as ``from header import ...`` (each puts its own folder on the path).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+
+import jax
+import optax
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace) -> str:
+  """The command that reproduces a run: ``python benchmarks/<script>`` and every option whose
+  value differs from its default, in the parser's order (``--quick`` for a flag that is set).
+
+  Args:
+    script: the benchmark's file name, e.g. ``"tune.py"``.
+    parser: its parser.
+    args: the parsed options.
+
+  Returns:
+    e.g. ``"python benchmarks/tune.py --quick --name tune_amd"``.
+  """
+  parts = [f"python benchmarks/{script}"]
+  for action in parser._actions:  # argparse keeps no public list of its options
+    if not action.option_strings or action.dest == "help":
+      continue
+    value = getattr(args, action.dest, action.default)
+    if value == action.default:
+      continue
+    flag = max(action.option_strings, key=len)
+    parts.append(flag if isinstance(action, argparse._StoreTrueAction) else f"{flag} {value}")
+  return " ".join(parts)
+
+
+def ran_on(minutes: float) -> str:
+  """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
+  Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that
+  report a run's minutes; the processor and its vector units, since training on it rounds its
+  own way)."""
+  return (
+    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
+    f"{processor()} ({platform.machine()}{vector_units()}), jax {jax.__version__}; "
+    f"{datetime.date.today()}"
+  )
+
+
+def vector_units() -> str:
+  """ ", AVX-512" or ", AVX2" where /proc/cpuinfo says so: two processors of one name that
+  differ there compile other code, and training rounds apart on them."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = next(line for line in f if line.startswith("flags")).split()
+  except (OSError, StopIteration):
+    return ""
+  return ", AVX-512" if "avx512f" in flags else ", AVX2" if "avx2" in flags else ""
+
+
+def results_name(value: str) -> str:
+  """The ``type`` of a benchmark's ``--name`` option: the results' file name (letters, digits,
+  '_' or '-'; no folder), e.g. ``tune_amd`` for a second processor's run beside the first."""
+  if not re.fullmatch(r"[\w-]+", value):
+    raise argparse.ArgumentTypeError(
+      f"must be letters, digits, '_' or '-' (a file name), got {value!r}"
+    )
+  return value
+
+
+def processor() -> str:
+  """The CPU's model name (from /proc/cpuinfo where there is one)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor() or platform.machine()
+
+
+def machine() -> str:
+  cpu = processor()
+  return (
+    f"{jax.devices()[0].platform.upper()} ({jax.devices()[0].device_kind}); {cpu}; "
+    f"{os.cpu_count()} cores visible; Python {platform.python_version()}, "
+    f"jax {jax.__version__}, optax {optax.__version__}"
+  )
