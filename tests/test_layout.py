@@ -19,7 +19,16 @@ METHOD = (
   "sharding",
   "predict",
 )
-AROUND = ("loop", "epochs", "evaluation", "run_checks", "checkpoint", "splits", "strict_json")
+AROUND = (
+  "loop",
+  "epochs",
+  "evaluation",
+  "run_checks",
+  "checkpoint",
+  "splits",
+  "strict_json",
+  "defaults",
+)
 TOOLS = ("lr_find", "suggest_lr", "sweep", "tune", "screen", "layer_schedule")
 
 
@@ -53,6 +62,7 @@ def test_the_method_and_the_tools_never_import_the_experiments():
   for module in METHOD + AROUND:
     assert not graph[module] & set(TOOLS), module  # the tools sit beside the method
   assert graph["checks"] == set()  # everything may import the checks
+  assert graph["defaults"] == set()  # nor JAX: the command line's parser reads it
 
 
 def test_no_import_cycles():
