@@ -62,7 +62,7 @@ def test_the_method_and_the_tools_never_import_the_experiments():
   for module in METHOD + AROUND:
     assert not graph[module] & set(TOOLS), module  # the tools sit beside the method
   assert graph["checks"] == set()  # everything may import the checks
-  assert graph["defaults"] == set()  # nor JAX: the command line's parser reads it
+  assert graph["defaults"] == set()  # the parser reads it without starting JAX (test_cli)
 
 
 def test_no_import_cycles():
