@@ -3,7 +3,17 @@ of JAX: ``alrao-jax --help`` and a bad flag's error answer without starting it. 
 implement them (:mod:`~alrao_jax.experiments.tasks`, :mod:`~alrao_jax.experiments.methods`)
 take their names from here."""
 
-TASKS = ("digits", "mnist1d", "mnist1d-mlp", "ptb-char", "cifar10")
+TASKS = (
+  "digits",
+  "mnist1d",
+  "mnist1d-mlp",
+  "ptb-char",
+  "cifar10",
+  "fashion-mlp",
+  "fashion-cnn",
+  "ptb-word",
+)
+FOLDER_TASKS = ("cifar10", "ptb-char", "fashion-mlp", "fashion-cnn", "ptb-word")  # --data: a folder
 MODEL_KINDS = ("mlp", "cnn")  # the built-in models for the user's arrays
 ALRAO = ("alrao-sgd", "alrao-adam")
 PEERS = (

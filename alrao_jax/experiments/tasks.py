@@ -24,8 +24,10 @@ from alrao_jax.experiments.data import (
   load_npz,
   load_ptb_char,
 )
+from alrao_jax.experiments.fashion_mnist import load_fashion_mnist
 from alrao_jax.experiments.models import MLP, CharLSTM, Conv1DNet, DigitsCNN
 from alrao_jax.experiments.names import TASKS
+from alrao_jax.experiments.ptb_word import load_ptb_word
 from alrao_jax.splits import Split, Splits
 
 MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}
@@ -70,8 +72,15 @@ class Task(NamedTuple):
     return ADAM_INTERVAL if optimizer == "alrao-adam" else (self.lr_min, self.lr_max)
 
 
+QUICK_ROWS = 256  # load_task(quick=True): the rows of each split kept, a smoke size for tests
+
+
 def load_task(
-  name: str, *, data: str | os.PathLike | None = None, batch_size: int | None = None
+  name: str,
+  *,
+  data: str | os.PathLike | None = None,
+  batch_size: int | None = None,
+  quick: bool = False,
 ) -> Task:
   """Loads a bundled task.
 
@@ -80,14 +89,25 @@ def load_task(
   characters (trained on the first 90% of the valid file, see :func:`load_ptb_char`), a
   2-layer LSTM, BPTT 70, 20 streams, the LSTM state carried from window to window in
   training and evaluation (the paper's setup; ``Task.carry``), loss in bits per character.
-  ``cifar10``: the python pickle batches in ``data``, the digits CNN at width 32. Alrao's
-  interval is [1e-5, 10] with 10 copies for the feed-forward models and [1e-3, 100] with 6
-  for the LSTM (the paper's).
+  ``cifar10``: the python pickle batches in ``data``, the digits CNN at width 32.
+  ``fashion-mlp``: Fashion-MNIST (50,000 / 10,000 held out / the 10,000 test images, see
+  :func:`alrao_jax.experiments.fashion_mnist.load_fashion_mnist`), a ReLU MLP of 2 x 1024
+  units. ``fashion-cnn``: the same images, the BatchNorm CNN at width 32 (32 then 64
+  channels, 128 units). ``ptb-word``: word-level Penn Treebank (the publisher's three splits,
+  see :func:`alrao_jax.experiments.ptb_word.load_ptb_word`), the LSTM at 200 units and
+  embedding, 2 layers, dropout 0.2, BPTT 35, 20 streams, the state carried, a 10,000-way
+  head; loss in nats per word (its perplexity is ``exp`` of it). Alrao's interval is [1e-5,
+  10] with 10 copies for the feed-forward models and [1e-3, 100] with 6 for the LSTMs (the
+  paper's).
 
   Args:
     name: one of :data:`TASKS`.
-    data: data folder (``cifar10``: required; ``ptb-char``: default ``../shared``).
-    batch_size: examples (streams for ``ptb-char``) per step; default 32, 20 for ``ptb-char``.
+    data: data folder (``cifar10``: required; ``ptb-char``: default ``../shared``; the
+      Fashion-MNIST and word-level PTB tasks: where to look first, see
+      :func:`alrao_jax.experiments.data_files.locate`).
+    batch_size: examples (streams for the LSTMs) per step; default 32, 20 for the LSTMs.
+    quick: a smoke size for tests: the first 256 rows of each split (whole windows for the
+      LSTMs: 12 windows of 20 streams), the models and their heads unchanged.
 
   Returns:
     A :class:`Task`.
@@ -102,6 +122,11 @@ def load_task(
     raise ValueError(f"task must be one of {', '.join(TASKS)}, got {name!r}.")
   if batch_size is not None and batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+  task = _load(name, data, batch_size)
+  return task.shrink(QUICK_ROWS) if quick else task
+
+
+def _load(name: str, data: str | os.PathLike | None, batch_size: int | None) -> Task:
   if name == "ptb-char":
     batch = batch_size or 20
     splits, vocab = load_ptb_char(batch_size=batch, bptt=70, directory=data)
@@ -118,7 +143,36 @@ def load_task(
       len(vocab),
       ("carry",),
     )
+  if name == "ptb-word":
+    batch = batch_size or 20
+    splits, vocab = load_ptb_word(batch_size=batch, bptt=35, directory=data)
+    return Task(
+      name,
+      splits,
+      lambda n: CharLSTM(
+        vocab_size=len(vocab), num_copies=n, embed=200, hidden=200, dropout=0.2, carry=True
+      ),
+      1e-3,
+      100.0,
+      6,
+      batch,
+      num_classes=len(vocab),
+      carry=("carry",),
+    )
   batch = batch_size or 32
+  if name in ("fashion-mlp", "fashion-cnn"):
+    splits = load_fashion_mnist(directory=data)
+    if name == "fashion-mlp":
+      return Task(
+        name,
+        splits,
+        lambda n: MLP(num_copies=n, width=1024, depth=2, activation="relu"),
+        1e-5,
+        10.0,
+        10,
+        batch,
+      )
+    return Task(name, splits, lambda n: DigitsCNN(num_copies=n, width=32), 1e-5, 10.0, 10, batch)
   if name == "digits":
     return Task(name, load_digits(), lambda n: DigitsCNN(num_copies=n), 1e-5, 10.0, 10, batch)
   if name in ("mnist1d", "mnist1d-mlp"):

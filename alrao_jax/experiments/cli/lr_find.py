@@ -23,7 +23,7 @@ from alrao_jax.experiments.tune import task_lr_find
 
 
 def run(args: argparse.Namespace) -> None:
-  s = resolve(args, ("task", "data", "model", "width", "depth", "batch_size", "seed"))
+  s = resolve(args, ("task", "data", "model", "width", "depth", "batch_size", "seed", "quick"))
   check_data_options(s)
   steps = 100 if args.steps is None else args.steps
   start_lr = 1e-7 if args.start_lr is None else args.start_lr

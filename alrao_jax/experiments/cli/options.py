@@ -22,7 +22,15 @@ from alrao_jax.experiments.methods import (
   model_depths,
   schedule_multiplier,
 )
-from alrao_jax.experiments.tasks import MODEL_KINDS, MODES, Task, arrays_task, load_task
+from alrao_jax.experiments.names import FOLDER_TASKS
+from alrao_jax.experiments.tasks import (
+  MODEL_KINDS,
+  MODES,
+  QUICK_ROWS,
+  Task,
+  arrays_task,
+  load_task,
+)
 
 SETTINGS = "settings.json"
 # Every option of a run, with its default: what settings.json holds and --resume restores.
@@ -48,6 +56,7 @@ RUN_DEFAULTS: dict[str, Any] = {
   "schedule": "constant",
   "layer_schedule": "uniform",
   "epochs": 10,
+  "quick": False,
 }
 
 
@@ -78,9 +87,9 @@ def check_data_options(s: dict[str, Any]) -> None:
     s["task"] = "digits"
   if s["task"] == "cifar10" and s["data"] is None:
     raise UsageError("--task cifar10 needs --data PATH to the cifar-10-batches-py folder")
-  if s["data"] is not None and not arrays and s["task"] not in ("cifar10", "ptb-char"):
+  if s["data"] is not None and not arrays and s["task"] not in FOLDER_TASKS:
     raise UsageError(
-      f"--data is a folder for cifar10 or ptb-char, or an .npz file; got {s['data']} "
+      f"--data is a folder for {', '.join(FOLDER_TASKS)}, or an .npz file; got {s['data']} "
       f"with --task {s['task']}"
     )
   if s.get("model") is not None and s["model"] not in MODEL_KINDS:
@@ -128,11 +137,15 @@ def check_optimizer_options(s: dict[str, Any]) -> None:
 
 
 def load(s: dict[str, Any]) -> Task:
+  """The task the options name; with ``quick``, its smoke size (see load_task)."""
   if s["data"] is not None and str(s["data"]).endswith(".npz"):
     model = {"model": s["model"] or "mlp"}
     model.update({n: s[n] for n in ("width", "depth") if s[n] is not None})
-    return arrays_task(s["data"], model=model, batch_size=s["batch_size"], seed=s["seed"])
-  return load_task(s["task"], data=s["data"], batch_size=s["batch_size"])
+    task = arrays_task(s["data"], model=model, batch_size=s["batch_size"], seed=s["seed"])
+    return task.shrink(QUICK_ROWS) if s.get("quick") else task
+  return load_task(
+    s["task"], data=s["data"], batch_size=s["batch_size"], quick=bool(s.get("quick"))
+  )
 
 
 def run_method(s: dict[str, Any], task: Task) -> Method:

@@ -33,7 +33,9 @@ def _data_options(sub: argparse.ArgumentParser, *, models: bool) -> None:
   sub.add_argument(
     "--data",
     help="an .npz file of your arrays (x, y; optional x_valid, y_valid, x_test, y_test), "
-    "or the data folder of cifar10 (required) or ptb-char (default: ../shared/data/ptb-char)",
+    "or the data folder of cifar10 (required), ptb-char (default: ../shared/data/ptb-char), "
+    "fashion-mlp, fashion-cnn or ptb-word (looked for first, then in $ALRAO_FASHION_MNIST or "
+    "$ALRAO_PTB_WORD, ../shared/data, Debian's folder, the download cache, the publisher)",
   )
   if models:
     sub.add_argument(
@@ -41,8 +43,16 @@ def _data_options(sub: argparse.ArgumentParser, *, models: bool) -> None:
     )
     sub.add_argument("--width", type=int, help="units (mlp) or channels (cnn) (default: 256 / 16)")
     sub.add_argument("--depth", type=int, help="hidden layers of the mlp (default: 2)")
-  sub.add_argument("--batch-size", type=int, help="examples per step (default: 32; ptb-char 20)")
+  sub.add_argument(
+    "--batch-size", type=int, help="examples per step (default: 32; ptb-char, ptb-word 20)"
+  )
   sub.add_argument("--seed", type=int, help="seed of parameters, rates and shuffles (default: 0)")
+  sub.add_argument(
+    "--quick",
+    action="store_true",
+    default=None,
+    help="a smoke size: the first 256 rows of each split, the model unchanged",
+  )
 
 
 def _alrao_options(sub: argparse.ArgumentParser) -> None:
@@ -56,7 +66,9 @@ def _alrao_options(sub: argparse.ArgumentParser) -> None:
     type=float,
     help="Alrao's largest rate (default: 10 for alrao-sgd, 1 for alrao-adam)",
   )
-  sub.add_argument("--copies", type=int, help="Alrao's output copies (default: 10; ptb-char 6)")
+  sub.add_argument(
+    "--copies", type=int, help="Alrao's output copies (default: 10; ptb-char, ptb-word 6)"
+  )
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,7 +21,9 @@ from alrao_jax.screen import screen
 
 
 def run(args: argparse.Namespace) -> None:
-  s = resolve(args, ("task", "data", "batch_size", "seed", "lr_min", "lr_max", "copies", "epochs"))
+  s = resolve(
+    args, ("task", "data", "batch_size", "seed", "lr_min", "lr_max", "copies", "epochs", "quick")
+  )
   s.update({"model": None, "width": None, "depth": None})
   check_data_options(s)
   check_given_alrao_options(s)

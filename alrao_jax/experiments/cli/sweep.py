@@ -23,7 +23,9 @@ from alrao_jax.sweep import sweep
 
 
 def run(args: argparse.Namespace) -> None:
-  s = resolve(args, ("task", "data", "model", "width", "depth", "batch_size", "seed", "epochs"))
+  s = resolve(
+    args, ("task", "data", "model", "width", "depth", "batch_size", "seed", "epochs", "quick")
+  )
   check_data_options(s)
   grid = parse_grid(args.grid)
   if args.patience is not None and args.patience < 1:

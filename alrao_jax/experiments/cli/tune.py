@@ -32,6 +32,7 @@ from alrao_jax.sweep import SweepResult
 TUNE_OPTIONS = (
   *("task", "data", "model", "width", "depth", "batch_size", "seed", "lr_min", "lr_max"),
   *("copies", "momentum", "weight_decay", "clip", "schedule", "layer_schedule", "epochs"),
+  "quick",
 )
 
 
