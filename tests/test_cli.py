@@ -22,6 +22,10 @@ from alrao_jax import race_pick
 from alrao_jax.checkpoint import restore_checkpoint
 from alrao_jax.experiments import cli
 from alrao_jax.experiments.cli import interrupt, options, report
+from alrao_jax.experiments.cli import screen as screen_command
+from alrao_jax.experiments.cli import sweep as sweep_command
+from alrao_jax.experiments.cli import train as train_command
+from alrao_jax.experiments.cli import tune as tune_command
 from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.models import DigitsCNN
@@ -479,7 +483,12 @@ def test_bad_input_gives_one_line_and_exit_2_before_any_model_is_built(
   def built(*args, **kwargs):
     raise AssertionError("a model was built before the input was checked")
 
-  targets = ((cli, "fit"), (cli, "screen"), (cli, "tune"), (alrao_jax, "create_train_state"))
+  targets = (
+    (train_command, "fit"),
+    (screen_command, "screen"),
+    (tune_command, "tune"),
+    (alrao_jax, "create_train_state"),
+  )
   for target, name in targets:
     monkeypatch.setattr(target, name, built)
   assert _main(make_args(tmp_path)) == 2
@@ -491,7 +500,7 @@ def test_an_error_no_check_foresaw_is_one_line_too(tmp_path, capsys, monkeypatch
   def broken(*args, **kwargs):
     raise RuntimeError("Maximum allowed size exceeded\nand a second line")
 
-  monkeypatch.setattr(cli, "sweep", broken)
+  monkeypatch.setattr(sweep_command, "sweep", broken)
   monkeypatch.delenv("ALRAO_JAX_TRACEBACK", raising=False)
   assert _main(["sweep", "--grid", "0.1", "--out", str(tmp_path / "s")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
@@ -653,7 +662,7 @@ def test_the_figures_are_redrawn_when_that_is_cheap_and_always_when_the_run_ends
   tmp_path, monkeypatch
 ):
   drawn = []
-  monkeypatch.setattr(cli, "plot_history", lambda history, *a, **k: drawn.append(len(history)))
+  monkeypatch.setattr(report, "plot_history", lambda history, *a, **k: drawn.append(len(history)))
   method = make_method("alrao-sgd", lr_min=1e-3, lr_max=1.0, copies=2)
   history = [
     {"epoch": e, "train_loss": 1.0, "valid_loss": 1.0, "posterior": [0.5, 0.5]} for e in (1, 2, 3)
