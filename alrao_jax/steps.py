@@ -11,7 +11,6 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
 
@@ -135,34 +134,21 @@ def create_train_state(
   averaging = averaging or switch_averaging()
   streams = check_rng_streams(rng_streams)
   params_key, init_key, rng = jax.random.split(key, 3)
-  keys = {"params": params_key, **stream_keys(init_key, streams)}
-
-  def initialise(keys: dict[str, jax.Array], inputs: tuple) -> tuple:
-    variables = dict(model.init(keys, *inputs, **init_kwargs))
-    params = variables.pop("params")
-    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), a
-    # model may hold one array twice (an LSTM's zero state as (c, h)), and a donated state
-    # may not hold one buffer twice.
-    model_state = jax.tree.map(jnp.copy, variables)
-    opt_state = jax.tree.map(jnp.copy, optimizer.init(params))
-    return params, model_state, opt_state, averaging.init(copies_or_one(params))
-
-  # One program rather than one per initialiser and operation (a hundred for a small MLP,
-  # each lowered even when the compilation cache holds it); a model whose init needs
-  # concrete values (Python control flow on its inputs) or inputs that are not arrays is
-  # initialised eagerly, as before.
-  arrays = all(isinstance(x, jax.Array | np.ndarray) for x in jax.tree.leaves(example_inputs))
-  try:
-    found = jax.jit(initialise)(keys, example_inputs) if arrays else None
-  except Exception:  # the eager call below raises the model's own error, if any
-    found = None
-  params, model_state, opt_state, averaging_state = found or initialise(keys, example_inputs)
+  variables = dict(
+    model.init(
+      {"params": params_key, **stream_keys(init_key, streams)}, *example_inputs, **init_kwargs
+    )
+  )
+  params = variables.pop("params")
   return TrainState(
     step=jnp.zeros((), jnp.int32),
     params=params,
-    model_state=model_state,
-    opt_state=opt_state,
-    averaging_state=averaging_state,
+    # Own buffers: some optimizers keep the params themselves (Prodigy keeps its start), a
+    # model may hold one array twice (an LSTM's zero state as (c, h)), and a donated state
+    # may not hold one buffer twice.
+    model_state=jax.tree.map(jnp.copy, variables),
+    opt_state=jax.tree.map(jnp.copy, optimizer.init(params)),
+    averaging_state=averaging.init(copies_or_one(params)),
     rng=rng,
   )
 
