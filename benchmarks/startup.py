@@ -1,16 +1,19 @@
 """Time to a result on the command line: start-up (imports, compilation, state creation)
-against training time, with JAX's persistent compilation cache cold and warm.
+against training time, with JAX's persistent compilation cache cold and warm; optionally
+against an earlier version of the package, side by side.
 
 Usage:
-  python benchmarks/startup.py            # writes benchmarks/results/startup.md
-  python benchmarks/startup.py --quick    # one round, 2 and 10 epochs, no file
+  python benchmarks/startup.py                          # writes benchmarks/results/startup.md
+  python benchmarks/startup.py --quick                  # one round, 2 and 10 epochs, no file
+  python benchmarks/startup.py --baseline ../old-clone  # beside a checkout of another version
 
 Each row runs ``alrao-jax train`` (Alrao-SGD on digits, the CLI's defaults) in a fresh
 process: ``cold``, with an empty compilation cache; ``warm``, with the cache the cold run
 filled; ``warm, 5x epochs``, the same for five times the epochs. Training time is what E
-epochs cost, ``(warm(5E) - warm(E)) / 4``; the ratios divide a whole run's wall time by it;
-``imports``, a process that only imports the command line. The kinds interleave round by
-round; medians over rounds.
+epochs cost, ``(warm(5E) - warm(E)) / 4``; a run's fixed cost is its wall time less that;
+``imports``, a process that imports what ``train`` imports; ``--help``, the command's help.
+With ``--baseline DIR``, every row also runs the package in DIR (``PYTHONPATH=DIR``), in the
+same round. The kinds and versions interleave round by round; medians over rounds.
 """
 
 from __future__ import annotations
@@ -29,42 +32,68 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from header import command_line, machine
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "startup.md"
+ROWS = ("cold", "warm", "warm, 5x epochs", "imports", "--help")
+LABELS = {
+  "imports": "imports alone (what `train` imports)",
+  "--help": "`alrao-jax --help`",
+}
 
 
-def _train(epochs: int, cache: pathlib.Path, out: pathlib.Path) -> float:
-  """Wall seconds of one ``alrao-jax train`` in a new process, with its cache folder."""
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _timed(command: list[str], env: dict[str, str], cwd: pathlib.Path) -> float:
+  start = time.perf_counter()
+  subprocess.run(command, check=True, capture_output=True, env=env, cwd=cwd)
+  return time.perf_counter() - start
+
+
+def _round(root: pathlib.Path, epochs: int, package: str | None) -> dict[str, float]:
+  """One round of every row for the package in the folder ``package`` (None: this one), run
+  from that folder (``python -m`` and ``-c`` put it first on the path) with its own cache."""
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
-  env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-  command = [sys.executable, "-m", "alrao_jax.experiments.cli", "train", "--no-progress"]
-  command += ["--epochs", str(epochs), "--out", str(out)]
-  start = time.perf_counter()
-  subprocess.run(command, check=True, capture_output=True, env=env)
-  return time.perf_counter() - start
+  env["JAX_COMPILATION_CACHE_DIR"] = str(root / "cache")
+  env.pop("PYTHONPATH", None)
+  cwd = ROOT if package is None else pathlib.Path(package).resolve()
+  train = [sys.executable, "-m", "alrao_jax.experiments.cli", "train", "--no-progress"]
+  imports = "import alrao_jax.experiments.cli; import alrao_jax.loop, alrao_jax.checkpoint"
+  check = f"import alrao_jax; assert alrao_jax.__file__.startswith({str(cwd)!r})"
+  subprocess.run([sys.executable, "-c", check], check=True, env=env, cwd=cwd)
+  return {
+    "cold": _timed([*train, "--epochs", str(epochs), "--out", str(root / "cold")], env, cwd),
+    "warm": _timed([*train, "--epochs", str(epochs), "--out", str(root / "warm")], env, cwd),
+    "warm, 5x epochs": _timed(
+      [*train, "--epochs", str(5 * epochs), "--out", str(root / "x5")], env, cwd
+    ),
+    "imports": _timed([sys.executable, "-c", imports], env, cwd),
+    "--help": _timed([sys.executable, "-m", "alrao_jax.experiments.cli", "--help"], env, cwd),
+  }
 
 
-def _imports() -> float:
-  """Wall seconds of a new process that imports the command line and exits."""
-  start = time.perf_counter()
-  subprocess.run([sys.executable, "-c", "import alrao_jax.experiments.cli.train"], check=True)
-  return time.perf_counter() - start
+def _summary(times: dict[str, list[float]], epochs: int) -> tuple[dict[str, float], float, float]:
+  """Medians, the training time of ``epochs`` epochs, and the warm run's fixed cost."""
+  median = {name: statistics.median(values) for name, values in times.items()}
+  training = (median["warm, 5x epochs"] - median["warm"]) / 4
+  return median, training, median["warm"] - training
 
 
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="one round, 2 and 10 epochs, no file")
+  parser.add_argument("--baseline", help="a checkout of another version, run beside this one")
+  parser.add_argument("--rounds", type=int, default=5, help="rounds (default: 5)")
   args = parser.parse_args(argv)
-  epochs, rounds = (2, 1) if args.quick else (5, 3)
-  times: dict[str, list[float]] = {"cold": [], "warm": [], "warm, 5x epochs": [], "imports": []}
+  epochs, rounds = (2, 1) if args.quick else (5, args.rounds)
+  versions = {"this": None} if args.baseline is None else {"this": None, "baseline": args.baseline}
+  times = {v: {name: [] for name in ROWS} for v in versions}
   with tempfile.TemporaryDirectory() as folder:
-    root = pathlib.Path(folder)
     for r in range(rounds):
-      cache = root / f"cache{r}"
-      times["cold"].append(_train(epochs, cache, root / f"cold{r}"))
-      times["warm"].append(_train(epochs, cache, root / f"warm{r}"))
-      times["warm, 5x epochs"].append(_train(5 * epochs, cache, root / f"longer{r}"))
-      times["imports"].append(_imports())
-  median = {name: statistics.median(values) for name, values in times.items()}
-  training = (median["warm, 5x epochs"] - median["warm"]) / 4
+      for version, package in versions.items():
+        found = _round(pathlib.Path(folder) / f"{version}{r}", epochs, package)
+        for name, seconds in found.items():
+          times[version][name].append(seconds)
+  summaries = {v: _summary(times[v], epochs) for v in versions}
+  median, training, fixed = summaries["this"]
   lines = [
     "# Start-up of `alrao-jax train`",
     "",
@@ -74,24 +103,39 @@ def main(argv: list[str] | None = None) -> str:
     "",
     f"Alrao-SGD on digits, {epochs} epochs; training time of {epochs} epochs (warm, "
     f"{5 * epochs} epochs minus {epochs}, divided by 4): {training:.2f} s (each epoch with its "
-    "evaluation and checkpoint).",
+    "evaluation and checkpoint). Wall seconds, medians of "
+    f"{rounds} round(s)"
+    + (f"; the baseline is the package in `{args.baseline}`." if args.baseline else "."),
     "",
-    "| run | wall seconds (median) | per round | wall / training time |",
-    "|---|---|---|---|",
   ]
-  for name, values in times.items():
-    per_round = ", ".join(f"{v:.1f}" for v in values)
-    ratio = median[name] / training if name != "warm, 5x epochs" else median[name] / (5 * training)
-    imports = "imports alone (`import alrao_jax.experiments.cli.train`)"
-    label = imports if name == "imports" else name
-    lines.append(f"| {label} | {median[name]:.1f} | {per_round} | {ratio:.2f} |")
-  fixed = median["warm"] - training
+  if args.baseline is None:
+    lines += ["| run | wall seconds (median) | per round |", "|---|---|---|"]
+  else:
+    lines += ["| run | this version | baseline | this / baseline | per round (this) |"]
+    lines += ["|---|---|---|---|---|"]
+  for name in ROWS:
+    label = LABELS.get(name, name)
+    per_round = ", ".join(f"{v:.1f}" for v in times["this"][name])
+    if args.baseline is None:
+      lines.append(f"| {label} | {median[name]:.2f} | {per_round} |")
+    else:
+      base = summaries["baseline"][0][name]
+      lines.append(
+        f"| {label} | {median[name]:.2f} | {base:.2f} | {median[name] / base:.2f} | {per_round} |"
+      )
   lines += [
     "",
-    f"A warm run's fixed cost (wall time less its training time): {fixed:.1f} s, of which "
-    f"{median['imports']:.1f} s are the imports; the rest is creating the state, tracing the "
-    "step and the evaluation and loading them from the cache, and drawing the figures once.",
+    f"A warm run's fixed cost (wall time less its training time): **{fixed:.1f} s** (goal: at "
+    f"most 3 s), of which {median['imports']:.1f} s are the imports; the rest is creating the "
+    "state, tracing the step and the evaluation and loading them from the cache, and drawing "
+    "the figures once.",
   ]
+  if args.baseline is not None:
+    base_fixed = summaries["baseline"][2]
+    lines.append(
+      f"The baseline's fixed cost, measured in the same rounds: {base_fixed:.1f} s "
+      f"({fixed / base_fixed:.2f}x)."
+    )
   report = "\n".join(lines) + "\n"
   print(report)
   if not args.quick:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pathlib
 import sys
+import threading
 import time
 from typing import Any
 
@@ -34,10 +35,13 @@ class Reporter:
     self.history: list[dict[str, Any]] = []
     # the first epoch's compilation does not count: timed from the end of the first epoch
     self.plotted_epoch, self.plotted_at, self.plot_seconds = 0, None, 0.5
-    from tqdm import tqdm  # both imported before Ctrl-C is handled (see import_pyplot)
+    from tqdm import tqdm  # imported before Ctrl-C is handled (see import_pyplot)
 
     self.tqdm = tqdm
-    import_pyplot()
+    # matplotlib (most of a second) is imported beside the start of training, in a thread of
+    # its own, which a Ctrl-C (raised in the main thread) cannot interrupt half way
+    self._pyplot = threading.Thread(target=import_pyplot, daemon=True)
+    self._pyplot.start()
 
   def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
     self.epoch, self.history = record["epoch"], list(history)
@@ -63,6 +67,7 @@ class Reporter:
     """Draws curves.png and posterior.png from the history so far (nothing before epoch 1)."""
     if not self.history or self.plotted_epoch == self.epoch:
       return
+    self._pyplot.join()
     start = time.perf_counter()
     plot_history(self.history, self.out, self.method.copy_lrs, title=self.title)
     self.plotted_at = time.perf_counter()
