@@ -70,6 +70,15 @@ def _round(root: pathlib.Path, epochs: int, package: str | None) -> dict[str, fl
   }
 
 
+def _version(folder: str) -> str:
+  """The package in ``folder``, with its commit when it is a git checkout."""
+  found = subprocess.run(
+    ["git", "-C", folder, "log", "-1", "--format=%h (%cs)"], capture_output=True, text=True
+  )
+  commit = f", commit {found.stdout.strip()}" if found.returncode == 0 else ""
+  return f"the package in `{folder}`{commit}"
+
+
 def _summary(times: dict[str, list[float]], epochs: int) -> tuple[dict[str, float], float, float]:
   """Medians, the training time of ``epochs`` epochs, and the warm run's fixed cost."""
   median = {name: statistics.median(values) for name, values in times.items()}
