@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alrao_jax.splits import Split, take
+from alrao_jax.splits import Split, rows_of, take
 
 STOP_REASONS = {
   "epochs": "ran every epoch",
@@ -117,7 +117,9 @@ def run_epochs(
   evaluated: Sequence[tuple[str, Split]],
   *,
   epochs: int,
-  batches: Callable[[int], np.ndarray],
+  batch_size: int,
+  seed: int,
+  in_order: bool = False,
   patience: int | None,
   labels: Sequence[Mapping[str, Any]] | None = None,
   checkpoint: Callable[[int, Progress], None] | None = None,
@@ -126,7 +128,8 @@ def run_epochs(
   """Trains until ``epochs`` or until every run has stopped, from the epoch after the
   progress's last one.
 
-  Each epoch trains every run on ``batches(epoch)`` (rows of ``train``), evaluates the
+  Each epoch trains every run on the epoch's batches of ``train`` (:func:`epoch_batches`),
+  evaluates the
   ``evaluated`` splits, and appends to each run that still trains a record: ``epoch``,
   ``train_loss``, ``posterior``, the run's ``labels`` (e.g. its learning rate), then
   ``{prefix}_{metric}`` for each evaluated split, and ``stopped`` on its last epoch. A run
@@ -140,7 +143,9 @@ def run_epochs(
     train: the training split.
     evaluated: ``(prefix, split)`` pairs evaluated after each epoch, ``valid`` among them.
     epochs: the last epoch.
-    batches: the training rows of an epoch, ``(steps, batch_size)``.
+    batch_size: examples per step.
+    seed: seed of the epochs' shuffles.
+    in_order: the rows in order every epoch (carried streams), not shuffled.
     patience: epochs without a better validation loss before a run stops (None: never).
     labels: per run, entries every record of it holds.
     checkpoint: called after each epoch's records and best states, with the epoch.
@@ -150,11 +155,13 @@ def run_epochs(
     ``progress``.
   """
   labels = labels or [{}] * trainer.runs
+  rows = rows_of(train.inputs)
   first = max(map(len, progress.histories)) + 1
   for epoch in range(first, epochs + 1):
     if progress.done:
       break
-    train_losses, posteriors = _train_epoch(trainer, train, batches(epoch))
+    batches = epoch_batches(rows, batch_size, seed=seed, epoch=epoch, in_order=in_order)
+    train_losses, posteriors = _train_epoch(trainer, train, batches)
     found = {prefix: trainer.evaluate(split) for prefix, split in evaluated}
     improved = np.zeros(trainer.runs, bool)
     for i, history in enumerate(progress.histories):

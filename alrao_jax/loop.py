@@ -21,7 +21,7 @@ from flax import nnx
 
 from alrao_jax.checkpoint import restore_checkpoint, restore_items, save_checkpoint, save_items
 from alrao_jax.checks import check_int
-from alrao_jax.epochs import STOP_REASONS, Progress, epoch_batches, run_epochs, test_metrics_of
+from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.run_checks import (
@@ -185,7 +185,7 @@ def fit(
       "resume=True continues the checkpoint; pass initial_state or resume, not both."
     )
   check_eval_batch_size(eval_batch_size)
-  splits, rows = checked_splits(splits, batch_size)
+  splits = checked_splits(splits, batch_size)
   averaging = averaging or switch_averaging()
   shared = {
     "averaging": averaging,
@@ -226,9 +226,9 @@ def fit(
       splits.train,
       (("valid", splits.valid), ("test", splits.test)),
       epochs=epochs,
-      batches=lambda epoch: epoch_batches(
-        rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)
-      ),
+      batch_size=batch_size,
+      seed=seed,
+      in_order=bool(carry),
       patience=patience,
       checkpoint=None
       if checkpoint_dir is None

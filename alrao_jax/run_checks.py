@@ -24,9 +24,9 @@ def check_split_labels(splits: Any, num_classes: int) -> None:
     check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
 
 
-def checked_splits(splits: Any, batch_size: int) -> tuple[Splits, int]:
-  """``splits`` as :class:`alrao_jax.Splits` (checked, see :func:`alrao_jax.splits.as_splits`)
-  and its training rows, which a batch may not exceed.
+def checked_splits(splits: Any, batch_size: int) -> Splits:
+  """``splits`` as :class:`alrao_jax.Splits` (checked, see :func:`alrao_jax.splits.as_splits`),
+  whose training rows a batch may not exceed.
 
   Raises:
     ValueError: bad splits, or ``batch_size`` above the training rows.
@@ -35,7 +35,7 @@ def checked_splits(splits: Any, batch_size: int) -> tuple[Splits, int]:
   rows = rows_of(splits.train.inputs)
   if batch_size > rows:
     raise ValueError(f"batch_size must be in [1, {rows}], got {batch_size}.")
-  return splits, rows
+  return splits
 
 
 def check_streams(carry: Sequence[str], splits: Any, batch_size: int) -> tuple[str, ...]:

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from alrao_jax.checks import check_int
-from alrao_jax.epochs import Progress, epoch_batches, run_epochs, test_metrics_of
+from alrao_jax.epochs import Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.head import as_copy_outputs
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
@@ -426,7 +426,7 @@ def sweep(
     raise TypeError(f"evaluate_test must be True or False, got {evaluate_test!r}.")
   if mesh is not None:
     _check_mesh(mesh, len(values_))
-  splits, rows = checked_splits(splits, batch_size)
+  splits = checked_splits(splits, batch_size)
   carry = check_streams(carry, splits, batch_size)
   train, valid, test = splits
   averaging = averaging or switch_averaging()
@@ -456,9 +456,9 @@ def sweep(
     train,
     (("valid", valid), ("test", test)) if evaluate_test else (("valid", valid),),
     epochs=epochs,
-    batches=lambda epoch: epoch_batches(
-      rows, batch_size, seed=seed, epoch=epoch, in_order=bool(carry)
-    ),
+    batch_size=batch_size,
+    seed=seed,
+    in_order=bool(carry),
     patience=patience,
     labels=[{hyperparam: float(v)} for v in values_],
     on_epoch=None

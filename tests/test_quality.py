@@ -26,7 +26,9 @@ def test_quality_quick_mode_writes_the_tables_and_figures(monkeypatch, tmp_path)
   tasks = ["digits"]
   assert quality.main(["--quick", "--out", str(tmp_path), "--tasks", ",".join(tasks)]) == 0
   report = (tmp_path / "quality.md").read_text()
-  assert "Command: `python benchmarks/quality.py --quick`" in report
+  # the command that reproduces the run, with every option given
+  command = f"python benchmarks/quality.py --quick --out {tmp_path} --tasks digits"
+  assert f"Command: `{command}`" in report
   for task in tasks:
     for figure in (f"curves_{task}.png", f"posterior_{task}.png"):
       assert (tmp_path / figure).read_bytes()[:8] == PNG and f"]({figure})" in report

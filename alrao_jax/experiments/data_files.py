@@ -153,9 +153,10 @@ def file_md5(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def check_md5(path: pathlib.Path, expected: str) -> None:
-  """Raises a `ValueError` when ``path``'s contents are not the publisher's (MD5)."""
-  found = file_md5(path)
+def check_md5(path: pathlib.Path, expected: str, data: bytes | None = None) -> None:
+  """Raises a `ValueError` when ``path``'s contents (``data``, when read already: the unzipped
+  bytes of a ``.gz`` file) are not the publisher's (MD5)."""
+  found = file_md5(path) if data is None else hashlib.md5(data, usedforsecurity=False).hexdigest()
   if found != expected:
     raise ValueError(
       f"{path} is not the publisher's file (MD5 {found}, expected {expected}); download it "

@@ -4,13 +4,12 @@ images of clothes, 10 classes, as the publisher ships them (gzipped idx files)."
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import pathlib
 
 import numpy as np
 
-from alrao_jax.experiments.data_files import DataSource, locate
+from alrao_jax.experiments.data_files import DataSource, check_md5, locate
 from alrao_jax.splits import Split, Splits
 
 _URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -57,12 +56,7 @@ def read_idx(path: pathlib.Path, expected_md5: str | None = None) -> np.ndarray:
   """
   data = gzip.decompress(path.read_bytes())
   if expected_md5 is not None:
-    found = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if found != expected_md5:
-      raise ValueError(
-        f"{path} is not the publisher's file (MD5 {found}, expected {expected_md5}); download "
-        "it again or point to an intact copy."
-      )
+    check_md5(path, expected_md5, data)
   if len(data) < 4 or data[:3] != b"\x00\x00\x08":
     raise ValueError(f"{path} is not an idx file of unsigned bytes (its header: {data[:4]!r}).")
   dims = data[3]

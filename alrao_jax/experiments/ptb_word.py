@@ -4,14 +4,13 @@ vocabulary of 10,000 words (``<unk>`` and the end of sentence ``<eos>`` included
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pathlib
 
 import numpy as np
 
 from alrao_jax.experiments.data import _sequences
-from alrao_jax.experiments.data_files import DataSource, locate
+from alrao_jax.experiments.data_files import DataSource, check_md5, locate
 from alrao_jax.splits import Splits
 
 FILES = ("ptb.train.txt", "ptb.valid.txt", "ptb.test.txt")
@@ -41,12 +40,7 @@ def read_words(path: pathlib.Path, expected_md5: str | None = None) -> list[str]
   """
   data = path.read_bytes()
   if expected_md5 is not None:
-    found = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if found != expected_md5:
-      raise ValueError(
-        f"{path} is not the publisher's file (MD5 {found}, expected {expected_md5}); download "
-        "it again or point to an intact copy."
-      )
+    check_md5(path, expected_md5, data)
   words = []
   for line in data.decode("utf-8").splitlines():
     words.extend(line.split())
