@@ -25,15 +25,13 @@ from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.run_checks import (
-  check_carried,
-  check_eval_model,
+  check_linen_only,
+  check_linen_state,
+  check_nnx_labels,
   check_resumed,
-  check_split_labels,
   check_streams,
   checked_splits,
   model_name,
-  nnx_outputs,
-  num_outputs,
   rate_arrays,
 )
 from alrao_jax.sharding import (
@@ -196,7 +194,14 @@ def fit(
   }
   modes = []  # an NNX model's train/eval modes, which its steps set, are given back
   if isinstance(model, nnx.Module):
-    _check_nnx_arguments(mesh, initial_state, eval_params, eval_model, carry, rng_streams)
+    check_linen_only(
+      mesh=mesh,
+      initial_state=initial_state,
+      eval_params=eval_params,
+      eval_model=eval_model,
+      carry=carry,
+      rng_streams=rng_streams,
+    )
     modes = _modes(model)
     carry = ()
   else:
@@ -239,31 +244,9 @@ def fit(
     )
   finally:
     _restore_modes(modes)
-  if isinstance(run, _NNXRun):
-    last, best = run.averaging_state, run.best_averaging
-    _load(run.nodes, run.best_variables)
-  else:
-    last, best = run.state, run.best_state
+  best, last = run.finish()
   stopped = progress.stopped[0] or "epochs"
   return _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
-
-
-def _check_nnx_arguments(mesh, initial_state, eval_params, eval_model, carry, rng_streams) -> None:
-  """Raises a `ValueError` naming the linen-only arguments given with an NNX model."""
-  unsupported = {
-    "mesh": mesh,
-    "initial_state": initial_state,
-    "eval_params": eval_params,
-    "eval_model": eval_model,
-    "carry": tuple(carry) or None,
-    "rng_streams": None if tuple(rng_streams) == ("dropout",) else rng_streams,
-  }
-  given = [name for name, value in unsupported.items() if value is not None]
-  if given:
-    raise ValueError(
-      f"{given} apply to linen models; an NNX model holds its variables and RNG streams "
-      "(start from the model as it is; pass rngs at call time with train_kwargs)."
-    )
 
 
 def _result(state: Any, last: Any, best_epoch: int, history: list, stopped: str) -> FitResult:
@@ -309,6 +292,10 @@ class _LinenRun:
   def keep(self, improved: np.ndarray) -> None:
     # The step donates its state: keep a copy, not the buffers the next step reuses.
     self.best_state = jax.tree.map(jnp.copy, self.state)
+
+  def finish(self) -> tuple[TrainState, TrainState]:
+    """The best epoch's state and the last one."""
+    return self.best_state, self.state
 
   def save(self, directory: Any, model: Any, epoch: int, progress: Progress) -> None:
     meta = {**_meta(progress), "model": model_name(model)}
@@ -380,13 +367,15 @@ def _linen_run(
   else:
     _check_initial_state(initial_state, jax.eval_shape(lambda: fresh(create_train_state)))
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
-  check_carried(state.model_state, carry)
-  example = take(train.inputs, slice(0, 1))
-  if eval_model is not None:
-    check_eval_model(eval_model, state, example, eval_kwargs)
-  if likelihood is categorical_log_likelihood:
-    evaluating = model if eval_model is None else eval_model
-    check_split_labels(splits, num_outputs(evaluating, state, example, eval_kwargs))
+  check_linen_state(
+    splits,
+    state,
+    model=model,
+    eval_model=eval_model,
+    carry=carry,
+    categorical=likelihood is categorical_log_likelihood,
+    eval_kwargs=eval_kwargs,
+  )
   step = make_train_step(
     model,
     optimizer,
@@ -492,21 +481,27 @@ class _NNXRun:
   def keep(self, improved: np.ndarray) -> None:
     self.best_variables, self.best_averaging = _snapshot(self.nodes), self.averaging_state
 
-  def _items(self) -> dict[str, Any]:
+  def finish(self) -> tuple[Any, Any]:
+    """The best epoch's averaging state and the last one; the nodes get the best epoch's
+    variables back."""
+    _load(self.nodes, self.best_variables)
+    return self.best_averaging, self.averaging_state
+
+  def _items(self, variables: Any) -> dict[str, Any]:
     return {
-      "variables": _snapshot(self.nodes),
+      "variables": variables,
       "averaging": self.averaging_state,
       "best_variables": self.best_variables,
       "best_averaging": self.best_averaging,
     }
 
   def save(self, directory: Any, model: Any, epoch: int, progress: Progress) -> None:
-    save_items(
-      directory, self._items(), {"epoch": epoch, **_meta(progress), "model": model_name(model)}
-    )
+    meta = {"epoch": epoch, **_meta(progress), "model": model_name(model)}
+    save_items(directory, self._items(_snapshot(self.nodes)), meta)
 
   def restore(self, directory: Any, model: Any, patience: int | None) -> Progress:
-    items, meta = restore_items(directory, self._items())
+    # the best variables (a snapshot already) are the template of the variables' shapes
+    items, meta = restore_items(directory, self._items(self.best_variables))
     fresh = rate_arrays(self.nodes[1].opt_state)
     _load(self.nodes, items["variables"])
     try:
@@ -539,8 +534,7 @@ def _nnx_run(
   nodes = (model, optimizer, *call_nodes)
   averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
   if likelihood is categorical_log_likelihood:
-    outputs = nnx_outputs(model, take(splits.train.inputs, slice(0, 1)), eval_kwargs)
-    check_split_labels(splits, outputs)
+    check_nnx_labels(splits, model, eval_kwargs)
   step = make_train_step(
     model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs
   )

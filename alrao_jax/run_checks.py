@@ -13,7 +13,7 @@ import numpy as np
 from flax import nnx
 
 from alrao_jax.checks import check_carry, check_labels
-from alrao_jax.splits import Splits, as_splits, rows_of
+from alrao_jax.splits import Splits, as_splits, rows_of, take
 from alrao_jax.steps import TrainState, check_carry_in, head_outputs, model_args
 from alrao_jax.transform import rates_of
 
@@ -156,3 +156,48 @@ def check_resumed(
       "samples (another lr_min, lr_max or key, or another model); resume with the "
       "settings that wrote it, or pass another checkpoint_dir."
     )
+
+
+def check_linen_only(**arguments: Any) -> None:
+  """Raises a `ValueError` naming the linen-only arguments given with an NNX model: each of
+  ``arguments`` is None when it is not given (``rng_streams``: its default ``("dropout",)``;
+  ``carry``: empty)."""
+  defaults = {"rng_streams": ("dropout",), "carry": ()}
+  given = [
+    name
+    for name, value in arguments.items()
+    if value is not None and (name not in defaults or tuple(value) != defaults[name])
+  ]
+  if given:
+    raise ValueError(
+      f"{', '.join(given)} apply to linen models; an NNX model holds its variables and RNG "
+      "streams (start from the model as it is; pass rngs at call time with train_kwargs)."
+    )
+
+
+def check_linen_state(
+  splits: Splits,
+  state: TrainState,
+  *,
+  model: nn.Module,
+  eval_model: nn.Module | None,
+  carry: Sequence[str],
+  categorical: bool,
+  eval_kwargs: Mapping[str, Any] | None,
+) -> None:
+  """The checks of a linen run's first state: the carried collections
+  (:func:`check_carried`), the evaluation model (:func:`check_eval_model`), and with a
+  categorical likelihood every split's labels against the evaluated model's outputs."""
+  check_carried(state.model_state, carry)
+  example = take(splits.train.inputs, slice(0, 1))
+  if eval_model is not None:
+    check_eval_model(eval_model, state, example, eval_kwargs)
+  if categorical:
+    evaluating = model if eval_model is None else eval_model
+    check_split_labels(splits, num_outputs(evaluating, state, example, eval_kwargs))
+
+
+def check_nnx_labels(splits: Splits, model: nnx.Module, eval_kwargs: Any) -> None:
+  """Every split's labels against an NNX model's outputs (a categorical likelihood's check)."""
+  example = take(splits.train.inputs, slice(0, 1))
+  check_split_labels(splits, nnx_outputs(model, example, eval_kwargs))

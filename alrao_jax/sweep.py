@@ -30,13 +30,11 @@ from alrao_jax.head import as_copy_outputs
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.lr_find import takes_learning_rate
 from alrao_jax.run_checks import (
-  check_carried,
-  check_eval_model,
-  check_split_labels,
+  check_linen_only,
+  check_linen_state,
+  check_nnx_labels,
   check_streams,
   checked_splits,
-  nnx_outputs,
-  num_outputs,
 )
 from alrao_jax.splits import Split, take
 from alrao_jax.steps import (
@@ -202,12 +200,15 @@ def _linen_members(
     eval_kwargs=eval_kwargs,
     carry=carry,
   )
-  check_carried(state.model_state, carry)
-  example = take(splits.train.inputs, slice(0, 1))
-  if eval_model is not None:
-    check_eval_model(eval_model, state, example, eval_kwargs)
-  if likelihood is categorical_log_likelihood:
-    check_split_labels(splits, num_outputs(eval_model or model, state, example, eval_kwargs))
+  check_linen_state(
+    splits,
+    state,
+    model=model,
+    eval_model=eval_model,
+    carry=carry,
+    categorical=likelihood is categorical_log_likelihood,
+    eval_kwargs=eval_kwargs,
+  )
   return state, step, evaluate
 
 
@@ -218,19 +219,27 @@ class _NNXMember(NamedTuple):
   averaging_state: Any
 
 
-def _nnx_members(model, tx, splits, *, averaging, likelihood, train_kwargs, eval_kwargs, **linen):
+def _nnx_members(
+  model,
+  tx,
+  splits,
+  *,
+  averaging,
+  likelihood,
+  train_kwargs,
+  eval_kwargs,
+  eval_model,
+  rng_streams,
+  carry,
+  seed,
+  batch_size,
+):
   """(state, train step, eval step) of an NNX model, as pure functions of its variables;
-  ``linen`` holds the linen-only arguments, which must keep their defaults."""
-  if (
-    linen["eval_model"] is not None or tuple(linen["rng_streams"]) != ("dropout",) or linen["carry"]
-  ):
-    raise ValueError(
-      "eval_model, rng_streams and carry apply to linen models; an NNX model holds its RNG "
-      "streams (pass rngs at call time with train_kwargs)."
-    )
+  ``eval_model``, ``rng_streams`` and ``carry`` are linen's and must keep their defaults."""
+  del seed, batch_size  # a linen state's: the NNX model holds its variables already
+  check_linen_only(eval_model=eval_model, rng_streams=rng_streams, carry=carry)
   if likelihood is categorical_log_likelihood:
-    example = take(splits.train.inputs, slice(0, 1))
-    check_split_labels(splits, nnx_outputs(model, example, eval_kwargs))
+    check_nnx_labels(splits, model, eval_kwargs)
   nodes, call_kwargs = node_kwargs(train_kwargs)
   if any(isinstance(v, nnx.Pytree) for v in eval_kwargs.values()):
     raise ValueError(
