@@ -129,8 +129,8 @@ def run_epochs(
   progress's last one.
 
   Each epoch trains every run on the epoch's batches of ``train`` (:func:`epoch_batches`),
-  evaluates the
-  ``evaluated`` splits, and appends to each run that still trains a record: ``epoch``,
+  evaluates the ``evaluated`` splits, and appends to each run that still trains a record:
+  ``epoch``,
   ``train_loss``, ``posterior``, the run's ``labels`` (e.g. its learning rate), then
   ``{prefix}_{metric}`` for each evaluated split, and ``stopped`` on its last epoch. A run
   keeps its best state at its lowest finite validation loss (the ``valid`` prefix) and stops

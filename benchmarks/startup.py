@@ -79,8 +79,8 @@ def _version(folder: str) -> str:
   return f"the package in `{folder}`{commit}"
 
 
-def _summary(times: dict[str, list[float]], epochs: int) -> tuple[dict[str, float], float, float]:
-  """Medians, the training time of ``epochs`` epochs, and the warm run's fixed cost."""
+def _summary(times: dict[str, list[float]]) -> tuple[dict[str, float], float, float]:
+  """Medians, the training time of a warm run's epochs, and that run's fixed cost."""
   median = {name: statistics.median(values) for name, values in times.items()}
   training = (median["warm, 5x epochs"] - median["warm"]) / 4
   return median, training, median["warm"] - training
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> str:
         found = _round(pathlib.Path(folder) / f"{version}{r}", epochs, package)
         for name, seconds in found.items():
           times[version][name].append(seconds)
-  summaries = {v: _summary(times[v], epochs) for v in versions}
+  summaries = {v: _summary(times[v]) for v in versions}
   median, training, fixed = summaries["this"]
   lines = [
     "# Start-up of `alrao-jax train`",

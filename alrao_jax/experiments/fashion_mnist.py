@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 
+from alrao_jax.experiments.data import _hold_out, _unit
 from alrao_jax.experiments.data_files import DataSource, check_md5, locate
 from alrao_jax.splits import Split, Splits
 
@@ -72,7 +73,6 @@ def load_fashion_mnist(
   directory: str | os.PathLike | None = None,
   valid: int = 10_000,
   seed: int = 0,
-  rows: int | None = None,
 ) -> Splits:
   """Fashion-MNIST, checked against the publisher's MD5s: ``valid`` training images held out
   for validation (shuffled once with ``seed``), the publisher's test split as the test split.
@@ -86,7 +86,6 @@ def load_fashion_mnist(
     directory: a folder holding the four ``*-ubyte.gz`` files.
     valid: training images held out for validation.
     seed: seed of the hold-out.
-    rows: keep only the first ``rows`` images of each split (a quick size for tests).
 
   Returns:
     :class:`alrao_jax.Splits` with float32 images ``(n, 28, 28, 1)`` in [0, 1] and int32 labels.
@@ -107,17 +106,5 @@ def load_fashion_mnist(
   )
   if not 0 < valid < len(images):
     raise ValueError(f"valid must be in (0, {len(images)}), got {valid}.")
-  order = np.random.default_rng(seed).permutation(len(images))
-  held, kept = order[:valid], order[valid:]
-  splits = Splits(
-    Split(_unit(images[kept]), labels[kept].astype(np.int32)),
-    Split(_unit(images[held]), labels[held].astype(np.int32)),
-    Split(_unit(test_images), test_labels.astype(np.int32)),
-  )
-  if rows is None:
-    return splits
-  return Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in splits))
-
-
-def _unit(images: np.ndarray) -> np.ndarray:
-  return (images[..., None] / 255.0).astype(np.float32)
+  train, held_out = _hold_out(_unit(images[..., None]), labels.astype(np.int32), valid, seed)
+  return Splits(train, held_out, Split(_unit(test_images[..., None]), test_labels.astype(np.int32)))

@@ -142,10 +142,9 @@ def load(s: dict[str, Any]) -> Task:
     model = {"model": s["model"] or "mlp"}
     model.update({n: s[n] for n in ("width", "depth") if s[n] is not None})
     task = arrays_task(s["data"], model=model, batch_size=s["batch_size"], seed=s["seed"])
-    return task.shrink(QUICK_ROWS) if s.get("quick") else task
-  return load_task(
-    s["task"], data=s["data"], batch_size=s["batch_size"], quick=bool(s.get("quick"))
-  )
+  else:
+    task = load_task(s["task"], data=s["data"], batch_size=s["batch_size"])
+  return task.shrink(QUICK_ROWS) if s.get("quick") else task
 
 
 def run_method(s: dict[str, Any], task: Task) -> Method:
