@@ -1,7 +1,8 @@
 """alrao-jax: All Learning Rates At Once, for JAX, Optax and Flax.
 
 The method: :mod:`~alrao_jax.rates` (one rate per feature), :mod:`~alrao_jax.transform`
-(the optax transforms), :mod:`~alrao_jax.head` and :mod:`~alrao_jax.nnx` (the output copies),
+(the optax transforms), :mod:`~alrao_jax.head` and :mod:`~alrao_jax.nnx` (the output copies;
+:mod:`~alrao_jax.large_head` applies a large head's a few at a time),
 :mod:`~alrao_jax.switch` (model averaging), :mod:`~alrao_jax.loss`, :mod:`~alrao_jax.steps`
 (jitted steps), :mod:`~alrao_jax.sharding` (several devices and hosts) and
 :mod:`~alrao_jax.predict`; around it :mod:`~alrao_jax.loop` (``fit``),

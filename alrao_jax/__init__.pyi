@@ -1,6 +1,6 @@
 """The public API of alrao_jax (see __init__.py): its names and where they live."""
 
-from alrao_jax import nnx, sharding
+from alrao_jax import large_head, nnx, sharding
 from alrao_jax.checkpoint import (
   Checkpoint,
   restore_checkpoint,
@@ -11,6 +11,7 @@ from alrao_jax.checkpoint import (
 from alrao_jax.head import (
   AlraoHead,
   CopyOutputs,
+  DeferredCopyOutputs,
   best_copy,
   copy_outputs,
   mixture_log_probs,
@@ -74,6 +75,7 @@ __all__ = [
   "BayesState",
   "Checkpoint",
   "CopyOutputs",
+  "DeferredCopyOutputs",
   "FitResult",
   "LRFindResult",
   "LRSuggestion",
@@ -111,6 +113,7 @@ __all__ = [
   "make_train_step",
   "mixture_log_probs",
   "mixture_mean",
+  "large_head",
   "nnx",
   "num_copies_of",
   "predict",

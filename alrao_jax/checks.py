@@ -71,6 +71,22 @@ def check_num_copies(num_copies: int) -> None:
     raise ValueError(f"num_copies must be >= 1, got {num_copies}; Alrao uses e.g. 10 copies.")
 
 
+def check_copies_at_once(copies_at_once: int | None) -> None:
+  """Raises unless ``copies_at_once`` is None or an integer >= 1."""
+  if copies_at_once is None:
+    return
+  if isinstance(copies_at_once, bool) or not isinstance(copies_at_once, numbers.Integral):
+    raise TypeError(
+      f"copies_at_once must be None (all copies' outputs at once) or an int, got "
+      f"{copies_at_once!r}."
+    )
+  if copies_at_once < 1:
+    raise ValueError(
+      f"copies_at_once must be >= 1, got {copies_at_once}; e.g. 1 holds one copy's logits at a "
+      "time, None all of them."
+    )
+
+
 def check_labels(labels: Any, num_classes: int, *, name: str = "labels") -> None:
   """Raises a `ValueError` or `TypeError` unless ``labels`` are class indices in ``[0, K)``.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -10,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.checks import check_num_copies
+from alrao_jax.checks import check_copies_at_once, check_num_copies
 from alrao_jax.rates import COPIES_MODULE
 
 _NOT_LOGITS = (
@@ -52,6 +53,61 @@ class CopyOutputs(NamedTuple):
 
   @property
   def ndim(self) -> int:
+    raise TypeError(_NOT_LOGITS)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DeferredCopyOutputs:
+  """The copies of a large head, not yet applied: what ``AlraoHead(copies_at_once=c)`` returns.
+
+  :func:`alrao_jax.alrao_loss` with the categorical likelihood applies the copies ``c`` at a
+  time inside the loss (:func:`alrao_jax.large_head.fused_alrao_loss`), so that the
+  ``N x batch x K`` logits are never held at once; anything else that reads ``own`` or
+  ``shared`` (predictions, metrics, another likelihood) gets the copies' outputs computed
+  in full, as :class:`CopyOutputs` would give them.
+
+  Attributes:
+    z: the pre-classifier output ``(*batch, d)``.
+    kernel: the copies' kernels ``(N, d, K)``.
+    bias: the copies' biases ``(N, K)``.
+    copies_at_once: how many copies the loss applies together (a static int).
+  """
+
+  z: jax.Array
+  kernel: jax.Array
+  bias: jax.Array
+  copies_at_once: int = dataclasses.field(metadata={"static": True}, default=1)
+
+  def outputs(self) -> CopyOutputs:
+    """The copies' outputs in full (:func:`copy_outputs`)."""
+    return copy_outputs(self.z, self.kernel, self.bias)
+
+  @property
+  def own(self) -> jax.Array:
+    """Each copy's outputs, gradients to the copy only (see :class:`CopyOutputs`)."""
+    return self.outputs().own
+
+  @property
+  def shared(self) -> jax.Array:
+    """The copies' outputs, gradients to the pre-classifier only."""
+    return self.outputs().shared
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """``(N, *batch, K)``: the copies' outputs."""
+    return (self.kernel.shape[0], *self.z.shape[:-1], self.kernel.shape[-1])
+
+  @property
+  def dtype(self) -> Any:
+    """The outputs' dtype."""
+    return jnp.result_type(self.z, self.kernel, self.bias)
+
+  def astype(self, dtype: Any) -> CopyOutputs:
+    """The copies' outputs in full, cast to ``dtype``."""
+    return self.outputs().astype(dtype)
+
+  def __jax_array__(self) -> jax.Array:
     raise TypeError(_NOT_LOGITS)
 
 
@@ -188,7 +244,13 @@ class AlraoHead(nn.Module):
     num_copies: number of copies ``N``.
     kernel_init: initializer of one copy's ``(d, K)`` kernel, as for ``nn.Dense``.
     bias_init: initializer of one copy's ``(K,)`` bias.
-    param_dtype: dtype of the parameters.
+    param_dtype: dtype of the parameters (e.g. ``jnp.bfloat16`` for a large head; the loss's
+      softmax runs in float32 whatever it is).
+    copies_at_once: None (the default) returns :class:`CopyOutputs`, every copy's outputs
+      at once; an int ``c`` returns :class:`DeferredCopyOutputs`, which
+      :func:`alrao_jax.alrao_loss` applies ``c`` copies at a time: for a head with many
+      outputs (a word-level language model's), where the ``N x batch x K`` logits would
+      dominate a step's memory.
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
@@ -209,10 +271,12 @@ class AlraoHead(nn.Module):
   kernel_init: Callable[..., jax.Array] = nn.initializers.lecun_normal()
   bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
   param_dtype: Any = jnp.float32
+  copies_at_once: int | None = None
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> CopyOutputs:
+  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs:
     check_num_copies(self.num_copies)
+    check_copies_at_once(self.copies_at_once)
     copies = nn.vmap(
       _CopyParams,
       variable_axes={"params": 0},
@@ -227,14 +291,16 @@ class AlraoHead(nn.Module):
       name=COPIES_MODULE,
     )
     kernel, bias = copies()
+    if self.copies_at_once is not None:
+      return DeferredCopyOutputs(z, kernel, bias, self.copies_at_once)
     return copy_outputs(z, kernel, bias)
 
 
-def as_copy_outputs(outputs: Any) -> CopyOutputs:
+def as_copy_outputs(outputs: Any) -> CopyOutputs | DeferredCopyOutputs:
   """A model's outputs as :class:`CopyOutputs`: an Alrao head's as they are, a plain output
   layer's ``(*batch, K)`` as one copy, so that one step and one loop train both (the
   baseline and Alrao); a plain layer's gradient then is its loss's, as with an optax loss."""
-  if isinstance(outputs, CopyOutputs):
+  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
     return outputs
   if not isinstance(outputs, jax.Array):
     raise TypeError(
@@ -245,9 +311,11 @@ def as_copy_outputs(outputs: Any) -> CopyOutputs:
   return CopyOutputs(one, jax.lax.stop_gradient(one))
 
 
-def copy_values(outputs: CopyOutputs | jax.Array) -> jax.Array:
+def copy_values(outputs: CopyOutputs | DeferredCopyOutputs | jax.Array) -> jax.Array:
   """The copies' output values ``(N, *batch, K)`` of :class:`CopyOutputs` or of an array."""
-  return outputs.own if isinstance(outputs, CopyOutputs) else jnp.asarray(outputs)
+  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
+    return outputs.own
+  return jnp.asarray(outputs)
 
 
 def mask_diverged(values: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -307,6 +375,8 @@ def full_route(outputs: CopyOutputs | jax.Array) -> jax.Array:
   value and sends the gradient of whatever is computed from it to both, as a plain output
   layer would. An array is returned as it is.
   """
+  if isinstance(outputs, DeferredCopyOutputs):
+    outputs = outputs.outputs()
   if not isinstance(outputs, CopyOutputs):
     return jnp.asarray(outputs)
   return outputs.own + (outputs.shared - jax.lax.stop_gradient(outputs.shared))

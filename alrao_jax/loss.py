@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -13,12 +13,14 @@ import numpy as np
 
 from alrao_jax.head import (
   CopyOutputs,
+  DeferredCopyOutputs,
   Posterior,
   broadcast_copy_axis,
   log_posterior_of,
   mask_diverged,
   mixture_log_weights,
 )
+from alrao_jax.large_head import fused_alrao_loss
 
 Likelihood = Callable[[jax.Array, jax.Array], jax.Array]
 
@@ -61,6 +63,14 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
     >>> ll.shape, round(float(ll[0, 0]), 4)
     ((3, 2), -1.3863)
   """
+  _check_categorical(logits, labels)
+  one_hot = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
+  ll = jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
+  in_range = (labels >= 0) & (labels < logits.shape[-1])
+  return jnp.where(in_range, ll, jnp.nan)
+
+
+def _check_categorical(logits: Any, labels: jax.Array) -> None:
   num_classes = logits.shape[-1]
   if num_classes < 2:
     raise ValueError(
@@ -73,10 +83,6 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
       "(y.astype(int)) or, for regression targets, use alrao_jax.gaussian_log_likelihood()."
     )
   _check_batch(logits, labels, event_axes=0, what="labels")
-  one_hot = jax.nn.one_hot(labels, num_classes, dtype=logits.dtype)
-  ll = jnp.sum(jax.nn.log_softmax(logits) * one_hot, axis=-1)
-  in_range = (labels >= 0) & (labels < num_classes)
-  return jnp.where(in_range, ll, jnp.nan)
 
 
 def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
@@ -190,6 +196,30 @@ def has_usable_copy(usable: jax.Array, posterior: Posterior) -> jax.Array:
   return (usable & (log_posterior_of(posterior) > -jnp.inf)).any()
 
 
+def _check_posterior(posterior: Posterior, num_copies: int) -> None:
+  if jnp.shape(log_posterior_of(posterior)) != (num_copies,):
+    raise ValueError(
+      f"the posterior has shape {jnp.shape(log_posterior_of(posterior))}, but the head has "
+      f"{num_copies} copies; start the averaging state from averaging.init({num_copies})."
+    )
+
+
+def _deferred_loss(
+  outputs: DeferredCopyOutputs, targets: jax.Array, posterior: Posterior, likelihood: Likelihood
+) -> tuple[jax.Array, AlraoLossAux]:
+  """:func:`alrao_loss` of a large head's copies, a few at a time (categorical only)."""
+  if likelihood is not categorical_log_likelihood:
+    # Another likelihood sees the copies' outputs in full, as CopyOutputs would give them.
+    return alrao_loss(outputs.outputs(), targets, posterior, likelihood=likelihood)
+  _check_posterior(posterior, outputs.shape[0])
+  _check_categorical(jax.ShapeDtypeStruct(outputs.shape, outputs.dtype), targets)
+  if math.prod(outputs.shape[1:-1]) == 0:
+    raise ValueError(f"the batch is empty (outputs of shape {outputs.shape}); pass >= 1 example.")
+  fused = fused_alrao_loss(outputs, targets, log_posterior_of(posterior))
+  aux = AlraoLossAux(fused.mixture_nll, fused.copy_nll, fused.log_likelihoods)
+  return fused.loss, aux
+
+
 class AlraoLossAux(NamedTuple):
   """What :func:`alrao_loss` reports besides the loss to differentiate."""
 
@@ -239,6 +269,8 @@ def alrao_loss(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
   """
+  if isinstance(outputs, DeferredCopyOutputs):
+    return _deferred_loss(outputs, targets, posterior, likelihood)
   if not isinstance(outputs, CopyOutputs):
     raise TypeError(
       f"outputs must be the CopyOutputs of an Alrao head (AlraoHead, alrao_jax.nnx.AlraoHead), "
@@ -246,11 +278,7 @@ def alrao_loss(
       "is a plain Dense trains with an optax loss, not alrao_loss."
     )
   num_copies = outputs.own.shape[0]
-  if jnp.shape(log_posterior_of(posterior)) != (num_copies,):
-    raise ValueError(
-      f"the posterior has shape {jnp.shape(log_posterior_of(posterior))}, but the head has "
-      f"{num_copies} copies; start the averaging state from averaging.init({num_copies})."
-    )
+  _check_posterior(posterior, num_copies)
   own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood)
   shared = jnp.where(broadcast_copy_axis(ok, outputs.shared.ndim), outputs.shared, 0.0)
   fixed_ll = jax.lax.stop_gradient(fixed_ll)

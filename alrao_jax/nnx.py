@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from alrao_jax.checks import check_num_copies
-from alrao_jax.head import CopyOutputs, copy_outputs
+from alrao_jax.checks import check_copies_at_once, check_num_copies
+from alrao_jax.head import CopyOutputs, DeferredCopyOutputs, copy_outputs
 
 DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
@@ -30,6 +30,9 @@ class AlraoHead(nnx.Module):
     kernel_init: initializer of one copy's kernel, as for ``nnx.Linear``.
     bias_init: initializer of one copy's bias.
     param_dtype: dtype of the parameters.
+    copies_at_once: None returns every copy's outputs at once (:class:`CopyOutputs`); an int
+      ``c`` returns :class:`alrao_jax.head.DeferredCopyOutputs`, applied ``c`` copies at a time
+      by :func:`alrao_jax.alrao_loss` (see :class:`alrao_jax.AlraoHead`).
     rngs: ``nnx.Rngs`` for the initialisation.
 
   Example:
@@ -53,9 +56,11 @@ class AlraoHead(nnx.Module):
     kernel_init: Callable[..., jax.Array] = DEFAULT_KERNEL_INIT,
     bias_init: Callable[..., jax.Array] = DEFAULT_BIAS_INIT,
     param_dtype: Any = jnp.float32,
+    copies_at_once: int | None = None,
     rngs: nnx.Rngs,
   ):
     check_num_copies(num_copies)
+    check_copies_at_once(copies_at_once)
 
     @nnx.split_rngs(splits=num_copies)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -70,7 +75,11 @@ class AlraoHead(nnx.Module):
       )
 
     self.num_copies = num_copies
+    self.copies_at_once = copies_at_once
     self.alrao_copies = create(rngs)
 
-  def __call__(self, z: jax.Array) -> CopyOutputs:
-    return copy_outputs(z, self.alrao_copies.kernel[...], self.alrao_copies.bias[...])
+  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs:
+    kernel, bias = self.alrao_copies.kernel[...], self.alrao_copies.bias[...]
+    if self.copies_at_once is not None:
+      return DeferredCopyOutputs(z, kernel, bias, self.copies_at_once)
+    return copy_outputs(z, kernel, bias)

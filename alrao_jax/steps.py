@@ -17,6 +17,7 @@ from flax import nnx
 from alrao_jax.checks import check_carry, check_rng_streams
 from alrao_jax.head import (
   CopyOutputs,
+  DeferredCopyOutputs,
   Posterior,
   as_copy_outputs,
   copy_values,
@@ -172,9 +173,9 @@ def check_averaging_state(averaging: ModelAveraging, averaging_state: Any, outpu
   Raises:
     TypeError: a state of another averaging method. ValueError: another number of copies.
   """
-  if not isinstance(outputs, CopyOutputs):
+  if not isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
     return  # alrao_loss names this one
-  num_copies = outputs.own.shape[0]
+  num_copies = outputs.shape[0]
   want = jax.eval_shape(lambda: averaging.init(num_copies))
   if jax.tree.structure(averaging_state) != jax.tree.structure(want):
     raise TypeError(

@@ -1,0 +1,180 @@
+"""Large heads: the Alrao loss of N copies applied a few at a time, gradients formed inside.
+
+A word-level language model's output layer (d x 10,000) is most of its compute; its N copies
+are N times that, and their logits ``N x batch x K`` most of the memory of a step. Here the
+loss applies ``copies_at_once`` copies at a time (``lax.map``), and forms each copy's
+gradients while its logits are at hand: the step then does the copies' FLOPs exactly once
+each (forward, kernel gradient, pre-classifier gradient, as three plain heads would) and
+holds one group's logits at a time instead of all of them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from alrao_jax.head import DeferredCopyOutputs, mixture_log_weights
+
+
+class _PerCopy(NamedTuple):
+  log_likelihoods: jax.Array  # (E,): log softmax(logits)[label]
+  finite: jax.Array  # (): every logit finite
+  dkernel: jax.Array  # (d, K): gradient of the copy's mean NLL
+  dbias: jax.Array  # (K,)
+  dz: jax.Array  # (E, d): d log p(label) / d z, per example
+
+
+def _compute_dtype(deferred: DeferredCopyOutputs) -> jnp.dtype:
+  # The softmax in float32 at least, whatever the copies' dtype (bfloat16 copies included).
+  return jnp.promote_types(deferred.dtype, jnp.float32)
+
+
+def _logits(z, kernel, bias, dtype):
+  return (z @ kernel + bias).astype(dtype)
+
+
+def _one_copy(z, labels, dtype, with_grads):
+  """The per-copy work, for ``lax.map`` over ``(kernel, bias)``."""
+  num_examples = z.shape[0]
+
+  def apply(pair):
+    kernel, bias = pair
+    logits = _logits(z, kernel, bias, dtype)
+    log_norm = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+    ll = picked - log_norm
+    finite = jnp.isfinite(logits).all()
+    if not with_grads:
+      return ll, finite
+    # d ll / d logits = onehot - softmax; the copy's mean NLL has cotangent -1/E per example.
+    dlogits = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype) - jnp.exp(
+      logits - log_norm[:, None]
+    )
+    dkernel = -(z.astype(dtype).T @ dlogits) / num_examples
+    dbias = -dlogits.sum(axis=0) / num_examples
+    dz = dlogits.astype(kernel.dtype) @ kernel.T
+    return _PerCopy(ll, finite, dkernel, dbias, dz.astype(dtype))
+
+  return apply
+
+
+def _per_copy(deferred: DeferredCopyOutputs, labels: jax.Array, *, with_grads: bool):
+  z = deferred.z.reshape(-1, deferred.z.shape[-1])
+  apply = _one_copy(z, labels.reshape(-1), _compute_dtype(deferred), with_grads)
+  pairs = (deferred.kernel, deferred.bias)
+  return jax.lax.map(apply, pairs, batch_size=min(deferred.copies_at_once, len(deferred.bias)))
+
+
+def _mixture(ll, finite, log_posterior):
+  usable = finite & ~(ll == -jnp.inf).any(axis=1)
+  log_w = mixture_log_weights(log_posterior, usable)
+  joint = log_w[:, None] + jnp.where(usable[:, None], ll, 0.0)
+  mixed = jax.nn.logsumexp(joint, axis=0)
+  return usable, joint, mixed
+
+
+class FusedLoss(NamedTuple):
+  """What :func:`fused_alrao_loss` returns besides its gradients."""
+
+  loss: jax.Array  # shape=(): the value alrao_loss returns
+  mixture_nll: jax.Array  # shape=(): inf when no copy is usable
+  copy_nll: jax.Array  # shape=(N,): inf for a copy left out
+  log_likelihoods: jax.Array  # shape=(examples, N): -inf for a copy left out
+
+
+def _outcome(ll, usable, mixed, log_posterior) -> FusedLoss:
+  copy_nll = -jnp.mean(jnp.where(usable[:, None], ll, 0.0), axis=1)
+  mixture_nll = -jnp.mean(mixed)
+  any_usable = (usable & (log_posterior > -jnp.inf)).any()
+  return FusedLoss(
+    loss=mixture_nll + jnp.sum(copy_nll),
+    mixture_nll=jnp.where(any_usable, mixture_nll, jnp.inf),
+    copy_nll=jnp.where(usable, copy_nll, jnp.inf),
+    log_likelihoods=jnp.where(usable[:, None], ll, -jnp.inf).T,
+  )
+
+
+def _fused_value(z, kernel, bias, labels, log_posterior, copies_at_once):
+  deferred = DeferredCopyOutputs(z, kernel, bias, copies_at_once)
+  ll, finite = _per_copy(deferred, labels, with_grads=False)
+  usable, _, mixed = _mixture(ll, finite, log_posterior)
+  return _outcome(ll, usable, mixed, log_posterior)
+
+
+def _fused_fwd(z, kernel, bias, labels, log_posterior, copies_at_once):
+  deferred = DeferredCopyOutputs(z, kernel, bias, copies_at_once)
+  per = _per_copy(deferred, labels, with_grads=True)
+  usable, joint, mixed = _mixture(per.log_likelihoods, per.finite, log_posterior)
+  # The pre-classifier gets the mixture's gradient: copy j's share of each example is its
+  # posterior responsibility r_j times its own gradient (a copy left out has r_j = 0, and
+  # its gradients, possibly NaN, are dropped before they are summed).
+  responsibilities = jnp.exp(joint - mixed)
+  keep = usable[:, None, None]
+  dz = -jnp.einsum("ne,ned->ed", responsibilities, jnp.where(keep, per.dz, 0.0))
+  dz = (dz / z.reshape(-1, z.shape[-1]).shape[0]).reshape(z.shape).astype(z.dtype)
+  dkernel = jnp.where(keep, per.dkernel, 0.0).astype(kernel.dtype)
+  dbias = jnp.where(usable[:, None], per.dbias, 0.0).astype(bias.dtype)
+  outcome = _outcome(per.log_likelihoods, usable, mixed, log_posterior)
+  return outcome, (dz, dkernel, dbias)
+
+
+def _fused_bwd(copies_at_once, grads, cotangents):
+  del copies_at_once
+  scale = cotangents.loss  # the other outputs are reports: no gradient flows from them
+  dz, dkernel, dbias = grads
+  return (
+    (scale * dz).astype(dz.dtype),
+    (scale * dkernel).astype(dkernel.dtype),
+    (scale * dbias).astype(dbias.dtype),
+    None,
+    None,
+  )
+
+
+_fused = jax.custom_vjp(_fused_value, nondiff_argnums=(5,))
+_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
+def fused_alrao_loss(
+  outputs: DeferredCopyOutputs, labels: jax.Array, log_posterior: jax.Array
+) -> FusedLoss:
+  """The categorical Alrao loss of a large head, its copies applied a few at a time.
+
+  Equal in value and gradients to :func:`alrao_jax.alrao_loss` on the same copies'
+  outputs (each copy trained on its own loss, the pre-classifier on the mixture's), but
+  the logits of only ``outputs.copies_at_once`` copies exist at a time, and each copy's
+  gradients are formed while its logits are at hand (no second pass over the copies).
+
+  Args:
+    outputs: :class:`alrao_jax.head.DeferredCopyOutputs`, from
+      ``AlraoHead(copies_at_once=c)``.
+    labels: integer labels ``(*batch,)`` (shapes checked by :func:`alrao_jax.alrao_loss`).
+    log_posterior: the averaging's log weights ``(N,)`` (a constant for the gradient).
+
+  Returns:
+    :class:`FusedLoss`; only its ``loss`` carries a gradient.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> from alrao_jax.head import DeferredCopyOutputs
+    >>> from alrao_jax.large_head import fused_alrao_loss
+    >>> loss = lambda kernel: fused_alrao_loss(DeferredCopyOutputs(
+    ...     jnp.ones((2, 3)), kernel, jnp.zeros((4, 5)), 2), jnp.array([0, 1]),
+    ...     jnp.log(jnp.full(4, 0.25))).loss
+    >>> jax.grad(loss)(jnp.zeros((4, 3, 5))).shape
+    (4, 3, 5)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
+  """
+  return _fused(
+    outputs.z,
+    outputs.kernel,
+    outputs.bias,
+    labels,
+    jax.lax.stop_gradient(log_posterior),
+    outputs.copies_at_once,
+  )

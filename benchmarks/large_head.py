@@ -1,0 +1,145 @@
+"""The 10,000-word head: step time and memory of Alrao's copies, in full or a few at a time.
+
+Usage:
+  python benchmarks/large_head.py            # writes benchmarks/results/large_head.md
+  python benchmarks/large_head.py --quick    # seconds: a 1,000-word head, no file
+
+The shape the paper could not afford (its Table 2): an embedding and a tanh layer of 200 into
+a 10,000-way output, batch 20 x 35 tokens, Alrao-SGD with 10 copies, one device, against the
+plain step (optax.sgd, one Dense output, optax's cross-entropy). Variants: the head's outputs
+in full (``AlraoHead()``, the default) and applied ``c`` copies at a time inside the loss
+(``AlraoHead(copies_at_once=c)``, :mod:`alrao_jax.large_head`), in float32 and with bfloat16
+copies. Times: median over rounds of each round's median, the variants interleaved. FLOP
+limit: XLA's FLOP count of the full-output Alrao step over the plain step's (a loop's body is
+counted once, so the chunked steps are not counted themselves: their arithmetic is the same
+or less). Memory: XLA's own account of each compiled step (``memory_analysis()``):
+temporaries, and temporaries + outputs (the outputs hold the new parameters: N copies of the
+head's are N times the plain head's, a floor no layout removes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import pathlib
+import statistics
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import alrao_jax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from header import command_line, machine
+from speed import _plain_state, _stepper, flop_ratio, plain_step, time_rounds
+
+RESULTS = pathlib.Path(__file__).parent / "results" / "large_head.md"
+LR = (1e-3, 100.0)
+
+
+class WordModel(nn.Module):
+  """Embedding, a tanh layer, then an Alrao head (or a plain Dense when ``copies`` is None)."""
+
+  vocab: int
+  width: int
+  copies: int | None
+  copies_at_once: int | None = None
+  head_dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, train: bool = False):
+    del train
+    z = jnp.tanh(nn.Dense(self.width)(nn.Embed(self.vocab, self.width)(tokens)))
+    if self.copies is None:
+      return nn.Dense(self.vocab)(z)
+    return alrao_jax.AlraoHead(
+      self.vocab,
+      num_copies=self.copies,
+      copies_at_once=self.copies_at_once,
+      param_dtype=self.head_dtype,
+    )(z.astype(self.head_dtype))
+
+
+def _memory(step, state, x, y) -> tuple[int, int]:
+  """(temporaries, temporaries + outputs) in bytes of the compiled step."""
+  analysis = step.lower(state, x, y).compile().memory_analysis()
+  temp = analysis.temp_size_in_bytes
+  return temp, temp + analysis.output_size_in_bytes
+
+
+def variants(vocab: int, copies: int) -> dict[str, WordModel]:
+  width = 200
+  return {
+    "plain": WordModel(vocab, width, None),
+    "full outputs": WordModel(vocab, width, copies),
+    "copies_at_once=1": WordModel(vocab, width, copies, copies_at_once=1),
+    f"copies_at_once={copies // 2}": WordModel(vocab, width, copies, copies_at_once=copies // 2),
+    "copies_at_once=1, bf16 copies": WordModel(
+      vocab, width, copies, copies_at_once=1, head_dtype=jnp.bfloat16
+    ),
+  }
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="CI smoke run: a 1,000-word head")
+  parser.add_argument("--copies", type=int, default=10, help="copies N (default: 10)")
+  parser.add_argument("--out", default=str(RESULTS), help=f"(default: {RESULTS})")
+  args = parser.parse_args(argv)
+  vocab, (rounds, per_round) = (1000, (2, 2)) if args.quick else (10_000, (7, 3))
+  x = jax.random.randint(jax.random.key(0), (20, 35), 0, vocab)
+  y = jax.random.randint(jax.random.key(1), (20, 35), 0, vocab)
+  steps, states, memory = {}, {}, {}
+  for name, model in variants(vocab, args.copies).items():
+    if model.copies is None:
+      tx = optax.sgd(0.1)
+      steps[name], states[name] = plain_step(model, tx), _plain_state(model, tx, x)
+    else:
+      tx = alrao_jax.alrao_sgd(*LR, key=jax.random.key(3))
+      steps[name] = alrao_jax.make_train_step(model, tx)
+      states[name] = alrao_jax.create_train_state(model, tx, jax.random.key(1), x)
+    memory[name] = _memory(steps[name], states[name], x, y)
+  limit = flop_ratio(
+    steps["full outputs"], states["full outputs"], steps["plain"], states["plain"], x, y
+  )
+  runs = {name: _stepper(steps[name], states[name], x, y) for name in steps}
+  found = time_rounds(runs, rounds=rounds, per_round=per_round)
+  plain_ms = 1e3 * statistics.median(found["plain"])
+  command = command_line("large_head.py", parser, args)
+  lines = [
+    f"# The {vocab:,}-word head\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+    f"Date: {datetime.date.today()}; batch 20 x 35 tokens, width 200, {args.copies} copies, "
+    f"{rounds} rounds of {per_round} timed steps per variant, interleaved.\n",
+    f"FLOP limit (the full-output Alrao step's FLOPs over the plain step's): {limit:.2f}.\n",
+    "| variant | step (ms) | / plain | / FLOP limit | temporaries (MiB) | / plain | "
+    "temporaries + outputs (MiB) | / plain |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name in steps:
+    ratios = [a / p for a, p in zip(found[name], found["plain"], strict=True)]
+    ratio = statistics.median(ratios)
+    temp, total = memory[name]
+    lines.append(
+      f"| {name} | {1e3 * statistics.median(found[name]):.1f} | {ratio:.2f} "
+      f"[{min(ratios):.2f} - {max(ratios):.2f}] | {ratio / limit:.2f} | {temp / 2**20:.0f} | "
+      f"{temp / memory['plain'][0]:.2f} | {total / 2**20:.0f} | "
+      f"{total / memory['plain'][1]:.2f} |"
+    )
+  lines.append(
+    f"\nThe plain step: {plain_ms:.1f} ms. Ratios: median over rounds [min - max]. Goals "
+    "(issue 36): the step at most 1.05x its FLOP limit with all copies; peak memory at most "
+    "1.5x plain."
+  )
+  report = "\n".join(lines) + "\n"
+  print(report)
+  if not args.quick:
+    pathlib.Path(args.out).write_text(report)
+    print(f"wrote {args.out}", file=sys.stderr)
+  return report
+
+
+if __name__ == "__main__":
+  main()
