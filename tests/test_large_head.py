@@ -80,7 +80,7 @@ def test_deferred_loss_checks_labels_and_posterior_as_the_full_loss_does():
     alrao_jax.alrao_loss(deferred, LABELS[0], POSTERIOR)
   with pytest.raises(TypeError, match="integer class indices"):
     alrao_jax.alrao_loss(deferred, LABELS.astype(float), POSTERIOR)
-  with pytest.raises(ValueError, match="averaging.init"):
+  with pytest.raises(ValueError, match=r"averaging\.init"):
     alrao_jax.alrao_loss(deferred, LABELS, POSTERIOR[:3])
 
 
