@@ -60,11 +60,33 @@ def _one_copy(z, labels, dtype, with_grads):
   return apply
 
 
+def _in_groups(apply, pairs, copies_at_once: int):
+  """``apply`` mapped over the copies, ``copies_at_once`` of them at a time.
+
+  The copies ``j, N/c + j, 2N/c + j, ...`` run together at step ``j`` (a ``vmap`` over the
+  leading axis of ``(c, N/c, ...)``, a scan over the second): a copy axis sharded over
+  devices stays the leading, sharded axis, so that each device applies its own copies. When
+  ``c`` does not divide ``N``, the last ``N mod c`` copies run together after the others.
+  """
+  num_copies = len(pairs[1])
+  at_once = min(copies_at_once, num_copies)
+  grouped = num_copies - num_copies % at_once
+
+  def scanned(kernel, bias):
+    return jax.lax.map(apply, (kernel, bias))
+
+  groups = jax.tree.map(lambda x: x[:grouped].reshape(at_once, -1, *x.shape[1:]), pairs)
+  found = jax.tree.map(lambda x: x.reshape(grouped, *x.shape[2:]), jax.vmap(scanned)(*groups))
+  if grouped == num_copies:
+    return found
+  rest = jax.vmap(apply)(jax.tree.map(lambda x: x[grouped:], pairs))
+  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), found, rest)
+
+
 def _per_copy(deferred: DeferredCopyOutputs, labels: jax.Array, *, with_grads: bool):
   z = deferred.z.reshape(-1, deferred.z.shape[-1])
   apply = _one_copy(z, labels.reshape(-1), _compute_dtype(deferred), with_grads)
-  pairs = (deferred.kernel, deferred.bias)
-  return jax.lax.map(apply, pairs, batch_size=min(deferred.copies_at_once, len(deferred.bias)))
+  return _in_groups(apply, (deferred.kernel, deferred.bias), deferred.copies_at_once)
 
 
 def _mixture(ll, finite, log_posterior):

@@ -43,12 +43,13 @@ class WordHead(nn.Module):
   classes: int
   width: int
   copies: int
+  copies_at_once: int | None = None
 
   @nn.compact
   def __call__(self, x):
-    return alrao_jax.AlraoHead(self.classes, num_copies=self.copies)(
-      nn.relu(nn.Dense(self.width)(x))
-    )
+    return alrao_jax.AlraoHead(
+      self.classes, num_copies=self.copies, copies_at_once=self.copies_at_once
+    )(nn.relu(nn.Dense(self.width)(x)))
 
 
 def _layouts(copies: int, quick: bool) -> list[tuple[str, dict[str, int] | None, int]]:
@@ -70,8 +71,8 @@ def _layouts(copies: int, quick: bool) -> list[tuple[str, dict[str, int] | None,
   ]
 
 
-def _setup(name, axes, copies, classes, width, batch):
-  model = WordHead(classes, width, copies)
+def _setup(name, axes, copies, classes, width, batch, copies_at_once=None):
+  model = WordHead(classes, width, copies, copies_at_once)
   tx = alrao_jax.alrao_sgd(1e-5, 10.0, key=jax.random.key(1))
   key = jax.random.key(0)
   x = jax.random.normal(key, (batch, width))

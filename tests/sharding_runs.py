@@ -33,6 +33,7 @@ class Body(nn.Module):
   """Dense, LayerNorm, Dense (its kernel partitioned over a model axis when asked), head."""
 
   model_axis: str | None = None
+  copies_at_once: int | None = None
 
   @nn.compact
   def __call__(self, x):
@@ -41,7 +42,7 @@ class Body(nn.Module):
     if self.model_axis is not None:
       init = nn.with_partitioning(init, (None, self.model_axis))
     x = nn.relu(nn.Dense(32, kernel_init=init)(x))
-    return alrao_jax.AlraoHead(CLASSES, num_copies=COPIES)(x)
+    return alrao_jax.AlraoHead(CLASSES, num_copies=COPIES, copies_at_once=self.copies_at_once)(x)
 
 
 class NNXBody(nnx.Module):
@@ -171,6 +172,15 @@ def meshes_report():
   report["annotated"] = {  # the annotation changes the placement, not the values
     "params": max_difference(reference.params, state.params),
     "specs": leaf_specs(state),
+  }
+  deferred = Body(copies_at_once=COPIES)  # one copy per device, applied inside the loss
+  state, found = mesh_run(deferred, sharding.make_mesh({"data": 1, "copies": 8}))
+  report["deferred"] = {
+    "params": max_difference(reference.params, state.params),
+    "log_posterior": max_difference(
+      reference.averaging_state.log_posterior, state.averaging_state.log_posterior
+    ),
+    "collectives": [c._asdict() for c in found],
   }
   nnx_model, nnx_averaging = nnx_run(None)
   model, averaging = nnx_run(sharding.make_mesh({"data": 2, "copies": 4}))

@@ -94,6 +94,15 @@ def test_compiled_step_never_gathers_the_head(mesh):
     assert any(c["op"] == "all-reduce" and c["bytes"] > 4 * one_copy for c in found)
 
 
+def test_a_deferred_head_with_one_copy_per_device_equals_the_full_head_on_one_device():
+  run = _meshes()["meshes"]["deferred"]
+  assert run["params"] < TOLERANCE
+  assert run["log_posterior"] < TOLERANCE
+  one_copy = 32 * sharding_runs.CLASSES
+  gathers = [c for c in run["collectives"] if c["op"] == "all-gather"]
+  assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
+
+
 def test_model_partitioning_metadata_is_kept_and_the_rates_follow_it():
   run = _meshes()["meshes"]["annotated"]
   assert run["params"] < TOLERANCE

@@ -10,13 +10,15 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.head import AlraoHead, CopyOutputs
+from alrao_jax.head import AlraoHead, CopyOutputs, DeferredCopyOutputs
 
 
-def _output(num_outputs: int, num_copies: int | None, x: jax.Array) -> CopyOutputs | jax.Array:
+def _output(
+  num_outputs: int, num_copies: int | None, x: jax.Array, copies_at_once: int | None = None
+) -> CopyOutputs | DeferredCopyOutputs | jax.Array:
   if num_copies is None:
     return nn.Dense(num_outputs)(x)
-  return AlraoHead(num_outputs, num_copies=num_copies)(x)
+  return AlraoHead(num_outputs, num_copies=num_copies, copies_at_once=copies_at_once)(x)
 
 
 class DigitsCNN(nn.Module):
@@ -100,6 +102,8 @@ class CharLSTM(nn.Module):
     layers: LSTM layers (2 in the paper).
     dropout: dropout rate between layers (0.2 in the paper).
     carry: carry the LSTM states from one call to the next (the paper's setup).
+    copies_at_once: the head's (see :class:`alrao_jax.AlraoHead`): 1 for a word-level
+      vocabulary, whose copies' logits would dominate a step's memory.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -119,9 +123,12 @@ class CharLSTM(nn.Module):
   layers: int = 2
   dropout: float = 0.2
   carry: bool = False
+  copies_at_once: int | None = None
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, train: bool) -> CopyOutputs | jax.Array:
+  def __call__(
+    self, tokens: jax.Array, train: bool
+  ) -> CopyOutputs | DeferredCopyOutputs | jax.Array:
     x = nn.Embed(self.vocab_size, self.embed)(tokens)
     for layer in range(self.layers):
       x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -135,7 +142,7 @@ class CharLSTM(nn.Module):
       if self.is_mutable_collection("carry") and not self.is_initializing():
         state.value = final
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return _output(self.vocab_size, self.num_copies, x)
+    return _output(self.vocab_size, self.num_copies, x, self.copies_at_once)
 
 
 class Conv1DNet(nn.Module):

@@ -96,7 +96,8 @@ def load_task(
   channels, 128 units). ``ptb-word``: word-level Penn Treebank (the publisher's three splits,
   see :func:`alrao_jax.experiments.ptb_word.load_ptb_word`), the LSTM at 200 units and
   embedding, 2 layers, dropout 0.2, BPTT 35, 20 streams, the state carried, a 10,000-way
-  head; loss in nats per word (its perplexity is ``exp`` of it). Alrao's interval is [1e-5,
+  head applied one copy at a time in the loss (``copies_at_once=1``); loss in nats per word
+  (its perplexity is ``exp`` of it). Alrao's interval is [1e-5,
   10] with 10 copies for the feed-forward models and [1e-3, 100] with 6 for the LSTMs (the
   paper's).
 
@@ -150,7 +151,13 @@ def _load(name: str, data: str | os.PathLike | None, batch_size: int | None) -> 
       name,
       splits,
       lambda n: CharLSTM(
-        vocab_size=len(vocab), num_copies=n, embed=200, hidden=200, dropout=0.2, carry=True
+        vocab_size=len(vocab),
+        num_copies=n,
+        embed=200,
+        hidden=200,
+        dropout=0.2,
+        carry=True,
+        copies_at_once=1,
       ),
       1e-3,
       100.0,
