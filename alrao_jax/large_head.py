@@ -52,8 +52,8 @@ def _one_copy(z, labels, dtype, with_grads):
     dlogits = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype) - jnp.exp(
       logits - log_norm[:, None]
     )
-    dkernel = -(z.astype(dtype).T @ dlogits) / num_examples
-    dbias = -dlogits.sum(axis=0) / num_examples
+    dkernel = (-(z.astype(dtype).T @ dlogits) / num_examples).astype(kernel.dtype)
+    dbias = (-dlogits.sum(axis=0) / num_examples).astype(bias.dtype)
     dz = dlogits.astype(kernel.dtype) @ kernel.T
     return _PerCopy(ll, finite, dkernel, dbias, dz.astype(dtype))
 
