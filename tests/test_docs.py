@@ -38,6 +38,12 @@ def test_your_own_model_guides_run(name, capsys):
     assert float(re.search(r"fit: best epoch \d+ test accuracy ([0-9.]+)", out).group(1)) > 0.8
 
 
+def test_large_heads_guide_runs_and_both_heads_agree(capsys):
+  out = _run("guides/large_heads.md", capsys)
+  found = re.search(r"one copy at a time: ([0-9.]+); all at once: ([0-9.]+)", out)
+  assert math.isclose(float(found.group(1)), float(found.group(2)), rel_tol=1e-4), out
+
+
 def test_your_own_step_guide_runs_in_linen_and_nnx(capsys):
   out = _run("guides/own_step.md", capsys)
   assert float(re.search(r"linen own step: loss [0-9.]+, accuracy ([0-9.]+)", out).group(1)) > 0.8
