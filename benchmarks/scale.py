@@ -67,7 +67,9 @@ def _layouts(copies: int, quick: bool) -> list[tuple[str, dict[str, int] | None,
     ("copies=2, classes=2", {"data": 1, "copies": 2, OUTPUTS_AXIS: 2}, copies),
     ("copies=2, classes=4", {"data": 1, "copies": 2, OUTPUTS_AXIS: 4}, copies),
     ("copies=8 (8 copies)", {"data": 1, "copies": 8, OUTPUTS_AXIS: 1}, 8),
+    ("copies=8 (8 copies), copies_at_once=8", {"data": 1, "copies": 8, OUTPUTS_AXIS: 1}, 8),
     ("1 device (8 copies)", None, 8),
+    ("1 device (8 copies), copies_at_once=1", None, 8),
   ]
 
 
@@ -124,11 +126,16 @@ def main(argv: list[str] | None = None) -> str:
   rounds, per_round = (2, 3) if args.quick else (3, 20)
   rows, runs = [], {}
   for name, axes, n in _layouts(copies, args.quick):
-    row, run = _setup(name, axes, n, classes, width, batch)
+    at_once = int(name.rsplit("copies_at_once=", 1)[1]) if "copies_at_once=" in name else None
+    row, run = _setup(name, axes, n, classes, width, batch, at_once)
     rows.append(row)
     runs[name] = run
   times = interleaved(runs, rounds=rounds, per_round=per_round)
-  reference = {row["copies"]: row["total"] for row in rows if row["one_device"]}
+  reference = {  # one device, every copy's outputs at once
+    row["copies"]: row["total"]
+    for row in rows
+    if row["one_device"] and "copies_at_once" not in row["name"]
+  }
   lines = [
     f"# Scale: an output-heavy head on several devices ({datetime.date.today()})",
     "",
@@ -139,7 +146,9 @@ def main(argv: list[str] | None = None) -> str:
     "Memory per device from `compiled.memory_analysis()` (arguments: parameters, optimizer "
     "state with the rates, switch state, batch; total = arguments + outputs - donated + "
     "temporaries). Step time: median of "
-    f"{rounds} x {per_round} steps, layouts interleaved.",
+    f"{rounds} x {per_round} steps, layouts interleaved. `copies_at_once=c`: the head's "
+    "copies applied c at a time inside the loss (`alrao_jax.large_head`); on the mesh, one "
+    "copy per device.",
     "",
     "| layout | devices | copies | arguments / device (MB) | temporaries / device (MB) | "
     "total / device (MB) | vs 1 device | all-gathers the head | step (ms) |",
