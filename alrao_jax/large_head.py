@@ -64,19 +64,26 @@ def _in_groups(apply, pairs, copies_at_once: int):
   """``apply`` mapped over the copies, ``copies_at_once`` of them at a time.
 
   The copies ``j, N/c + j, 2N/c + j, ...`` run together at step ``j`` (a ``vmap`` over the
-  leading axis of ``(c, N/c, ...)``, a scan over the second): a copy axis sharded over
-  devices stays the leading, sharded axis, so that each device applies its own copies. When
-  ``c`` does not divide ``N``, the last ``N mod c`` copies run together after the others.
+  leading axis of ``(c, N/c, ...)``, a scan over the second, read in place): a copy axis
+  sharded over devices stays the leading, sharded axis, so that each device applies its own
+  copies. When ``c`` does not divide ``N``, the last ``N mod c`` copies run together after
+  the others.
   """
   num_copies = len(pairs[1])
   at_once = min(copies_at_once, num_copies)
+  if at_once == 1:
+    return jax.lax.map(apply, pairs)
   grouped = num_copies - num_copies % at_once
+  steps = grouped // at_once
+  groups = jax.tree.map(lambda x: x[:grouped].reshape(at_once, steps, *x.shape[1:]), pairs)
 
-  def scanned(kernel, bias):
-    return jax.lax.map(apply, (kernel, bias))
+  def group(j):  # the inputs sliced where they lie: scanning them as xs would transpose a copy
+    return jax.vmap(apply)(
+      jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, 1, False), groups)
+    )
 
-  groups = jax.tree.map(lambda x: x[:grouped].reshape(at_once, -1, *x.shape[1:]), pairs)
-  found = jax.tree.map(lambda x: x.reshape(grouped, *x.shape[2:]), jax.vmap(scanned)(*groups))
+  found = jax.lax.map(group, jnp.arange(steps))  # (N/c, c, ...)
+  found = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(grouped, *x.shape[2:]), found)
   if grouped == num_copies:
     return found
   rest = jax.vmap(apply)(jax.tree.map(lambda x: x[grouped:], pairs))
