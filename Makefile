@@ -23,8 +23,9 @@ test: $(VENV)/.installed
 # minutes on 2 cores; later ones recompile only what changed). `make test` runs everything
 # (the tools, the CLI, the docs, the runs on several simulated devices) from a fresh cache.
 CHECK_TESTS := tests/test_rates.py tests/test_transform.py tests/test_switch.py \
-  tests/test_head_and_step.py tests/test_contract.py tests/test_properties.py \
-  tests/test_layout.py tests/test_lr_find.py tests/test_suggest_lr.py tests/test_predict.py
+  tests/test_head_and_step.py tests/test_large_head.py tests/test_contract.py \
+  tests/test_properties.py tests/test_layout.py tests/test_lr_find.py tests/test_suggest_lr.py \
+  tests/test_predict.py
 
 check: $(VENV)/.installed
 	$(PY) -m ruff check .
