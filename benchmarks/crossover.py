@@ -114,6 +114,12 @@ def one_width(width: int, splits: Splits, *, epochs: int, lr: tuple[float, float
   }
 
 
+def _width_axis(ax, widths: list[int]) -> None:
+  ax.set(xscale="log", xlabel="width (units per hidden layer)")
+  ax.set_xticks(widths, [str(w) for w in widths])
+  ax.minorticks_off()
+
+
 def _figure(rows: list[dict], path: pathlib.Path) -> None:
   import matplotlib
 
@@ -125,15 +131,8 @@ def _figure(rows: list[dict], path: pathlib.Path) -> None:
   names = {"alrao": "one Alrao run", "sweep": "7-rate sweep, one program", "runs": "7 runs"}
   for key, label in names.items():
     left.plot(widths, [r["seconds"][key] for r in rows], "o-", label=label)
-  left.set(
-    xscale="log",
-    yscale="log",
-    xlabel="width (units per hidden layer)",
-    ylabel="wall seconds, whole run",
-    title="Cost",
-  )
-  left.set_xticks(widths, [str(w) for w in widths])
-  left.minorticks_off()
+  left.set(yscale="log", ylabel="wall seconds, whole run", title="Cost")
+  _width_axis(left, widths)
   left.legend()
   right.plot(
     widths,
@@ -143,14 +142,8 @@ def _figure(rows: list[dict], path: pathlib.Path) -> None:
   )
   right.axhline(GOAL, color="grey", linestyle="--", label=f"{GOAL:.2f} (goal)")
   right.axhline(1.0, color="black", linewidth=0.5)
-  right.set(
-    xscale="log",
-    xlabel="width (units per hidden layer)",
-    ylabel="test loss ratio",
-    title="Quality: Alrao's test loss over tuned SGD's",
-  )
-  right.set_xticks(widths, [str(w) for w in widths])
-  right.minorticks_off()
+  right.set(ylabel="test loss ratio", title="Quality: Alrao's test loss over tuned SGD's")
+  _width_axis(right, widths)
   right.legend(loc="lower right")
   fig.tight_layout()
   fig.savefig(path, dpi=110)

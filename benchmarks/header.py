@@ -9,8 +9,10 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
+import pathlib
 import platform
 import re
+import sys
 
 import jax
 import optax
@@ -38,6 +40,13 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
     flag = max(action.option_strings, key=len)
     parts.append(flag if isinstance(action, argparse._StoreTrueAction) else f"{flag} {value}")
   return " ".join(parts)
+
+
+def write_results(report: str, out: str, *, quick: bool) -> None:
+  """Writes a full run's report to ``out`` (a ``--quick`` run writes nothing) and says so."""
+  if not quick:
+    pathlib.Path(out).write_text(report)
+    print(f"wrote {out}", file=sys.stderr)
 
 
 def ran_on(minutes: float) -> str:

@@ -36,7 +36,7 @@ import alrao_jax
 from alrao_jax.experiments.models import CharLSTM
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, machine
+from header import command_line, machine, write_results
 from speed import _plain_state, _stepper, flop_ratio, plain_step, time_rounds
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "large_head.md"
@@ -160,9 +160,7 @@ def main(argv: list[str] | None = None) -> str:
   ]
   report = "\n".join(lines) + "\n"
   print(report)
-  if not args.quick:
-    pathlib.Path(args.out).write_text(report)
-    print(f"wrote {args.out}", file=sys.stderr)
+  write_results(report, args.out, quick=args.quick)
   return report
 
 

@@ -32,7 +32,7 @@ from alrao_jax.head import AlraoHead
 from alrao_jax.steps import TrainState
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, machine
+from header import command_line, machine, write_results
 
 BATCH = 32
 DEFAULT_OUT = "benchmarks/results/speed.md"
@@ -632,9 +632,7 @@ def main(argv: list[str] | None = None) -> str:
   ]
   report = "\n".join(lines) + "\n"
   print("\n".join(lines[-12:]))
-  if not args.quick:
-    pathlib.Path(args.out).write_text(report)
-    print(f"wrote {args.out}", file=sys.stderr)
+  write_results(report, args.out, quick=args.quick)
   return report
 
 
