@@ -140,6 +140,12 @@ def _merge_routes_bwd(responsibilities, cotangent):
 _merge_routes.defvjp(_merge_routes_fwd, _merge_routes_bwd)
 
 
+def _check_nonempty(shape: tuple[int, ...]) -> None:
+  """Trace-time check that the copies' outputs ``(N, *batch, K)`` hold >= 1 example."""
+  if math.prod(shape[1:-1]) == 0:
+    raise ValueError(f"the batch is empty (outputs of shape {shape}); pass >= 1 example.")
+
+
 def masked_log_likelihoods(
   values: jax.Array, targets: jax.Array, likelihood: Likelihood
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -157,8 +163,7 @@ def masked_log_likelihoods(
     finite and no log-likelihood is ``-inf``. A NaN log-likelihood comes from the targets
     (a label out of range), not from a copy: it is kept, and makes the loss NaN.
   """
-  if math.prod(values.shape[1:-1]) == 0:
-    raise ValueError(f"the batch is empty (outputs of shape {values.shape}); pass >= 1 example.")
+  _check_nonempty(values.shape)
   masked, finite = mask_diverged(values)
   ll = likelihood(masked, targets).reshape(values.shape[0], -1)
   return masked, ll, finite & ~(ll == -jnp.inf).any(axis=1)
@@ -213,8 +218,7 @@ def _deferred_loss(
     return alrao_loss(outputs.outputs(), targets, posterior, likelihood=likelihood)
   _check_posterior(posterior, outputs.shape[0])
   _check_categorical(jax.ShapeDtypeStruct(outputs.shape, outputs.dtype), targets)
-  if math.prod(outputs.shape[1:-1]) == 0:
-    raise ValueError(f"the batch is empty (outputs of shape {outputs.shape}); pass >= 1 example.")
+  _check_nonempty(outputs.shape)
   fused = fused_alrao_loss(outputs, targets, log_posterior_of(posterior))
   aux = AlraoLossAux(fused.mixture_nll, fused.copy_nll, fused.log_likelihoods)
   return fused.loss, aux
