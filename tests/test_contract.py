@@ -132,7 +132,8 @@ def test_init_from_abstract_shapes(name):
 SHARDING_SCRIPT = textwrap.dedent(
   """
   import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  flags = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
   import jax, jax.numpy as jnp
   import alrao_jax
   mesh = jax.make_mesh((8,), ("x",), axis_types=(jax.sharding.AxisType.Explicit,))
@@ -269,7 +270,8 @@ def test_contract_over_every_parameter_tree(name, tree):
 FLAX_SHARDING_SCRIPT = textwrap.dedent(
   """
   import os
-  os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+  flags = os.environ.get("XLA_FLAGS", "")
+  os.environ["XLA_FLAGS"] = flags + " --xla_force_host_platform_device_count=8"
   import jax, jax.numpy as jnp, optax, flax.linen as nn
   from flax import nnx
   import alrao_jax
