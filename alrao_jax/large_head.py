@@ -15,7 +15,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.head import DeferredCopyOutputs, mixture_log_weights
+from alrao_jax.head import DeferredCopyOutputs, Posterior, log_posterior_of, mixture_log_weights
 
 
 class _PerCopy(NamedTuple):
@@ -60,34 +60,41 @@ def _one_copy(z, labels, dtype, with_grads):
   return apply
 
 
-def _in_groups(apply, pairs, copies_at_once: int):
-  """``apply`` mapped over the copies, ``copies_at_once`` of them at a time.
+def _scan_in_groups(step, carry, pairs, copies_at_once: int):
+  """``step(carry, group) -> (carry, per-copy outputs)`` folded over the copies,
+  ``copies_at_once`` of them at a time; the per-copy outputs come back in copy order.
 
-  The copies ``j, N/c + j, 2N/c + j, ...`` run together at step ``j`` (a ``vmap`` over the
-  leading axis of ``(c, N/c, ...)``, a scan over the second, read in place): a copy axis
-  sharded over devices stays the leading, sharded axis, so that each device applies its own
-  copies. When ``c`` does not divide ``N``, the last ``N mod c`` copies run together after
-  the others.
+  The copies ``j, N/c + j, 2N/c + j, ...`` form group ``j`` (a leading axis of ``c``), taken
+  from ``(c, N/c, ...)`` in place: a copy axis sharded over devices stays the leading, sharded
+  axis, so that each device applies its own copies (scanning the groups as ``xs`` would
+  transpose a copy). When ``c`` does not divide ``N``, the last ``N mod c`` copies form one
+  more group after the others.
   """
-  num_copies = len(pairs[1])
+  num_copies = len(jax.tree.leaves(pairs)[0])
   at_once = min(copies_at_once, num_copies)
-  if at_once == 1:
-    return jax.lax.map(apply, pairs)
   grouped = num_copies - num_copies % at_once
   steps = grouped // at_once
   groups = jax.tree.map(lambda x: x[:grouped].reshape(at_once, steps, *x.shape[1:]), pairs)
 
-  def group(j):  # the inputs sliced where they lie: scanning them as xs would transpose a copy
-    return jax.vmap(apply)(
-      jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, 1, False), groups)
-    )
+  def body(carry, j):
+    group = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, j, 1, False), groups)
+    return step(carry, group)
 
-  found = jax.lax.map(group, jnp.arange(steps))  # (N/c, c, ...)
+  carry, found = jax.lax.scan(body, carry, jnp.arange(steps))  # (N/c, c, ...)
   found = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape(grouped, *x.shape[2:]), found)
   if grouped == num_copies:
-    return found
-  rest = jax.vmap(apply)(jax.tree.map(lambda x: x[grouped:], pairs))
-  return jax.tree.map(lambda a, b: jnp.concatenate([a, b]), found, rest)
+    return carry, found
+  carry, rest = step(carry, jax.tree.map(lambda x: x[grouped:], pairs))
+  return carry, jax.tree.map(lambda a, b: jnp.concatenate([a, b]), found, rest)
+
+
+def _in_groups(apply, pairs, copies_at_once: int):
+  """``apply`` mapped over the copies, ``copies_at_once`` of them at a time (see
+  :func:`_scan_in_groups`)."""
+  def step(carry, group):
+    return carry, jax.vmap(apply)(group)
+
+  return _scan_in_groups(step, (), pairs, copies_at_once)[1]
 
 
 def _per_copy(deferred: DeferredCopyOutputs, labels: jax.Array, *, with_grads: bool):
@@ -207,3 +214,99 @@ def fused_alrao_loss(
     jax.lax.stop_gradient(log_posterior),
     outputs.copies_at_once,
   )
+
+
+def _evaluate_copy(z, labels, dtype):
+  """Per copy, for :func:`fused_evaluation_metrics`: ``(ll, finite, hits, log_probs,
+  finite_rows)``."""
+
+  def apply(pair):
+    kernel, bias = pair
+    logits = _logits(z, kernel, bias, dtype)
+    log_probs = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
+    ll = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    finite_rows = jnp.isfinite(logits).all(axis=-1)
+    hits = jnp.argmax(logits, axis=-1) == labels
+    return ll, finite_rows.all(), hits, log_probs, finite_rows
+
+  return apply
+
+
+def _mix_probabilities(apply):
+  """A scan step that adds a group of copies' weighted probabilities to the running mixture.
+
+  The carry is ``(sum_j w_j softmax_j / exp(m), m)`` per example, ``m`` the largest log
+  weight added so far: a copy whose logits for an example are not finite is left out of that
+  example (as :func:`alrao_jax.mixture_log_probs` does), and no weight underflows.
+  """
+
+  def step(carry, group):
+    total, top = carry
+    pairs, log_w = group
+    ll, finite, hits, log_probs, finite_rows = jax.vmap(apply)(pairs)
+    joins = finite_rows & (log_w[:, None] > -jnp.inf)  # (g, E)
+    new_top = jnp.maximum(top, jnp.where(joins, log_w[:, None], -jnp.inf).max(axis=0))
+    scale = jnp.where(top > -jnp.inf, jnp.exp(top - new_top), 0.0)
+    weights = jnp.where(joins, jnp.exp(log_w[:, None] - new_top), 0.0)
+    added = jnp.where(joins[..., None], weights[..., None] * jnp.exp(log_probs), 0.0).sum(0)
+    return (total * scale[:, None] + added, new_top), (ll, finite, hits)
+
+  return step
+
+
+def fused_evaluation_metrics(
+  outputs: DeferredCopyOutputs, labels: jax.Array, posterior: Posterior
+) -> dict[str, jax.Array]:
+  """The categorical test metrics of a large head, its copies applied a few at a time.
+
+  Equal to :func:`alrao_jax.evaluation_metrics` on the same copies' outputs (the mixture's
+  loss and accuracy, the best usable copy's), but the logits of only
+  ``outputs.copies_at_once`` copies exist at a time: the mixture's probabilities are summed
+  copy by copy, each scaled by its posterior weight.
+
+  Args:
+    outputs: :class:`alrao_jax.head.DeferredCopyOutputs`, from
+      ``AlraoHead(copies_at_once=c)``.
+    labels: integer labels ``(*batch,)``.
+    posterior: averaging weights ``(N,)`` or the averaging state.
+
+  Returns:
+    ``loss``, ``best_copy_loss``, ``accuracy`` and ``best_copy_accuracy``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from alrao_jax.head import DeferredCopyOutputs
+    >>> from alrao_jax.large_head import fused_evaluation_metrics
+    >>> outputs = DeferredCopyOutputs(jnp.eye(2), jnp.stack([jnp.eye(2), -jnp.eye(2)]),
+    ...                               jnp.zeros((2, 2)), 1)
+    >>> metrics = fused_evaluation_metrics(outputs, jnp.array([0, 1]), jnp.array([0.9, 0.1]))
+    >>> float(metrics["accuracy"]), float(metrics["best_copy_accuracy"])
+    (1.0, 1.0)
+
+  References:
+    Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
+    <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 3).
+  """
+  z = outputs.z.reshape(-1, outputs.z.shape[-1])
+  labels = labels.reshape(-1)
+  dtype = _compute_dtype(outputs)
+  log_posterior = log_posterior_of(posterior)
+  start = (
+    jnp.zeros((z.shape[0], outputs.kernel.shape[-1]), dtype),
+    jnp.full((z.shape[0],), -jnp.inf, dtype),
+  )
+  (total, _), (ll, finite, hits) = _scan_in_groups(
+    _mix_probabilities(_evaluate_copy(z, labels, dtype)),
+    start,
+    ((outputs.kernel, outputs.bias), log_posterior),
+    outputs.copies_at_once,
+  )
+  usable, _, mixed = _mixture(ll, finite, log_posterior)
+  best = jnp.argmax(jnp.where(usable, log_posterior, -jnp.inf))
+  any_usable = (usable & (log_posterior > -jnp.inf)).any()
+  return {
+    "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
+    "best_copy_loss": jnp.where(any_usable, -jnp.mean(ll[best]), jnp.inf),
+    "accuracy": jnp.where(any_usable, jnp.mean(jnp.argmax(total, -1) == labels), jnp.nan),
+    "best_copy_accuracy": jnp.where(any_usable, jnp.mean(hits[best]), jnp.nan),
+  }

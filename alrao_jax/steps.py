@@ -24,6 +24,7 @@ from alrao_jax.head import (
   log_posterior_of,
   mixture_log_probs,
 )
+from alrao_jax.large_head import fused_evaluation_metrics
 from alrao_jax.loss import (
   Likelihood,
   alrao_loss,
@@ -437,8 +438,12 @@ def evaluation_metrics(
     ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
     ``accuracy`` and ``best_copy_accuracy``. Diverged copies are left out of both: the best
     copy is the usable one of largest posterior weight (what ``predict(best=True)`` takes);
-    when no copy is usable, the losses are ``inf`` and the accuracies ``nan``.
+    when no copy is usable, the losses are ``inf`` and the accuracies ``nan``. A large
+    head's deferred outputs (``AlraoHead(copies_at_once=c)``) are evaluated ``c`` copies at
+    a time (:func:`alrao_jax.large_head.fused_evaluation_metrics`).
   """
+  if isinstance(outputs, DeferredCopyOutputs) and likelihood is categorical_log_likelihood:
+    return fused_evaluation_metrics(outputs, targets, posterior)
   values = copy_values(outputs)
   _, ll, ok = masked_log_likelihoods(values, targets, likelihood)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)

@@ -331,3 +331,35 @@ def test_the_header_rebuilds_the_command_from_the_options_given(monkeypatch):
   assert command_line("tune.py", parser, parser.parse_args([])) == line
   args = parser.parse_args(["--rounds", "3", "--name", "tune_amd", "--quick"])
   assert command_line("tune.py", parser, args) == f"{line} --quick --name tune_amd --rounds 3"
+
+
+def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_cap(monkeypatch):
+  bench = _import(monkeypatch, "real_data")
+  inf, nan = float("inf"), float("nan")
+
+  def row(method, loss, *, lr=None, seconds=nan, best=2, **more):
+    return {
+      "method": method, "lr": lr, "test_loss": loss, "test_accuracy": nan, "best_epoch": best,
+      "epochs": 3, "seconds": seconds, "seed": 0, "plain_runs": seconds / 10.0, **more,
+    }
+
+  grid = [row(f"sgd grid member {lr:g}", inf, lr=lr, valid_loss=inf) for lr in bench.SGD_GRID]
+  grid[5] = row("sgd grid member 1", 5.0, lr=1.0, valid_loss=5.1)
+  rows = [
+    *grid,
+    row("tuned sgd (sweep)", 5.0, lr=1.0, seconds=70.0),
+    row("sgd at the sweep's rate", 5.0, lr=1.0, seconds=10.0),
+    *(row(name, 5.5, seconds=12.0) for name in bench.PEERS),
+    row("alrao-sgd", 5.2, seconds=25.0, best=3),
+    row("suggest_lr, then sgd", 5.1, lr=0.5, seconds=35.0),
+    row("tune", 5.0, lr=1.0, seconds=40.0, confidence="high", race_rates=[0.3, 1.0, 3.0]),
+  ]
+  text = bench.report({"task": "ptb-word", "epochs": 3, "rows": rows}, ["# header", ""])
+  # perplexity exp(5.2) = 181.272, over exp(5.0): exp(0.2) = 1.221; 25 s = 2.5 plain runs
+  assert "| alrao-sgd | - | 181.272 | 1.221 | - | 3.0 / 3.0 | 25 | 2.50 |" in text
+  assert "| tuned sgd (sweep) | 1 | 148.413 | 1.000 |" in text
+  assert "| 1e-05 | inf | inf | 2.0 / 3.0 |" in text  # a diverged member stays inf
+  assert "at the cap of 3 (still improving when the budget ended): alrao-sgd." in text
+  assert "seed 0: 0.3, 1, 3 (suggestion confidence high)" in text
+  fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
+  assert "| alrao-sgd | - | 5.200 | 1.040 |" in fashion

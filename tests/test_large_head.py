@@ -112,8 +112,37 @@ def test_training_steps_with_a_deferred_head_equal_the_full_heads():
     step = alrao_jax.make_train_step(model, tx)
     for _ in range(3):
       state, metrics = step(state, LABELS, LABELS)
-    states.append((state.params, state.averaging_state, metrics))
+    evaluated = alrao_jax.make_eval_step(model)(state, LABELS, LABELS)
+    states.append((state.params, state.averaging_state, metrics, evaluated))
   chex.assert_trees_all_close(states[1], states[0], rtol=1e-4, atol=1e-6)
+
+
+def _metrics(outputs_of, posterior, kernel, z=Z):
+  return jax.jit(lambda k: alrao_jax.evaluation_metrics(outputs_of(z, k, BIAS), LABELS, posterior))(
+    kernel
+  )
+
+
+@pytest.mark.parametrize("copies_at_once", [1, 2, N])
+def test_deferred_evaluation_equals_the_full_outputs_metrics(copies_at_once):
+  # copy 2 overflows on one example only: left out of that example's mixture and, as a copy,
+  # of the losses; copy 4 is NaN everywhere. Log weights far below float32's range (a long
+  # Bayes average) order the copies without underflowing.
+  z = Z.at[0, 1, 0].set(1e10)
+  kernel = KERNEL.at[2, 0, :].set(1e30).at[4].set(jnp.nan)
+  switch = alrao_jax.switch_averaging().init(N)
+  switch = switch._replace(log_posterior=jnp.array([-300.0, -200.0, 0.0, -250.0, -1.0]))
+  for posterior in (POSTERIOR, switch):
+    want = _metrics(copy_outputs, posterior, kernel, z)
+    got = _metrics(_deferred(copies_at_once), posterior, kernel, z)
+    assert set(got) == set(want) and np.isfinite(want["loss"])
+    chex.assert_trees_all_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_deferred_evaluation_with_no_usable_copy_is_inf_and_nan():
+  metrics = _metrics(_deferred(2), POSTERIOR, jnp.full_like(KERNEL, jnp.nan))
+  assert np.isinf(metrics["loss"]) and np.isinf(metrics["best_copy_loss"])
+  assert np.isnan(metrics["accuracy"]) and np.isnan(metrics["best_copy_accuracy"])
 
 
 def test_nnx_head_defers_its_copies_and_trains_like_linen():

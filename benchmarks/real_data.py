@@ -1,0 +1,323 @@
+"""The paper's protocol on real data: Fashion-MNIST's CNN and word-level Penn Treebank.
+
+Usage:
+  python benchmarks/real_data.py --task fashion-cnn  # results/real_data_fashion-cnn.{md,json}
+  python benchmarks/real_data.py --task ptb-word     # results/real_data_ptb-word.{md,json}
+  python benchmarks/real_data.py --task ptb-word --quick  # smoke test: tiny subsets, no file
+
+Per seed, every method trains the task's model on the same subset of the training split, with
+early stopping on validation (``--patience``) within at most ``--epochs`` epochs, and is tested
+on the publisher's whole test split at its best validation epoch (the paper's Table 1):
+
+* tuned SGD: the paper's decade grid 1e-5 ... 10 as one program (``alrao_jax.sweep``, its
+  7 members vmapped), the rate of lowest validation loss picked, then SGD at that rate alone
+  (``alrao_jax.fit``): its wall time is the unit, "one plain run";
+* Adam at its default rate and optax.contrib's learning-rate-free optimizers at theirs;
+* one Alrao-SGD run (the task's interval and copies), ``suggest_lr`` read off it followed by
+  one SGD run at the suggested rate, and ``tune`` (that Alrao run, a short race of the
+  suggestion's neighbours, one SGD run at the winner), whose compute is the three together.
+
+The budget (subset, epochs, seeds) is printed with the results: on 2 CPU cores a whole-data
+run of every method is out of reach (ptb-word's full epoch is ~1,300 steps of 0.2-0.4 s).
+Data: ``ALRAO_FASHION_MNIST`` / ``ALRAO_PTB_WORD`` override ``../shared/data/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import sys
+import time
+import warnings
+from typing import Any, NamedTuple
+
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+from header import command_line, ran_on
+
+import alrao_jax
+from alrao_jax import strict_json
+from alrao_jax.experiments.compare import RunResult, run_method
+from alrao_jax.experiments.methods import LR_FREE, make_method
+from alrao_jax.experiments.tasks import MODES, Task, load_task
+from alrao_jax.experiments.tune import tune
+from alrao_jax.screen import SGD_GRID
+from alrao_jax.splits import Split, Splits
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+class Budget(NamedTuple):
+  """What one task's runs may use: the first ``train_rows`` training rows (windows of the
+  streams for ptb-word), the first ``valid_rows`` validation rows, the whole test split."""
+
+  train_rows: int
+  valid_rows: int
+  epochs: int
+  patience: int
+  seeds: int
+
+
+BUDGETS = {
+  "fashion-cnn": Budget(train_rows=6_400, valid_rows=2_000, epochs=10, patience=3, seeds=1),
+  "ptb-word": Budget(train_rows=1_000, valid_rows=500, epochs=6, patience=2, seeds=1),
+}
+QUICK = Budget(train_rows=64, valid_rows=64, epochs=2, patience=1, seeds=1)
+PEERS = ("adam", *LR_FREE)
+
+
+def subset(task: Task, budget: Budget, *, quick: bool = False) -> Task:
+  """``task`` on the budget's first training and validation rows (whole windows of the
+  streams for a carried task), the test split whole (its first rows in quick mode)."""
+  batch = task.batch_size
+
+  def head(split: Split, rows: int) -> Split:
+    rows = max(batch, rows // batch * batch) if task.carry else rows
+    return Split(split.inputs[:rows], split.targets[:rows])
+
+  train, valid, test = task.splits
+  test = head(test, budget.valid_rows) if quick else test
+  return task._replace(
+    splits=Splits(head(train, budget.train_rows), head(valid, budget.valid_rows), test)
+  )
+
+
+def _row(
+  name: str, run: RunResult, *, lr: float | None, seconds: float, epochs: int
+) -> dict[str, Any]:
+  """One method's result on one seed (losses in nats)."""
+  return {
+    "method": name,
+    "lr": lr,
+    "test_loss": float(run.test.get("loss", math.inf)),
+    "test_accuracy": float(run.test.get("accuracy", math.nan)),
+    "best_epoch": run.best_epoch,
+    "epochs": epochs,
+    "seconds": seconds,
+  }
+
+
+def _quietly(run):
+  with warnings.catch_warnings():  # a grid's diverging rates are expected: inf is recorded
+    warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)
+    return run()
+
+
+def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]:
+  """Every method on one seed; each row's wall time includes its compilations."""
+  fit = {"patience": budget.patience}
+  epochs = budget.epochs
+  start = time.perf_counter()
+  swept = _quietly(
+    lambda: alrao_jax.sweep(
+      task.build(1),
+      optax.sgd,
+      task.splits,
+      values=SGD_GRID,
+      epochs=epochs,
+      patience=budget.patience,
+      seed=seed,
+      batch_size=task.batch_size,
+      carry=task.carry,
+      **MODES,
+    )
+  )
+  sweep_seconds = time.perf_counter() - start
+  best = float(swept.best_value)
+  log(f"seed {seed}: sweep picked {best:g} in {sweep_seconds:.0f} s")
+  rows = [
+    {
+      "method": f"sgd grid member {lr:g}",
+      "lr": float(lr),
+      "valid_loss": float(swept.valid_losses[i]),
+      "test_loss": float(swept.test[i].get("loss", math.inf)),
+      "test_accuracy": float(swept.test[i].get("accuracy", math.nan)),
+      "best_epoch": int(swept.best_epochs[i]),
+      "epochs": len(swept.histories[i]),
+      "seconds": math.nan,
+    }
+    for i, lr in enumerate(swept.values)
+  ]
+  rows.append(
+    {
+      **rows[swept.best_index],
+      "method": "tuned sgd (sweep)",
+      "seconds": sweep_seconds,
+    }
+  )
+
+  def plain(name: str, lr: float | None = None) -> RunResult:
+    method = make_method(name) if lr is None else make_method(name, lr=lr)
+    run = _quietly(lambda: run_method(task, method, seed=seed, epochs=epochs, **fit))
+    log(
+      f"seed {seed}: {name} {lr or ''}: {run.test.get('loss', math.inf):.4f}, {run.seconds:.0f} s"
+    )
+    return run
+
+  sgd = plain("sgd", best)
+  rows.append(
+    _row("sgd at the sweep's rate", sgd, lr=best, seconds=sgd.seconds, epochs=len(sgd.history))
+  )
+  for name in PEERS:
+    run = plain(name)
+    rows.append(_row(name, run, lr=run.lr, seconds=run.seconds, epochs=len(run.history)))
+  found = _quietly(lambda: tune(task, epochs=epochs, seed=seed, **fit))
+  alrao = found.alrao
+  log(f"seed {seed}: alrao-sgd {alrao.test['loss']:.4f}, suggestion {found.suggestion.lr:.3g}")
+  rows.append(_row("alrao-sgd", alrao, lr=None, seconds=alrao.seconds, epochs=len(alrao.history)))
+  suggested = found.sgd if found.suggestion.lr == found.lr else plain("sgd", found.suggestion.lr)
+  rows.append(
+    _row(
+      "suggest_lr, then sgd",
+      suggested,
+      lr=found.suggestion.lr,
+      seconds=alrao.seconds + suggested.seconds,
+      epochs=len(suggested.history),
+    )
+  )
+  rows.append(
+    _row(
+      "tune",
+      found.sgd,
+      lr=found.lr,
+      seconds=alrao.seconds + found.race_seconds + found.sgd.seconds,
+      epochs=len(found.sgd.history),
+    )
+  )
+  rows[-1]["confidence"] = found.suggestion.confidence
+  rows[-1]["race_rates"] = [] if found.race is None else [float(v) for v in found.race.values]
+  for row in rows:
+    row["seed"] = seed
+    row["plain_runs"] = row["seconds"] / sgd.seconds
+  return rows
+
+
+SUMMARY = (
+  "tuned sgd (sweep)",
+  "sgd at the sweep's rate",
+  *PEERS,
+  "alrao-sgd",
+  "suggest_lr, then sgd",
+  "tune",
+)
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float:
+  """The mean over seeds; inf when a seed's is inf (a diverged run), nan when one is unknown."""
+  return float(np.mean(np.array([r[key] for r in rows], dtype=float)))
+
+
+def _percent(value: float) -> str:
+  return "-" if math.isnan(value) else f"{100 * value:.1f}"
+
+
+def report(results: dict[str, Any], header: list[str]) -> str:
+  """The task's table (mean over seeds), its SGD grid, and what it says."""
+  rows, perplexity = results["rows"], results["task"] == "ptb-word"
+  by = {name: [r for r in rows if r["method"] == name] for name in SUMMARY}
+  tuned = _mean(by["tuned sgd (sweep)"], "test_loss")
+  unit = "perplexity" if perplexity else "test loss (nats)"
+  lines = [
+    *header,
+    f"| method | lr | {unit} | / tuned SGD | test accuracy (%) | best epoch / trained | "
+    "wall s | plain runs |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
+  for name, runs in by.items():
+    loss = _mean(runs, "test_loss")
+    shown = math.exp(loss) if perplexity and math.isfinite(loss) else loss
+    rates = sorted({f"{r['lr']:.3g}" for r in runs if r["lr"] is not None})
+    lines.append(
+      f"| {name} | {', '.join(rates) or '-'} | {shown:.3f} | "
+      f"{(shown / (math.exp(tuned) if perplexity else tuned)):.3f} | "
+      f"{_percent(_mean(runs, 'test_accuracy'))} | {_mean(runs, 'best_epoch'):.1f} / "
+      f"{_mean(runs, 'epochs'):.1f} | {_mean(runs, 'seconds'):.0f} | "
+      f"{_mean(runs, 'plain_runs'):.2f} |"
+    )
+  lines += [
+    "",
+    "The SGD grid (one vmapped sweep per seed; mean over seeds):",
+    "",
+    f"| lr | valid loss (nats) | {unit} | best epoch / trained |",
+    "|---|---|---|---|",
+  ]
+  for lr in SGD_GRID:
+    runs = [r for r in rows if r["method"] == f"sgd grid member {lr:g}"]
+    loss = _mean(runs, "test_loss")
+    shown = math.exp(loss) if perplexity and math.isfinite(loss) else loss
+    lines.append(
+      f"| {lr:g} | {_mean(runs, 'valid_loss'):.4f} | {shown:.3f} | "
+      f"{_mean(runs, 'best_epoch'):.1f} / {_mean(runs, 'epochs'):.1f} |"
+    )
+  capped = sorted(
+    {r["method"] for r in rows if r["method"] in SUMMARY and r["best_epoch"] == results["epochs"]}
+  )
+  tuning = [r for r in rows if r["method"] == "tune"]
+  lines += [
+    "",
+    f"Best epoch at the cap of {results['epochs']} (still improving when the budget ended): "
+    + (", ".join(capped) if capped else "none")
+    + ".",
+    "`tune`'s race: "
+    + "; ".join(
+      f"seed {r['seed']}: {', '.join(f'{v:.3g}' for v in r['race_rates']) or 'no race'} "
+      f"(suggestion confidence {r['confidence']})"
+      for r in tuning
+    )
+    + ".",
+    "",
+  ]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--task", required=True, choices=sorted(BUDGETS))
+  parser.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
+  parser.add_argument("--seeds", type=int, default=None, help="default: the task's budget")
+  args = parser.parse_args(argv)
+  budget = QUICK if args.quick else BUDGETS[args.task]
+  if args.seeds is not None:
+    budget = budget._replace(seeds=args.seeds)
+  task = subset(load_task(args.task), budget, quick=args.quick)
+  started = time.perf_counter()
+
+  def log(message: str) -> None:
+    print(f"[{time.perf_counter() - started:6.0f} s] {args.task} {message}", flush=True)
+
+  if not args.quick:  # untimed: the first run of a model in a process pays a one-off set-up
+    run_method(
+      task._replace(splits=subset(task, QUICK).splits), make_method("sgd"), seed=0, epochs=1
+    )
+  rows = [row for seed in range(budget.seeds) for row in one_seed(task, budget, seed, log)]
+  minutes = (time.perf_counter() - started) / 60
+  train, valid, test = (len(s.inputs) for s in task.splits)
+  rows_word = "windows of 20 x 35 words" if task.carry else "images"
+  results = {"task": args.task, "epochs": budget.epochs, "budget": budget._asdict(), "rows": rows}
+  header = [
+    f"# {args.task}: the paper's protocol on real data",
+    "",
+    f"Command: `{command_line('real_data.py', parser, args)}` (this file and its .json). "
+    f"{ran_on(minutes)}.",
+    "",
+    f"Budget: training on the first {train} {rows_word} of the training split, validation on "
+    f"the first {valid}, test on all {test}; at most {budget.epochs} epochs, early stopping "
+    f"with patience {budget.patience}; {budget.seeds} seed(s), the same initialisation and "
+    "data order for every method of a seed. *plain runs*: wall time over that of SGD at the "
+    "sweep's rate on the same seed (compilation included for every method).",
+    "",
+  ]
+  text = report(results, header)
+  if not args.quick:
+    name = f"real_data_{args.task}"
+    (RESULTS / f"{name}.md").write_text(text)
+    (RESULTS / f"{name}.json").write_text(strict_json.dumps(results, indent=1))
+    print(f"wrote {RESULTS / name}.md in {minutes:.1f} min")
+  return text
+
+
+if __name__ == "__main__":
+  print(main())
