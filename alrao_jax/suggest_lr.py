@@ -156,12 +156,9 @@ def _weigh(
           "the body learned to serve a copy that did not learn; the suggestion "
           "follows the posterior among the copies that learned"
         )
-  if leading in (0, len(lrs) - 1) and len(lrs) > 1:
-    side = "lowest" if leading == 0 else "highest"
-    reasons.append(
-      f"the leading copy has the interval's {side} rate: the best rate may lie beyond it; "
-      f"widen the interval on that side"
-    )
+  edge = _edge(lrs, posterior)
+  if edge:
+    reasons.append(edge)
   if body:
     peak = _peak(body)
     candidates["body"] = float(np.sqrt(peak["lr_low"] * peak["lr_high"]))
@@ -182,6 +179,22 @@ def _weigh(
   else:
     confidence = "medium" if reasons else "high"
   return suggestion, candidates, confidence, tuple(reasons)
+
+
+def _edge(lrs: np.ndarray, posterior: np.ndarray) -> str:
+  """Which way to widen the interval when the posterior leads with one of its end copies
+  ("" when it does not)."""
+  leading = int(np.argmax(posterior))
+  if lrs.size < 2 or leading not in (0, lrs.size - 1):
+    return ""
+  low = leading == 0
+  side, way, bound = ("lowest", "downwards", "lr_min") if low else ("highest", "upwards", "lr_max")
+  wider = lrs[leading] / 10 if low else lrs[leading] * 10
+  return (
+    f"the leading copy has the interval's {side} rate ({lrs[leading]:.2g}, posterior weight "
+    f"{posterior[leading]:.2f}): the best rate may lie beyond it; widen the interval {way}, "
+    f"e.g. {bound}={wider:.2g}"
+  )
 
 
 def _is_distribution(weights: np.ndarray) -> bool:
@@ -298,7 +311,9 @@ def suggest_lr(
     ValueError: the optimizer state holds no Alrao rates, or the model no Alrao head.
 
   Warns:
-    UserWarning: the confidence is low, with its reasons.
+    UserWarning: the confidence is low, with its reasons; or the posterior leads with the
+    interval's lowest or highest copy, with the way to widen the interval (``lr_min`` or
+    ``lr_max`` a decade beyond that copy's rate).
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
@@ -380,6 +395,8 @@ def suggest_lr(
       UserWarning,
       stacklevel=2,
     )
+  elif np.isfinite(posterior).all() and _edge(lrs, posterior):
+    warnings.warn(f"alrao_jax.suggest_lr: {_edge(lrs, posterior)}.", UserWarning, stacklevel=2)
   return LRSuggestion(
     lr=lr,
     copy_lrs=lrs,

@@ -1,6 +1,8 @@
 """suggest_lr: the posterior's geometric mean of the copies' rates (linen and NNX), the body's
 movement against a brute-force count, and named errors."""
 
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -162,6 +164,27 @@ def test_a_leading_copy_that_did_not_learn_is_not_followed_and_says_so():
   assert suggestion.confidence == "low" and suggestion.leading_lr == pytest.approx(1e-4)
   assert any("interval's lowest rate" in reason for reason in suggestion.reasons)
   assert "confidence low" in describe(suggestion)
+
+
+@pytest.mark.parametrize(
+  "posterior, message",
+  [
+    ([0.01, 0.01, 0.02, 0.96], "highest rate (1, posterior weight 0.96): the best rate may lie "
+     "beyond it; widen the interval upwards, e.g. lr_max=10"),
+    ([0.9, 0.08, 0.01, 0.01], "lowest rate (0.0001, posterior weight 0.90): the best rate may "
+     "lie beyond it; widen the interval downwards, e.g. lr_min=1e-05"),
+  ],
+)
+def test_a_leader_at_the_interval_edge_warns_which_way_to_widen(posterior, message):
+  state, _, _ = _state(width=64)  # copies at 1e-4 ... 1
+  trained = state.replace(
+    params=_moved(state, [0.2, 0.3, 0.5, 0.8], lambda rate: np.sqrt(rate)),
+    averaging_state=state.averaging_state._replace(log_posterior=jnp.log(jnp.array(posterior))),
+  )
+  for given in ({}, {"initial_params": state.params}):  # the guide's call, and with the start
+    with pytest.warns(UserWarning, match=re.escape(message)):
+      suggestion = alrao_jax.suggest_lr(trained, **given)
+    assert suggestion.confidence != "high" and message in " ".join(suggestion.reasons)
 
 
 def test_a_clear_leader_that_learned_inside_the_interval_is_trusted():
