@@ -188,6 +188,8 @@ def tune(
   eval_kwargs: Mapping[str, Any] | None = None,
   rng_streams: Sequence[str] = ("dropout",),
   carry: Sequence[str] = (),
+  eval_model: nn.Module | None = None,
+  plain_eval_model: nn.Module | None = None,
 ) -> TuneResult:
   """Picks a learning rate for the model's plain optimizer from one Alrao run and a race.
 
@@ -226,12 +228,17 @@ def tune(
     carry: linen: the variable collections the model carries from batch to batch (an RNN on
       streams, see :func:`alrao_jax.fit`); the Alrao run and the race both keep the streams'
       order.
+    eval_model: linen: the module that evaluates ``model`` when it differs from the training
+      one (e.g. a dropout rate or ``deterministic`` flag set as a field, as for
+      :func:`alrao_jax.fit`); it evaluates the race too when the race trains ``model``.
+    plain_eval_model: linen: the module that evaluates ``plain_model``, when both are given.
 
   Returns:
     A :class:`TuneResult`.
 
   Raises:
-    ValueError: an unknown optimizer, bad bounds, epochs or tolerance.
+    ValueError: an unknown optimizer, bad bounds, epochs or tolerance; ``plain_eval_model``
+      without ``plain_model``.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
@@ -257,6 +264,11 @@ def tune(
     race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
   check_tolerance(tolerance)
   epochs = check_int(epochs, "epochs", minimum=1)
+  if plain_eval_model is not None and plain_model is None:
+    raise ValueError(
+      "plain_eval_model evaluates plain_model, which is not given: the race trains model "
+      "itself and eval_model evaluates it; pass plain_model too, or eval_model alone."
+    )
   make_alrao, plain = OPTIMIZERS[optimizer]
   tx = make_alrao(lr_min, lr_max, key=jax.random.key(seed + 1))
   splits = as_splits(splits)
@@ -269,14 +281,18 @@ def tune(
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
     initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    linen_kwargs = {"carry": carry} if tuple(carry) else {}  # fit refuses it, naming it
+    given = {"carry": tuple(carry), "eval_model": eval_model}
+    linen_kwargs = {k: v for k, v in given.items() if v}  # fit refuses them, naming them
+    race_kwargs = {"eval_model": plain_eval_model} if plain_eval_model else linen_kwargs
   else:
     racer = plain_model if plain_model is not None else model
     example = model_args(take(splits.train.inputs, slice(0, batch_size)))
     initial = create_train_state(
       model, tx, jax.random.key(seed), *example, rng_streams=rng_streams, **dict(eval_kwargs or {})
     ).params
-    linen_kwargs = {"rng_streams": rng_streams, "carry": carry}
+    linen_kwargs = {"rng_streams": rng_streams, "carry": carry, "eval_model": eval_model}
+    race_eval = eval_model if plain_model is None else plain_eval_model
+    race_kwargs = {**linen_kwargs, "eval_model": race_eval}
   result = fit(model, tx, splits, **fit_kwargs, **kwargs, **linen_kwargs)
   if isinstance(model, nnx.Module):  # trained in place, left at its best epoch
     params, averaging_state = nnx.state(model, nnx.Param), result.state
@@ -304,7 +320,7 @@ def tune(
     seed=seed,
     batch_size=batch_size,
     **kwargs,
-    **linen_kwargs,
+    **race_kwargs,
   )
   return TuneResult(
     lr=raced.lr,

@@ -2,6 +2,7 @@
 classifier, a scanned Transformer, a regression MLP): SGD at the rate it picks, against a
 brute-force grid of SGD runs trained by sweep in the same test (the oracle)."""
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -175,6 +176,33 @@ def test_bad_arguments_are_named():
     alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, race_epochs=0)
   with pytest.raises(ValueError, match=r"tolerance must be in \[0, 1\]"):
     alrao_jax.tune(ReLUMLP(), _sequences(), lr_min=1e-3, lr_max=1.0, epochs=1, tolerance=1.5)
+
+
+class DropoutField(nn.Module):  # dropout as a config field, as Flax's examples write it
+  deterministic: bool
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Dense(16)(x.reshape(x.shape[0], -1)))
+    return _output(2, self.plain, copies=3)(nn.Dropout(0.5, deterministic=self.deterministic)(x))
+
+
+def test_a_model_with_dropout_as_a_field_is_tuned_with_its_eval_model():
+  splits, options = _sequences(), {"lr_min": 1e-3, "lr_max": 1.0, "epochs": 1, "batch_size": 64}
+  with pytest.raises(flax.errors.InvalidRngError, match="dropout"):  # evaluated: no RNG
+    alrao_jax.tune(DropoutField(False), splits, **options)
+  tuned = alrao_jax.tune(DropoutField(False), splits, eval_model=DropoutField(True), **options)
+  plain = {"plain_model": DropoutField(False, True), "plain_eval_model": DropoutField(True, True)}
+  racing = alrao_jax.tune(
+    DropoutField(False), splits, eval_model=DropoutField(True), **plain, **options
+  )
+  for found in (tuned, racing):
+    assert np.isfinite(found.lr) and np.isfinite(found.race.valid_losses).all()
+  # the Alrao run is the same whatever the race trains
+  assert tuned.alrao.history == racing.alrao.history
+  with pytest.raises(ValueError, match="plain_eval_model evaluates plain_model, which is not"):
+    alrao_jax.tune(DropoutField(False), splits, plain_eval_model=DropoutField(True), **options)
 
 
 def test_the_race_keeps_the_suggestion_unless_it_clearly_lost():
