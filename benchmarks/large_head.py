@@ -16,7 +16,8 @@ or less). Memory: XLA's own account of each compiled step (``memory_analysis()``
 temporaries, and temporaries + outputs (the outputs hold the new parameters: N copies of the
 head's are N times the plain head's, a floor no layout removes). A second table does the
 same for the bundled ``ptb-word`` model (a 2-layer LSTM of 200, 6 copies): what one Alrao run
-of it costs in plain runs.
+of it costs in plain runs. A third times one batch's test metrics (the evaluation of every
+epoch), all copies' logits at once and one copy at a time, against the plain model's.
 """
 
 from __future__ import annotations
@@ -132,6 +133,43 @@ def measure(models: dict, x, y, *, rounds: int, per_round: int) -> tuple[list[st
   return rows, limit
 
 
+def evaluation(models: dict, x, y, *, rounds: int, per_round: int) -> list[str]:
+  """Table rows: one batch's test metrics (what fit and sweep evaluate every epoch), against
+  the plain model's cross-entropy and accuracy; the Alrao variants through
+  ``alrao_jax.make_eval_step``."""
+  runs, memory = {}, {}
+  for name, model in models.items():
+    if name == "plain":
+      params = _plain_state(model, optax.sgd(0.1), x).params
+
+      @jax.jit
+      def plain(params, x, y, model=model):
+        logits = model.apply({"params": params}, x)
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        return {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == y)}
+
+      evaluate, state = plain, params
+    else:
+      tx = alrao_jax.alrao_sgd(*LR, key=jax.random.key(3))
+      state = alrao_jax.create_train_state(model, tx, jax.random.key(1), x, train=False)
+      evaluate = alrao_jax.make_eval_step(model, eval_kwargs={"train": False})
+    runs[name] = lambda evaluate=evaluate, state=state: evaluate(state, x, y)["loss"]
+    memory[name] = evaluate.lower(state, x, y).compile().memory_analysis().temp_size_in_bytes
+  found = time_rounds(runs, rounds=rounds, per_round=per_round)
+  rows = [
+    "| variant | evaluation (ms) | / plain | temporaries (MiB) | / plain |",
+    "|---|---|---|---|---|",
+  ]
+  for name in runs:
+    ratios = [a / p for a, p in zip(found[name], found["plain"], strict=True)]
+    rows.append(
+      f"| {name} | {1e3 * statistics.median(found[name]):.1f} | "
+      f"{statistics.median(ratios):.2f} [{min(ratios):.2f} - {max(ratios):.2f}] | "
+      f"{memory[name] / 2**20:.0f} | {memory[name] / memory['plain']:.2f} |"
+    )
+  return rows
+
+
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="CI smoke run: a 1,000-word head")
@@ -143,6 +181,9 @@ def main(argv: list[str] | None = None) -> str:
   y = jax.random.randint(jax.random.key(1), (20, 35), 0, vocab)
   head_rows, limit = measure(variants(vocab, args.copies), x, y, rounds=rounds, per_round=per_round)
   lstm_rows, _ = measure(ptb_word_variants(vocab), x, y, rounds=rounds, per_round=per_round)
+  head_models = variants(vocab, args.copies)
+  eval_models = {k: head_models[k] for k in ("plain", "full outputs", "copies_at_once=1")}
+  eval_rows = evaluation(eval_models, x, y, rounds=rounds, per_round=per_round)
   command = command_line("large_head.py", parser, args)
   lines = [
     f"# The {vocab:,}-word head\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
@@ -155,6 +196,13 @@ def main(argv: list[str] | None = None) -> str:
     "A plain step here is what each member of a learning-rate sweep pays: the Alrao step's "
     "ratio is what one Alrao run costs in plain runs (a 7-rate sweep costs 7).\n",
     *lstm_rows,
+    f"\n## Evaluation: one batch's test metrics, the head of the first table ({args.copies} "
+    "copies)\n",
+    "The mixture's loss and accuracy and the best copy's, as `fit` and `sweep` evaluate every "
+    "epoch (`make_eval_step`); plain: the Dense output's cross-entropy and accuracy. The copies "
+    "cost N times the plain head's FLOPs here: one copy at a time, the mixture's probabilities "
+    "are summed copy by copy (`large_head.fused_evaluation_metrics`).\n",
+    *eval_rows,
     "\nGoals (issue 36): the step at most 1.05x its FLOP limit with all copies; peak memory "
     "at most 1.5x plain.",
   ]

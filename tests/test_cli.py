@@ -155,6 +155,8 @@ def test_sweep_trains_the_grid_as_one_program_and_equals_train_at_a_rate(tmp_pat
   assert diverged["best_epoch"] == 0 and diverged["valid_loss"] is None
   runs = summary["runs"]
   assert runs["1000"]["valid_loss"] > 3 * runs["0.1"]["valid_loss"] and "lr 1000" in err
+  # its progress bar: one per command, the rates still training after each epoch
+  assert "sweep: 100%" in err and "2/2" in err and "4 rates still training" in err
   assert cli.main(args) == 2  # its results are not written over
   assert "holds a sweep already" in capsys.readouterr().err
   # a member is `train --optimizer sgd` at its rate: the same best validation loss
@@ -170,8 +172,9 @@ def test_tune_with_adam_suggests_adams_rate_from_an_alrao_adam_run(tmp_path, cap
   data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
   common = ["tune", "--data", data, "--width", "32", "--epochs", "2", "--copies", "4"]
   no_race = ["--race-epochs", "0", "--out", str(tmp_path / "t")]
-  assert cli.main([*common, "--optimizer", "adam", *no_race]) == 0
+  assert cli.main([*common, "--optimizer", "adam", "--no-progress", *no_race]) == 0
   out, err = capsys.readouterr()
+  assert "epoch/s" not in err and "valid loss" not in err  # no bar for either run
   summary = strict_json(out.strip().splitlines()[-1])
   assert "alrao-adam" in err and "race" not in err
   assert set(summary) == {"lr", "suggested_lr", "leading_copy_lr", "confidence", "alrao", "adam"}
@@ -208,6 +211,8 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
   summary = strict_json(out.strip().splitlines()[-1])
   assert summary == strict_json((tmp_path / "t" / "tune.json").read_text())
   assert 1e-5 <= summary["suggested_lr"] <= 10.0 and "switch posterior" in err
+  for run in ("alrao-sgd", "sgd at the rate picked", "sgd at lr 0.1", "sgd at lr 1"):
+    assert f"{run}: 100%" in err  # a progress bar per run
   race = summary["race"]["valid_loss"]  # the suggestion among the candidates, race_pick's pick
   assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
   assert summary["race"]["epochs"] == 1  # race_length's default: 2 epochs over >= 3 racers

@@ -117,7 +117,11 @@ def _public_names():
   modules = ("large_head", "nnx", "sharding")
   names = {f"alrao_jax.{n}" for n in alrao_jax.__all__ if n not in modules}
   names |= {f"alrao_jax.sharding.{n}" for n in sharding.__all__}
-  return names | {"alrao_jax.nnx.AlraoHead", "alrao_jax.large_head.fused_alrao_loss"}
+  return names | {
+    "alrao_jax.nnx.AlraoHead",
+    "alrao_jax.large_head.fused_alrao_loss",
+    "alrao_jax.large_head.fused_evaluation_metrics",
+  }
 
 
 def test_every_public_name_has_an_api_page():

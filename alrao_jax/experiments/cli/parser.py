@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
   _data_options(tuner, models=True)
   _data_options(finder, models=True)
   _data_options(screener, models=False)
+  train.add_argument("--no-progress", action="store_true", help="no progress bar")
+  tuner.add_argument("--no-progress", action="store_true", help="no progress bars (one per run)")
+  finder.add_argument(
+    "--no-progress", action="store_true", help="accepted for scripts; the ramp shows no bar"
+  )
+  screener.add_argument("--no-progress", action="store_true", help="no progress bars (one per run)")
   train.add_argument("--optimizer", choices=METHODS, help="(default: alrao-sgd)")
   train.add_argument(
     "--lr", type=float, help="rate of the other optimizers (default: sgd 0.1, adam 1e-3, others 1)"
@@ -131,7 +137,6 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument(
     "--resume", action="store_true", help="continue the run in --out with its saved settings"
   )
-  train.add_argument("--no-progress", action="store_true", help="no progress bar")
   train.add_argument(
     "--mesh",
     help="train on several devices: mesh axes NAME=SIZE, data (the batch) and copies (the "
@@ -198,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     "last line is JSON.",
   )
   _data_options(sweeper, models=True)
+  sweeper.add_argument("--no-progress", action="store_true", help="no progress bar")
   sweeper.add_argument("--optimizer", choices=("sgd", "adam"), help="(default: sgd)")
   sweeper.add_argument("--grid", help=f"comma-separated rates (default: {DEFAULT_GRID})")
   sweeper.add_argument("--epochs", type=int, help="the most epochs of each rate (default: 10)")

@@ -91,3 +91,48 @@ def _fields(record: dict[str, Any], method: Method) -> str:
   if len(method.copy_lrs) > 1:
     fields.append(f"leading copy lr {method.copy_lrs[int(np.argmax(record['posterior']))]:.2g}")
   return ", ".join(fields)
+
+
+class RunBars:
+  """Progress bars of epochs on stderr for the commands that train several runs (tune,
+  screen, sweep): a new bar when a run starts its first epoch; ``--no-progress`` hides them.
+
+  ``fit_epoch`` is :func:`alrao_jax.fit`'s ``on_epoch``, ``sweep_epoch`` :func:`alrao_jax.sweep`'s.
+  """
+
+  def __init__(self, show: bool, epochs: int, names: tuple[str, ...] = ()):
+    from tqdm import tqdm
+
+    self.tqdm, self.show, self.epochs, self.names = tqdm, show, epochs, names
+    self.bar, self.runs = None, 0
+
+    def fit_epoch(record: dict[str, Any], history: list[dict[str, Any]]) -> None:
+      del history
+      self._update(record["epoch"], f"valid loss {record['valid_loss']:.3f}")
+
+    def sweep_epoch(epoch: int, histories: list[list[dict[str, Any]]]) -> None:
+      going = sum(len(h) == epoch for h in histories)
+      self._update(epoch, f"{going} of {len(histories)} rates still training")
+
+    self.fit_epoch, self.sweep_epoch = fit_epoch, sweep_epoch
+
+  def _update(self, epoch: int, fields: str) -> None:
+    if epoch == 1 or self.bar is None:
+      self.close()
+      self.runs += 1
+      name = self.names[self.runs - 1] if self.runs <= len(self.names) else f"run {self.runs}"
+      self.bar = self.tqdm(
+        total=self.epochs,
+        desc=name,
+        disable=not self.show,
+        unit="epoch",
+        file=sys.stderr,
+        dynamic_ncols=True,
+      )
+    self.bar.set_postfix_str(fields)
+    self.bar.update(epoch - self.bar.n)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None

@@ -16,6 +16,7 @@ from alrao_jax.experiments.cli.options import (
   rounded,
   run_folder,
 )
+from alrao_jax.experiments.cli.report import RunBars
 from alrao_jax.experiments.tasks import BUILTIN_CONFIGS, MODES, load_configs, model_builder
 from alrao_jax.screen import screen
 
@@ -36,6 +37,12 @@ def run(args: argparse.Namespace) -> None:
   task = load(s)
   models = {name: model_builder(c, num_classes=task.num_classes) for name, c in configs.items()}
   refuse_to_overwrite(out, ("screen.json",), "a screen")
+  names = [
+    run
+    for name in configs
+    for run in (name, *(f"{name}, sgd at lr {lr:g}" for lr in (grid if args.verify else ())))
+  ]
+  bars = RunBars(not args.no_progress, s["epochs"], tuple(names))
   result = screen(
     models,
     task.splits,
@@ -46,8 +53,9 @@ def run(args: argparse.Namespace) -> None:
     seed=s["seed"],
     verify=args.verify,
     sgd_grid=grid,
-    fit_kwargs={"batch_size": task.batch_size, **MODES},
+    fit_kwargs={"batch_size": task.batch_size, "on_epoch": bars.fit_epoch, **MODES},
   )
+  bars.close()
   header = "rank | configuration | Alrao valid loss | Alrao test accuracy"
   print(header + (" | tuned SGD valid loss | best lr" if args.verify else ""))
   for rank, row in enumerate(result.rows, 1):

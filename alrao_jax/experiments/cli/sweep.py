@@ -18,6 +18,7 @@ from alrao_jax.experiments.cli.options import (
   rounded,
   run_folder,
 )
+from alrao_jax.experiments.cli.report import RunBars
 from alrao_jax.experiments.tasks import MODES
 from alrao_jax.sweep import sweep
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> None:
     f"{s['epochs']} epochs; compiling the step",
     file=sys.stderr,
   )
+  bars = RunBars(not args.no_progress, s["epochs"], ("sweep",))
   result = sweep(
     task.build(1),  # the model `train --optimizer sgd` trains: a head of one copy
     LR_FIND_OPTIMIZERS[optimizer],
@@ -49,8 +51,10 @@ def run(args: argparse.Namespace) -> None:
     batch_size=task.batch_size,
     patience=args.patience,
     carry=task.carry,
+    on_epoch=bars.sweep_epoch,
     **MODES,
   )
+  bars.close()
   runs = {}
   for lr, epoch, history, stopped in zip(
     grid, result.best_epochs, result.histories, result.stopped, strict=True

@@ -23,6 +23,7 @@ from alrao_jax.experiments.cli.options import (
   run_folder,
   run_method,
 )
+from alrao_jax.experiments.cli.report import RunBars
 from alrao_jax.experiments.compare import RunResult, select_lr, timed_fit
 from alrao_jax.experiments.methods import Method
 from alrao_jax.experiments.tune import tune
@@ -67,6 +68,8 @@ def run(args: argparse.Namespace) -> None:
     return run_method({**s, **alrao_only, "optimizer": name, "lr": options["lr"]}, task)
 
   print(f"alrao-jax tune: {describe_run(s, task, alrao)}", file=sys.stderr)
+  names = (s["optimizer"], f"{plain} at the rate picked", *(f"{plain} at lr {lr:g}" for lr in grid))
+  bars = RunBars(not args.no_progress, s["epochs"], names)
   result = tune(
     task,
     epochs=s["epochs"],
@@ -75,7 +78,10 @@ def run(args: argparse.Namespace) -> None:
     optimizer=plain,
     race_epochs=args.race_epochs,
     tolerance=args.tolerance,
+    on_epoch=bars.fit_epoch,
   )
+  if not args.verify:
+    bars.close()
   out.mkdir(parents=True, exist_ok=True)
   text = describe(result.suggestion)
   if result.race is not None:
@@ -100,8 +106,12 @@ def run(args: argparse.Namespace) -> None:
   summary[plain] = run_summary(result.sgd)
   if args.verify:
     runs = {
-      lr: timed_fit(task, make(plain, lr=lr), seed=s["seed"], epochs=s["epochs"])[0] for lr in grid
+      lr: timed_fit(
+        task, make(plain, lr=lr), seed=s["seed"], epochs=s["epochs"], on_epoch=bars.fit_epoch
+      )[0]
+      for lr in grid
     }
+    bars.close()
     best = select_lr({lr: [run] for lr, run in runs.items()})
     summary["verify"] = {
       "grid": {f"{lr:g}": run_summary(run) for lr, run in runs.items()},
