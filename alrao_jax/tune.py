@@ -281,9 +281,10 @@ def tune(
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
     initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    given = {"carry": tuple(carry), "eval_model": eval_model}
-    linen_kwargs = {k: v for k, v in given.items() if v}  # fit refuses them, naming them
-    race_kwargs = {"eval_model": plain_eval_model} if plain_eval_model else linen_kwargs
+    linen_kwargs = {"carry": tuple(carry)} if tuple(carry) else {}  # fit refuses them, naming
+    if eval_model is not None:
+      linen_kwargs["eval_model"] = eval_model
+    race_kwargs = linen_kwargs if plain_eval_model is None else {"eval_model": plain_eval_model}
   else:
     racer = plain_model if plain_model is not None else model
     example = model_args(take(splits.train.inputs, slice(0, batch_size)))
