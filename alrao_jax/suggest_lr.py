@@ -395,8 +395,8 @@ def suggest_lr(
       UserWarning,
       stacklevel=2,
     )
-  elif np.isfinite(posterior).all() and _edge(lrs, posterior):
-    warnings.warn(f"alrao_jax.suggest_lr: {_edge(lrs, posterior)}.", UserWarning, stacklevel=2)
+  elif np.isfinite(posterior).all() and (edge := _edge(lrs, posterior)):
+    warnings.warn(f"alrao_jax.suggest_lr: {edge}.", UserWarning, stacklevel=2)
   return LRSuggestion(
     lr=lr,
     copy_lrs=lrs,
