@@ -35,7 +35,7 @@ from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.predict import mixture_mean, predict
 from alrao_jax.rates import copy_rates, sample_rates
 from alrao_jax.screen import ScreenResult, screen
-from alrao_jax.splits import Split, Splits, split_arrays
+from alrao_jax.splits import Split, Splits, WeightedSplit, split_arrays
 from alrao_jax.steps import (
   TrainState,
   create_train_state,
@@ -90,6 +90,7 @@ __all__ = [
   "SwitchState",
   "TrainState",
   "TuneResult",
+  "WeightedSplit",
   "alrao_adam",
   "alrao_loss",
   "alrao_sgd",

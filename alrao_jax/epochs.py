@@ -35,8 +35,9 @@ class Trainer(Protocol):
   def begin_epoch(self) -> None:
     """Called before an epoch's first step (e.g. to zero a carried RNN state)."""
 
-  def step(self, inputs: Any, targets: Any) -> jax.Array:
-    """Trains every run on one batch; returns their losses, ``(runs,)`` or a scalar."""
+  def step(self, inputs: Any, targets: Any, weights: Any = None) -> jax.Array:
+    """Trains every run on one batch (its per-example weights, or None); returns their
+    losses, ``(runs,)`` or a scalar."""
 
   def posteriors(self) -> np.ndarray:
     """Each run's averaging posterior after the last step, ``(runs, copies)``."""
@@ -105,7 +106,10 @@ def _train_epoch(
 ) -> tuple[np.ndarray, np.ndarray]:
   """Trains every run over one epoch's batches: each run's mean loss and posterior."""
   trainer.begin_epoch()
-  losses = [trainer.step(take(train.inputs, idx), train.targets[idx]) for idx in batches]
+  losses = [
+    trainer.step(take(train.inputs, idx), train.targets[idx], take(train.weights, idx))
+    for idx in batches
+  ]
   mean = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64).reshape(trainer.runs)
   return mean, np.asarray(trainer.posteriors(), np.float64)
 

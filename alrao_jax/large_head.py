@@ -14,7 +14,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from alrao_jax.example_weights import example_shares
 from alrao_jax.head import DeferredCopyOutputs, Posterior, log_posterior_of, mixture_log_weights
 
 
@@ -35,25 +37,26 @@ def _logits(z, kernel, bias, dtype):
   return (z @ kernel + bias).astype(dtype)
 
 
-def _one_copy(z, labels, dtype, with_grads):
-  """The per-copy work, for ``lax.map`` over ``(kernel, bias)``."""
-  num_examples = z.shape[0]
+def _one_copy(z, labels, shares, dtype, with_grads):
+  """The per-copy work, for ``lax.map`` over ``(kernel, bias)``; ``shares`` (E,) are the
+  examples' shares of the mean (``1/E`` each without weights)."""
 
   def apply(pair):
     kernel, bias = pair
     logits = _logits(z, kernel, bias, dtype)
     log_norm = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    ll = picked - log_norm
+    ll = jnp.where(shares > 0, picked - log_norm, 0.0)  # a pad scores 0, whatever its label
     finite = jnp.isfinite(logits).all()
     if not with_grads:
       return ll, finite
-    # d ll / d logits = onehot - softmax; the copy's mean NLL has cotangent -1/E per example.
+    # d ll / d logits = onehot - softmax; the copy's mean NLL has cotangent -share per example.
     dlogits = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype) - jnp.exp(
       logits - log_norm[:, None]
     )
-    dkernel = (-(z.astype(dtype).T @ dlogits) / num_examples).astype(kernel.dtype)
-    dbias = (-dlogits.sum(axis=0) / num_examples).astype(bias.dtype)
+    weighted = dlogits * shares[:, None].astype(dtype)
+    dkernel = (-(z.astype(dtype).T @ weighted)).astype(kernel.dtype)
+    dbias = (-weighted.sum(axis=0)).astype(bias.dtype)
     dz = dlogits.astype(kernel.dtype) @ kernel.T
     return _PerCopy(ll, finite, dkernel, dbias, dz.astype(dtype))
 
@@ -97,9 +100,9 @@ def _in_groups(apply, pairs, copies_at_once: int):
   return _scan_in_groups(step, (), pairs, copies_at_once)[1]
 
 
-def _per_copy(deferred: DeferredCopyOutputs, labels: jax.Array, *, with_grads: bool):
+def _per_copy(deferred: DeferredCopyOutputs, labels, shares, *, with_grads: bool):
   z = deferred.z.reshape(-1, deferred.z.shape[-1])
-  apply = _one_copy(z, labels.reshape(-1), _compute_dtype(deferred), with_grads)
+  apply = _one_copy(z, labels.reshape(-1), shares, _compute_dtype(deferred), with_grads)
   return _in_groups(apply, (deferred.kernel, deferred.bias), deferred.copies_at_once)
 
 
@@ -120,9 +123,9 @@ class FusedLoss(NamedTuple):
   log_likelihoods: jax.Array  # shape=(examples, N): -inf for a copy left out
 
 
-def _outcome(ll, usable, mixed, log_posterior) -> FusedLoss:
-  copy_nll = -jnp.mean(jnp.where(usable[:, None], ll, 0.0), axis=1)
-  mixture_nll = -jnp.mean(mixed)
+def _outcome(ll, usable, mixed, log_posterior, shares) -> FusedLoss:
+  copy_nll = -jnp.sum(jnp.where(usable[:, None], ll, 0.0) * shares, axis=1)
+  mixture_nll = -jnp.sum(mixed * shares)
   any_usable = (usable & (log_posterior > -jnp.inf)).any()
   return FusedLoss(
     loss=mixture_nll + jnp.sum(copy_nll),
@@ -132,16 +135,16 @@ def _outcome(ll, usable, mixed, log_posterior) -> FusedLoss:
   )
 
 
-def _fused_value(z, kernel, bias, labels, log_posterior, copies_at_once):
+def _fused_value(z, kernel, bias, labels, shares, log_posterior, copies_at_once):
   deferred = DeferredCopyOutputs(z, kernel, bias, copies_at_once)
-  ll, finite = _per_copy(deferred, labels, with_grads=False)
+  ll, finite = _per_copy(deferred, labels, shares, with_grads=False)
   usable, _, mixed = _mixture(ll, finite, log_posterior)
-  return _outcome(ll, usable, mixed, log_posterior)
+  return _outcome(ll, usable, mixed, log_posterior, shares)
 
 
-def _fused_fwd(z, kernel, bias, labels, log_posterior, copies_at_once):
+def _fused_fwd(z, kernel, bias, labels, shares, log_posterior, copies_at_once):
   deferred = DeferredCopyOutputs(z, kernel, bias, copies_at_once)
-  per = _per_copy(deferred, labels, with_grads=True)
+  per = _per_copy(deferred, labels, shares, with_grads=True)
   usable, joint, mixed = _mixture(per.log_likelihoods, per.finite, log_posterior)
   # The pre-classifier gets the mixture's gradient: copy j's share of each example is its
   # posterior responsibility r_j times its own gradient (a copy left out has r_j = 0, and
@@ -149,10 +152,10 @@ def _fused_fwd(z, kernel, bias, labels, log_posterior, copies_at_once):
   responsibilities = jnp.exp(joint - mixed)
   keep = usable[:, None, None]
   dz = -jnp.einsum("ne,ned->ed", responsibilities, jnp.where(keep, per.dz, 0.0))
-  dz = (dz / z.reshape(-1, z.shape[-1]).shape[0]).reshape(z.shape).astype(z.dtype)
+  dz = (dz * shares[:, None].astype(dz.dtype)).reshape(z.shape).astype(z.dtype)
   dkernel = jnp.where(keep, per.dkernel, 0.0).astype(kernel.dtype)
   dbias = jnp.where(usable[:, None], per.dbias, 0.0).astype(bias.dtype)
-  outcome = _outcome(per.log_likelihoods, usable, mixed, log_posterior)
+  outcome = _outcome(per.log_likelihoods, usable, mixed, log_posterior, shares)
   return outcome, (dz, dkernel, dbias)
 
 
@@ -166,15 +169,30 @@ def _fused_bwd(copies_at_once, grads, cotangents):
     (scale * dbias).astype(dbias.dtype),
     None,
     None,
+    None,
   )
 
 
-_fused = jax.custom_vjp(_fused_value, nondiff_argnums=(5,))
+_fused = jax.custom_vjp(_fused_value, nondiff_argnums=(6,))
 _fused.defvjp(_fused_fwd, _fused_bwd)
 
 
+def _shares(outputs: DeferredCopyOutputs, weights: jax.Array | None) -> jax.Array:
+  """The examples' shares of the mean, ``(examples,)``: uniform without weights."""
+  batch = outputs.z.shape[:-1]
+  shares = example_shares(weights, batch)
+  if shares is None:
+    num_examples = max(1, int(np.prod(batch)))
+    return jnp.full((num_examples,), 1.0 / num_examples, _compute_dtype(outputs))
+  return shares
+
+
 def fused_alrao_loss(
-  outputs: DeferredCopyOutputs, labels: jax.Array, log_posterior: jax.Array
+  outputs: DeferredCopyOutputs,
+  labels: jax.Array,
+  log_posterior: jax.Array,
+  *,
+  weights: jax.Array | None = None,
 ) -> FusedLoss:
   """The categorical Alrao loss of a large head, its copies applied a few at a time.
 
@@ -188,6 +206,7 @@ def fused_alrao_loss(
       ``AlraoHead(copies_at_once=c)``.
     labels: integer labels ``(*batch,)`` (shapes checked by :func:`alrao_jax.alrao_loss`).
     log_posterior: the averaging's log weights ``(N,)`` (a constant for the gradient).
+    weights: per-example weights ``(*batch,)`` or a mask (see :func:`alrao_jax.alrao_loss`).
 
   Returns:
     :class:`FusedLoss`; only its ``loss`` carries a gradient.
@@ -211,12 +230,13 @@ def fused_alrao_loss(
     outputs.kernel,
     outputs.bias,
     labels,
+    _shares(outputs, weights),
     jax.lax.stop_gradient(log_posterior),
     outputs.copies_at_once,
   )
 
 
-def _evaluate_copy(z, labels, dtype):
+def _evaluate_copy(z, labels, shares, dtype):
   """Per copy, for :func:`fused_evaluation_metrics`: ``(ll, finite, hits, log_probs,
   finite_rows)``."""
 
@@ -225,6 +245,7 @@ def _evaluate_copy(z, labels, dtype):
     logits = _logits(z, kernel, bias, dtype)
     log_probs = logits - jax.nn.logsumexp(logits, axis=-1, keepdims=True)
     ll = jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+    ll = jnp.where(shares > 0, ll, 0.0)
     finite_rows = jnp.isfinite(logits).all(axis=-1)
     hits = jnp.argmax(logits, axis=-1) == labels
     return ll, finite_rows.all(), hits, log_probs, finite_rows
@@ -255,7 +276,11 @@ def _mix_probabilities(apply):
 
 
 def fused_evaluation_metrics(
-  outputs: DeferredCopyOutputs, labels: jax.Array, posterior: Posterior
+  outputs: DeferredCopyOutputs,
+  labels: jax.Array,
+  posterior: Posterior,
+  *,
+  weights: jax.Array | None = None,
 ) -> dict[str, jax.Array]:
   """The categorical test metrics of a large head, its copies applied a few at a time.
 
@@ -269,6 +294,7 @@ def fused_evaluation_metrics(
       ``AlraoHead(copies_at_once=c)``.
     labels: integer labels ``(*batch,)``.
     posterior: averaging weights ``(N,)`` or the averaging state.
+    weights: per-example weights ``(*batch,)`` or a mask: weighted means, pads left out.
 
   Returns:
     ``loss``, ``best_copy_loss``, ``accuracy`` and ``best_copy_accuracy``.
@@ -290,13 +316,14 @@ def fused_evaluation_metrics(
   z = outputs.z.reshape(-1, outputs.z.shape[-1])
   labels = labels.reshape(-1)
   dtype = _compute_dtype(outputs)
+  shares = _shares(outputs, weights)
   log_posterior = log_posterior_of(posterior)
   start = (
     jnp.zeros((z.shape[0], outputs.kernel.shape[-1]), dtype),
     jnp.full((z.shape[0],), -jnp.inf, dtype),
   )
   (total, _), (ll, finite, hits) = _scan_in_groups(
-    _mix_probabilities(_evaluate_copy(z, labels, dtype)),
+    _mix_probabilities(_evaluate_copy(z, labels, shares, dtype)),
     start,
     ((outputs.kernel, outputs.bias), log_posterior),
     outputs.copies_at_once,
@@ -304,9 +331,10 @@ def fused_evaluation_metrics(
   usable, _, mixed = _mixture(ll, finite, log_posterior)
   best = jnp.argmax(jnp.where(usable, log_posterior, -jnp.inf))
   any_usable = (usable & (log_posterior > -jnp.inf)).any()
+  mixture_hits = jnp.argmax(total, -1) == labels
   return {
-    "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
-    "best_copy_loss": jnp.where(any_usable, -jnp.mean(ll[best]), jnp.inf),
-    "accuracy": jnp.where(any_usable, jnp.mean(jnp.argmax(total, -1) == labels), jnp.nan),
-    "best_copy_accuracy": jnp.where(any_usable, jnp.mean(hits[best]), jnp.nan),
+    "loss": jnp.where(any_usable, -jnp.sum(mixed * shares), jnp.inf),
+    "best_copy_loss": jnp.where(any_usable, -jnp.sum(ll[best] * shares), jnp.inf),
+    "accuracy": jnp.where(any_usable, jnp.sum(mixture_hits * shares), jnp.nan),
+    "best_copy_accuracy": jnp.where(any_usable, jnp.sum(hits[best] * shares), jnp.nan),
   }

@@ -278,8 +278,8 @@ class _LinenRun:
   def begin_epoch(self) -> None:
     self.state = zero_collections(self.state, self._carry)
 
-  def step(self, inputs: Any, targets: Any) -> jax.Array:
-    self.state, metrics = self._step(self.state, *self._place((inputs, targets)))
+  def step(self, inputs: Any, targets: Any, weights: Any = None) -> jax.Array:
+    self.state, metrics = self._step(self.state, *self._place((inputs, targets, weights)))
     return metrics["loss"]
 
   def posteriors(self) -> np.ndarray:
@@ -443,10 +443,10 @@ def _sharded_evaluation(evaluate: Callable, state: TrainState, mesh: jax.shardin
   sharded = shard_eval_step(evaluate, state, mesh)
   whole = shard_eval_step(evaluate, state, mesh, data_axis=None)
 
-  def evaluate_split(state, inputs, targets):
+  def evaluate_split(state, inputs, targets, weights=None):
     if rows_of(inputs) % mesh.shape[DATA_AXIS] == 0:
-      return sharded(state, *shard_batch((inputs, targets), mesh))
-    return whole(state, *replicate((inputs, targets), mesh))
+      return sharded(state, *shard_batch((inputs, targets, weights), mesh))
+    return whole(state, *replicate((inputs, targets, weights), mesh))
 
   return evaluate_split
 
@@ -465,8 +465,8 @@ class _NNXRun:
   def begin_epoch(self) -> None:
     pass
 
-  def step(self, inputs: Any, targets: Any) -> jax.Array:
-    self.averaging_state, metrics = self._step(self.averaging_state, inputs, targets)
+  def step(self, inputs: Any, targets: Any, weights: Any = None) -> jax.Array:
+    self.averaging_state, metrics = self._step(self.averaging_state, inputs, targets, weights)
     return metrics["loss"]
 
   def posteriors(self) -> np.ndarray:

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from alrao_jax.example_weights import example_shares, keep_weighted, weighted_mean
 from alrao_jax.head import (
   CopyOutputs,
   DeferredCopyOutputs,
@@ -147,7 +148,11 @@ def _check_nonempty(shape: tuple[int, ...]) -> None:
 
 
 def masked_log_likelihoods(
-  values: jax.Array, targets: jax.Array, likelihood: Likelihood
+  values: jax.Array,
+  targets: jax.Array,
+  likelihood: Likelihood,
+  *,
+  shares: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Per-copy log-likelihoods with diverged copies left out.
 
@@ -155,6 +160,9 @@ def masked_log_likelihoods(
     values: copy outputs ``(N, *batch, K)``.
     targets: labels or regression targets.
     likelihood: per-copy, per-example log-likelihood.
+    shares: the examples' shares of the mean (see
+      :func:`alrao_jax.example_weights.example_shares`); an example of share 0 (a pad) scores
+      0 for every copy, whatever its target, and is no evidence of a copy's divergence.
 
   Returns:
     ``(masked values, log-likelihoods (N, examples), usable (N,))``: a copy whose outputs
@@ -165,7 +173,7 @@ def masked_log_likelihoods(
   """
   _check_nonempty(values.shape)
   masked, finite = mask_diverged(values)
-  ll = likelihood(masked, targets).reshape(values.shape[0], -1)
+  ll = keep_weighted(likelihood(masked, targets).reshape(values.shape[0], -1), shares)
   return masked, ll, finite & ~(ll == -jnp.inf).any(axis=1)
 
 
@@ -210,16 +218,23 @@ def _check_posterior(posterior: Posterior, num_copies: int) -> None:
 
 
 def _deferred_loss(
-  outputs: DeferredCopyOutputs, targets: jax.Array, posterior: Posterior, likelihood: Likelihood
+  outputs: DeferredCopyOutputs,
+  targets: jax.Array,
+  posterior: Posterior,
+  likelihood: Likelihood,
+  weights: jax.Array | None,
 ) -> tuple[jax.Array, AlraoLossAux]:
   """:func:`alrao_loss` of a large head's copies, a few at a time (categorical only)."""
   if likelihood is not categorical_log_likelihood:
     # Another likelihood sees the copies' outputs in full, as CopyOutputs would give them.
-    return alrao_loss(outputs.outputs(), targets, posterior, likelihood=likelihood)
+    return alrao_loss(
+      outputs.outputs(), targets, posterior, likelihood=likelihood, weights=weights
+    )
   _check_posterior(posterior, outputs.shape[0])
   _check_categorical(jax.ShapeDtypeStruct(outputs.shape, outputs.dtype), targets)
   _check_nonempty(outputs.shape)
-  fused = fused_alrao_loss(outputs, targets, log_posterior_of(posterior))
+  example_shares(weights, outputs.shape[1:-1])  # checked here, applied in the fused loss
+  fused = fused_alrao_loss(outputs, targets, log_posterior_of(posterior), weights=weights)
   aux = AlraoLossAux(fused.mixture_nll, fused.copy_nll, fused.log_likelihoods)
   return fused.loss, aux
 
@@ -238,6 +253,7 @@ def alrao_loss(
   posterior: Posterior,
   *,
   likelihood: Likelihood = categorical_log_likelihood,
+  weights: jax.Array | None = None,
 ) -> tuple[jax.Array, AlraoLossAux]:
   """The loss whose single gradient is the Alrao gradient.
 
@@ -256,9 +272,15 @@ def alrao_loss(
       used without underflow (a constant for the gradient).
     likelihood: per-copy, per-example log-likelihood, e.g. :func:`categorical_log_likelihood`
       or ``gaussian_log_likelihood(sigma=...)``.
+    weights: per-example (per-token) weights ``(*batch,)`` or a boolean mask, e.g.
+      ``targets != pad_id``: every mean becomes ``sum_i w_i l_i / sum_i w_i``, and an
+      example of weight 0 (a pad) is left out of the loss, of the gradient and of the
+      divergence check, whatever its target. None: the plain mean.
 
   Returns:
-    ``(loss, aux)`` for ``jax.value_and_grad(..., has_aux=True)``.
+    ``(loss, aux)`` for ``jax.value_and_grad(..., has_aux=True)``; with ``weights``,
+    ``aux.log_likelihoods`` is 0 at the examples of weight 0 (pass the same weights to the
+    averaging's update, as :func:`alrao_jax.make_train_step`'s step does).
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
@@ -274,7 +296,7 @@ def alrao_loss(
     <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
   """
   if isinstance(outputs, DeferredCopyOutputs):
-    return _deferred_loss(outputs, targets, posterior, likelihood)
+    return _deferred_loss(outputs, targets, posterior, likelihood, weights)
   if not isinstance(outputs, CopyOutputs):
     raise TypeError(
       f"outputs must be the CopyOutputs of an Alrao head (AlraoHead, alrao_jax.nnx.AlraoHead), "
@@ -283,7 +305,8 @@ def alrao_loss(
     )
   num_copies = outputs.own.shape[0]
   _check_posterior(posterior, num_copies)
-  own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood)
+  shares = example_shares(weights, outputs.own.shape[1:-1])
+  own, fixed_ll, ok = masked_log_likelihoods(outputs.own, targets, likelihood, shares=shares)
   shared = jnp.where(broadcast_copy_axis(ok, outputs.shared.ndim), outputs.shared, 0.0)
   fixed_ll = jax.lax.stop_gradient(fixed_ll)
   batch_shape = outputs.own.shape[1:-1]  # a likelihood reduces the last axis
@@ -292,9 +315,9 @@ def alrao_loss(
   # One likelihood evaluation for both terms: d(mixture NLL)/d(outputs_j) equals
   # r_j * d(NLL_j)/d(outputs_j), with r_j copy j's posterior responsibility per example.
   ll = likelihood(_merge_routes(shared, own, responsibilities), targets).reshape(num_copies, -1)
-  copy_nll = -jnp.mean(jnp.where(ok[:, None], ll, 0.0), axis=1)
+  copy_nll = -weighted_mean(jnp.where(ok[:, None], ll, 0.0), shares)
   any_usable = has_usable_copy(ok, posterior)
-  mixture_nll = jax.lax.stop_gradient(-jnp.mean(mixed))
+  mixture_nll = jax.lax.stop_gradient(-weighted_mean(mixed, shares))
   loss = mixture_nll + jnp.sum(copy_nll)
   aux = AlraoLossAux(
     mixture_nll=jnp.where(any_usable, mixture_nll, jnp.inf),

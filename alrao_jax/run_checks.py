@@ -19,9 +19,14 @@ from alrao_jax.transform import rates_of
 
 
 def check_split_labels(splits: Any, num_classes: int) -> None:
-  """Every split's labels are class indices in ``[0, num_classes)`` (checked on the host)."""
+  """Every split's labels are class indices in ``[0, num_classes)`` (checked on the host),
+  those of weight 0 (pads) excepted."""
   for name, split in zip(splits._fields, splits, strict=True):
-    check_labels(split.targets, num_classes, name=f"splits.{name}.targets")
+    labels, weights = np.asarray(split.targets), getattr(split, "weights", None)
+    if weights is not None:
+      weights = np.asarray(weights).reshape(weights.shape + (1,) * (labels.ndim - weights.ndim))
+      labels = labels[np.broadcast_to(weights, labels.shape) > 0]
+    check_labels(labels, num_classes, name=f"splits.{name}.targets")
 
 
 def checked_splits(splits: Any, batch_size: int) -> Splits:

@@ -435,6 +435,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: _put(x, replicated(mesh)), tree)
 
 
+def _with_optional_weights(jitted: Any) -> Callable:
+  """``jitted(state, inputs, targets, weights)`` callable (and lowerable, as a jitted function
+  is) without the weights: a jitted function's shardings name every positional argument."""
+
+  def call(state: Any, inputs: Any, targets: Any, weights: Any = None) -> Any:
+    return jitted(state, inputs, targets, weights)
+
+  def lower(state: Any, inputs: Any, targets: Any, weights: Any = None) -> Any:
+    return jitted.lower(state, inputs, targets, weights)
+
+  call.lower = lower
+  return call
+
+
 def shard_train_step(
   step: Callable, state: TrainState, mesh: Mesh, *, data_axis: str = DATA_AXIS
 ) -> Callable:
@@ -443,22 +457,24 @@ def shard_train_step(
   (its buffers donated), the metrics replicated.
 
   Args:
-    step: ``step(state, inputs, targets) -> (state, metrics)``.
+    step: ``step(state, inputs, targets, weights=None) -> (state, metrics)``.
     state: a state placed on ``mesh`` (e.g. by :func:`create_sharded_train_state`).
     mesh: the mesh.
-    data_axis: the mesh axis of the batch.
+    data_axis: the mesh axis of the batch (the weights' too).
 
   Returns:
     The jitted step, same signature.
   """
   shardings = _shardings_of(state)
   batch = batch_sharding(mesh, data_axis=data_axis)
-  return jax.jit(
+  jitted = jax.jit(
     step,
-    in_shardings=(shardings, batch, batch),
+    in_shardings=(shardings, batch, batch, batch),
     out_shardings=(shardings, replicated(mesh)),
     donate_argnums=(0,),
   )
+
+  return _with_optional_weights(jitted)
 
 
 def shard_eval_step(
@@ -472,8 +488,9 @@ def shard_eval_step(
   """A linen evaluation step (:func:`alrao_jax.make_eval_step`) on ``state``'s shardings.
 
   Args:
-    evaluate: ``evaluate(state, inputs, targets) -> metrics``, or with ``windows``, a carried
-      evaluation ``evaluate(state, windows_in, windows_out) -> (state, metrics)``.
+    evaluate: ``evaluate(state, inputs, targets, weights=None) -> metrics``, or with
+      ``windows``, a carried evaluation ``evaluate(state, windows_in, windows_out,
+      weights=None) -> (state, metrics)``.
     state: a state placed on ``mesh``.
     mesh: the mesh.
     data_axis: the mesh axis of the inputs, or ``None`` to replicate them (a split whose
@@ -488,11 +505,13 @@ def shard_eval_step(
   if windows and data_axis is not None:
     inputs = NamedSharding(mesh, PartitionSpec(None, data_axis))
   metrics = replicated(mesh)
-  return jax.jit(
+  jitted = jax.jit(
     evaluate,
-    in_shardings=(_shardings_of(state), inputs, inputs),
+    in_shardings=(_shardings_of(state), inputs, inputs, inputs),
     out_shardings=(_shardings_of(state), metrics) if windows else metrics,
   )
+
+  return _with_optional_weights(jitted)
 
 
 def shard_nnx(

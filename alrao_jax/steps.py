@@ -15,6 +15,7 @@ import optax
 from flax import nnx
 
 from alrao_jax.checks import check_carry, check_rng_streams
+from alrao_jax.example_weights import example_shares, weighted_mean
 from alrao_jax.head import (
   CopyOutputs,
   DeferredCopyOutputs,
@@ -200,16 +201,27 @@ def _loss_and_grads(
   averaging: ModelAveraging,
   averaging_state: Any,
   likelihood: Likelihood,
+  weights: jax.Array | None,
 ):
   posterior = averaging_weights(averaging, averaging_state)
 
   def loss_fn(params):
     outputs, extra = apply(params)
     check_averaging_state(averaging, averaging_state, outputs)
-    loss, aux = alrao_loss(outputs, targets, posterior, likelihood=likelihood)
+    loss, aux = alrao_loss(outputs, targets, posterior, likelihood=likelihood, weights=weights)
     return loss, (aux, extra)
 
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+
+def update_averaging(
+  averaging: ModelAveraging, state: Any, log_likelihoods: jax.Array, weights: jax.Array | None
+) -> Any:
+  """The averaging's update on a batch's ``(examples, N)`` log-likelihoods, with the
+  batch's weights ``(*batch,)`` when it has them (else as a two-argument update)."""
+  if weights is None:
+    return averaging.update(state, log_likelihoods)
+  return averaging.update(state, log_likelihoods, jnp.reshape(weights, (-1,)))
 
 
 def make_train_step(
@@ -224,12 +236,14 @@ def make_train_step(
 ) -> Callable:
   """Builds the jitted Alrao step: forward, one backward, optax update, averaging update.
 
-  For a linen ``model``, returns ``step(state, inputs, targets) -> (state, metrics)`` on a
-  :class:`TrainState`; non-param collections (BatchNorm's ``batch_stats``) are updated and
-  a fresh key per RNG stream (``rng_streams``) is split from ``state.rng`` at every step.
+  For a linen ``model``, returns ``step(state, inputs, targets, weights=None) -> (state,
+  metrics)`` on a :class:`TrainState`; non-param collections (BatchNorm's ``batch_stats``)
+  are updated and a fresh key per RNG stream (``rng_streams``) is split from ``state.rng``
+  at every step.
 
   For an NNX ``model`` (with an ``nnx.Optimizer`` built on it), returns
-  ``step(averaging_state, inputs, targets) -> (averaging_state, metrics)``; the model and
+  ``step(averaging_state, inputs, targets, weights=None) -> (averaging_state, metrics)``;
+  the model and
   optimizer are updated in place, the model in ``train()`` mode. The graph of the model and
   optimizer is split once, here (see :func:`nnx_pure_call`), not at every call: build the
   step again after changing the model's structure.
@@ -239,6 +253,10 @@ def make_train_step(
 
   The copies are weighted with the posterior from *before* the batch, and the averaging
   is updated with the copies' log-likelihoods of that batch (prequential).
+
+  ``weights`` (per example or per token, ``(*batch,)``, or a mask such as ``targets !=
+  pad_id``) make every mean a weighted mean and leave the examples of weight 0 out of the
+  loss, the gradient and the averaging's evidence (see :func:`alrao_jax.alrao_loss`).
 
   Args:
     model: a linen or NNX module ending with an Alrao head.
@@ -288,7 +306,9 @@ def make_train_step(
   tx = optax.with_extra_args_support(optimizer)
 
   @functools.partial(jax.jit, donate_argnums=(0,) if donate else ())
-  def step(state: TrainState, inputs: Any, targets: jax.Array) -> tuple[TrainState, Metrics]:
+  def step(
+    state: TrainState, inputs: Any, targets: jax.Array, weights: jax.Array | None = None
+  ) -> tuple[TrainState, Metrics]:
     rng, step_key = jax.random.split(state.rng)
     rngs = stream_keys(step_key, streams)
     mutable = list(state.model_state)
@@ -304,10 +324,12 @@ def make_train_step(
       return as_copy_outputs(outputs), updated
 
     (_, (aux, model_state)), grads = _loss_and_grads(
-      apply, state.params, targets, averaging, state.averaging_state, likelihood
+      apply, state.params, targets, averaging, state.averaging_state, likelihood, weights
     )
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux.mixture_nll)
-    averaging_state = averaging.update(state.averaging_state, aux.log_likelihoods)
+    averaging_state = update_averaging(
+      averaging, state.averaging_state, aux.log_likelihoods, weights
+    )
     new_state = state.replace(
       step=state.step + 1,
       params=optax.apply_updates(state.params, updates),
@@ -402,21 +424,26 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
   nodes, call_kwargs = node_kwargs(kwargs)
 
   def train(model, optimizer, *rest):
-    nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]
-    weights = averaging_weights(averaging, averaging_state)
+    nodes, (averaging_state, inputs, targets, weights) = rest[:-4], rest[-4:]
+    posterior = averaging_weights(averaging, averaging_state)
 
     def loss_fn(model, *nodes):  # the nodes enter the gradient's trace as arguments
       outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs(nodes)))
       check_averaging_state(averaging, averaging_state, outputs)
-      return alrao_loss(outputs, targets, weights, likelihood=likelihood)
+      return alrao_loss(outputs, targets, posterior, likelihood=likelihood, weights=weights)
 
     (_, aux), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model, *nodes)
     optimizer.update(model, grads, **({"value": aux.mixture_nll} if extra_args else {}))
-    averaging_state = averaging.update(averaging_state, aux.log_likelihoods)
+    averaging_state = update_averaging(averaging, averaging_state, aux.log_likelihoods, weights)
     return averaging_state, train_metrics(aux, averaging.posterior(averaging_state))
 
   model.train()  # the step keeps this mode, whatever the model is set to later
-  return nnx_pure_call((model, optimizer, *nodes), train)
+  call = nnx_pure_call((model, optimizer, *nodes), train)
+
+  def step(averaging_state: Any, inputs: Any, targets: jax.Array, weights: Any = None):
+    return call(averaging_state, inputs, targets, weights)
+
+  return step
 
 
 def evaluation_metrics(
@@ -425,6 +452,7 @@ def evaluation_metrics(
   posterior: Posterior,
   *,
   likelihood: Likelihood = categorical_log_likelihood,
+  weights: jax.Array | None = None,
 ) -> Metrics:
   """Test metrics of the mixture and of the best copy.
 
@@ -433,6 +461,8 @@ def evaluation_metrics(
     targets: labels or regression targets.
     posterior: averaging weights ``(N,)`` or the averaging state.
     likelihood: the per-copy log-likelihood used in training.
+    weights: per-example (per-token) weights ``(*batch,)`` or a mask: every metric is the
+      weighted mean, an example of weight 0 (a pad) left out (see :func:`alrao_jax.alrao_loss`).
 
   Returns:
     ``loss`` (mixture NLL) and ``best_copy_loss``; with the categorical likelihood also
@@ -443,23 +473,26 @@ def evaluation_metrics(
     a time (:func:`alrao_jax.large_head.fused_evaluation_metrics`).
   """
   if isinstance(outputs, DeferredCopyOutputs) and likelihood is categorical_log_likelihood:
-    return fused_evaluation_metrics(outputs, targets, posterior)
+    return fused_evaluation_metrics(outputs, targets, posterior, weights=weights)
   values = copy_values(outputs)
-  _, ll, ok = masked_log_likelihoods(values, targets, likelihood)
+  shares = example_shares(weights, values.shape[1:-1])
+  _, ll, ok = masked_log_likelihoods(values, targets, likelihood, shares=shares)
   _, mixed = mixture_log_likelihood(ll, ok, posterior)
   # the best copy among the usable ones, as predict(best=True) skips a diverged copy
   log_posterior = jnp.where(ok, log_posterior_of(posterior), -jnp.inf)
   best = jnp.argmax(log_posterior)
   any_usable = has_usable_copy(ok, posterior)
   metrics = {
-    "loss": jnp.where(any_usable, -jnp.mean(mixed), jnp.inf),
-    "best_copy_loss": jnp.where(any_usable, -jnp.mean(ll[best]), jnp.inf),
+    "loss": jnp.where(any_usable, -weighted_mean(mixed, shares), jnp.inf),
+    "best_copy_loss": jnp.where(any_usable, -weighted_mean(ll[best], shares), jnp.inf),
   }
   if likelihood is categorical_log_likelihood:
     mixture_hits = jnp.argmax(mixture_log_probs(values, posterior), -1) == targets
     copy_hits = jnp.argmax(values[best], -1) == targets
-    metrics["accuracy"] = jnp.where(any_usable, jnp.mean(mixture_hits), jnp.nan)
-    metrics["best_copy_accuracy"] = jnp.where(any_usable, jnp.mean(copy_hits), jnp.nan)
+    mixture_accuracy = weighted_mean(mixture_hits.reshape(-1), shares)
+    copy_accuracy = weighted_mean(copy_hits.reshape(-1), shares)
+    metrics["accuracy"] = jnp.where(any_usable, mixture_accuracy, jnp.nan)
+    metrics["best_copy_accuracy"] = jnp.where(any_usable, copy_accuracy, jnp.nan)
   return metrics
 
 
@@ -474,8 +507,9 @@ def make_eval_step(
 ) -> Callable:
   """Builds a jitted evaluation step (see :func:`evaluation_metrics`).
 
-  For a linen ``model``: ``evaluate(state, inputs, targets) -> metrics``; for an NNX
-  ``model``: ``evaluate(averaging_state, inputs, targets) -> metrics``, in ``eval()`` mode
+  For a linen ``model``: ``evaluate(state, inputs, targets, weights=None) -> metrics``; for
+  an NNX ``model``: ``evaluate(averaging_state, inputs, targets, weights=None) -> metrics``,
+  in ``eval()`` mode
   (the model is left in ``eval()`` mode; a train step built with :func:`make_train_step`
   keeps its own train-mode view of the same variables).
 
@@ -484,7 +518,8 @@ def make_eval_step(
   and ``targets`` then hold consecutive batches on a leading axis, ``(windows, batch,
   ...)``, which the step scans in order from the state's collections, and it returns
   ``(state, metrics)``: the state with the collections after the last window, the metrics
-  over all windows (windows have equal sizes, so their means average to the whole's).
+  over all windows (windows have equal sizes, so their means average to the whole's; with
+  ``weights``, laid out as the targets, each window's means count by its total weight).
 
   Args:
     model: a linen or NNX module ending with an Alrao head.
@@ -516,41 +551,59 @@ def make_eval_step(
     nodes, call_kwargs = node_kwargs(kwargs)
 
     def evaluate_nnx(model, *rest):
-      nodes, (averaging_state, inputs, targets) = rest[:-3], rest[-3:]
-      weights = averaging_weights(averaging, averaging_state)
+      nodes, (averaging_state, inputs, targets, weights) = rest[:-4], rest[-4:]
+      posterior = averaging_weights(averaging, averaging_state)
       outputs = as_copy_outputs(model(*model_args(inputs), **call_kwargs(nodes)))
-      return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
+      return evaluation_metrics(
+        outputs, targets, posterior, likelihood=likelihood, weights=weights
+      )
 
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
-    return nnx_pure_call((model, *nodes), evaluate_nnx, donate=False)
+    call = nnx_pure_call((model, *nodes), evaluate_nnx, donate=False)
+
+    def evaluate_nnx_call(averaging_state: Any, inputs: Any, targets: Any, weights: Any = None):
+      return call(averaging_state, inputs, targets, weights)
+
+    return evaluate_nnx_call
 
   @jax.jit
-  def evaluate(state: TrainState, inputs: Any, targets: jax.Array) -> Metrics:
+  def evaluate(
+    state: TrainState, inputs: Any, targets: jax.Array, weights: jax.Array | None = None
+  ) -> Metrics:
     params = state.params if eval_params is None else eval_params(state)
     outputs = model.apply({"params": params, **state.model_state}, *model_args(inputs), **kwargs)
     outputs = as_copy_outputs(outputs)
-    weights = averaging_weights(averaging, state.averaging_state)
-    return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
+    posterior = averaging_weights(averaging, state.averaging_state)
+    return evaluation_metrics(outputs, targets, posterior, likelihood=likelihood, weights=weights)
 
   @jax.jit
   def evaluate_windows(
-    state: TrainState, inputs: Any, targets: jax.Array
+    state: TrainState, inputs: Any, targets: jax.Array, weights: jax.Array | None = None
   ) -> tuple[TrainState, Metrics]:
     check_carry_in(state.model_state, carry)
     params = state.params if eval_params is None else eval_params(state)
-    weights = averaging_weights(averaging, state.averaging_state)
+    posterior = averaging_weights(averaging, state.averaging_state)
 
     def window(model_state, batch):
+      window_inputs, window_targets, window_weights = batch
       variables = {"params": params, **model_state}
       outputs, carried = model.apply(
-        variables, *model_args(batch[0]), mutable=list(carry), **kwargs
+        variables, *model_args(window_inputs), mutable=list(carry), **kwargs
       )
       outputs = as_copy_outputs(outputs)
-      metrics = evaluation_metrics(outputs, batch[1], weights, likelihood=likelihood)
+      metrics = evaluation_metrics(
+        outputs, window_targets, posterior, likelihood=likelihood, weights=window_weights
+      )
       return {**model_state, **carried}, metrics
 
-    model_state, metrics = jax.lax.scan(window, state.model_state, (inputs, targets))
-    return state.replace(model_state=model_state), jax.tree.map(jnp.mean, metrics)
+    model_state, metrics = jax.lax.scan(window, state.model_state, (inputs, targets, weights))
+    if weights is None:
+      return state.replace(model_state=model_state), jax.tree.map(jnp.mean, metrics)
+    totals = jnp.sum(jnp.reshape(weights, (weights.shape[0], -1)), axis=1)
+    shares = totals / jnp.where(jnp.sum(totals) > 0, jnp.sum(totals), 1.0)
+    return state.replace(model_state=model_state), jax.tree.map(
+      lambda m: jnp.sum(jnp.where(shares > 0, m, 0.0) * shares), metrics
+    )
 
   return evaluate_windows if carry else evaluate
 

@@ -48,6 +48,7 @@ from alrao_jax.steps import (
   model_args,
   node_kwargs,
   train_metrics,
+  update_averaging,
 )
 from alrao_jax.switch import ModelAveraging, switch_averaging
 
@@ -254,27 +255,33 @@ def _nnx_members(
   opt_state = tx.init(params)
   state = _NNXMember(params, rest, opt_state, averaging.init(copies_or_one(params)))
 
-  def step(state: _NNXMember, inputs: Any, targets: jax.Array):
-    weights = averaging_weights(averaging, state.averaging_state)
+  def step(state: _NNXMember, inputs: Any, targets: jax.Array, weights: Any = None):
+    posterior = averaging_weights(averaging, state.averaging_state)
 
     def loss_fn(params):
       merged = nnx.merge(graph, params, state.rest, copy=True)
       outputs = as_copy_outputs(merged[0](*model_args(inputs), **call_kwargs(merged[1:])))
       check_averaging_state(averaging, state.averaging_state, outputs)
-      loss, aux = alrao_loss(outputs, targets, weights, likelihood=likelihood)
+      loss, aux = alrao_loss(
+        outputs, targets, posterior, likelihood=likelihood, weights=weights
+      )
       return loss, (aux, nnx.split(merged, nnx.Param, ...)[2])
 
     (_, (aux, rest)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = tx.update(grads, state.opt_state, state.params, value=aux.mixture_nll)
-    averaging_state = averaging.update(state.averaging_state, aux.log_likelihoods)
+    averaging_state = update_averaging(
+      averaging, state.averaging_state, aux.log_likelihoods, weights
+    )
     new = _NNXMember(optax.apply_updates(state.params, updates), rest, opt_state, averaging_state)
     return new, train_metrics(aux, averaging.posterior(averaging_state))
 
-  def evaluate(state: _NNXMember, inputs: Any, targets: jax.Array):
+  def evaluate(state: _NNXMember, inputs: Any, targets: jax.Array, weights: Any = None):
     merged = nnx.merge(eval_graph, state.params, state.rest)
     outputs = as_copy_outputs(merged[0](*model_args(inputs), **eval_kwargs))
-    weights = averaging_weights(averaging, state.averaging_state)
-    return evaluation_metrics(outputs, targets, weights, likelihood=likelihood)
+    posterior = averaging_weights(averaging, state.averaging_state)
+    return evaluation_metrics(
+      outputs, targets, posterior, likelihood=likelihood, weights=weights
+    )
 
   return state, step, evaluate
 
@@ -286,16 +293,16 @@ class _Members:
   def __init__(self, states, step, evaluate, *, carry, streams, chunk):
     self.runs = len(jax.tree.leaves(states)[0])
     self.states, self.best_states = states, jax.tree.map(jnp.copy, states)
-    self._step = jax.jit(jax.vmap(step, in_axes=(0, None, None)), donate_argnums=0)
-    self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+    self._step = jax.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=0)
+    self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
     self._carry, self._streams, self._chunk = carry, streams, chunk
     self._posteriors = None
 
   def begin_epoch(self) -> None:
     self.states = zero_collections(self.states, self._carry)
 
-  def step(self, inputs: Any, targets: Any) -> jax.Array:
-    self.states, metrics = self._step(self.states, inputs, targets)
+  def step(self, inputs: Any, targets: Any, weights: Any = None) -> jax.Array:
+    self.states, metrics = self._step(self.states, inputs, targets, weights)
     self._posteriors = metrics["posterior"]
     return metrics["loss"]
 

@@ -39,7 +39,9 @@ class ModelAveraging(NamedTuple):
   """A model-averaging method: ``init(num_copies)``, ``update(state, ll)``, ``posterior``.
 
   ``update`` takes per-example log-likelihoods of shape ``(batch, N)`` and reduces them
-  as the method was built to (see :func:`switch_averaging` and :func:`bayes_averaging`).
+  as the method was built to (see :func:`switch_averaging` and :func:`bayes_averaging`);
+  the averagings built here also take ``update(state, ll, weights)``, per-example weights
+  ``(batch,)`` (a pad's 0: no evidence), which a step passes only when it is given weights.
   """
 
   init: Callable[[int], Any]
@@ -221,6 +223,7 @@ def update_with_batch(
   log_likelihoods: jax.Array,
   *,
   reduction: str = "mean",
+  weights: jax.Array | None = None,
 ) -> Any:
   """Feeds a batch of per-example log-likelihoods to a one-observation ``update``.
 
@@ -231,6 +234,10 @@ def update_with_batch(
     reduction: ``"mean"`` (one update with the batch mean, as the authors' code),
       ``"sum"`` (one update with the batch sum: the batch as one observation) or
       ``"sequential"`` (one update per example, in order, with ``lax.scan``).
+    weights: per-example weights ``(batch,)`` or a mask: the weighted mean or sum; in
+      sequence, each example's log-likelihoods times its weight. An example of weight 0 is
+      no observation (skipped in sequence, whatever it scored), and a batch whose weights
+      are all 0 leaves the state as it was.
 
   Returns:
     The new state.
@@ -248,11 +255,35 @@ def update_with_batch(
   ll = jnp.asarray(log_likelihoods)
   if ll.ndim != 2:
     raise ValueError(f"log_likelihoods must have shape (batch, num_copies), got {ll.shape}.")
+  if weights is None:
+    if reduction == "mean":
+      return update(state, jnp.mean(ll, axis=0))
+    if reduction == "sum":
+      return update(state, jnp.sum(ll, axis=0))
+    return jax.lax.scan(lambda s, row: (update(s, row), None), state, ll)[0]
+  if jnp.shape(weights) != ll.shape[:1]:
+    raise ValueError(
+      f"weights must have shape {ll.shape[:1]} (one per example of log_likelihoods), got "
+      f"{jnp.shape(weights)}."
+    )
+  w = jnp.asarray(weights).astype(jnp.promote_types(ll.dtype, jnp.float32))
+  scored = jnp.where(w[:, None] > 0, w[:, None] * ll, 0.0)  # a pad's -inf or NaN is no score
+  total = jnp.sum(w)
+
+  def keep_if_empty(new: Any, observed: jax.Array) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(observed, a, b), new, state)
+
   if reduction == "mean":
-    return update(state, jnp.mean(ll, axis=0))
+    mean = jnp.sum(scored, axis=0) / jnp.where(total > 0, total, 1.0)
+    return keep_if_empty(update(state, mean), total > 0)
   if reduction == "sum":
-    return update(state, jnp.sum(ll, axis=0))
-  return jax.lax.scan(lambda s, row: (update(s, row), None), state, ll)[0]
+    return keep_if_empty(update(state, jnp.sum(scored, axis=0)), total > 0)
+
+  def one(s, row_and_weight):
+    row, weight = row_and_weight
+    return jax.tree.map(lambda a, b: jnp.where(weight > 0, a, b), update(s, row), s), None
+
+  return jax.lax.scan(one, state, (scored, w))[0]
 
 
 def switch_averaging(*, theta: float = 0.9999, reduction: str = "mean") -> ModelAveraging:
@@ -280,7 +311,9 @@ def switch_averaging(*, theta: float = 0.9999, reduction: str = "mean") -> Model
   _check_reduction(reduction)
   return ModelAveraging(
     init=lambda num_copies: switch_init(num_copies, theta=theta),
-    update=lambda state, ll: update_with_batch(switch_update, state, ll, reduction=reduction),
+    update=lambda state, ll, weights=None: update_with_batch(
+      switch_update, state, ll, reduction=reduction, weights=weights
+    ),
     posterior=switch_posterior,
   )
 
@@ -297,6 +330,8 @@ def bayes_averaging(*, reduction: str = "mean") -> ModelAveraging:
   _check_reduction(reduction)
   return ModelAveraging(
     init=bayes_init,
-    update=lambda state, ll: update_with_batch(bayes_update, state, ll, reduction=reduction),
+    update=lambda state, ll, weights=None: update_with_batch(
+      bayes_update, state, ll, reduction=reduction, weights=weights
+    ),
     posterior=bayes_posterior,
   )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
@@ -12,7 +13,7 @@ import numpy as np
 import optax
 
 from alrao_jax.checks import check_bounds
-from alrao_jax.rates import Rules, check_rates_fit, leaf_paths, sample_rates
+from alrao_jax.rates import COPIES_MODULE, Rules, check_rates_fit, leaf_paths, sample_rates
 
 
 class ScaleByRatesState(NamedTuple):
@@ -105,6 +106,21 @@ def _check_decay(value: Any, name: str) -> None:
     raise ValueError(f"{name} must be in [0, 1), got {float(value)}; e.g. 0.9.")
 
 
+def _warn_without_head(params: optax.Params, name: str) -> None:
+  """Warns when a model's parameters (more than one array) hold no Alrao head: its output
+  layer then trains at random per-unit rates like any layer, and no copy is averaged."""
+  paths = leaf_paths(params)[0]
+  if len(paths) > 1 and not any(COPIES_MODULE in path for path in paths):
+    warnings.warn(
+      f"{name}: the parameters hold no Alrao head (no '{COPIES_MODULE}' module), so the output "
+      "layer's units get random rates like any layer's and no copy is averaged; end the model "
+      "with alrao_jax.AlraoHead (linen) or alrao_jax.nnx.AlraoHead (NNX) and train it with "
+      "alrao_jax.alrao_loss.",
+      UserWarning,
+      stacklevel=4,
+    )
+
+
 def _rate_sampler(
   key: jax.Array,
   lr_min: float,
@@ -112,11 +128,13 @@ def _rate_sampler(
   granularity: str,
   rules: Rules,
   stacked: Mapping[str, int] | None,
+  name: str,
 ) -> Callable[[optax.Params], optax.Params]:
   check_bounds(lr_min, lr_max)
   _check_key(key)
 
   def sample(params: optax.Params) -> optax.Params:
+    _warn_without_head(params, name)
     return sample_rates(
       key, params, lr_min, lr_max, granularity=granularity, rules=rules, stacked=stacked
     )
@@ -171,7 +189,7 @@ def alrao_sgd(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Algorithm 1).
   """
-  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
+  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked, "alrao_sgd")
   if momentum is not None:
     _check_decay(momentum, "momentum")
   elif nesterov or accumulator_dtype is not None:
@@ -231,7 +249,7 @@ def alrao_adam(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (Appendix C).
   """
-  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked)
+  sampler = _rate_sampler(key, lr_min, lr_max, granularity, rules, stacked, "alrao_adam")
   _check_decay(b1, "b1")
   _check_decay(b2, "b2")
   return optax.chain(

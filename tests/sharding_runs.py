@@ -120,7 +120,7 @@ def mesh_run(model, mesh, steps=STEPS):
   step = sharding.shard_train_step(alrao_jax.make_train_step(model, tx), state, mesh)
   compiled = step.lower(state, *sharding.shard_batch((x[0], y[0]), mesh)).compile()
   for i in range(steps):
-    state, _ = compiled(state, *sharding.shard_batch((x[i], y[i]), mesh))
+    state, _ = compiled(state, *sharding.shard_batch((x[i], y[i]), mesh), None)  # no weights
   return state, sharding.collectives(compiled)
 
 

@@ -44,6 +44,15 @@ def test_large_heads_guide_runs_and_both_heads_agree(capsys):
   assert math.isclose(float(found.group(1)), float(found.group(2)), rel_tol=1e-4), out
 
 
+def test_the_masks_guide_agrees_with_optax_and_learns(capsys):
+  out = _run("guides/masks.md", capsys)
+  ours = float(re.search(r"test loss per real token ([0-9.]+)", out).group(1))
+  theirs = float(re.search(r"optax, masked by hand: +([0-9.]+)", out).group(1))
+  assert math.isclose(ours, theirs, rel_tol=1e-4), out
+  assert float(re.search(r"accuracy ([0-9.]+)", out).group(1)) > 0.5, out  # chance: 1/12
+  assert re.search(r"one step: mixture loss per real token [0-9.]+", out), out
+
+
 def test_your_own_step_guide_runs_in_linen_and_nnx(capsys):
   out = _run("guides/own_step.md", capsys)
   assert float(re.search(r"linen own step: loss [0-9.]+, accuracy ([0-9.]+)", out).group(1)) > 0.8
@@ -121,6 +130,7 @@ def _public_names():
     "alrao_jax.nnx.AlraoHead",
     "alrao_jax.large_head.fused_alrao_loss",
     "alrao_jax.large_head.fused_evaluation_metrics",
+    "alrao_jax.example_weights.example_shares",
   }
 
 

@@ -1,5 +1,7 @@
 """The Alrao optax transform against plain optax, inside optax combinators and under jit."""
 
+import warnings
+
 import chex
 import flax.linen as nn
 import jax
@@ -227,3 +229,18 @@ def test_update_with_mismatched_tree_is_an_error():
   state = tx.init({"a": jnp.ones(2), "b": jnp.ones(2)})
   with pytest.raises(ValueError, match="initialise the transform"):
     tx.update({"a": jnp.ones(2)}, state)
+
+
+def test_a_model_without_an_alrao_head_is_warned_by_name():
+  plain = nn.Sequential([nn.Dense(8), nn.relu, nn.Dense(3)])
+  headed = nn.Sequential([nn.Dense(8), nn.relu, alrao_jax.AlraoHead(3, num_copies=2)])
+  x = jnp.ones((1, 4))
+  for make in (alrao_jax.alrao_sgd, alrao_jax.alrao_adam):
+    tx = make(1e-3, 1.0, key=jax.random.key(0))
+    with pytest.warns(UserWarning, match=f"{make.__name__}: .*no Alrao head.*AlraoHead"):
+      tx.init(plain.init(jax.random.key(1), x)["params"])
+    with warnings.catch_warnings(record=True) as caught:
+      warnings.simplefilter("always")
+      tx.init(headed.init(jax.random.key(1), x)["params"])
+      tx.init(jnp.ones((3, 2)))  # a bare array is an optax tree, not a model
+    assert not [w for w in caught if "no Alrao head" in str(w.message)]
