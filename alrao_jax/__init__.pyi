@@ -28,11 +28,12 @@ from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import (
   AlraoLossAux,
   alrao_loss,
+  bernoulli_log_likelihood,
   categorical_log_likelihood,
   gaussian_log_likelihood,
 )
 from alrao_jax.lr_find import LRFindResult, lr_find
-from alrao_jax.predict import mixture_mean, predict
+from alrao_jax.predict import mixture_mean, mixture_probabilities, predict
 from alrao_jax.rates import copy_rates, sample_rates
 from alrao_jax.screen import ScreenResult, screen
 from alrao_jax.splits import Split, Splits, WeightedSplit, split_arrays
@@ -98,6 +99,7 @@ __all__ = [
   "bayes_init",
   "bayes_posterior",
   "bayes_update",
+  "bernoulli_log_likelihood",
   "best_copy",
   "categorical_log_likelihood",
   "copy_outputs",
@@ -115,6 +117,7 @@ __all__ = [
   "make_train_step",
   "mixture_log_probs",
   "mixture_mean",
+  "mixture_probabilities",
   "nnx",
   "num_copies_of",
   "predict",

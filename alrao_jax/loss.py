@@ -120,6 +120,40 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
   return log_likelihood
 
 
+def bernoulli_log_likelihood(logits: jax.Array, targets: jax.Array) -> jax.Array:
+  """Per-copy, per-example log-likelihood of independent Bernoulli outputs given as logits.
+
+  ``sum_d y_d log sigmoid(l_d) + (1 - y_d) log sigmoid(-l_d)``: binary targets (a VAE's
+  binarised pixels, multi-label classification), or probabilities in ``[0, 1]`` as soft
+  targets (the cross-entropy optax's ``sigmoid_binary_cross_entropy`` computes, summed over
+  the outputs). Predictions with this likelihood are probabilities:
+  ``predict(..., likelihood=alrao_jax.bernoulli_log_likelihood)`` mixes the copies'
+  ``sigmoid(logits)``; :func:`alrao_jax.mixture_mean` refuses it.
+
+  Args:
+    logits: ``(N, *batch, D)``.
+    targets: ``(*batch, D)``, in ``[0, 1]`` (values cannot be checked inside ``jit``).
+
+  Returns:
+    Shape ``(N, *batch)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> ll = alrao_jax.bernoulli_log_likelihood(jnp.zeros((2, 1, 3)), jnp.array([[1., 0., 1.]]))
+    >>> ll.shape, round(float(ll[0, 0]), 4)  # 3 log(1/2)
+    ((2, 1), -2.0794)
+  """
+  _check_batch(logits, targets, event_axes=1, what="targets")
+  dtype = jnp.result_type(targets)
+  if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+          or dtype == jnp.bool_):
+    raise TypeError(f"targets must be real numbers in [0, 1], got dtype {dtype}.")
+  y = jnp.asarray(targets).astype(jnp.promote_types(logits.dtype, jnp.float32))
+  logits = logits.astype(y.dtype)
+  terms = y * jax.nn.log_sigmoid(logits) + (1.0 - y) * jax.nn.log_sigmoid(-logits)
+  return jnp.sum(terms, axis=-1)
+
+
 @jax.custom_vjp
 def _merge_routes(shared: jax.Array, own: jax.Array, responsibilities: jax.Array) -> jax.Array:
   """Returns ``own``; its cotangent c goes to ``own`` and ``responsibilities * c`` to

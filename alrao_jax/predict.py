@@ -17,7 +17,12 @@ from alrao_jax.head import (
   mixture_log_probs,
   per_example_prior,
 )
-from alrao_jax.loss import Likelihood, categorical_log_likelihood, gaussian_log_likelihood
+from alrao_jax.loss import (
+  Likelihood,
+  bernoulli_log_likelihood,
+  categorical_log_likelihood,
+  gaussian_log_likelihood,
+)
 from alrao_jax.steps import model_args
 
 
@@ -52,6 +57,12 @@ def mixture_mean(
     >>> alrao_jax.mixture_mean(means, jnp.array([0.999, 0.001])).tolist()
     [[0.5], [0.20000000298023224]]
   """
+  if likelihood is categorical_log_likelihood or likelihood is bernoulli_log_likelihood:
+    raise ValueError(
+      "mixture_mean averages regression means; the copies' outputs here are logits, whose "
+      "average is no prediction: use alrao_jax.predict(..., likelihood=...) (probabilities: "
+      "the mixture of softmaxes, or of sigmoids), or alrao_jax.mixture_probabilities."
+    )
   likelihood = likelihood or gaussian_log_likelihood()
   values, finite, log_prior = per_example_prior(outputs, posterior)  # finite: (N, *batch)
   safe = jnp.where(finite[..., None], values, 0.0)
@@ -63,6 +74,33 @@ def mixture_mean(
   logw = jnp.where(predicts, log_prior, -jnp.inf)  # an example no copy predicts: NaN below
   weights = jnp.exp(logw - jax.nn.logsumexp(logw, axis=0))
   return jnp.sum(weights[..., None] * safe, axis=0).astype(values.dtype)
+
+
+def mixture_probabilities(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
+  """The mixture's probabilities of independent Bernoulli outputs: ``sum_j a_j sigmoid(l_j)``.
+
+  What a head trained with :func:`alrao_jax.bernoulli_log_likelihood` predicts: each output's
+  probability of being 1 (a pixel, a label of a multi-label task). A copy whose logits for an
+  example are not all finite is left out of that example (the weights renormalised over the
+  others); an example that no copy predicts gets NaN.
+
+  Args:
+    outputs: copy logits ``(N, *batch, D)`` or :class:`CopyOutputs`.
+    posterior: averaging weights ``(N,)`` or the averaging state.
+
+  Returns:
+    Shape ``(*batch, D)``, in ``[0, 1]``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> logits = jnp.array([[[0.0]], [[jnp.inf]]])  # copy 1 diverged: left out
+    >>> alrao_jax.mixture_probabilities(logits, jnp.array([0.5, 0.5])).tolist()
+    [[0.5]]
+  """
+  values, _, log_prior = per_example_prior(outputs, posterior)
+  weights = jnp.exp(log_prior - jax.nn.logsumexp(log_prior, axis=0))  # NaN: no copy predicts
+  safe = jnp.where(jnp.isfinite(log_prior)[..., None], values, 0.0)
+  return jnp.sum(weights[..., None] * jax.nn.sigmoid(safe), axis=0).astype(values.dtype)
 
 
 def _outputs(model: Any, state: Any, inputs: Any, model_kwargs: dict) -> tuple:
@@ -89,7 +127,9 @@ def predict(
 
   With :func:`alrao_jax.categorical_log_likelihood`, class probabilities: the mixture's
   ``sum_j a_j softmax(logits_j)`` over the copies with finite logits (weights from the
-  log posterior, so none underflows), or the best copy's softmax. With any other
+  log posterior, so none underflows), or the best copy's softmax. With
+  :func:`alrao_jax.bernoulli_log_likelihood`, each output's probability of 1:
+  :func:`mixture_probabilities`, or the best copy's sigmoid. With any other
   likelihood (regression), means: :func:`mixture_mean` (copies that have blown up are left
   out) or the best copy's means, which is what the authors' code predicts.
 
@@ -107,7 +147,8 @@ def predict(
     **model_kwargs: keyword arguments of the model call, e.g. ``train=False``.
 
   Returns:
-    ``(*batch, K)`` class probabilities or ``(*batch, D)`` regression means.
+    ``(*batch, K)`` class probabilities, ``(*batch, D)`` Bernoulli probabilities or
+    ``(*batch, D)`` regression means.
 
   Example:
     >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
@@ -123,6 +164,10 @@ def predict(
     if best:
       return jax.nn.softmax(best_copy(outputs, averaging_state))
     return jnp.exp(mixture_log_probs(outputs, averaging_state))
+  if likelihood is bernoulli_log_likelihood:
+    if best:
+      return jax.nn.sigmoid(best_copy(outputs, averaging_state))
+    return mixture_probabilities(outputs, averaging_state)
   if best:
     return best_copy(outputs, averaging_state)
   return mixture_mean(outputs, averaging_state, likelihood=likelihood)

@@ -1,0 +1,104 @@
+"""Outputs that are not classes: the Bernoulli likelihood (logits), its predictions, and the
+prediction helpers refusing a likelihood they cannot serve."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import alrao_jax
+
+COPIES, BATCH, DIM, OUT = 3, 6, 5, 4
+
+
+def _copies():
+  keys = jax.random.split(jax.random.key(0), 4)
+  z = jax.random.normal(keys[0], (BATCH, DIM))
+  kernel = jax.random.normal(keys[1], (COPIES, DIM, OUT))
+  bias = jax.random.normal(keys[2], (COPIES, OUT))
+  targets = jax.random.bernoulli(keys[3], 0.4, (BATCH, OUT)).astype(jnp.float32)
+  return z, kernel, bias, targets
+
+
+def _logits(z, kernel, bias):
+  return jnp.einsum("bd,ndk->nbk", z, kernel) + bias[:, None]
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_bernoulli_log_likelihood_is_optax_sigmoid_cross_entropy(soft):
+  z, kernel, bias, targets = _copies()
+  if soft:
+    targets = jnp.clip(targets * 0.8 + 0.1, 0.0, 1.0)  # probabilities as targets
+  logits = _logits(z, kernel, bias)
+  found = alrao_jax.bernoulli_log_likelihood(logits, targets)
+  oracle = -optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(targets, logits.shape))
+  np.testing.assert_allclose(found, oracle.sum(-1), rtol=1e-5)
+  with pytest.raises(ValueError, match="targets"):
+    alrao_jax.bernoulli_log_likelihood(logits, targets[:, 0])  # no output axis
+
+
+def test_alrao_loss_trains_each_bernoulli_copy_on_its_own_cross_entropy():
+  z, kernel, bias, targets = _copies()
+  posterior = jnp.array([0.2, 0.3, 0.5])
+
+  def loss(kernel, bias):
+    outputs = alrao_jax.copy_outputs(z, kernel, bias)
+    return alrao_jax.alrao_loss(
+      outputs, targets, posterior, likelihood=alrao_jax.bernoulli_log_likelihood
+    )
+
+  (_, aux), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(kernel, bias)
+
+  def per_copy(kernel, bias):
+    logits = _logits(z, kernel, bias)
+    ce = optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(targets, logits.shape))
+    return ce.sum(-1).mean(-1)  # (N,)
+
+  np.testing.assert_allclose(aux.copy_nll, per_copy(kernel, bias), rtol=1e-5)
+  want = jax.grad(lambda k, b: per_copy(k, b).sum(), argnums=(0, 1))(kernel, bias)
+  np.testing.assert_allclose(grads[0], want[0], atol=1e-5)
+  np.testing.assert_allclose(grads[1], want[1], atol=1e-5)
+
+
+class _MultiLabel(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return alrao_jax.AlraoHead(OUT, num_copies=COPIES)(nn.relu(nn.Dense(16)(x)))
+
+
+def test_a_multilabel_head_fits_and_predicts_probabilities():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(400, DIM)).astype(np.float32)
+  y = (x[:, :OUT] > 0).astype(np.float32)  # each output: the sign of one input
+  splits = alrao_jax.split_arrays(x, y, valid=50, test=50)
+  tx = alrao_jax.alrao_sgd(1e-3, 10.0, key=jax.random.key(1))
+  likelihood = alrao_jax.bernoulli_log_likelihood
+  result = alrao_jax.fit(
+    _MultiLabel(), tx, splits, epochs=6, batch_size=25, likelihood=likelihood
+  )
+  assert result.test["loss"] < 0.5 * OUT * np.log(2.0)  # well below a coin per output
+  assert "accuracy" not in result.test  # no classes: no accuracy
+  state = result.state
+  probs = alrao_jax.predict(_MultiLabel(), state, splits.test.inputs, likelihood=likelihood)
+  logits = _MultiLabel().apply({"params": state.params}, splits.test.inputs).own
+  weights = alrao_jax.switch_posterior(state.averaging_state)
+  np.testing.assert_allclose(
+    probs, jnp.einsum("n,nbk->bk", weights, jax.nn.sigmoid(logits)), rtol=1e-5
+  )
+  assert float(jnp.mean((probs > 0.5) == (splits.test.targets > 0.5))) > 0.9
+  best = alrao_jax.predict(
+    _MultiLabel(), state, splits.test.inputs, likelihood=likelihood, best=True
+  )
+  np.testing.assert_allclose(best, jax.nn.sigmoid(logits[int(jnp.argmax(weights))]), rtol=1e-5)
+
+
+def test_mixture_mean_refuses_logits_and_names_the_helper():
+  logits = jnp.zeros((COPIES, BATCH, OUT))
+  for likelihood in (alrao_jax.categorical_log_likelihood, alrao_jax.bernoulli_log_likelihood):
+    with pytest.raises(ValueError, match=r"alrao_jax\.predict"):
+      alrao_jax.mixture_mean(logits, jnp.full(COPIES, 1 / COPIES), likelihood=likelihood)
+  diverged = logits.at[0].set(jnp.nan)
+  probs = alrao_jax.mixture_probabilities(diverged, jnp.array([0.8, 0.1, 0.1]))
+  np.testing.assert_allclose(probs, 0.5)  # the diverged copy left out, the others renormalised
