@@ -16,6 +16,7 @@ from alrao_jax.head import (
   copy_outputs,
   mixture_log_probs,
 )
+from alrao_jax.health import check_copies
 from alrao_jax.layer_schedule import (
   LayerDepths,
   ScaleByLayerScheduleState,
@@ -102,6 +103,7 @@ __all__ = [
   "bernoulli_log_likelihood",
   "best_copy",
   "categorical_log_likelihood",
+  "check_copies",
   "copy_outputs",
   "copy_rates",
   "create_train_state",

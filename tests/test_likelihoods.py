@@ -102,3 +102,18 @@ def test_mixture_mean_refuses_logits_and_names_the_helper():
   diverged = logits.at[0].set(jnp.nan)
   probs = alrao_jax.mixture_probabilities(diverged, jnp.array([0.8, 0.1, 0.1]))
   np.testing.assert_allclose(probs, 0.5)  # the diverged copy left out, the others renormalised
+
+
+def test_check_copies_names_diverged_copies_and_raises_when_all_have():
+  assert alrao_jax.check_copies({"copy_nll": np.array([0.7, 0.5, 1.2])}) == []
+  with pytest.warns(RuntimeWarning, match=r"copies 2 \(lr 10\) of 3 diverged"):
+    found = alrao_jax.check_copies({"copy_nll": np.array([0.7, 0.5, np.inf])}, rates=[0.1, 1, 10])
+  assert found == [2]
+  # a body that overflows: every copy NaN in the user's own step, which the check stops
+  z, kernel, bias, targets = _copies()
+  outputs = alrao_jax.copy_outputs(z.at[0, 0].set(jnp.nan), kernel, bias)
+  _, aux = alrao_jax.alrao_loss(
+    outputs, targets, jnp.full(COPIES, 1 / COPIES), likelihood=alrao_jax.bernoulli_log_likelihood
+  )
+  with pytest.raises(FloatingPointError, match=r"every copy's loss is not finite.*lr_max"):
+    alrao_jax.check_copies(aux)

@@ -154,6 +154,8 @@ def test_word_level_ptb_streams_and_vocabulary():
 @pytest.mark.parametrize("name", ["fashion-mlp", "fashion-cnn", "ptb-word"])
 def test_each_task_trains_an_epoch_at_its_smoke_size(name):
   task = load_task(name, quick=True)
+  if task.carry:  # two windows of the streams: a 10,000-word head's epoch is the test's cost
+    task = task.shrink(2 * task.batch_size)
   result = alrao_jax.fit(
     task.build(2),
     alrao_jax.alrao_sgd(task.lr_min, task.lr_max, key=jax.random.key(0)),
