@@ -86,15 +86,51 @@ def _check_categorical(logits: Any, labels: jax.Array) -> None:
   _check_batch(logits, labels, event_axes=0, what="labels")
 
 
-def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
+LEARNED = "learned"
+MIN_SIGMA = 1e-3  # a learned sigma's floor: softplus(raw) + MIN_SIGMA
+
+
+def _learned_sigma_log_likelihood(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+  """``log N(y; mu, diag(sigma^2))`` with ``[mu, raw]`` on the last axis and
+  ``sigma = softplus(raw) + MIN_SIGMA`` (no ``exp`` to overflow)."""
+  dim = outputs.shape[-1] // 2
+  if outputs.shape[-1] % 2 or (*outputs.shape[1:-1], dim) != np.shape(targets):
+    raise ValueError(
+      f"with a learned sigma the head outputs [means, scales] (2 D values), but its outputs "
+      f"{outputs.shape[1:]} do not pair with targets of shape {np.shape(targets)}; give the "
+      "head twice the targets' last axis, e.g. AlraoHead(2 * D)."
+    )
+  means, raw = outputs[..., :dim], outputs[..., dim:]
+  sigma = jax.nn.softplus(raw) + MIN_SIGMA
+  z = (targets - means) / sigma
+  return jnp.sum(-0.5 * z**2 - jnp.log(sigma) - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+def means_of(outputs: jax.Array, likelihood: Likelihood | None) -> jax.Array:
+  """The means a Gaussian head predicts: the first half of the last axis with a learned
+  sigma (:func:`gaussian_log_likelihood` ``(sigma="learned")``), else the outputs."""
+  if getattr(likelihood, "learned_sigma", False):
+    return outputs[..., : outputs.shape[-1] // 2]
+  return outputs
+
+
+def gaussian_log_likelihood(*, sigma: float | str = 1.0) -> Likelihood:
   """Per-copy, per-example ``log N(y; mu_j, sigma^2 I)``, with the full D-dim constant.
 
+  With ``sigma="learned"`` the head predicts its own noise: it outputs ``2 D`` values per
+  example, ``[mu, raw]``, and ``sigma = softplus(raw) + 1e-3`` per output (heteroscedastic
+  regression, a VAE's Gaussian decoder); the floor and the softplus keep a fast unit from
+  overflowing where ``exp(log_sigma)`` would. :func:`alrao_jax.mixture_mean`,
+  :func:`alrao_jax.predict` and :func:`alrao_jax.evaluation_metrics` given this likelihood
+  read the means from the first half.
+
   Args:
-    sigma: the fixed standard deviation, > 0.
+    sigma: the fixed standard deviation, > 0, or ``"learned"``.
 
   Returns:
-    A function ``(means (N, *batch, D), targets (*batch, D)) -> (N, *batch)``; it raises a
-    `ValueError` when traced with targets of another shape (e.g. ``(B,)`` for ``D = 1``).
+    A function ``(means (N, *batch, D), targets (*batch, D)) -> (N, *batch)`` (outputs
+    ``(N, *batch, 2 D)`` for a learned sigma); it raises a `ValueError` when traced with
+    targets of another shape (e.g. ``(B,)`` for ``D = 1``).
 
   Example:
     >>> import jax.numpy as jnp, alrao_jax
@@ -102,6 +138,15 @@ def gaussian_log_likelihood(*, sigma: float = 1.0) -> Likelihood:
     >>> round(float(ll[0, 0]), 4)  # -log(2 pi)
     -1.8379
   """
+  if isinstance(sigma, str):
+    if sigma != LEARNED:
+      raise ValueError(f"sigma must be a float > 0 or {LEARNED!r}, got {sigma!r}.")
+
+    def learned(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+      return _learned_sigma_log_likelihood(outputs, targets)
+
+    learned.learned_sigma = True
+    return learned
   if isinstance(sigma, jax.Array | np.ndarray) and np.ndim(sigma) == 0:
     sigma = float(sigma)  # a NumPy or JAX scalar, e.g. jnp.float32(0.5)
   if (

@@ -22,6 +22,7 @@ from alrao_jax.loss import (
   bernoulli_log_likelihood,
   categorical_log_likelihood,
   gaussian_log_likelihood,
+  means_of,
 )
 from alrao_jax.steps import model_args
 
@@ -46,7 +47,8 @@ def mixture_mean(
     outputs: copy means ``(N, *batch, D)`` or :class:`CopyOutputs`.
     posterior: averaging weights ``(N,)`` or the averaging state.
     likelihood: the per-copy log-likelihood used in training (default
-      ``gaussian_log_likelihood(sigma=1.0)``).
+      ``gaussian_log_likelihood(sigma=1.0)``); with ``sigma="learned"`` the means are the
+      first half of the outputs' last axis.
 
   Returns:
     Shape ``(*batch, D)``.
@@ -67,13 +69,15 @@ def mixture_mean(
   values, finite, log_prior = per_example_prior(outputs, posterior)  # finite: (N, *batch)
   safe = jnp.where(finite[..., None], values, 0.0)
   best = jnp.argmax(log_prior, axis=0)[None]  # per example, among the finite copies
-  ll = likelihood(safe, jnp.take_along_axis(safe, best[..., None], axis=0)[0])  # (N, *batch)
+  best_means = means_of(jnp.take_along_axis(safe, best[..., None], axis=0)[0], likelihood)
+  ll = likelihood(safe, best_means)  # (N, *batch)
   joint = jnp.where(finite, log_prior + ll, -jnp.inf)
   floor = jnp.log(jnp.finfo(values.dtype).tiny)
   predicts = joint - jnp.take_along_axis(joint, best, axis=0) > floor
   logw = jnp.where(predicts, log_prior, -jnp.inf)  # an example no copy predicts: NaN below
   weights = jnp.exp(logw - jax.nn.logsumexp(logw, axis=0))
-  return jnp.sum(weights[..., None] * safe, axis=0).astype(values.dtype)
+  mixed = jnp.sum(weights[..., None] * means_of(safe, likelihood), axis=0)
+  return mixed.astype(values.dtype)
 
 
 def mixture_probabilities(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
@@ -169,5 +173,5 @@ def predict(
       return jax.nn.sigmoid(best_copy(outputs, averaging_state))
     return mixture_probabilities(outputs, averaging_state)
   if best:
-    return best_copy(outputs, averaging_state)
+    return means_of(best_copy(outputs, averaging_state), likelihood)
   return mixture_mean(outputs, averaging_state, likelihood=likelihood)

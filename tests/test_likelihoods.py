@@ -117,3 +117,47 @@ def test_check_copies_names_diverged_copies_and_raises_when_all_have():
   )
   with pytest.raises(FloatingPointError, match=r"every copy's loss is not finite.*lr_max"):
     alrao_jax.check_copies(aux)
+
+
+def test_a_learned_sigma_is_a_gaussian_of_softplus_scale_and_its_head_predicts_means():
+  learned = alrao_jax.gaussian_log_likelihood(sigma="learned")
+  outputs = jax.random.normal(jax.random.key(4), (COPIES, BATCH, 2 * OUT)) * 3.0
+  targets = jax.random.normal(jax.random.key(5), (BATCH, OUT))
+  means, raw = outputs[..., :OUT], outputs[..., OUT:]
+  sigma = np.log1p(np.exp(np.asarray(raw, np.float64))) + 1e-3
+  z = (np.asarray(targets, np.float64) - np.asarray(means, np.float64)) / sigma
+  oracle = (-0.5 * z**2 - np.log(sigma) - 0.5 * np.log(2 * np.pi)).sum(-1)
+  np.testing.assert_allclose(learned(outputs, targets), oracle, rtol=1e-5)
+  with pytest.raises(ValueError, match=r"AlraoHead\(2 \* D\)"):
+    learned(outputs[..., :OUT], targets)  # a head of D outputs: no scales
+  with pytest.raises(ValueError, match="learned"):
+    alrao_jax.gaussian_log_likelihood(sigma="fitted")
+
+  # noise that grows with |x|: the head learns it, and predicts the means alone
+  class Regressor(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return alrao_jax.AlraoHead(2, num_copies=COPIES)(nn.tanh(nn.Dense(32)(x)))
+
+  rng = np.random.default_rng(0)
+  x = rng.uniform(-1, 1, (600, 1)).astype(np.float32)
+  y = (x + rng.normal(size=x.shape) * (0.05 + 0.3 * np.abs(x))).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, y, valid=100, test=100)
+  tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(2))
+  result = alrao_jax.fit(Regressor(), tx, splits, epochs=15, batch_size=20, likelihood=learned)
+  fixed = alrao_jax.fit(
+    Regressor(), tx, splits, epochs=15, batch_size=20,
+    likelihood=_first_output(alrao_jax.gaussian_log_likelihood(sigma=0.3)),
+  )
+  assert result.test["loss"] < fixed.test["loss"] - 0.05  # a learned sigma fits the noise better
+  means = alrao_jax.predict(Regressor(), result.state, splits.test.inputs, likelihood=learned)
+  best = alrao_jax.predict(
+    Regressor(), result.state, splits.test.inputs, likelihood=learned, best=True
+  )
+  assert means.shape == best.shape == splits.test.targets.shape
+  assert float(jnp.mean(jnp.abs(means - splits.test.inputs))) < 0.15
+
+
+def _first_output(likelihood):
+  """A fixed-sigma Gaussian on the first of two outputs (the same head, the scale unused)."""
+  return lambda outputs, targets: likelihood(outputs[..., :1], targets)
