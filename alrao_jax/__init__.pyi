@@ -32,6 +32,7 @@ from alrao_jax.loss import (
   bernoulli_log_likelihood,
   categorical_log_likelihood,
   gaussian_log_likelihood,
+  smoothed_categorical_log_likelihood,
 )
 from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.predict import mixture_mean, mixture_probabilities, predict
@@ -135,6 +136,7 @@ __all__ = [
   "screen",
   "sharding",
   "smith_schedule",
+  "smoothed_categorical_log_likelihood",
   "split_arrays",
   "suggest_lr",
   "sweep",

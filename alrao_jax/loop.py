@@ -23,7 +23,7 @@ from alrao_jax.checkpoint import restore_checkpoint, restore_items, save_checkpo
 from alrao_jax.checks import check_int
 from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
-from alrao_jax.loss import Likelihood, categorical_log_likelihood
+from alrao_jax.loss import Likelihood, categorical_log_likelihood, is_categorical
 from alrao_jax.run_checks import (
   check_linen_only,
   check_linen_state,
@@ -373,7 +373,7 @@ def _linen_run(
     model=model,
     eval_model=eval_model,
     carry=carry,
-    categorical=likelihood is categorical_log_likelihood,
+    categorical=is_categorical(likelihood),
     eval_kwargs=eval_kwargs,
   )
   step = make_train_step(
@@ -533,7 +533,7 @@ def _nnx_run(
   call_nodes = [v for v in dict(train_kwargs or {}).values() if isinstance(v, nnx.Pytree)]
   nodes = (model, optimizer, *call_nodes)
   averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
-  if likelihood is categorical_log_likelihood:
+  if is_categorical(likelihood):
     check_nnx_labels(splits, model, eval_kwargs)
   step = make_train_step(
     model, optimizer, averaging=averaging, likelihood=likelihood, train_kwargs=train_kwargs

@@ -71,6 +71,51 @@ def categorical_log_likelihood(logits: jax.Array, labels: jax.Array) -> jax.Arra
   return jnp.where(in_range, ll, jnp.nan)
 
 
+def smoothed_categorical_log_likelihood(*, label_smoothing: float) -> Likelihood:
+  """The categorical likelihood with label smoothing, as a score to train on.
+
+  ``(1 - a) log p(label) + a mean_k log p(k)``: minus optax's
+  ``softmax_cross_entropy(logits, optax.smooth_labels(one_hot, a))``. Each copy trains on
+  it and the switch weighs the copies by it; the reported losses
+  (:func:`alrao_jax.evaluation_metrics`, ``fit``'s validation and test) and the predictions
+  stay those of the plain categorical likelihood, so that runs with and without smoothing
+  compare.
+
+  Args:
+    label_smoothing: ``a`` in ``[0, 1)``; 0 is :func:`categorical_log_likelihood` itself.
+
+  Returns:
+    A likelihood ``(logits (N, *batch, K), labels (*batch,)) -> (N, *batch)``.
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> smoothed = alrao_jax.smoothed_categorical_log_likelihood(label_smoothing=0.1)
+    >>> round(float(smoothed(jnp.array([[[2.0, 0.0]]]), jnp.array([0]))[0, 0]), 4)
+    -0.2269
+  """
+  if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+    raise TypeError(f"label_smoothing must be a float in [0, 1), got {label_smoothing!r}.")
+  if not 0.0 <= label_smoothing < 1.0:
+    raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}; e.g. 0.1.")
+  if label_smoothing == 0:
+    return categorical_log_likelihood
+  smoothing = float(label_smoothing)
+
+  def smoothed(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    plain = categorical_log_likelihood(logits, labels)
+    uniform = jnp.mean(jax.nn.log_softmax(logits), axis=-1)
+    return (1.0 - smoothing) * plain + smoothing * uniform
+
+  smoothed.categorical = True
+  return smoothed
+
+
+def is_categorical(likelihood: Likelihood) -> bool:
+  """Whether ``likelihood`` scores class labels (plain or smoothed): its predictions are
+  class probabilities, its metrics include accuracy, and its reported loss is the plain NLL."""
+  return likelihood is categorical_log_likelihood or getattr(likelihood, "categorical", False)
+
+
 def _check_categorical(logits: Any, labels: jax.Array) -> None:
   num_classes = logits.shape[-1]
   if num_classes < 2:

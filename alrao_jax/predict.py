@@ -22,6 +22,7 @@ from alrao_jax.loss import (
   bernoulli_log_likelihood,
   categorical_log_likelihood,
   gaussian_log_likelihood,
+  is_categorical,
   means_of,
 )
 from alrao_jax.steps import model_args
@@ -59,7 +60,7 @@ def mixture_mean(
     >>> alrao_jax.mixture_mean(means, jnp.array([0.999, 0.001])).tolist()
     [[0.5], [0.20000000298023224]]
   """
-  if likelihood is categorical_log_likelihood or likelihood is bernoulli_log_likelihood:
+  if is_categorical(likelihood) or likelihood is bernoulli_log_likelihood:
     raise ValueError(
       "mixture_mean averages regression means; the copies' outputs here are logits, whose "
       "average is no prediction: use alrao_jax.predict(..., likelihood=...) (probabilities: "
@@ -164,7 +165,7 @@ def predict(
     ((2, 3), True)
   """
   outputs, averaging_state = _outputs(model, state, inputs, model_kwargs)
-  if likelihood is categorical_log_likelihood:
+  if is_categorical(likelihood):
     if best:
       return jax.nn.softmax(best_copy(outputs, averaging_state))
     return jnp.exp(mixture_log_probs(outputs, averaging_state))

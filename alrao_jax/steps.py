@@ -31,6 +31,7 @@ from alrao_jax.loss import (
   alrao_loss,
   categorical_log_likelihood,
   has_usable_copy,
+  is_categorical,
   masked_log_likelihoods,
   mixture_log_likelihood,
 )
@@ -472,6 +473,8 @@ def evaluation_metrics(
     head's deferred outputs (``AlraoHead(copies_at_once=c)``) are evaluated ``c`` copies at
     a time (:func:`alrao_jax.large_head.fused_evaluation_metrics`).
   """
+  if is_categorical(likelihood):
+    likelihood = categorical_log_likelihood  # a smoothed score trains; the NLL is reported
   if isinstance(outputs, DeferredCopyOutputs) and likelihood is categorical_log_likelihood:
     return fused_evaluation_metrics(outputs, targets, posterior, weights=weights)
   values = copy_values(outputs)

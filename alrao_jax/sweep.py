@@ -27,7 +27,7 @@ from alrao_jax.checks import check_int
 from alrao_jax.epochs import Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.head import as_copy_outputs
-from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood, is_categorical
 from alrao_jax.lr_find import takes_learning_rate
 from alrao_jax.run_checks import (
   check_linen_only,
@@ -207,7 +207,7 @@ def _linen_members(
     model=model,
     eval_model=eval_model,
     carry=carry,
-    categorical=likelihood is categorical_log_likelihood,
+    categorical=is_categorical(likelihood),
     eval_kwargs=eval_kwargs,
   )
   return state, step, evaluate
@@ -239,7 +239,7 @@ def _nnx_members(
   ``eval_model``, ``rng_streams`` and ``carry`` are linen's and must keep their defaults."""
   del seed, batch_size  # a linen state's: the NNX model holds its variables already
   check_linen_only(eval_model=eval_model, rng_streams=rng_streams, carry=carry)
-  if likelihood is categorical_log_likelihood:
+  if is_categorical(likelihood):
     check_nnx_labels(splits, model, eval_kwargs)
   nodes, call_kwargs = node_kwargs(train_kwargs)
   if any(isinstance(v, nnx.Pytree) for v in eval_kwargs.values()):

@@ -161,3 +161,37 @@ def test_a_learned_sigma_is_a_gaussian_of_softplus_scale_and_its_head_predicts_m
 def _first_output(likelihood):
   """A fixed-sigma Gaussian on the first of two outputs (the same head, the scale unused)."""
   return lambda outputs, targets: likelihood(outputs[..., :1], targets)
+
+
+def test_label_smoothing_trains_on_optax_smoothed_cross_entropy_and_reports_the_nll():
+  smoothed = alrao_jax.smoothed_categorical_log_likelihood(label_smoothing=0.2)
+  assert alrao_jax.smoothed_categorical_log_likelihood(label_smoothing=0.0) is (
+    alrao_jax.categorical_log_likelihood
+  )
+  with pytest.raises(ValueError, match="label_smoothing"):
+    alrao_jax.smoothed_categorical_log_likelihood(label_smoothing=1.0)
+  z, kernel, bias, _ = _copies()
+  labels = jnp.arange(BATCH) % OUT
+  logits = _logits(z, kernel, bias)
+  oracle = optax.softmax_cross_entropy(
+    logits, optax.smooth_labels(jax.nn.one_hot(labels, OUT), 0.2)[None]
+  )
+  np.testing.assert_allclose(smoothed(logits, labels), -oracle, rtol=1e-5)
+  posterior = jnp.full(COPIES, 1 / COPIES)
+  aux = alrao_jax.alrao_loss(
+    alrao_jax.copy_outputs(z, kernel, bias), labels, posterior, likelihood=smoothed
+  )[1]
+  np.testing.assert_allclose(aux.copy_nll, oracle.mean(-1), rtol=1e-5)  # trains on the score
+  found = alrao_jax.evaluation_metrics(logits, labels, posterior, likelihood=smoothed)
+  plain = alrao_jax.evaluation_metrics(logits, labels, posterior)
+  assert found.keys() == plain.keys() and "accuracy" in found  # reports the plain NLL
+  for name in plain:
+    np.testing.assert_allclose(found[name], plain[name], rtol=1e-6)
+  x = np.random.default_rng(1).normal(size=(200, DIM)).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, x[:, :OUT].argmax(-1), valid=40, test=40)
+  tx = alrao_jax.alrao_sgd(1e-3, 10.0, key=jax.random.key(1))
+  result = alrao_jax.fit(_MultiLabel(), tx, splits, epochs=4, batch_size=20, likelihood=smoothed)
+  assert result.test["accuracy"] > 0.6  # chance: 1/4; labels checked, accuracy reported
+  bad = alrao_jax.split_arrays(x, x[:, :OUT].argmax(-1) + OUT, valid=40, test=40)
+  with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
+    alrao_jax.fit(_MultiLabel(), tx, bad, epochs=1, batch_size=20, likelihood=smoothed)
