@@ -1,6 +1,7 @@
 """Per-example and per-token weights (padding masks): the loss, the averaging, evaluation,
 and fit / sweep on a padded sequence task, against optax's masked cross-entropy."""
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -208,3 +209,19 @@ def test_split_weights_are_checked():
     alrao_jax.fit(_Tagger(), optax.sgd(0.1), ((x, y, -np.ones(10)), good, good), epochs=1)
   with pytest.raises(ValueError, match="follow the targets' shape"):
     alrao_jax.fit(_Tagger(), optax.sgd(0.1), ((x, y, np.ones(9)), good, good), epochs=1)
+
+
+def test_a_weighted_run_resumed_from_its_checkpoint_equals_the_whole_run(tmp_path):
+  splits, _ = _padded_task(lambda rng, shape: np.full(shape, -1))
+  tx = alrao_jax.alrao_sgd(1e-2, 1.0, key=jax.random.key(1))
+  kwargs = {"batch_size": 8}
+  whole = alrao_jax.fit(_Tagger(), tx, splits, epochs=2, **kwargs)
+  alrao_jax.fit(_Tagger(), tx, splits, epochs=1, checkpoint_dir=tmp_path / "run", **kwargs)
+  resumed = alrao_jax.fit(
+    _Tagger(), tx, splits, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **kwargs
+  )
+  assert resumed.history == whole.history
+  chex.assert_trees_all_equal(resumed.state.params, whole.state.params)
+  chex.assert_trees_all_equal(
+    resumed.state.averaging_state, whole.state.averaging_state
+  )
