@@ -53,6 +53,13 @@ def test_the_masks_guide_agrees_with_optax_and_learns(capsys):
   assert re.search(r"one step: mixture loss per real token [0-9.]+", out), out
 
 
+def test_the_sequences_guide_puts_the_copy_axis_first_and_continues_the_count(capsys):
+  out = _run("guides/sequences.md", capsys)
+  assert "copy outputs: (5, 4, 12, 10) (copies, batch, time, vocabulary)" in out, out
+  assert float(re.search(r"test accuracy per token: ([0-9.]+)", out).group(1)) > 0.9, out
+  assert "continued: [[6, 7, 8, 9, 0, 1], [0, 1, 2, 3, 4, 5]]" in out, out
+
+
 def test_your_own_step_guide_runs_in_linen_and_nnx(capsys):
   out = _run("guides/own_step.md", capsys)
   assert float(re.search(r"linen own step: loss [0-9.]+, accuracy ([0-9.]+)", out).group(1)) > 0.8
