@@ -104,13 +104,20 @@ def epoch_batches(
 def _train_epoch(
   trainer: Trainer, train: Split, batches: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-  """Trains every run over one epoch's batches: each run's mean loss and posterior."""
+  """Trains every run over one epoch's batches: each run's mean loss (the batches weighed by
+  their total weights, when the split has weights) and posterior."""
   trainer.begin_epoch()
   losses = [
     trainer.step(take(train.inputs, idx), train.targets[idx], take(train.weights, idx))
     for idx in batches
   ]
-  mean = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64).reshape(trainer.runs)
+  if train.weights is None:
+    mean = np.asarray(jnp.mean(jnp.stack(losses), axis=0), np.float64).reshape(trainer.runs)
+  else:
+    stacked = np.asarray(jnp.stack(losses), np.float64).reshape(len(batches), trainer.runs)
+    totals = np.array([np.sum(train.weights[idx]) for idx in batches], np.float64)
+    shares = totals / totals.sum() if totals.sum() > 0 else np.full(len(batches), 1 / len(batches))
+    mean = np.where(shares[:, None] > 0, stacked, 0.0).T @ shares
   return mean, np.asarray(trainer.posteriors(), np.float64)
 
 

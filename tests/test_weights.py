@@ -11,6 +11,7 @@ import pytest
 from flax import nnx
 
 import alrao_jax
+from alrao_jax.epochs import epoch_batches
 from alrao_jax.head import DeferredCopyOutputs
 
 COPIES, BATCH, TIME, DIM, VOCAB = 4, 3, 5, 6, 7
@@ -221,6 +222,16 @@ def test_a_weighted_run_resumed_from_its_checkpoint_equals_the_whole_run(tmp_pat
     _Tagger(), tx, splits, epochs=2, checkpoint_dir=tmp_path / "run", resume=True, **kwargs
   )
   assert resumed.history == whole.history
+  # the epoch's training loss weighs each batch by its real tokens, as one masked mean would
+  step = alrao_jax.make_train_step(_Tagger(), tx, donate=False)
+  state = alrao_jax.create_train_state(_Tagger(), tx, jax.random.key(0), splits.train.inputs[:8])
+  losses, totals = [], []
+  for idx in epoch_batches(len(splits.train.targets), 8, seed=0, epoch=1):
+    state, metrics = step(state, *(a[idx] for a in splits.train))
+    losses.append(float(metrics["loss"]))
+    totals.append(float(splits.train.weights[idx].sum()))
+  want = np.dot(losses, totals) / np.sum(totals)
+  assert whole.history[0]["train_loss"] == pytest.approx(want, rel=1e-6)
   chex.assert_trees_all_equal(resumed.state.params, whole.state.params)
   chex.assert_trees_all_equal(
     resumed.state.averaging_state, whole.state.averaging_state
