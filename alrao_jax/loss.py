@@ -357,7 +357,6 @@ def _deferred_loss(
   _check_posterior(posterior, outputs.shape[0])
   _check_categorical(jax.ShapeDtypeStruct(outputs.shape, outputs.dtype), targets)
   _check_nonempty(outputs.shape)
-  example_shares(weights, outputs.shape[1:-1])  # checked here, applied in the fused loss
   fused = fused_alrao_loss(outputs, targets, log_posterior_of(posterior), weights=weights)
   aux = AlraoLossAux(fused.mixture_nll, fused.copy_nll, fused.log_likelihoods)
   return fused.loss, aux

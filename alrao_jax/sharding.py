@@ -37,7 +37,7 @@ from flax.core import meta
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
-from alrao_jax.steps import TrainState, create_train_state
+from alrao_jax.steps import TrainState, create_train_state, with_optional_weights
 
 DATA_AXIS = "data"
 COPIES_AXIS = "copies"
@@ -435,20 +435,6 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.tree.map(lambda x: _put(x, replicated(mesh)), tree)
 
 
-def _with_optional_weights(jitted: Any) -> Callable:
-  """``jitted(state, inputs, targets, weights)`` callable (and lowerable, as a jitted function
-  is) without the weights: a jitted function's shardings name every positional argument."""
-
-  def call(state: Any, inputs: Any, targets: Any, weights: Any = None) -> Any:
-    return jitted(state, inputs, targets, weights)
-
-  def lower(state: Any, inputs: Any, targets: Any, weights: Any = None) -> Any:
-    return jitted.lower(state, inputs, targets, weights)
-
-  call.lower = lower
-  return call
-
-
 def shard_train_step(
   step: Callable, state: TrainState, mesh: Mesh, *, data_axis: str = DATA_AXIS
 ) -> Callable:
@@ -474,7 +460,7 @@ def shard_train_step(
     donate_argnums=(0,),
   )
 
-  return _with_optional_weights(jitted)
+  return with_optional_weights(jitted)
 
 
 def shard_eval_step(
@@ -511,7 +497,7 @@ def shard_eval_step(
     out_shardings=(_shardings_of(state), metrics) if windows else metrics,
   )
 
-  return _with_optional_weights(jitted)
+  return with_optional_weights(jitted)
 
 
 def shard_nnx(

@@ -215,6 +215,22 @@ def _loss_and_grads(
   return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
 
+def with_optional_weights(fn: Callable) -> Callable:
+  """``fn(state, inputs, targets, weights)`` callable as ``(state, inputs, targets,
+  weights=None)``: a jitted function with ``in_shardings``, or an NNX call that unpacks its
+  arguments by position, takes every argument positionally. A jitted ``fn``'s ``lower`` is
+  kept, with the same default."""
+
+  def call(state: Any, inputs: Any, targets: Any, weights: Any = None) -> Any:
+    return fn(state, inputs, targets, weights)
+
+  if hasattr(fn, "lower"):
+    call.lower = lambda state, inputs, targets, weights=None: fn.lower(
+      state, inputs, targets, weights
+    )
+  return call
+
+
 def update_averaging(
   averaging: ModelAveraging, state: Any, log_likelihoods: jax.Array, weights: jax.Array | None
 ) -> Any:
@@ -439,12 +455,7 @@ def _nnx_train_step(model, optimizer, averaging, likelihood, kwargs):
     return averaging_state, train_metrics(aux, averaging.posterior(averaging_state))
 
   model.train()  # the step keeps this mode, whatever the model is set to later
-  call = nnx_pure_call((model, optimizer, *nodes), train)
-
-  def step(averaging_state: Any, inputs: Any, targets: jax.Array, weights: Any = None):
-    return call(averaging_state, inputs, targets, weights)
-
-  return step
+  return with_optional_weights(nnx_pure_call((model, optimizer, *nodes), train))
 
 
 def evaluation_metrics(
@@ -562,12 +573,7 @@ def make_eval_step(
       )
 
     model.eval()  # the evaluation keeps eval mode; a train step keeps its train mode
-    call = nnx_pure_call((model, *nodes), evaluate_nnx, donate=False)
-
-    def evaluate_nnx_call(averaging_state: Any, inputs: Any, targets: Any, weights: Any = None):
-      return call(averaging_state, inputs, targets, weights)
-
-    return evaluate_nnx_call
+    return with_optional_weights(nnx_pure_call((model, *nodes), evaluate_nnx, donate=False))
 
   @jax.jit
   def evaluate(
@@ -600,13 +606,11 @@ def make_eval_step(
       return {**model_state, **carried}, metrics
 
     model_state, metrics = jax.lax.scan(window, state.model_state, (inputs, targets, weights))
-    if weights is None:
-      return state.replace(model_state=model_state), jax.tree.map(jnp.mean, metrics)
-    totals = jnp.sum(jnp.reshape(weights, (weights.shape[0], -1)), axis=1)
-    shares = totals / jnp.where(jnp.sum(totals) > 0, jnp.sum(totals), 1.0)
-    return state.replace(model_state=model_state), jax.tree.map(
-      lambda m: jnp.sum(jnp.where(shares > 0, m, 0.0) * shares), metrics
-    )
+    # each window's means count by its total weight (all alike without weights)
+    totals = None if weights is None else jnp.sum(jnp.reshape(weights, (len(weights), -1)), 1)
+    shares = example_shares(totals, () if totals is None else totals.shape)
+    mean = functools.partial(weighted_mean, shares=shares, axis=0)
+    return state.replace(model_state=model_state), jax.tree.map(mean, metrics)
 
   return evaluate_windows if carry else evaluate
 
