@@ -12,8 +12,10 @@ from alrao_jax.head import (
   AlraoHead,
   CopyOutputs,
   DeferredCopyOutputs,
+  StepCopyOutputs,
   best_copy,
   copy_outputs,
+  embedding_init,
   mixture_log_probs,
 )
 from alrao_jax.health import check_copies
@@ -89,6 +91,7 @@ __all__ = [
   "ScreenResult",
   "Split",
   "Splits",
+  "StepCopyOutputs",
   "SweepResult",
   "SwitchState",
   "TrainState",
@@ -109,6 +112,7 @@ __all__ = [
   "copy_rates",
   "create_train_state",
   "discriminative_schedule",
+  "embedding_init",
   "evaluation_metrics",
   "fit",
   "gaussian_log_likelihood",

@@ -111,6 +111,82 @@ class DeferredCopyOutputs:
     raise TypeError(_NOT_LOGITS)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class StepCopyOutputs:
+  """The copies' outputs with the copy axis next to the outputs: what
+  ``AlraoHead(per_step=True)`` returns, for a head applied step by step inside a scan.
+
+  Its arrays are laid out ``(*batch, N, K)``, so that ``nn.RNN``, ``nn.scan``,
+  ``jax.lax.scan`` or ``jax.vmap`` stack the steps where they stack any per-example output
+  (``nn.RNN``: ``(batch, time, N, K)``; a time-major scan: ``(time, batch, N, K)``), whatever
+  the batch and time sizes. ``own``, ``shared`` and :meth:`outputs` give them in the
+  ``(N, *batch, K)`` layout of :class:`CopyOutputs`, and every function that takes an Alrao
+  head's outputs (:func:`alrao_jax.alrao_loss`, :func:`alrao_jax.mixture_log_probs`, the
+  steps) takes these.
+
+  Attributes:
+    shared_by_example: the outputs routed to the pre-classifier, ``(*batch, N, K)``.
+    own_by_example: the outputs routed to each copy, ``(*batch, N, K)``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, alrao_jax
+    >>> head = alrao_jax.AlraoHead(num_outputs=5, num_copies=3, per_step=True)
+    >>> z = jnp.ones((7, 2, 8))  # (time, batch, features), the steps of a scan
+    >>> variables = head.init(jax.random.key(0), z[0])
+    >>> step = lambda carry, z_t: (carry, head.apply(variables, z_t))
+    >>> _, stacked = jax.lax.scan(step, None, z)
+    >>> stacked.own_by_example.shape, stacked.own.shape  # (time, batch, N, K), (N, time, batch, K)
+    ((7, 2, 3, 5), (3, 7, 2, 5))
+  """
+
+  shared_by_example: jax.Array
+  own_by_example: jax.Array
+
+  def outputs(self) -> CopyOutputs:
+    """The outputs as :class:`CopyOutputs`, ``(N, *batch, K)``."""
+    return CopyOutputs(
+      jnp.moveaxis(self.shared_by_example, -2, 0), jnp.moveaxis(self.own_by_example, -2, 0)
+    )
+
+  @property
+  def own(self) -> jax.Array:
+    """Each copy's outputs ``(N, *batch, K)``, gradients to the copy only."""
+    return self.outputs().own
+
+  @property
+  def shared(self) -> jax.Array:
+    """The copies' outputs ``(N, *batch, K)``, gradients to the pre-classifier only."""
+    return self.outputs().shared
+
+  @property
+  def shape(self) -> tuple[int, ...]:
+    """``(N, *batch, K)``: the copies' outputs."""
+    *batch, n, k = self.own_by_example.shape
+    return (n, *batch, k)
+
+  @property
+  def dtype(self) -> Any:
+    """The outputs' dtype."""
+    return self.own_by_example.dtype
+
+  def astype(self, dtype: Any) -> StepCopyOutputs:
+    """Both routes cast to ``dtype``."""
+    return StepCopyOutputs(self.shared_by_example.astype(dtype), self.own_by_example.astype(dtype))
+
+  def __jax_array__(self) -> jax.Array:
+    raise TypeError(_NOT_LOGITS)
+
+  @property
+  def ndim(self) -> int:
+    raise TypeError(_NOT_LOGITS)
+
+
+def by_example(outputs: CopyOutputs) -> StepCopyOutputs:
+  """:class:`CopyOutputs` laid out ``(*batch, N, K)`` (:class:`StepCopyOutputs`)."""
+  return StepCopyOutputs(jnp.moveaxis(outputs.shared, 0, -2), jnp.moveaxis(outputs.own, 0, -2))
+
+
 def _finite_per_copy(values: jax.Array) -> jax.Array:
   # Reduced over the axes, not a reshape: a reshape would gather an axis sharded on a mesh.
   return jnp.isfinite(values).all(axis=tuple(range(1, values.ndim)))
@@ -251,6 +327,11 @@ class AlraoHead(nn.Module):
       :func:`alrao_jax.alrao_loss` applies ``c`` copies at a time: for a head with many
       outputs (a word-level language model's), where the ``N x batch x K`` logits would
       dominate a step's memory.
+    per_step: True returns :class:`StepCopyOutputs`, laid out ``(*batch, N, K)``: for a head
+      applied at each step of a scan (a decoder inside ``nn.RNN`` or ``nn.scan``), whose
+      stacked outputs then keep the copy axis where every function expects it, whatever the
+      batch and time sizes. (The default layout ``(N, *batch, K)`` stacked by a scan puts
+      time before the copies, or, through ``nn.RNN``, between copies and batch.)
 
   Example:
     >>> import jax, jax.numpy as jnp, alrao_jax
@@ -272,11 +353,13 @@ class AlraoHead(nn.Module):
   bias_init: Callable[..., jax.Array] = nn.initializers.zeros_init()
   param_dtype: Any = jnp.float32
   copies_at_once: int | None = None
+  per_step: bool = False
 
   @nn.compact
-  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs:
+  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs | StepCopyOutputs:
     check_num_copies(self.num_copies)
     check_copies_at_once(self.copies_at_once)
+    check_per_step(self.per_step, self.copies_at_once)
     copies = nn.vmap(
       _CopyParams,
       variable_axes={"params": 0},
@@ -293,15 +376,85 @@ class AlraoHead(nn.Module):
     kernel, bias = copies()
     if self.copies_at_once is not None:
       return DeferredCopyOutputs(z, kernel, bias, self.copies_at_once)
-    return copy_outputs(z, kernel, bias)
+    outputs = copy_outputs(z, kernel, bias)
+    return by_example(outputs) if self.per_step else outputs
+
+
+def embedding_init(
+  table: jax.Array | Callable[[], jax.Array], *, scale: float = 1.0
+) -> Callable[..., jax.Array]:
+  """An initializer that starts every copy's kernel at the transposed embedding table.
+
+  Tied input and output embeddings (Flax's translation example's ``logits_via_embedding``)
+  share one matrix; Alrao's copies each need their own output layer, trained at their own
+  rate. This is the untied route that starts from the tie: pass it as the head's
+  ``kernel_init`` and each copy's ``(d, K)`` kernel starts as ``scale * table.T``, then trains
+  on its own (the embedding trains at its own units' rates).
+
+  Args:
+    table: the embedding table ``(K, d)`` (e.g. ``nn.Embed``'s ``embedding``, read inside a
+      compact ``__call__`` after the embedding is first used), or a function of no argument
+      that returns it when the head is initialised (in a ``setup`` module:
+      ``lambda: self.embed.embedding``).
+    scale: a factor, e.g. ``1 / sqrt(d)`` as Flax's example divides its tied logits.
+
+  Returns:
+    ``init(key, shape, dtype)``: ``scale * table.T`` of ``shape``; a ``ValueError`` at init
+    when ``shape`` is not ``(d, K)``.
+
+  Example:
+    >>> import flax.linen as nn, jax, jax.numpy as jnp, alrao_jax
+    >>> class LM(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, tokens):
+    ...     embed = nn.Embed(7, 4)
+    ...     h = embed(tokens)
+    ...     init = alrao_jax.embedding_init(embed.embedding)
+    ...     return alrao_jax.AlraoHead(7, num_copies=3, kernel_init=init)(h)
+    >>> params = LM().init(jax.random.key(0), jnp.zeros((2,), int))['params']
+    >>> kernel = params['AlraoHead_0']['alrao_copies']['kernel']
+    >>> kernel.shape, bool((kernel == params['Embed_0']['embedding'].T).all())
+    ((3, 4, 7), True)
+  """
+
+  def init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    del key
+    values = table() if callable(table) else table
+    if tuple(shape) != values.shape[::-1]:
+      raise ValueError(
+        f"embedding_init: the head's kernel has shape {tuple(shape)}, the embedding table "
+        f"{values.shape} (K, d); the head's num_outputs must be the vocabulary size and its "
+        "input the embedding's width."
+      )
+    return (scale * values.T).astype(dtype)
+
+  return init
+
+
+def check_per_step(per_step: Any, copies_at_once: int | None) -> None:
+  """Raises ``TypeError``/``ValueError`` for a ``per_step`` that is not a bool, or that is
+  combined with ``copies_at_once`` (a deferred head inside a scan would stack its kernels)."""
+  if not isinstance(per_step, bool):
+    raise TypeError(f"per_step must be True or False, got {per_step!r}.")
+  if per_step and copies_at_once is not None:
+    raise ValueError(
+      "per_step=True and copies_at_once cannot be combined: a scan would stack the deferred "
+      "head's kernels at every step. Apply a large head after the scan, on the stacked "
+      "features (see the guide 'Sequence models')."
+    )
+
+
+def canonical(outputs: Any) -> Any:
+  """:class:`StepCopyOutputs` as :class:`CopyOutputs`; anything else as it is."""
+  return outputs.outputs() if isinstance(outputs, StepCopyOutputs) else outputs
 
 
 def as_copy_outputs(outputs: Any) -> CopyOutputs | DeferredCopyOutputs:
   """A model's outputs as :class:`CopyOutputs`: an Alrao head's as they are, a plain output
   layer's ``(*batch, K)`` as one copy, so that one step and one loop train both (the
   baseline and Alrao); a plain layer's gradient then is its loss's, as with an optax loss."""
-  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
-    return outputs
+  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
+    return canonical(outputs)
   if not isinstance(outputs, jax.Array):
     raise TypeError(
       f"the model returned {type(outputs).__name__}; it must return an Alrao head's "
@@ -313,7 +466,7 @@ def as_copy_outputs(outputs: Any) -> CopyOutputs | DeferredCopyOutputs:
 
 def copy_values(outputs: CopyOutputs | DeferredCopyOutputs | jax.Array) -> jax.Array:
   """The copies' output values ``(N, *batch, K)`` of :class:`CopyOutputs` or of an array."""
-  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
+  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
     return outputs.own
   return jnp.asarray(outputs)
 
@@ -375,7 +528,7 @@ def full_route(outputs: CopyOutputs | jax.Array) -> jax.Array:
   value and sends the gradient of whatever is computed from it to both, as a plain output
   layer would. An array is returned as it is.
   """
-  if isinstance(outputs, DeferredCopyOutputs):
+  if isinstance(outputs, DeferredCopyOutputs | StepCopyOutputs):
     outputs = outputs.outputs()
   if not isinstance(outputs, CopyOutputs):
     return jnp.asarray(outputs)
@@ -399,7 +552,9 @@ def per_example_prior(
   return values, finite, jnp.where(finite, log_posterior, -jnp.inf)
 
 
-def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) -> jax.Array:
+def mixture_log_probs(
+  outputs: CopyOutputs | jax.Array, posterior: Posterior, *, likelihood: Any = None
+) -> jax.Array:
   """Log-probabilities of the mixture ``sum_j a_j softmax(logits_j)``, example by example.
 
   A copy whose logits for an example are not all finite is left out of that example's
@@ -415,6 +570,10 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) ->
     outputs: copy logits ``(N, *batch, K)`` or :class:`CopyOutputs`.
     posterior: averaging weights ``(N,)`` or the averaging state (see
       :func:`log_posterior_of`).
+    likelihood: the likelihood the head was trained with, when it is not the default: a
+      categorical one (plain or smoothed) is accepted; another raises a ``ValueError``
+      naming the helper that predicts its outputs (a softmax of Bernoulli logits or of
+      regression means is no prediction).
 
   Returns:
     Shape ``(*batch, K)``.
@@ -426,6 +585,13 @@ def mixture_log_probs(outputs: CopyOutputs | jax.Array, posterior: Posterior) ->
     >>> (100 * probs).round().tolist()  # row 0: copy 1 left out; row 1: both copies
     [[50.0, 50.0], [38.0, 62.0]]
   """
+  if likelihood is not None and not getattr(likelihood, "categorical", False):
+    raise ValueError(
+      "mixture_log_probs mixes softmaxes of class logits; a head trained with "
+      f"{getattr(likelihood, '__name__', 'this likelihood')} predicts with "
+      "alrao_jax.mixture_probabilities (Bernoulli logits: the mixture of sigmoids) or "
+      "alrao_jax.mixture_mean (regression means), or alrao_jax.predict(..., likelihood=...)."
+    )
   values, finite, logw = per_example_prior(outputs, posterior)
   safe = jnp.where(finite[..., None], values, 0.0)
   norm = jax.nn.logsumexp(logw, axis=0)

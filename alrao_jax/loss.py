@@ -17,6 +17,7 @@ from alrao_jax.head import (
   DeferredCopyOutputs,
   Posterior,
   broadcast_copy_axis,
+  canonical,
   log_posterior_of,
   mask_diverged,
   mixture_log_weights,
@@ -110,10 +111,13 @@ def smoothed_categorical_log_likelihood(*, label_smoothing: float) -> Likelihood
   return smoothed
 
 
+categorical_log_likelihood.categorical = True  # what a prediction helper reads (head.py)
+
+
 def is_categorical(likelihood: Likelihood) -> bool:
   """Whether ``likelihood`` scores class labels (plain or smoothed): its predictions are
   class probabilities, its metrics include accuracy, and its reported loss is the plain NLL."""
-  return likelihood is categorical_log_likelihood or getattr(likelihood, "categorical", False)
+  return getattr(likelihood, "categorical", False)
 
 
 def _check_categorical(logits: Any, labels: jax.Array) -> None:
@@ -349,6 +353,13 @@ def _deferred_loss(
   weights: jax.Array | None,
 ) -> tuple[jax.Array, AlraoLossAux]:
   """:func:`alrao_loss` of a large head's copies, a few at a time (categorical only)."""
+  if outputs.kernel.ndim != 3:
+    raise ValueError(
+      f"the large head's kernels have shape {outputs.kernel.shape}, not (N, d, K): a scan "
+      "(nn.RNN, nn.scan, jax.lax.scan) stacked them, once per step. Apply a head with "
+      "copies_at_once after the scan, on the stacked features (see the guide 'Sequence "
+      "models')."
+    )
   if likelihood is not categorical_log_likelihood:
     # Another likelihood sees the copies' outputs in full, as CopyOutputs would give them.
     return alrao_loss(
@@ -418,6 +429,7 @@ def alrao_loss(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (eq. 4 and 5).
   """
+  outputs = canonical(outputs)
   if isinstance(outputs, DeferredCopyOutputs):
     return _deferred_loss(outputs, targets, posterior, likelihood, weights)
   if not isinstance(outputs, CopyOutputs):

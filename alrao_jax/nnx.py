@@ -10,7 +10,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from alrao_jax.checks import check_copies_at_once, check_num_copies
-from alrao_jax.head import CopyOutputs, DeferredCopyOutputs, copy_outputs
+from alrao_jax.head import (
+  CopyOutputs,
+  DeferredCopyOutputs,
+  StepCopyOutputs,
+  by_example,
+  check_per_step,
+  copy_outputs,
+)
 
 DEFAULT_KERNEL_INIT = nnx.initializers.lecun_normal()
 DEFAULT_BIAS_INIT = nnx.initializers.zeros_init()
@@ -33,6 +40,9 @@ class AlraoHead(nnx.Module):
     copies_at_once: None returns every copy's outputs at once (:class:`CopyOutputs`); an int
       ``c`` returns :class:`alrao_jax.head.DeferredCopyOutputs`, applied ``c`` copies at a time
       by :func:`alrao_jax.alrao_loss` (see :class:`alrao_jax.AlraoHead`).
+    per_step: True returns :class:`alrao_jax.StepCopyOutputs` ``(*batch, N, K)``, for a head
+      applied at each step of a scan (``nnx.scan``, ``nnx.RNN``); see
+      :class:`alrao_jax.AlraoHead`.
     rngs: ``nnx.Rngs`` for the initialisation.
 
   Example:
@@ -57,10 +67,12 @@ class AlraoHead(nnx.Module):
     bias_init: Callable[..., jax.Array] = DEFAULT_BIAS_INIT,
     param_dtype: Any = jnp.float32,
     copies_at_once: int | None = None,
+    per_step: bool = False,
     rngs: nnx.Rngs,
   ):
     check_num_copies(num_copies)
     check_copies_at_once(copies_at_once)
+    check_per_step(per_step, copies_at_once)
 
     @nnx.split_rngs(splits=num_copies)
     @nnx.vmap(in_axes=(0,), out_axes=0)
@@ -76,10 +88,12 @@ class AlraoHead(nnx.Module):
 
     self.num_copies = num_copies
     self.copies_at_once = copies_at_once
+    self.per_step = per_step
     self.alrao_copies = create(rngs)
 
-  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs:
+  def __call__(self, z: jax.Array) -> CopyOutputs | DeferredCopyOutputs | StepCopyOutputs:
     kernel, bias = self.alrao_copies.kernel[...], self.alrao_copies.bias[...]
     if self.copies_at_once is not None:
       return DeferredCopyOutputs(z, kernel, bias, self.copies_at_once)
-    return copy_outputs(z, kernel, bias)
+    outputs = copy_outputs(z, kernel, bias)
+    return by_example(outputs) if self.per_step else outputs

@@ -39,10 +39,13 @@ def mixture_mean(
   A copy predicts an example when its outputs for it are finite and its weighted likelihood of
   the best copy's prediction, relative to the best copy's own, has not underflowed:
   ``log a_j + log p_j(m) - log a_b - log p_b(m) > log(tiny)`` with ``m`` the best copy's
-  mean and ``tiny`` the smallest normal float of the outputs' dtype. A copy that has blown
-  up (outputs of 1e19 while the others predict 0.5) is therefore left out, whatever share
-  of the posterior the switch's prior still gives it; copies that could have produced the
-  best copy's prediction keep their posterior weights, renormalised.
+  mean and ``tiny`` the smallest normal float of the outputs' dtype; nor the best copy's
+  likelihood of its mean ``m_j``, weighted the same way (``log a_j + log p_b(m_j) - log a_b -
+  log p_b(m)``): with a learned sigma a blown-up copy's scale is huge too, and explains any
+  mean. A copy that has blown up (outputs of 1e19 while the others predict 0.5) is therefore
+  left out, whatever share of the posterior the switch's prior still gives it; copies that
+  could have produced the best copy's prediction, and whose prediction it could have
+  produced, keep their posterior weights, renormalised.
 
   Args:
     outputs: copy means ``(N, *batch, D)`` or :class:`CopyOutputs`.
@@ -70,11 +73,20 @@ def mixture_mean(
   values, finite, log_prior = per_example_prior(outputs, posterior)  # finite: (N, *batch)
   safe = jnp.where(finite[..., None], values, 0.0)
   best = jnp.argmax(log_prior, axis=0)[None]  # per example, among the finite copies
-  best_means = means_of(jnp.take_along_axis(safe, best[..., None], axis=0)[0], likelihood)
-  ll = likelihood(safe, best_means)  # (N, *batch)
-  joint = jnp.where(finite, log_prior + ll, -jnp.inf)
+  best_outputs = jnp.take_along_axis(safe, best[..., None], axis=0)[0]
+  ll = likelihood(safe, means_of(best_outputs, likelihood))  # (N, *batch)
+  # and the reverse: the best copy's likelihood of each copy's mean (with a learned sigma, a
+  # blown-up copy's own scale is huge too, and would explain the best mean)
+  reverse = jax.vmap(lambda means: likelihood(best_outputs[None], means)[0])(
+    means_of(safe, likelihood)
+  )
   floor = jnp.log(jnp.finfo(values.dtype).tiny)
-  predicts = joint - jnp.take_along_axis(joint, best, axis=0) > floor
+
+  def plausible(log_likelihood: jax.Array) -> jax.Array:
+    joint = jnp.where(finite, log_prior + log_likelihood, -jnp.inf)
+    return joint - jnp.take_along_axis(joint, best, axis=0) > floor
+
+  predicts = plausible(ll) & plausible(reverse)
   logw = jnp.where(predicts, log_prior, -jnp.inf)  # an example no copy predicts: NaN below
   weights = jnp.exp(logw - jax.nn.logsumexp(logw, axis=0))
   mixed = jnp.sum(weights[..., None] * means_of(safe, likelihood), axis=0)

@@ -20,6 +20,7 @@ from alrao_jax.head import (
   CopyOutputs,
   DeferredCopyOutputs,
   Posterior,
+  StepCopyOutputs,
   as_copy_outputs,
   copy_values,
   log_posterior_of,
@@ -176,7 +177,7 @@ def check_averaging_state(averaging: ModelAveraging, averaging_state: Any, outpu
   Raises:
     TypeError: a state of another averaging method. ValueError: another number of copies.
   """
-  if not isinstance(outputs, CopyOutputs | DeferredCopyOutputs):
+  if not isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
     return  # alrao_loss names this one
   num_copies = outputs.shape[0]
   want = jax.eval_shape(lambda: averaging.init(num_copies))

@@ -60,6 +60,52 @@ def test_the_sequences_guide_puts_the_copy_axis_first_and_continues_the_count(ca
   assert "continued: [[6, 7, 8, 9, 0, 1], [0, 1, 2, 3, 4, 5]]" in out, out
 
 
+def test_the_translation_guide_masks_unties_and_searches_over_the_mixture(capsys):
+  namespace = {}
+  exec(compile("\n".join(_blocks("guides/translation.md")), "translation", "exec"), namespace)
+  out = capsys.readouterr().out
+  for name in ("tied at init", "independent"):
+    found = re.search(rf"{name}: test loss per token ([0-9.]+), accuracy ([0-9.]+)", out)
+    assert float(found.group(1)) < 1.0 and float(found.group(2)) > 0.7, out  # chance: 1/16
+  exact = {int(b): int(p) for b, p in re.findall(r"beam (\d): (\d+)% of test", out)}
+  assert exact[1] > 30 and exact[4] >= exact[1] - 3, out
+  # two steps with 16 beams is exhaustive: it must find the best of all 16 x 16 continuations
+  ns, jnp = namespace, namespace["jnp"]
+  model, state, source = ns["Translator"](), ns["results"][True].state, ns["test_source"][:3]
+  found = ns["beam_search"](model, state, source, beams=16, steps=2)
+  variables = {"params": state.params}
+  carry = model.apply(variables, source, method=model.encode)
+
+  def log_probs(carry, token):
+    copies = model.apply(variables, carry, jnp.full((3,), token), method=model.step)[1]
+    return ns["alrao_jax"].mixture_log_probs(copies, state.averaging_state)
+
+  def carry_after(carry, token):
+    return model.apply(variables, carry, jnp.full((3,), token), method=model.step)[0]
+
+  first = log_probs(carry, ns["BOS"])  # (3, V)
+  carry = carry_after(carry, ns["BOS"])
+  vocab = ns["VOCAB"]
+  second = jnp.stack(  # (3, V first token, V second token), every first token by brute force
+    [log_probs(carry_after(carry, t), t) for t in range(vocab)], axis=1
+  )
+  after_eos = jnp.where(jnp.arange(vocab) == ns["PAD"], 0.0, -jnp.inf)
+  second = second.at[:, ns["EOS"]].set(after_eos)
+  total = (first[:, :, None] + second).reshape(3, -1)
+  best = jnp.argmax(total, axis=1)
+  assert found.tolist() == jnp.stack([best // vocab, best % vocab], axis=1).tolist()
+
+
+def test_the_outputs_guide_trains_a_vae_and_a_learned_noise(capsys):
+  out = _run("guides/outputs.md", capsys)
+  elbo = float(re.search(r"test negative ELBO per image: ([0-9.]+)", out).group(1))
+  alone = float(re.search(r"each pixel's frequency alone: +([0-9.]+)", out).group(1))
+  assert elbo < alone - 2.0, out
+  assert float(re.search(r"pixels right: (\d+)%", out).group(1)) > 85, out
+  found = re.search(r"test NLL (-?[0-9.]+) nats, means \(100, 1\), mean \|error\| ([0-9.]+)", out)
+  assert float(found.group(1)) < 0.0 and float(found.group(2)) < 0.1, out
+
+
 def test_your_own_step_guide_runs_in_linen_and_nnx(capsys):
   out = _run("guides/own_step.md", capsys)
   assert float(re.search(r"linen own step: loss [0-9.]+, accuracy ([0-9.]+)", out).group(1)) > 0.8

@@ -195,3 +195,22 @@ def test_label_smoothing_trains_on_optax_smoothed_cross_entropy_and_reports_the_
   bad = alrao_jax.split_arrays(x, x[:, :OUT].argmax(-1) + OUT, valid=40, test=40)
   with pytest.raises(ValueError, match=r"must lie in \[0, 4\)"):
     alrao_jax.fit(_MultiLabel(), tx, bad, epochs=1, batch_size=20, likelihood=smoothed)
+
+
+def test_mixture_log_probs_refuses_outputs_that_are_not_class_logits():
+  logits = jax.random.normal(jax.random.key(0), (COPIES, BATCH, OUT))
+  posterior = jnp.full((COPIES,), 1 / COPIES)
+  plain = alrao_jax.mixture_log_probs(logits, posterior)
+  for categorical in (
+    alrao_jax.categorical_log_likelihood,
+    alrao_jax.smoothed_categorical_log_likelihood(label_smoothing=0.1),
+  ):
+    np.testing.assert_array_equal(
+      alrao_jax.mixture_log_probs(logits, posterior, likelihood=categorical), plain
+    )
+  for other, helper in (
+    (alrao_jax.bernoulli_log_likelihood, "mixture_probabilities"),
+    (alrao_jax.gaussian_log_likelihood(sigma=0.5), "mixture_mean"),
+  ):
+    with pytest.raises(ValueError, match=helper):
+      alrao_jax.mixture_log_probs(logits, posterior, likelihood=other)

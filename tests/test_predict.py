@@ -73,3 +73,19 @@ def test_mixture_and_best_copy_send_gradients_to_the_body_and_the_copies():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7), got, want)
   best = jax.grad(lambda p: alrao_jax.best_copy(model.apply({"params": p}, X), jnp.ones(4)).sum())
   assert float(jnp.abs(best(state.params)["layers_0"]["kernel"]).max()) > 0
+
+
+def test_a_blown_up_copy_with_a_huge_learned_sigma_is_left_out_of_the_mean():
+  learned = alrao_jax.gaussian_log_likelihood(sigma="learned")
+  # copy 0 predicts 0.5 with sigma ~0.1; copy 1 blew up: its mean AND its scale are ~1e11, so
+  # its own likelihood of 0.5 is only ~ -25 nats: it "explains" the good mean
+  outputs = jnp.array([[[0.5, -2.2]], [[1e11, 1e11]]])
+  posterior = jnp.array([0.999, 0.001])  # the switch's prior keeps a share for every copy
+  assert float(learned(outputs[1:], jnp.array([[0.5]]))[0, 0]) > -30
+  mean = alrao_jax.mixture_mean(outputs, posterior, likelihood=learned)
+  np.testing.assert_allclose(mean, [[0.5]], rtol=1e-6)
+  # two plausible copies keep their posterior weights
+  close = jnp.array([[[0.5, -2.2]], [[0.6, -2.2]]])
+  np.testing.assert_allclose(
+    alrao_jax.mixture_mean(close, jnp.array([0.75, 0.25]), likelihood=learned), [[0.525]], rtol=1e-5
+  )
