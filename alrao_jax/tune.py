@@ -10,6 +10,7 @@ the race's validation loss clearly beat it (:func:`alrao_jax.race_pick`).
 
 from __future__ import annotations
 
+import itertools
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,9 @@ from alrao_jax.transform import alrao_adam, alrao_sgd
 OPTIMIZERS = {"sgd": (alrao_sgd, optax.sgd), "adam": (alrao_adam, optax.adam)}
 NEIGHBOUR_DECADES = 0.5  # each candidate is raced with its neighbours this far on each side
 MERGE_DECADES = 0.2  # candidates closer than this are raced once
+LADDER_DECADES = 0.5  # the widest gap the race leaves between two racers, budget allowing
+MAX_RACERS = 10  # the race's budget of racers: a wider ladder than this thins its fill
+WINDOW_DECADES = 0.5  # racers stay within the Alrao interval widened by this much each side
 
 
 class TuneResult(NamedTuple):
@@ -46,22 +50,106 @@ class TuneResult(NamedTuple):
   race: SweepResult  # the race: each candidate's history and best validation loss
   alrao: FitResult  # the Alrao run
   seconds: dict[str, float]  # wall time of the Alrao run, the race, and both
+  ladder: Ladder | None = None  # how the candidates were laid out, and what they left untried
 
 
-def race_candidates(suggestion: LRSuggestion) -> np.ndarray:
-  """The rates to race: the suggestion itself and every candidate it weighed, each with its
-  neighbours half a decade below and above; a rate closer than 0.2 decades to one already kept
-  (the suggestion and its neighbours first, then the others from the lowest up) is merged into
-  it, so the suggestion is always raced as it is."""
-  centres = [suggestion.lr, *suggestion.candidates.values()]
-  logs = [np.log10(c) for c in centres if np.isfinite(c) and c > 0]
-  around = [c + k * NEIGHBOUR_DECADES for c in logs for k in (0, -1, 1)]
+class Ladder(NamedTuple):
+  """What :func:`race_ladder` returns."""
+
+  rates: np.ndarray  # the rates to race, increasing
+  untried: tuple[tuple[float, float], ...]  # stretches between racers wider than LADDER_DECADES
+  clipped: dict[str, float]  # the weighed rates outside the window, by name: raced at its edge
+  dropped: tuple[str, ...]  # the weighed rates left out as implausible (a copy that never learned)
+
+
+def _fill(kept: list[float], step: float) -> list[float]:
+  """``kept`` (sorted log-rates) with evenly spaced points in every gap wider than ``step``."""
+  filled = [kept[0]]
+  for low, high in itertools.pairwise(kept):
+    count = int(np.ceil((high - low) / step - 1e-9))
+    filled.extend(low + (high - low) * np.arange(1, count + 1) / count)
+  return filled
+
+
+def race_ladder(suggestion: LRSuggestion, *, max_racers: int = MAX_RACERS) -> Ladder:
+  """The rates :func:`tune` races, and what the race leaves untried.
+
+  1. The centres: the suggestion and the rates it weighed (:attr:`LRSuggestion.candidates`),
+     less those from a copy that barely moved (when the suggestion followed the copies that
+     learned, the posterior's and the leading copy's rates are dropped), each clipped into
+     the Alrao interval widened by half a decade on each side (a body's or a posterior's
+     rate cannot point further than the copies that gave it).
+  2. Each centre with its neighbours half a decade below and above; a rate closer than 0.2
+     decades to one already kept (the suggestion and its neighbours first, then the others
+     from the lowest up) is merged into it, so the suggestion is raced as it is.
+  3. A geometric ladder in every gap between them wider than half a decade
+     (:data:`LADDER_DECADES`), so that no stretch between the lowest and the highest racer is
+     left untried; when that takes more than ``max_racers`` racers, the ladder's steps widen
+     until it fits, and the gaps still wider than half a decade are returned as untried.
+
+  Args:
+    suggestion: the Alrao run's :class:`alrao_jax.LRSuggestion`.
+    max_racers: the race's budget; the centres and their neighbours are raced whatever it is.
+
+  Returns:
+    A :class:`Ladder`.
+
+  Example:
+    >>> import numpy as np
+    >>> from types import SimpleNamespace
+    >>> from alrao_jax.tune import race_ladder
+    >>> evidence = SimpleNamespace(lr=0.01, candidates={'body': 1.0}, copy_lrs=np.array([1e-4, 10]))
+    >>> ladder = race_ladder(evidence)  # 0.01 and 1.0, their neighbours, and 0.1 between them
+    >>> np.log10(ladder.rates).round(2).tolist(), ladder.untried
+    ([-2.5, -2.0, -1.5, -1.0, -0.5, 0.0, 0.5], ())
+    >>> far = SimpleNamespace(lr=0.01, candidates={'body': 300.0}, copy_lrs=np.array([1e-4, 10]))
+    >>> race_ladder(far).clipped  # raced at the window's top, 10 ** 1.5
+    {'body': 300.0}
+  """
+  max_racers = check_int(max_racers, "max_racers", minimum=1)
+  weighed = dict(suggestion.candidates)
+  dropped = ("posterior", "leading") if "learned" in weighed else ()
+  copy_lrs = np.asarray(getattr(suggestion, "copy_lrs", ()), np.float64)
+  copy_lrs = copy_lrs[np.isfinite(copy_lrs) & (copy_lrs > 0)]
+  low, high = -np.inf, np.inf
+  if copy_lrs.size:
+    low = np.log10(copy_lrs.min()) - WINDOW_DECADES
+    high = np.log10(copy_lrs.max()) + WINDOW_DECADES
+  clipped = {}
+  centres = [("suggestion", suggestion.lr)]
+  centres += [(name, rate) for name, rate in weighed.items() if name not in dropped]
+  logs = []
+  for name, rate in centres:
+    if not (np.isfinite(rate) and rate > 0):
+      continue
+    value = float(np.log10(rate))
+    if not low <= value <= high:
+      clipped[name] = float(rate)
+    logs.append(float(np.clip(value, low, high)))
+  around = [float(np.clip(c + k * NEIGHBOUR_DECADES, low, high)) for c in logs for k in (0, -1, 1)]
   first = around[:3] if np.isfinite(suggestion.lr) and suggestion.lr > 0 else []
   kept: list[float] = []
   for value in first + sorted(around[len(first) :]):
     if all(abs(value - k) >= MERGE_DECADES for k in kept):
       kept.append(value)
-  return 10.0 ** np.sort(np.asarray(kept))
+  if not kept:
+    return Ladder(np.zeros(0), (), clipped, ())
+  kept.sort()
+  step = LADDER_DECADES
+  while len(filled := _fill(kept, step)) > max(max_racers, len(kept)):
+    step += 0.1
+  rates = np.asarray(filled)
+  untried = tuple(
+    (float(10**a), float(10**b))
+    for a, b in itertools.pairwise(rates)
+    if b - a > LADDER_DECADES + 1e-9
+  )
+  return Ladder(10.0**rates, untried, clipped, tuple(n for n in dropped if n in weighed))
+
+
+def race_candidates(suggestion: LRSuggestion, *, max_racers: int = MAX_RACERS) -> np.ndarray:
+  """The rates :func:`tune` races, increasing: :attr:`Ladder.rates` of :func:`race_ladder`."""
+  return race_ladder(suggestion, max_racers=max_racers).rates
 
 
 def race_length(epochs: int, racers: int) -> int:
@@ -190,14 +278,16 @@ def tune(
   carry: Sequence[str] = (),
   eval_model: nn.Module | None = None,
   plain_eval_model: nn.Module | None = None,
+  max_racers: int = MAX_RACERS,
 ) -> TuneResult:
   """Picks a learning rate for the model's plain optimizer from one Alrao run and a race.
 
   1. One Alrao run (:func:`alrao_jax.alrao_sgd` or :func:`alrao_jax.alrao_adam` over
      ``[lr_min, lr_max]``), kept at its best validation epoch (:func:`alrao_jax.fit`).
   2. :func:`alrao_jax.suggest_lr` on it, with the run's posteriors and its initial
-     parameters: the suggestion and every candidate it weighed (see
-     :func:`race_candidates`).
+     parameters: the suggestion and every candidate it weighed, each with its neighbours
+     half a decade away, and a ladder that leaves no gap wider than half a decade between
+     them (:func:`race_ladder`, at most ``max_racers`` racers).
   3. A race of the candidates with ``optax.sgd`` (or ``optax.adam``): ``race_epochs``
      epochs, all in one program (:func:`alrao_jax.sweep`, read on validation only). The
      suggestion's racer is picked unless the race clearly beat it, else the best racer
@@ -232,6 +322,8 @@ def tune(
       one (e.g. a dropout rate or ``deterministic`` flag set as a field, as for
       :func:`alrao_jax.fit`); it evaluates the race too when the race trains ``model``.
     plain_eval_model: linen: the module that evaluates ``plain_model``, when both are given.
+    max_racers: the race's budget of racers (:func:`race_ladder`); a stretch of the evidence
+      it cannot cover at half a decade is warned about and listed in the result's ladder.
 
   Returns:
     A :class:`TuneResult`.
@@ -318,6 +410,7 @@ def tune(
     epochs=epochs,
     race_epochs=race_epochs,
     tolerance=tolerance,
+    max_racers=max_racers,
     seed=seed,
     batch_size=batch_size,
     **kwargs,
@@ -330,6 +423,7 @@ def tune(
     race=raced.race,
     alrao=result,
     seconds={"alrao": alrao_seconds, "race": raced.seconds, "total": alrao_seconds + raced.seconds},
+    ladder=raced.ladder,
   )
 
 
@@ -341,6 +435,7 @@ class Race(NamedTuple):
   race: SweepResult  # each candidate's history and best validation loss
   epochs: int  # the race's length
   seconds: float  # its wall time, compilation included
+  ladder: Ladder  # how the candidates were laid out (race_ladder)
 
 
 def race_suggestion(
@@ -353,10 +448,11 @@ def race_suggestion(
   race_epochs: int | None = None,
   tolerance: float = TOLERANCE,
   fallback: float = float("nan"),
+  max_racers: int = MAX_RACERS,
   **sweep_kwargs: Any,
 ) -> Race:
   """The race of step 3 of :func:`tune`: the suggestion's candidates
-  (:func:`race_candidates`) trained with ``optimizer`` in one program (:func:`alrao_jax.sweep`,
+  (:func:`race_ladder`) trained with ``optimizer`` in one program (:func:`alrao_jax.sweep`,
   read on validation only), and the rate :func:`race_pick` takes from it.
 
   Args:
@@ -368,13 +464,24 @@ def race_suggestion(
     race_epochs: the race's length in epochs, >= 1 (default: :func:`race_length`).
     tolerance: see :func:`race_pick`.
     fallback: the rate returned when every racer diverged (default nan: none).
+    max_racers: the race's budget of racers (see :func:`race_ladder`); a stretch the budget
+      leaves untried is warned about, by its rates.
     **sweep_kwargs: more keyword arguments of :func:`alrao_jax.sweep` (seed, batch_size, ...).
 
   Returns:
     A :class:`Race`.
   """
   start = time.perf_counter()
-  candidates = race_candidates(suggestion)
+  ladder = race_ladder(suggestion, max_racers=max_racers)
+  candidates = ladder.rates
+  if ladder.untried:
+    stretches = ", ".join(f"{a:.3g}-{b:.3g}" for a, b in ladder.untried)
+    warnings.warn(
+      f"the race left {stretches} untried (gaps wider than {LADDER_DECADES} decades): "
+      f"its evidence spans more than {max_racers} racers cover; raise max_racers to race "
+      "them.",
+      stacklevel=2,
+    )
   length = race_length(epochs, len(candidates)) if race_epochs is None else race_epochs
   race = sweep(
     model,
@@ -387,4 +494,4 @@ def race_suggestion(
   )
   picked = picked_rate(race, suggestion.lr, tolerance=tolerance)
   lr = picked if np.isfinite(picked) else fallback
-  return Race(lr, candidates, race, length, time.perf_counter() - start)
+  return Race(lr, candidates, race, length, time.perf_counter() - start, ladder)

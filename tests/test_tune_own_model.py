@@ -14,6 +14,7 @@ from flax import nnx
 import alrao_jax
 from alrao_jax import race_pick
 from alrao_jax.experiments.data import load_digits
+from alrao_jax.tune import LADDER_DECADES
 
 GRID = 10.0 ** np.arange(-3.0, 1.5, 0.5)  # the brute force: SGD every half decade
 GAUSS = alrao_jax.gaussian_log_likelihood(sigma=1.0)
@@ -123,6 +124,10 @@ def test_sgd_at_the_tuned_rate_is_close_to_the_grid_best(name):
   assert tuned.seconds["total"] >= tuned.seconds["race"] > 0
   assert len(tuned.candidates) == len(tuned.race.values) >= 3
   assert tuned.lr in tuned.candidates
+  # the ladder: no stretch between the racers left untried, none far outside the interval
+  logs = np.log10(tuned.candidates)
+  assert np.diff(logs).max() <= LADDER_DECADES + 1e-9 and tuned.ladder.untried == (), logs
+  assert logs.min() >= -4.5 - 1e-9 and logs.max() <= 1.5 + 1e-9, logs
   grid = alrao_jax.sweep(
     network(plain=True),
     optax.sgd,
@@ -234,7 +239,36 @@ def test_the_suggestion_is_raced_as_it_is_with_its_neighbours():
   rates = race_candidates(SimpleNamespace(lr=0.24, candidates=weighed))
   np.testing.assert_allclose(rates, [0.24 / 10**0.5, 0.24, 0.24 * 10**0.5, 0.562 * 10**0.5])
   far = race_candidates(SimpleNamespace(lr=0.01, candidates={"body": 1.0}))
-  np.testing.assert_allclose(far, [10**-2.5, 0.01, 10**-1.5, 10**-0.5, 1.0, 10**0.5])
+  # a decade between 10**-1.5 and 10**-0.5: the ladder races 0.1 too
+  np.testing.assert_allclose(far, [10**-2.5, 0.01, 10**-1.5, 0.1, 10**-0.5, 1.0, 10**0.5])
+
+
+def test_the_ladder_drops_a_frozen_copy_clips_to_the_interval_and_names_what_it_skips():
+  from types import SimpleNamespace
+
+  from alrao_jax.tune import race_ladder
+
+  interval = np.array([1e-5, 10.0])
+  # the ReLU MLP: the suggestion followed the copies that learned (0.01); the frozen
+  # leading copy (1e-5) and the posterior it dragged (1.26e-5) are not evidence
+  weighed = {"posterior": 1.26e-5, "leading": 1e-5, "learned": 0.01, "body": 5.62}
+  ladder = race_ladder(SimpleNamespace(lr=0.01, candidates=weighed, copy_lrs=interval))
+  logs = np.log10(ladder.rates)
+  assert ladder.dropped == ("posterior", "leading") and logs.min() == pytest.approx(-2.5)
+  assert np.diff(logs).max() <= 0.5 + 1e-9 and ladder.untried == ()
+  assert np.abs(logs + 1).min() <= 0.25  # the grid's 0.1, which the race skipped
+  # ptb-word's race went to 178 with lr_max 10: the body's 56.2 is raced at 10 ** 1.5
+  high = race_ladder(SimpleNamespace(lr=0.985, candidates={"body": 56.2}, copy_lrs=interval))
+  assert high.clipped == {"body": 56.2} and high.rates.max() == pytest.approx(10**1.5)
+  # a budget too small for the evidence: the ladder thins and names the stretches it skipped
+  wide = SimpleNamespace(lr=1e-4, candidates={"body": 5.0}, copy_lrs=interval)
+  thin = race_ladder(wide, max_racers=6)
+  assert len(thin.rates) == 6 and thin.untried
+  for low, high in thin.untried:
+    assert np.log10(high) - np.log10(low) > 0.5
+  assert race_ladder(wide, max_racers=14).untried == ()  # a budget that covers it
+  with pytest.raises(ValueError, match="max_racers"):
+    race_ladder(wide, max_racers=0)
 
 
 def test_a_race_whose_racers_all_diverge_falls_back_as_asked():
