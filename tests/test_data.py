@@ -71,3 +71,38 @@ def test_digits_are_read_as_scikit_learn_loads_them():
   want_images, want_labels = sklearn_digits(return_X_y=True)
   np.testing.assert_array_equal(images, want_images)
   np.testing.assert_array_equal(labels, want_labels)
+
+
+def test_an_npz_files_weights_become_weighted_splits_and_follow_their_examples(tmp_path):
+  import alrao_jax
+  from alrao_jax.experiments.data import load_npz
+  from alrao_jax.experiments.tasks import arrays_task
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(60, 3)).astype(np.float32)
+  y = np.arange(60) % 3
+  w = np.arange(60, dtype=np.float64)  # weight i on example i: its row can be traced
+  x[:, 0] = np.arange(60)  # so can its inputs
+  path = tmp_path / "weighted.npz"
+  np.savez(path, x=x, y=y, w=w, x_test=x[:9], y_test=y[:9])
+  splits = load_npz(path)
+  assert isinstance(splits.train, alrao_jax.WeightedSplit)
+  assert isinstance(splits.valid, alrao_jax.WeightedSplit)  # held out of x, with its weights
+  assert type(splits.test) is alrao_jax.Split  # no w_test: the plain mean
+  for split in (splits.train, splits.valid):
+    np.testing.assert_array_equal(split.weights, split.inputs[:, 0])
+    np.testing.assert_array_equal(split.targets, split.inputs[:, 0].astype(int) % 3)
+  assert len(splits.train.inputs) + len(splits.valid.inputs) == 60
+  shrunk = arrays_task(path).shrink(10).splits.train  # --quick keeps the weights
+  np.testing.assert_array_equal(shrunk.weights, shrunk.inputs[:, 0])
+
+  for arrays, message in (
+    ({"w_test": w}, "w_test weighs x_test"),
+    ({"w": w[:5]}, r"one weight per example \(60,\)"),
+    ({"w": -w}, "finite, >= 0 and not all 0"),
+    ({"w": np.zeros(60)}, "finite, >= 0 and not all 0"),
+    ({"weights": w}, "optional weights w, w_valid, w_test"),
+  ):
+    np.savez(path, x=x, y=y, **arrays)
+    with pytest.raises(ValueError, match=message):
+      load_npz(path)

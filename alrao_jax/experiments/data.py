@@ -11,14 +11,15 @@ import zlib
 
 import numpy as np
 
-from alrao_jax.splits import Split, Splits, split_arrays
+from alrao_jax.splits import Split, Splits, WeightedSplit, split_arrays
 
 
-def _hold_out(inputs: np.ndarray, targets: np.ndarray, count: int, seed: int) -> tuple:
-  """Shuffles once with ``seed``; returns (the rest, the first ``count``) as :class:`Split` s."""
-  order = np.random.default_rng(seed).permutation(len(inputs))
+def _hold_out(split: Split | WeightedSplit, count: int, seed: int) -> tuple:
+  """Shuffles once with ``seed``; returns (the rest, the first ``count``), each of the
+  split's kind (its weights, if any, follow their examples)."""
+  order = np.random.default_rng(seed).permutation(len(split.inputs))
   kept, held = order[count:], order[:count]
-  return Split(inputs[kept], targets[kept]), Split(inputs[held], targets[held])
+  return type(split)(*(a[kept] for a in split)), type(split)(*(a[held] for a in split))
 
 
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -77,7 +78,7 @@ def load_mnist1d(*, seed: int = 0) -> Splits:
     ) from err
   data = make_dataset(get_dataset_args())
   train, valid = _hold_out(
-    data["x"].astype(np.float32)[..., None], data["y"].astype(np.int32), 500, seed
+    Split(data["x"].astype(np.float32)[..., None], data["y"].astype(np.int32)), 500, seed
   )
   test = Split(data["x_test"].astype(np.float32)[..., None], data["y_test"].astype(np.int32))
   return Splits(train, valid, test)
@@ -202,7 +203,7 @@ def load_cifar10(directory: str | os.PathLike, *, valid: int = 10_000, seed: int
   test_images, test_labels = _cifar_batch(folder / CIFAR10_TEST)
   if not 0 < valid < len(images):
     raise ValueError(f"valid must be in (0, {len(images)}), got {valid}.")
-  train, held_out = _hold_out(_unit(images), labels, valid, seed)
+  train, held_out = _hold_out(Split(_unit(images), labels), valid, seed)
   return Splits(train, held_out, Split(_unit(test_images), test_labels))
 
 
@@ -211,6 +212,7 @@ def _unit(images: np.ndarray) -> np.ndarray:
 
 
 NPZ_SPLITS = (("x", "y"), ("x_valid", "y_valid"), ("x_test", "y_test"))
+NPZ_WEIGHTS = ("w", "w_valid", "w_test")  # optional per-example weights of each split
 
 
 def _check_dense_labels(path: pathlib.Path, labels: list[np.ndarray]) -> None:
@@ -226,13 +228,32 @@ def _check_dense_labels(path: pathlib.Path, labels: list[np.ndarray]) -> None:
     )
 
 
+def _npz_weights(path: pathlib.Path, name: str, weights: np.ndarray, count: int) -> np.ndarray:
+  """An ``.npz`` file's per-example weights, checked: ``(count,)``, finite, >= 0, not all 0."""
+  if weights.shape != (count,):
+    raise ValueError(
+      f"{path}: {name} must hold one weight per example ({count},), got {weights.shape}."
+    )
+  if not np.issubdtype(weights.dtype, np.number) and weights.dtype != bool:
+    raise ValueError(f"{path}: {name} must hold numbers, got dtype {weights.dtype}.")
+  weights = weights.astype(np.float32)
+  if not np.isfinite(weights).all() or (weights < 0).any() or not weights.any():
+    raise ValueError(
+      f"{path}: {name} must be finite, >= 0 and not all 0 (a weight of 0 leaves its example "
+      "out of every loss and metric)."
+    )
+  return weights
+
+
 def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -> Splits:
   """Splits of a classification data set saved with ``numpy.savez``.
 
   The file holds ``x`` (inputs, examples on axis 0) and ``y`` (integer class labels), and
-  optionally ``x_valid``/``y_valid`` and ``x_test``/``y_test``. A missing split is cut off
-  the training arrays (``held_out`` of them each, shuffled once with ``seed``). Inputs are
-  cast to float32 and labels to int32.
+  optionally ``x_valid``/``y_valid`` and ``x_test``/``y_test``, and per-example weights
+  ``w``, ``w_valid``, ``w_test`` (non-negative; a split with weights is an
+  :class:`alrao_jax.WeightedSplit`, weighed in every loss and metric). A missing split is cut
+  off the training arrays (``held_out`` of them each, shuffled once with ``seed``; their
+  weights follow them). Inputs are cast to float32, labels to int32 and weights to float32.
 
   Args:
     path: the ``.npz`` file.
@@ -246,8 +267,8 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
     FileNotFoundError: no such file.
     ValueError: a file that is no readable ``.npz`` archive, missing, unpaired or empty
       arrays, lengths that differ, non-integer or negative labels, labels beyond int32 or
-      of which most classes below the largest never occur, fewer than two classes, or too
-      few examples.
+      of which most classes below the largest never occur, fewer than two classes, too
+      few examples, or weights without their split, negative, not finite or all 0.
   """
   path = pathlib.Path(path)
   if not path.is_file():
@@ -265,13 +286,17 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
     ) from err
   if "x" not in arrays or "y" not in arrays:
     raise ValueError(f"{path} must hold arrays 'x' and 'y'; it holds {sorted(arrays)}.")
-  unknown = sorted(set(arrays) - {name for pair in NPZ_SPLITS for name in pair})
+  known = {name for pair in NPZ_SPLITS for name in pair} | set(NPZ_WEIGHTS)
+  unknown = sorted(set(arrays) - known)
   if unknown:
     raise ValueError(
-      f"{path}: unknown arrays {unknown}; expected x, y, x_valid, y_valid, x_test, y_test."
+      f"{path}: unknown arrays {unknown}; expected x, y, x_valid, y_valid, x_test, y_test "
+      "and optional weights w, w_valid, w_test."
     )
   found = []
-  for x_name, y_name in NPZ_SPLITS:
+  for (x_name, y_name), w_name in zip(NPZ_SPLITS, NPZ_WEIGHTS, strict=True):
+    if w_name in arrays and x_name not in arrays:
+      raise ValueError(f"{path}: {w_name} weighs {x_name}, which the file does not hold.")
     if (x_name in arrays) != (y_name in arrays):
       raise ValueError(f"{path}: {x_name} and {y_name} come in pairs; one is missing.")
     if x_name not in arrays:
@@ -295,7 +320,10 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
         f"{path}: {y_name} holds the label {y.max()}, beyond int32; classes are 0, 1, ..., K-1 "
         "(relabel them: numpy.unique(y, return_inverse=True))."
       )
-    found.append(Split(x.astype(np.float32), y.astype(np.int32)))
+    split = Split(x.astype(np.float32), y.astype(np.int32))
+    if w_name in arrays:
+      split = WeightedSplit(*split, _npz_weights(path, w_name, arrays[w_name], len(y)))
+    found.append(split)
   _check_dense_labels(path, [s.targets for s in found if s is not None])
   train, valid, test = found
   if len(np.unique(train.targets)) < 2:
@@ -309,6 +337,6 @@ def load_npz(path: str | os.PathLike, *, seed: int = 0, held_out: float = 0.1) -
     if split is None:
       if count < 1 or len(train.inputs) - count < 2:
         raise ValueError(f"{path}: too few examples in x ({len(train.inputs)}) to hold out {name}.")
-      train, split = _hold_out(train.inputs, train.targets, count, seed)
+      train, split = _hold_out(train, count, seed)
     held.append(split)
   return Splits(train, *held)

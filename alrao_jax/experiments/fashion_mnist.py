@@ -106,5 +106,5 @@ def load_fashion_mnist(
   )
   if not 0 < valid < len(images):
     raise ValueError(f"valid must be in (0, {len(images)}), got {valid}.")
-  train, held_out = _hold_out(_unit(images[..., None]), labels.astype(np.int32), valid, seed)
+  train, held_out = _hold_out(Split(_unit(images[..., None]), labels.astype(np.int32)), valid, seed)
   return Splits(train, held_out, Split(_unit(test_images[..., None]), test_labels.astype(np.int32)))

@@ -28,7 +28,7 @@ from alrao_jax.experiments.fashion_mnist import load_fashion_mnist
 from alrao_jax.experiments.models import MLP, CharLSTM, Conv1DNet, DigitsCNN
 from alrao_jax.experiments.names import TASKS
 from alrao_jax.experiments.ptb_word import load_ptb_word
-from alrao_jax.splits import Split, Splits
+from alrao_jax.splits import Splits
 
 MODES = {"train_kwargs": {"train": True}, "eval_kwargs": {"train": False}}
 MODEL_KINDS = {"mlp": MLP, "cnn": DigitsCNN}  # the built-in models for the user's arrays
@@ -64,7 +64,7 @@ class Task(NamedTuple):
     if self.carry:
       rows = max(self.batch_size, rows // self.batch_size * self.batch_size)
     return self._replace(
-      splits=Splits(*(Split(s.inputs[:rows], s.targets[:rows]) for s in self.splits))
+      splits=Splits(*(type(s)(*(a[:rows] for a in s)) for s in self.splits))  # weights too
     )
 
   def interval(self, optimizer: str) -> tuple[float, float]:

@@ -32,7 +32,8 @@ def _data_options(sub: argparse.ArgumentParser, *, models: bool) -> None:
   sub.add_argument("--task", choices=TASKS, help="a bundled task (default: digits)")
   sub.add_argument(
     "--data",
-    help="an .npz file of your arrays (x, y; optional x_valid, y_valid, x_test, y_test), "
+    help="an .npz file of your arrays (x, y; optional x_valid, y_valid, x_test, y_test and "
+    "per-example weights w, w_valid, w_test), "
     "or the data folder of cifar10 (required), ptb-char (default: ../shared/data/ptb-char), "
     "fashion-mlp, fashion-cnn or ptb-word (looked for first, then in $ALRAO_FASHION_MNIST or "
     "$ALRAO_PTB_WORD, ../shared/data, Debian's folder, the download cache, the publisher)",
