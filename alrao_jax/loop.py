@@ -66,6 +66,7 @@ class FitResult(NamedTuple):
   history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
   test: dict[str, float]  # test metrics at the best validation epoch
   stopped: str  # why training ended: "epochs", "patience" or "diverged" (see fit)
+  initial_params: Any = None  # the parameters at step 0, on the host: suggest_lr's evidence
 
 
 def fit(
@@ -224,6 +225,8 @@ def fit(
         eval_model=eval_model,
         **shared,
       )
+    start = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else run.state.params
+    initial_params = _host_copy(start)  # before a resumed run's checkpoint replaces it
     progress = run.restore(checkpoint_dir, model, patience) if resume else Progress.start(1)
     run_epochs(
       run,
@@ -246,7 +249,16 @@ def fit(
     _restore_modes(modes)
   best, last = run.finish()
   stopped = progress.stopped[0] or "epochs"
-  return _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
+  result = _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
+  return result._replace(initial_params=initial_params)
+
+
+def _host_copy(tree: Any) -> Any:
+  """``tree`` on the host (None when this process does not hold all of it: several hosts)."""
+  leaves = jax.tree.leaves(tree)
+  if all(getattr(x, "is_fully_addressable", True) for x in leaves):
+    return jax.device_get(tree)
+  return None
 
 
 def _result(state: Any, last: Any, best_epoch: int, history: list, stopped: str) -> FitResult:

@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from alrao_jax.loop import FitResult
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.steps import TrainState
 from alrao_jax.switch import ModelAveraging, switch_averaging
@@ -290,9 +291,15 @@ def suggest_lr(
   ``learned`` and ``body`` (the middle of the bin where the body moved most). A low
   confidence calls for a short race of the candidates (:func:`alrao_jax.tune` runs one).
 
+  The simplest call is on what :func:`alrao_jax.fit` returns for a linen model,
+  ``suggest_lr(result)``: the kept epoch's state, the parameters at step 0 and the posteriors
+  of the epochs up to the kept one, all read from the result.
+
   Args:
     params: the model's parameters (a linen ``TrainState.params`` or ``nnx.state(model,
-      nnx.Param)``); or a whole :class:`alrao_jax.TrainState`, with the next two left out.
+      nnx.Param)``); or a whole :class:`alrao_jax.TrainState`, with the next two left out;
+      or a linen run's :class:`alrao_jax.FitResult`, which also gives ``initial_params`` and
+      ``posteriors`` (each may still be passed).
     opt_state: the optimizer state holding the Alrao rates (``TrainState.opt_state`` or
       ``nnx.Optimizer.opt_state``).
     averaging_state: the switch's state (``TrainState.averaging_state``, or what the NNX
@@ -335,6 +342,18 @@ def suggest_lr(
     Blier, Wolinski & Ollivier, `Learning with Random Learning Rates
     <https://arxiv.org/abs/1810.01322>`_, 2018 (section 4: the switch's posterior).
   """
+  if isinstance(params, FitResult):
+    if not isinstance(params.state, TrainState):
+      raise TypeError(
+        "an NNX run's FitResult holds the switch's state only: pass nnx.state(model, "
+        "nnx.Param), optimizer.opt_state, result.state and initial_params=result.initial_params."
+      )
+    result = params
+    if initial_params is None:
+      initial_params = result.initial_params
+    if posteriors is None and result.best_epoch:
+      posteriors = [r["posterior"] for r in result.history[: result.best_epoch]]
+    params = result.state
   if isinstance(params, TrainState):
     if opt_state is not None or averaging_state is not None:
       raise TypeError("pass a TrainState alone, or params, opt_state and averaging_state.")

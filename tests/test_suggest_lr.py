@@ -274,3 +274,31 @@ def test_a_degenerate_posterior_gets_a_low_answer_with_its_reason_not_nan(log_po
   np.testing.assert_allclose(along.posterior, good, atol=1e-7)
   assert any("1 of the 3 posteriors given are not finite" in r for r in along.reasons)
   assert along.confidence == "medium"
+
+
+def test_fits_result_carries_its_start_and_suggest_lr_reads_everything_off_it(tmp_path):
+  x = jax.random.normal(jax.random.key(0), (96, 5))
+  splits = alrao_jax.split_arrays(x, (x[:, 0] > 0).astype(jnp.int32), valid=32, test=32)
+  tx = alrao_jax.alrao_sgd(1e-4, 1.0, key=jax.random.key(1))
+  result = alrao_jax.fit(Net(), tx, splits, epochs=3, batch_size=16, seed=2)
+  start = alrao_jax.create_train_state(Net(), tx, jax.random.key(2), x[:16]).params
+  jax.tree.map(np.testing.assert_array_equal, result.initial_params, start)  # fit's seed
+  along = [r["posterior"] for r in result.history[: result.best_epoch]]
+  by_hand = alrao_jax.suggest_lr(result.state, initial_params=start, posteriors=along)
+  read = alrao_jax.suggest_lr(result)
+  assert read.lr == by_hand.lr and read.confidence == by_hand.confidence
+  np.testing.assert_array_equal(read.copy_movement, by_hand.copy_movement)
+  assert read.body == by_hand.body and read.body  # the body's evidence: initial_params given
+  # a run resumed from its checkpoint starts from the same step-0 parameters
+  kw = {"epochs": 2, "batch_size": 16, "seed": 2, "checkpoint_dir": tmp_path / "run"}
+  alrao_jax.fit(Net(), tx, splits, **kw)
+  resumed = alrao_jax.fit(Net(), tx, splits, **{**kw, "epochs": 3}, resume=True)
+  jax.tree.map(np.testing.assert_array_equal, resumed.initial_params, start)
+
+  model = SmallNNXNet(5, 8, 2, 3, dropout=0.0, rngs=nnx.Rngs(0))
+  nnx_tx = alrao_jax.alrao_sgd(1e-4, 1.0, key=jax.random.key(1))
+  optimizer = nnx.Optimizer(model, nnx_tx, wrt=nnx.Param)
+  nnx_result = alrao_jax.fit(model, optimizer, splits, epochs=1, batch_size=16)
+  assert nnx_result.initial_params is not None
+  with pytest.raises(TypeError, match="NNX run's FitResult"):
+    alrao_jax.suggest_lr(nnx_result)
