@@ -84,6 +84,17 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
       "loss_unit": "nats",
       "grid": grid([0.02, 0.04]),
       "grid_cosine": {**grid([0.01, 0.03]), "best_lr": 1.0},
+      "sgd_run_seconds": 10.5,
+      "sweeps": [  # per seed: the decade sweep's pick (tuned SGD's losses) and the quarter's
+        {
+          "decade": {"pick_lr": 0.1, "pick_loss": 0.02, "seconds": 21.0},
+          "quarter": {"pick_lr": 0.178, "pick_loss": 0.01, "seconds": 30.0},
+        },
+        {
+          "decade": {"pick_lr": 0.1, "pick_loss": 0.04, "seconds": 21.0},
+          "quarter": {"pick_lr": 0.1, "pick_loss": 0.04, "seconds": 30.0},
+        },
+      ],
       "tune": [
         {
           "lr": 1.0,
@@ -160,7 +171,14 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "within 1.05 of tuned SGD on 1 of 1 tasks (digits)" in text
   assert "The best of the three suggestions is Alrao's suggestion on digits." in text
   assert "refocused run beats one plain Alrao run on digits" in text  # 1.5 against 2.0
-  assert "tune (Alrao + race) meets all three goals" in text and "on 0 of 1 tasks" in text
+  assert "tune (Alrao + race) meets its three goals" in text and "on 0 of 1 tasks" in text
+  # against each seed's own sweep: tune 0.02 / 0.02 and 0.048 / 0.04; against the quarter-decade
+  # picks 0.02 / 0.01 and 0.048 / 0.04; its compute 7 s of the sweep's 21 s
+  yardstick = next(line for line in lines if line.startswith("| digits | 0.1, 0.1 |"))
+  cells = [c.strip() for c in yardstick.strip("|").split("|")]
+  assert cells[2] == "21, 2.0" and cells[3:6] == ["1.100, 1.200", "1.600, 2.000", "7, 0.7, 33%"]
+  assert "| digits | 0 | 0.1 | 0.0200 | 21 | 0.178 | 0.0100 | 30 |" in text
+  assert "Against each seed's own sweep pick, tune (Alrao + race) meets the three goals" in text
   # per seed: the suggestion, the race (rates x epochs), its best and tune's pick
   assert "| digits | 1 | 0.01 | low | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
   assert "![schedules](tune_schedules.png)" in text

@@ -131,10 +131,12 @@ def test_after_the_run_guide_runs_and_its_text_quotes_what_it_prints(capsys):
   code = _blocks("guides/after_the_run.md")[0]
   exec(compile(code, "docs/guides/after_the_run.md", "exec"), {})
   out = capsys.readouterr().out
-  lr = float(re.search(r"suggested lr ([0-9.e-]+);", out).group(1))
+  found = re.search(r"suggested lr ([0-9.e-]+) \((\w+) confidence\);", out)
+  lr = float(found.group(1))
+  assert found.group(2) == "low", out  # fit's result carries the evidence the switch lacks
   alrao, sgd = (float(v) for v in re.search(r"Alrao ([0-9.]+), SGD ([0-9.]+)", out).groups())
   section = _page("guides/after_the_run.md")
-  quoted_lr = float(re.search(r"suggested lr ([0-9.e-]+);", section).group(1))
+  quoted_lr = float(re.search(r"suggested lr ([0-9.e-]+) \(low confidence\);", section).group(1))
   quoted = re.search(r"test accuracy: Alrao ([0-9.]+), SGD ([0-9.]+)", section).groups()
   # Ten epochs on a toy: another processor's rounding may move the digits, not the story.
   assert abs(math.log10(lr / quoted_lr)) <= 0.35, (lr, quoted_lr)  # the same copy or the next
