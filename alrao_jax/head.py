@@ -56,9 +56,30 @@ class CopyOutputs(NamedTuple):
     raise TypeError(_NOT_LOGITS)
 
 
+class _ViaOutputs:
+  """``own`` and ``shared`` of outputs held in another form, through their ``outputs()``."""
+
+  def outputs(self) -> CopyOutputs:
+    raise NotImplementedError
+
+  @property
+  def own(self) -> jax.Array:
+    """Each copy's outputs ``(N, *batch, K)``, gradients to the copy only (see
+    :class:`CopyOutputs`)."""
+    return self.outputs().own
+
+  @property
+  def shared(self) -> jax.Array:
+    """The copies' outputs ``(N, *batch, K)``, gradients to the pre-classifier only."""
+    return self.outputs().shared
+
+  def __jax_array__(self) -> jax.Array:
+    raise TypeError(_NOT_LOGITS)
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class DeferredCopyOutputs:
+class DeferredCopyOutputs(_ViaOutputs):
   """The copies of a large head, not yet applied: what ``AlraoHead(copies_at_once=c)`` returns.
 
   :func:`alrao_jax.alrao_loss` with the categorical likelihood applies the copies ``c`` at a
@@ -84,16 +105,6 @@ class DeferredCopyOutputs:
     return copy_outputs(self.z, self.kernel, self.bias)
 
   @property
-  def own(self) -> jax.Array:
-    """Each copy's outputs, gradients to the copy only (see :class:`CopyOutputs`)."""
-    return self.outputs().own
-
-  @property
-  def shared(self) -> jax.Array:
-    """The copies' outputs, gradients to the pre-classifier only."""
-    return self.outputs().shared
-
-  @property
   def shape(self) -> tuple[int, ...]:
     """``(N, *batch, K)``: the copies' outputs."""
     return (self.kernel.shape[0], *self.z.shape[:-1], self.kernel.shape[-1])
@@ -107,13 +118,10 @@ class DeferredCopyOutputs:
     """The copies' outputs in full, cast to ``dtype``."""
     return self.outputs().astype(dtype)
 
-  def __jax_array__(self) -> jax.Array:
-    raise TypeError(_NOT_LOGITS)
-
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
-class StepCopyOutputs:
+class StepCopyOutputs(_ViaOutputs):
   """The copies' outputs with the copy axis next to the outputs: what
   ``AlraoHead(per_step=True)`` returns, for a head applied step by step inside a scan.
 
@@ -150,16 +158,6 @@ class StepCopyOutputs:
     )
 
   @property
-  def own(self) -> jax.Array:
-    """Each copy's outputs ``(N, *batch, K)``, gradients to the copy only."""
-    return self.outputs().own
-
-  @property
-  def shared(self) -> jax.Array:
-    """The copies' outputs ``(N, *batch, K)``, gradients to the pre-classifier only."""
-    return self.outputs().shared
-
-  @property
   def shape(self) -> tuple[int, ...]:
     """``(N, *batch, K)``: the copies' outputs."""
     *batch, n, k = self.own_by_example.shape
@@ -173,9 +171,6 @@ class StepCopyOutputs:
   def astype(self, dtype: Any) -> StepCopyOutputs:
     """Both routes cast to ``dtype``."""
     return StepCopyOutputs(self.shared_by_example.astype(dtype), self.own_by_example.astype(dtype))
-
-  def __jax_array__(self) -> jax.Array:
-    raise TypeError(_NOT_LOGITS)
 
   @property
   def ndim(self) -> int:

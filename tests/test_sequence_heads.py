@@ -39,6 +39,14 @@ class _Decoder(nn.Module):
     return nn.RNN(_EmittingCell())(nn.Embed(VOCAB, HIDDEN)(tokens))
 
 
+class _CopiesOnly(nn.Module):
+  """The decoder's copy outputs alone: what the library's step trains."""
+
+  @nn.compact
+  def __call__(self, tokens):
+    return _Decoder()(tokens)[1]
+
+
 def _tokens():
   return jax.random.randint(jax.random.key(1), (SIZE, SIZE), 0, VOCAB)
 
@@ -83,12 +91,7 @@ def test_a_per_step_head_inside_nn_rnn_equals_the_head_after_it():
 
 
 def test_the_library_step_trains_a_per_step_head():
-  class Model(nn.Module):
-    @nn.compact
-    def __call__(self, tokens):
-      return _Decoder()(tokens)[1]
-
-  model, tokens = Model(), _tokens()
+  model, tokens = _CopiesOnly(), _tokens()
   targets = jnp.roll(tokens, -1, axis=1)
   tx = alrao_jax.alrao_sgd(1e-2, 1.0, key=jax.random.key(1))
   state = alrao_jax.create_train_state(model, tx, jax.random.key(0), tokens)
@@ -150,12 +153,7 @@ def test_step_copy_outputs_cast_and_refuse_to_be_logits():
 
 
 def test_a_per_step_model_resumes_from_its_checkpoint_exactly(tmp_path):
-  class Model(nn.Module):
-    @nn.compact
-    def __call__(self, tokens):
-      return _Decoder()(tokens)[1]
-
-  model, tokens = Model(), _tokens()
+  model, tokens = _CopiesOnly(), _tokens()
   targets = jnp.roll(tokens, -1, axis=1)
   tx = alrao_jax.alrao_sgd(1e-2, 1.0, key=jax.random.key(1))
   step = alrao_jax.make_train_step(model, tx, donate=False)
