@@ -177,6 +177,9 @@ class StepCopyOutputs(_ViaOutputs):
     raise TypeError(_NOT_LOGITS)
 
 
+HEAD_OUTPUTS = (CopyOutputs, DeferredCopyOutputs, StepCopyOutputs)  # what an Alrao head returns
+
+
 def by_example(outputs: CopyOutputs) -> StepCopyOutputs:
   """:class:`CopyOutputs` laid out ``(*batch, N, K)`` (:class:`StepCopyOutputs`)."""
   return StepCopyOutputs(jnp.moveaxis(outputs.shared, 0, -2), jnp.moveaxis(outputs.own, 0, -2))
@@ -448,7 +451,7 @@ def as_copy_outputs(outputs: Any) -> CopyOutputs | DeferredCopyOutputs:
   """A model's outputs as :class:`CopyOutputs`: an Alrao head's as they are, a plain output
   layer's ``(*batch, K)`` as one copy, so that one step and one loop train both (the
   baseline and Alrao); a plain layer's gradient then is its loss's, as with an optax loss."""
-  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
+  if isinstance(outputs, HEAD_OUTPUTS):
     return canonical(outputs)
   if not isinstance(outputs, jax.Array):
     raise TypeError(
@@ -461,7 +464,7 @@ def as_copy_outputs(outputs: Any) -> CopyOutputs | DeferredCopyOutputs:
 
 def copy_values(outputs: CopyOutputs | DeferredCopyOutputs | jax.Array) -> jax.Array:
   """The copies' output values ``(N, *batch, K)`` of :class:`CopyOutputs` or of an array."""
-  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
+  if isinstance(outputs, HEAD_OUTPUTS):
     return outputs.own
   return jnp.asarray(outputs)
 

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 
 from alrao_jax.checks import check_bounds, check_rng_streams
-from alrao_jax.head import CopyOutputs, DeferredCopyOutputs, StepCopyOutputs
+from alrao_jax.head import HEAD_OUTPUTS
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
 from alrao_jax.splits import Split, rows_of, take
 from alrao_jax.steps import TrainState, stream_keys
@@ -252,7 +252,7 @@ def _interval(lrs: np.ndarray, smoothed: np.ndarray) -> tuple[float, float]:
 
 def _batch_loss(outputs: Any, targets: jax.Array, likelihood: Likelihood) -> tuple:
   """(objective to differentiate, loss to record) of one batch, for a plain or Alrao output."""
-  if isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):  # every copy
+  if isinstance(outputs, HEAD_OUTPUTS):  # every copy at the test's rate
     num_copies = outputs.shape[0]
     loss, aux = alrao_loss(
       outputs, targets, jnp.full((num_copies,), 1.0 / num_copies), likelihood=likelihood

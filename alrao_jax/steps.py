@@ -17,10 +17,10 @@ from flax import nnx
 from alrao_jax.checks import check_carry, check_rng_streams
 from alrao_jax.example_weights import example_shares, weighted_mean
 from alrao_jax.head import (
+  HEAD_OUTPUTS,
   CopyOutputs,
   DeferredCopyOutputs,
   Posterior,
-  StepCopyOutputs,
   as_copy_outputs,
   copy_values,
   log_posterior_of,
@@ -177,7 +177,7 @@ def check_averaging_state(averaging: ModelAveraging, averaging_state: Any, outpu
   Raises:
     TypeError: a state of another averaging method. ValueError: another number of copies.
   """
-  if not isinstance(outputs, CopyOutputs | DeferredCopyOutputs | StepCopyOutputs):
+  if not isinstance(outputs, HEAD_OUTPUTS):
     return  # alrao_loss names this one
   num_copies = outputs.shape[0]
   want = jax.eval_shape(lambda: averaging.init(num_copies))

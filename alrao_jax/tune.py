@@ -27,8 +27,7 @@ from alrao_jax.checks import check_bounds, check_int
 from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
-from alrao_jax.splits import as_splits, take
-from alrao_jax.steps import create_train_state, model_args
+from alrao_jax.splits import as_splits
 from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import alrao_adam, alrao_sgd
@@ -372,17 +371,12 @@ def tune(
     if racer is None:  # the start of the model, in buffers of its own: fit donates the model's
       racer = nnx.clone(model)
       nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
-    initial = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     linen_kwargs = {"carry": tuple(carry)} if tuple(carry) else {}  # fit refuses them, naming
     if eval_model is not None:
       linen_kwargs["eval_model"] = eval_model
     race_kwargs = linen_kwargs if plain_eval_model is None else {"eval_model": plain_eval_model}
   else:
     racer = plain_model if plain_model is not None else model
-    example = model_args(take(splits.train.inputs, slice(0, batch_size)))
-    initial = create_train_state(
-      model, tx, jax.random.key(seed), *example, rng_streams=rng_streams, **dict(eval_kwargs or {})
-    ).params
     linen_kwargs = {"rng_streams": rng_streams, "carry": carry, "eval_model": eval_model}
     race_eval = eval_model if plain_model is None else plain_eval_model
     race_kwargs = {**linen_kwargs, "eval_model": race_eval}
@@ -396,9 +390,9 @@ def tune(
     warnings.simplefilter("ignore", UserWarning)
     suggestion = suggest_lr(
       params,
-      tx.init(initial),  # the run's rates: the same key and parameter tree
+      tx.init(result.initial_params),  # the run's rates: the same key and parameter tree
       averaging_state,
-      initial_params=initial,
+      initial_params=result.initial_params,
       posteriors=[r["posterior"] for r in history],
     )
   alrao_seconds = time.perf_counter() - start

@@ -43,16 +43,6 @@ class TuneResult(NamedTuple):
   race_epochs: int  # the race's length in epochs (race_length by default; 0 without a race)
 
 
-def initial_params(task: Task, method: Method, seed: int) -> Any:
-  """The parameters :func:`alrao_jax.fit` starts ``task``'s model from with this seed."""
-  model = task.build(len(method.copy_lrs))
-  x = task.splits.train.inputs[: task.batch_size]
-  state = create_train_state(
-    model, method.optimizer, jax.random.key(seed), x, **MODES["eval_kwargs"]
-  )
-  return state.params
-
-
 def task_lr_find(
   task: Task,
   *,
@@ -171,7 +161,7 @@ def tune(
   alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit_kwargs)
   suggestion = suggest_lr(
     result.state,
-    initial_params=initial_params(task, alrao, seed),
+    initial_params=result.initial_params,
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
   lr, race, race_seconds = suggestion.lr, None, 0.0
