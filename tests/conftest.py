@@ -11,12 +11,19 @@ import tempfile
 import pytest
 
 # The suite compiles hundreds of small programs and runs each a few times: XLA's CPU backend
-# compiles them ~35% faster without its LLVM optimisations (test_zoo: 73 s of CPU against 113 s),
-# which the runs lose again only on programs far larger than a test's. Set before any backend
-# starts, so the xdist workers and every subprocess a test starts inherit it.
-FAST_COMPILE = "--xla_backend_optimization_level=0"
-if FAST_COMPILE not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+# compiles them faster without its LLVM optimisations (test_zoo: 73 s of CPU against 113 s),
+# with its older loop emitters rather than the MLIR fusion emitters, and with the plain
+# scheduler (test_zoo, one process: 35 s against 66 s with the first flag alone); the runs lose
+# it again only on programs far larger than a test's. Set before any backend starts, so the
+# xdist workers and every subprocess a test starts inherit them.
+FAST_COMPILE = (
+  "--xla_backend_optimization_level=0",
+  "--xla_cpu_use_fusion_emitters=false",
+  "--xla_cpu_enable_concurrency_optimized_scheduler=false",
+)
+for flag in FAST_COMPILE:
+  if flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
 from flax import nnx  # noqa: E402 (after XLA_FLAGS)
 
