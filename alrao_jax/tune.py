@@ -27,7 +27,7 @@ from alrao_jax.checks import check_bounds, check_int
 from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
-from alrao_jax.splits import as_splits
+from alrao_jax.splits import as_splits, rows_of
 from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import alrao_adam, alrao_sgd
@@ -172,6 +172,45 @@ def race_length(epochs: int, racers: int) -> int:
     (2, 1)
   """
   return int(np.clip(epochs // max(racers, 1), 1, RACE_EPOCHS))
+
+
+def annealed(
+  optimizer: Callable[..., optax.GradientTransformation], *, steps: int, last: int
+) -> Callable[..., optax.GradientTransformation]:
+  """``optimizer`` with its updates scaled from 1 down to 0, linearly, over the last ``last``
+  of ``steps`` steps: the racers of :func:`race_suggestion` (``anneal=True``) are then compared
+  at the end of a schedule, where a fast rate no longer leads by the noise it still carries.
+
+  Args:
+    optimizer: a factory ``learning_rate -> GradientTransformation``, e.g. ``optax.sgd``.
+    steps: the race's steps.
+    last: how many of them anneal, ``1 <= last <= steps``.
+
+  Returns:
+    A factory of the same signature (:func:`alrao_jax.sweep` injects its rate).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> from alrao_jax.tune import annealed
+    >>> tx = annealed(optax.sgd, steps=4, last=2)(learning_rate=1.0)
+    >>> state, grads = tx.init(jnp.zeros(1)), jnp.ones(1)
+    >>> moves = []
+    >>> for _ in range(4):
+    ...   updates, state = tx.update(grads, state)
+    ...   moves.append(float(-updates[0]))
+    >>> moves
+    [1.0, 1.0, 1.0, 0.5]
+  """
+  steps = check_int(steps, "steps", minimum=1)
+  last = check_int(last, "last", minimum=1)
+  if last > steps:
+    raise ValueError(f"last must be at most steps ({steps}), got {last}.")
+  schedule = optax.linear_schedule(1.0, 0.0, transition_steps=last, transition_begin=steps - last)
+
+  def factory(learning_rate: Any) -> optax.GradientTransformation:
+    return optax.chain(optimizer(learning_rate), optax.scale_by_schedule(schedule))
+
+  return factory
 
 
 def check_tolerance(tolerance: float) -> None:
@@ -443,6 +482,7 @@ def race_suggestion(
   tolerance: float = TOLERANCE,
   fallback: float = float("nan"),
   max_racers: int = MAX_RACERS,
+  anneal: bool = False,
   **sweep_kwargs: Any,
 ) -> Race:
   """The race of step 3 of :func:`tune`: the suggestion's candidates
@@ -460,6 +500,8 @@ def race_suggestion(
     fallback: the rate returned when every racer diverged (default nan: none).
     max_racers: the race's budget of racers (see :func:`race_ladder`); a stretch the budget
       leaves untried is warned about, by its rates.
+    anneal: the racers' rates fall linearly to 0 over the race's last epoch
+      (:func:`annealed`), so that they are compared at the end of a schedule.
     **sweep_kwargs: more keyword arguments of :func:`alrao_jax.sweep` (seed, batch_size, ...).
 
   Returns:
@@ -477,6 +519,9 @@ def race_suggestion(
       stacklevel=2,
     )
   length = race_length(epochs, len(candidates)) if race_epochs is None else race_epochs
+  if anneal:
+    per_epoch = rows_of(as_splits(splits).train.inputs) // sweep_kwargs.get("batch_size", 32)
+    optimizer = annealed(optimizer, steps=length * per_epoch, last=per_epoch)
   race = sweep(
     model,
     optimizer,

@@ -292,3 +292,30 @@ def test_a_race_whose_racers_all_diverge_falls_back_as_asked():
   assert race_suggestion(nn.Dense(2), exploding, splits, suggestion, fallback=0.1, **kw).lr == 0.1
   healthy = race_suggestion(nn.Dense(2), optax.sgd, splits, suggestion, race_epochs=2, **kw)
   assert healthy.epochs == 2 and healthy.lr in raced.candidates
+
+
+def test_an_annealed_race_is_each_racer_fit_with_its_rate_falling_to_zero_over_the_last_epoch():
+  from types import SimpleNamespace
+
+  from alrao_jax.tune import annealed, race_suggestion
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(160, 4)).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, (x[:, 0] > 0).astype(np.int32), valid=32, test=32)
+  kw = {"epochs": 6, "race_epochs": 2, "batch_size": 16}  # 6 steps an epoch, the last 6 anneal
+  raced = race_suggestion(
+    nn.Dense(2), optax.sgd, splits, SimpleNamespace(lr=0.3, candidates={}), anneal=True, **kw
+  )
+  np.testing.assert_allclose(raced.candidates, [0.3 / 10**0.5, 0.3, 0.3 * 10**0.5])
+  for rate, history in zip(raced.candidates, raced.race.histories, strict=True):
+    # the oracle: optax.sgd with its rate on optax's own schedule, 1 for 6 steps then to 0
+    schedule = optax.linear_schedule(rate, 0.0, transition_steps=6, transition_begin=6)
+    run = alrao_jax.fit(nn.Dense(2), optax.sgd(schedule), splits, epochs=2, batch_size=16)
+    found = [r["valid_loss"] for r in history]
+    np.testing.assert_allclose(found, [r["valid_loss"] for r in run.history], rtol=1e-5)
+  constant = race_suggestion(
+    nn.Dense(2), optax.sgd, splits, SimpleNamespace(lr=0.3, candidates={}), **kw
+  )
+  assert constant.race.histories[2][1]["valid_loss"] != raced.race.histories[2][1]["valid_loss"]
+  with pytest.raises(ValueError, match=r"last must be at most steps \(4\)"):
+    annealed(optax.sgd, steps=4, last=5)

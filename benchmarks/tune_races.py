@@ -1,0 +1,297 @@
+"""Short races favour fast rates: which race stops it, on the bundled tasks and on networks that
+tune was not designed on.
+
+Usage:
+  python benchmarks/tune_races.py          # writes benchmarks/results/tune_races.md and .json
+  python benchmarks/tune_races.py --quick  # smoke test: tiny data, 2 epochs, 1 seed, no file
+
+Per bundled task (digits, mnist1d, mnist1d-mlp, with ``benchmarks/tune_rules.py``'s epochs) and
+per network of ``tests/test_tune_own_model.py`` (a ReLU MLP, a GRU classifier, a scanned
+Transformer, a regression MLP: out of sample), and per seed: one Alrao-SGD run and its
+suggestion (:func:`alrao_jax.suggest_lr`), then the same racers (:func:`alrao_jax.race_ladder`)
+raced four ways: 2 epochs at a constant rate (``tune``'s race), 2 epochs with the rate annealed
+to 0 over the last one, a quarter of the run at a constant rate, a quarter annealed. Each race
+gives two rules, the rate :func:`alrao_jax.race_pick` takes (the suggestion unless the race
+clearly beat it) and the race's best; a fifth rule keeps the suggestion when its confidence is
+"high" and takes ``tune``'s pick otherwise. Every rule is scored as ``benchmarks/tune.py``
+scores ``tune``: SGD's test loss at its rate over that of the rate the same seed's 7-rate decade
+sweep picks on validation. The bundled tasks' SGD is a quarter-decade grid (a rate between two
+grid rates is interpolated); the own networks' SGD runs at every rule's rate itself, in one
+sweep with a quarter-decade grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
+from header import command_line, ran_on, results_name
+from tune_rules import FINE, PATIENCE, SETTINGS, sgd_at
+
+import alrao_jax
+from alrao_jax import strict_json
+from alrao_jax.experiments.compare import timed_fit
+from alrao_jax.experiments.methods import make_method
+from alrao_jax.experiments.tasks import MODES, load_task
+from alrao_jax.experiments.tune import racing_optimizer
+from alrao_jax.suggest_lr import suggest_lr
+from alrao_jax.sweep import sweep
+from alrao_jax.tune import RACE_EPOCHS, race_suggestion
+
+SEEDS = 3
+OWN_EPOCHS = 16  # the own networks' runs (tests/test_tune_own_model.py trains 6)
+OWN_GRID = 10.0 ** np.arange(-3.0, 1.26, 0.25)  # 1e-3 ... 17.8
+DECADES = 10.0 ** np.arange(-5.0, 1.5)  # the 7-rate sweep, 1e-5 ... 10
+RACES = {  # name: (epochs of the race given the run's, annealed)
+  "2 epochs": (lambda epochs: RACE_EPOCHS, False),
+  "2 epochs, annealed": (lambda epochs: RACE_EPOCHS, True),
+  "a quarter of the run": (lambda epochs: max(RACE_EPOCHS, epochs // 4), False),
+  "a quarter of the run, annealed": (lambda epochs: max(RACE_EPOCHS, epochs // 4), True),
+}
+GOALS = {"mean": 1.05, "worst": 1.25}  # issue 38's, against the per-seed sweep pick
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def _race_record(raced: Any) -> dict[str, Any]:
+  return {
+    "pick": float(raced.lr),
+    "best": float(raced.race.best_value),
+    "epochs": int(raced.epochs),
+    "seconds": float(raced.seconds),
+  }
+
+
+def _races(model: Any, optimizer: Any, splits: Any, suggestion: Any, epochs: int, **kw: Any):
+  """Each of :data:`RACES` of the suggestion's racers, as plain numbers."""
+  found = {}
+  for name, (length, anneal) in RACES.items():
+    raced = race_suggestion(
+      model,
+      optimizer,
+      splits,
+      suggestion,
+      epochs=epochs,
+      race_epochs=length(epochs),
+      anneal=anneal,
+      fallback=suggestion.lr,
+      **kw,
+    )
+    found[name] = _race_record(raced)
+  return found
+
+
+def collect_task(task: Any, epochs: int, seed: int, rates: np.ndarray) -> dict[str, Any]:
+  """A bundled task and seed: the suggestion, the four races, and SGD's grid."""
+  low, high = task.interval("alrao-sgd")
+  alrao = make_method("alrao-sgd", seed=seed, lr_min=low, lr_max=high, copies=task.copies)
+  _, result = timed_fit(task, alrao, seed=seed, epochs=epochs, patience=PATIENCE)
+  suggestion = suggest_lr(
+    result.state,
+    initial_params=result.initial_params,
+    posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
+  )
+  races = _races(
+    task.build(1),
+    racing_optimizer(make_method, "sgd", seed=seed),
+    task.splits,
+    suggestion,
+    epochs,
+    seed=seed,
+    batch_size=task.batch_size,
+    carry=task.carry,
+    **MODES,
+  )
+  grid = sweep(
+    task.build(1),
+    optax.sgd,
+    task.splits,
+    values=np.union1d(rates, DECADES),
+    epochs=epochs,
+    seed=seed,
+    batch_size=task.batch_size,
+    patience=PATIENCE,
+    **MODES,
+  )
+  return _record(suggestion, races, grid)
+
+
+def _record(suggestion: Any, races: dict[str, Any], grid: Any) -> dict[str, Any]:
+  return {
+    "suggestion": float(suggestion.lr),
+    "confidence": suggestion.confidence,
+    "races": races,
+    "rates": [float(v) for v in grid.values],
+    "test": [float(t["loss"]) for t in grid.test],
+    "valid": [float(v) for v in grid.valid_losses],
+  }
+
+
+def collect_own(name: str, epochs: int, seed: int) -> dict[str, Any]:
+  """A network of tests/test_tune_own_model.py and seed: the same, SGD run at every rate."""
+  import test_tune_own_model as own
+
+  network, data, kwargs = own.NETWORKS[name]
+  splits = data()
+  options = {"seed": seed, "batch_size": 32, **kwargs}
+  tx = alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1))
+  result = alrao_jax.fit(network(), tx, splits, epochs=epochs, **options)
+  history = result.history[: max(result.best_epoch, 1)]
+  suggestion = alrao_jax.suggest_lr(
+    result.state.params,
+    tx.init(result.initial_params),
+    result.state.averaging_state,
+    initial_params=result.initial_params,
+    posteriors=[r["posterior"] for r in history],
+  )
+  races = _races(network(plain=True), optax.sgd, splits, suggestion, epochs, **options)
+  picked = [suggestion.lr] + [r[k] for r in races.values() for k in ("pick", "best")]
+  values = np.union1d(np.union1d(OWN_GRID, DECADES), np.asarray(picked))
+  grid = sweep(network(plain=True), optax.sgd, splits, values=values, epochs=epochs, **options)
+  return _record(suggestion, races, grid)
+
+
+def seed_pick(record: dict[str, Any]) -> int:
+  """The index in the record's grid of the rate its 7-rate decade sweep picks on validation."""
+  logs = np.log10(record["rates"])
+  decades = [int(np.argmin(np.abs(logs - d))) for d in np.log10(DECADES)]
+  valid = np.asarray(record["valid"])[decades]
+  return decades[int(np.argmin(np.where(np.isfinite(valid), valid, np.inf)))]
+
+
+def _gate(record: dict[str, Any]) -> float:
+  if record["confidence"] == "high":
+    return record["suggestion"]
+  return record["races"]["2 epochs"]["pick"]
+
+
+RULES: dict[str, Callable[[dict[str, Any]], float]] = {
+  "suggest_lr alone": lambda r: r["suggestion"],
+  **{
+    f"{name}: race_pick{' (tune today)' if name == '2 epochs' else ''}": (
+      lambda r, name=name: r["races"][name]["pick"]
+    )
+    for name in RACES
+  },
+  **{f"{name}: the race's best": (lambda r, name=name: r["races"][name]["best"]) for name in RACES},
+  "the suggestion if its confidence is high, else tune's pick": _gate,
+}
+
+
+def score(records: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+  """Per rule and task: SGD at the rule's rate / SGD at the seed's sweep pick (mean and worst
+  seed), the mean distance in decades from the pick, and each race's mean cost."""
+  table: dict[str, dict[str, dict[str, float]]] = {}
+  for name, rule in RULES.items():
+    table[name] = {}
+    for task, seeds in records.items():
+      picks = [seed_pick(r) for r in seeds]
+      ratios = [sgd_at(r, rule(r)) / r["test"][i] for r, i in zip(seeds, picks, strict=True)]
+      table[name][task] = {
+        "mean": float(np.mean(ratios)),
+        "worst": float(np.max(ratios)),
+        "decades": float(
+          np.mean([np.log10(rule(r) / r["rates"][i]) for r, i in zip(seeds, picks, strict=True)])
+        ),
+      }
+  return table
+
+
+def _meets(cell: dict[str, float]) -> bool:
+  return cell["mean"] <= GOALS["mean"] and cell["worst"] <= GOALS["worst"]
+
+
+def _table(records: dict[str, list[dict[str, Any]]]) -> list[str]:
+  tasks = list(records)
+  lines = ["| rule | " + " | ".join(tasks) + " | met on |", "|---|" + "---|" * (len(tasks) + 1)]
+  for name, cells in score(records).items():
+    row = [
+      f"{c['mean']:.2f}, {c['worst']:.2f} ({c['decades']:+.2f}){' *' if _meets(c) else ''}"
+      for c in cells.values()
+    ]
+    met = sum(_meets(c) for c in cells.values())
+    lines.append(f"| {name} | " + " | ".join(row) + f" | {met} of {len(tasks)} |")
+  lines += ["", "Each race's mean wall time (s, compilation included):", ""]
+  lines += ["| race | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+  for name in RACES:
+    cells = [
+      f"{np.mean([r['races'][name]['seconds'] for r in seeds]):.1f} "
+      f"({seeds[0]['races'][name]['epochs']} ep.)"
+      for seeds in records.values()
+    ]
+    lines.append(f"| {name} | " + " | ".join(cells) + " |")
+  return lines
+
+
+def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> str:
+  intro = (
+    "SGD at the rule's rate / SGD at the rate the same seed's 7-rate decade sweep picks on "
+    "validation (test loss; mean over seeds, worst seed) and the rate's mean distance from "
+    f"that pick, in decades. Goals (issue 38): mean <= {GOALS['mean']}, worst <= "
+    f"{GOALS['worst']}; a cell that meets both is marked *."
+  )
+  lines = [*header, "## The bundled tasks", "", intro, "", *_table(bundled)]
+  lines += ["", "## Out of sample: the networks of tests/test_tune_own_model.py", "", intro, ""]
+  lines += [*_table(own), ""]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
+  parser.add_argument(
+    "--name", default="tune_races", type=results_name, help="the results' name: NAME.md, NAME.json"
+  )
+  args = parser.parse_args(argv)
+  import test_tune_own_model as own
+
+  settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
+  own_epochs, networks = (2, ["regression"]) if args.quick else (OWN_EPOCHS, sorted(own.NETWORKS))
+  rates = FINE[4:9] if args.quick else FINE
+  start = time.perf_counter()
+  bundled: dict[str, list[dict[str, Any]]] = {}
+  for name, epochs in settings.items():
+    task = load_task(name)
+    task = task.shrink(64) if args.quick else task
+    bundled[name] = []
+    for seed in range(seeds):
+      bundled[name].append(collect_task(task, epochs, seed, rates))
+      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
+  mine: dict[str, list[dict[str, Any]]] = {}
+  for name in networks:
+    mine[name] = []
+    for seed in range(seeds):
+      mine[name].append(collect_own(name, own_epochs, seed))
+      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
+  minutes = (time.perf_counter() - start) / 60
+  command = command_line("tune_races.py", parser, args)
+  header = [
+    "# Which race stops a short race from favouring fast rates",
+    "",
+    f"Command: `{command}` (this file and {args.name}.json). {ran_on(minutes)}. Bundled tasks' "
+    "epochs: "
+    + ", ".join(f"{n} {e}" for n, e in settings.items())
+    + f" (early stopping, patience {PATIENCE}); own networks: {own_epochs} epochs; {seeds} "
+    "seeds. Each seed races the same racers four ways, after one Alrao-SGD run.",
+    "",
+  ]
+  text = report(bundled, mine, header)
+  print(text)
+  if not args.quick:
+    (RESULTS / f"{args.name}.md").write_text(text)
+    payload = {"bundled": bundled, "own": mine}
+    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(payload) + "\n")
+  return text
+
+
+if __name__ == "__main__":
+  main()
