@@ -1,0 +1,152 @@
+"""How far one Alrao run of a recurrent classifier moves when its start moves by a rounding
+error, and what damps it.
+
+Usage:
+  python benchmarks/recurrent_spread.py          # writes benchmarks/results/recurrent_spread.md
+  python benchmarks/recurrent_spread.py --quick  # smoke test: 3 epochs, 1 seed, 2 runs, no file
+
+The GRU classifier of ``tests/test_tune_own_model.py`` (16 units, a 5-copy Alrao head, 8 steps of
+3 features), per seed: one run from its initial parameters and four more from the same
+parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the last bit of about half of
+them), each kept at its best validation epoch. Three optimizers: Alrao-SGD over [1e-4, 10] (the
+GRU cell's units sampled like every other feature), the same with the GRU cell's interval one
+decade lower, [1e-4, 1] (``optax.partition``; the head and its copies keep [1e-4, 10]), and
+SGD at the rate the seed's decade sweep (1e-4 ... 10, ``alrao_jax.sweep``) picks on validation.
+The spread is the largest test loss of a seed's five runs over its smallest, less 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
+from header import command_line, ran_on, write_results
+
+import alrao_jax
+
+EPOCHS = 40
+SEEDS = 3
+RUNS = 5  # the start itself and four perturbations of it
+NOISE = 1e-7
+DECADES = 10.0 ** np.arange(-4.0, 1.5)
+RESULTS = pathlib.Path(__file__).parent / "results"
+CELL_MAX = 1.0  # the GRU cell's top rate in the damped run, a decade below the head's
+
+
+def perturbed(params: Any, run: int) -> Any:
+  """``params`` with every entry times ``1 + NOISE * N(0, 1)`` (run 0: unchanged)."""
+  if run == 0:
+    return params
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(1000 + run), len(leaves))
+  moved = [
+    x * (1 + NOISE * jax.random.normal(k, x.shape)) for x, k in zip(leaves, keys, strict=True)
+  ]
+  return jax.tree.unflatten(tree, moved)
+
+
+def optimizers(seed: int, rate: float) -> dict[str, optax.GradientTransformation]:
+  def cell(params: Any) -> dict[str, str]:
+    return {name: "cell" if name.startswith("GRUCell") else "rest" for name in params}
+
+  damped = optax.partition(
+    {
+      "cell": alrao_jax.alrao_sgd(1e-4, CELL_MAX, key=jax.random.key(seed + 1)),
+      "rest": alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 2)),
+    },
+    cell,
+  )
+  return {
+    "Alrao-SGD [1e-4, 10]": alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1)),
+    f"Alrao-SGD, the GRU cell at [1e-4, {CELL_MAX:g}]": damped,
+    f"SGD at the sweep's pick ({rate:g})": optax.sgd(rate),
+  }
+
+
+def collect(seed: int, epochs: int, runs: int) -> dict[str, Any]:
+  """One seed: the sweep's pick, and each optimizer's test loss over the perturbed starts."""
+  import test_tune_own_model as own
+
+  splits = own._sequences()
+  options = {"epochs": epochs, "seed": seed, "batch_size": 32}
+  picked = alrao_jax.sweep(
+    own.GRUClassifier(plain=True), optax.sgd, splits, values=DECADES, evaluate_test=False, **options
+  )
+  rate = float(picked.best_value)
+  found: dict[str, Any] = {"rate": rate, "runs": {}}
+  for name, tx in optimizers(seed, rate).items():
+    model = own.GRUClassifier(plain=name.startswith("SGD"))
+    start = alrao_jax.create_train_state(model, tx, jax.random.key(seed), splits.train.inputs[:32])
+    losses = []
+    for run in range(runs):
+      state = jax.tree.map(jnp.copy, start)  # fit donates its initial state's buffers
+      state = state.replace(params=perturbed(state.params, run))
+      result = alrao_jax.fit(model, tx, splits, initial_state=state, **options)
+      losses.append(float(result.history[result.best_epoch - 1]["test_loss"]))
+    found["runs"][name] = losses
+  return found
+
+
+def report(records: list[dict[str, Any]], header: list[str]) -> str:
+  names = list(records[0]["runs"])
+  lines = [
+    *header,
+    "| optimizer | seed | test losses (start, then 4 perturbed) | spread | "
+    "mean / SGD at the pick |",
+    "|---|---|---|---|---|",
+  ]
+  for name in names:
+    for seed, record in enumerate(records):
+      losses = np.asarray(record["runs"][name])
+      sgd = np.mean(record["runs"][names[-1]])
+      lines.append(
+        f"| {name.split(' (')[0]} | {seed} | {', '.join(f'{v:.3f}' for v in losses)} | "
+        f"{losses.max() / losses.min() - 1:.0%} | {losses.mean() / sgd:.2f} |"
+      )
+  lines += ["", "Goals (issue 38, item 6): spread at most 10%, mean at most 1.5x tuned SGD.", ""]
+  for name in names[:-1]:
+    spreads = [np.max(r["runs"][name]) / np.min(r["runs"][name]) - 1 for r in records]
+    ratios = [np.mean(r["runs"][name]) / np.mean(r["runs"][names[-1]]) for r in records]
+    lines.append(
+      f"- {name}: spread {min(spreads):.0%} to {max(spreads):.0%} over the seeds; mean test "
+      f"loss {np.mean(ratios):.2f}x SGD at the sweep's pick (worst seed {max(ratios):.2f}x)."
+    )
+  return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> str:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="3 epochs, 1 seed, 2 runs, no file")
+  args = parser.parse_args(argv)
+  epochs, seeds, runs = (3, 1, 2) if args.quick else (EPOCHS, SEEDS, RUNS)
+  start = time.perf_counter()
+  records = []
+  for seed in range(seeds):
+    records.append(collect(seed, epochs, runs))
+    print(f"[{time.perf_counter() - start:5.0f} s] seed {seed}", file=sys.stderr)
+  header = [
+    "# One Alrao run of a GRU classifier under rounding-size perturbations of its start",
+    "",
+    f"Command: `{command_line('recurrent_spread.py', parser, args)}`. "
+    f"{ran_on((time.perf_counter() - start) / 60)}. {epochs} epochs, batch 32, each run kept at "
+    f"its best validation epoch; {runs} runs per seed and optimizer.",
+    "",
+  ]
+  text = report(records, header)
+  print(text)
+  write_results(text, str(RESULTS / "recurrent_spread.md"), quick=args.quick)
+  return text
+
+
+if __name__ == "__main__":
+  main()
