@@ -226,14 +226,26 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   def record(test, valid, race_valid, valley):
     race = [0.0316, 0.1, 0.316]  # the suggestion 0.1 and its neighbours, from 2.3
     return {
-      "suggestion": 0.1, "confidence": "high", "valley": valley, "race_rates": race,
-      "race_valid": race_valid, "race_start": 2.3,
+      "suggestion": 0.1,
+      "confidence": "high",
+      "valley": valley,
+      "race_rates": race,
+      "race_valid": race_valid,
+      "race_start": 2.3,
       "race_best": race[race_valid.index(min(race_valid))],
       "tune_lr": race[rules.race_pick(race, race_valid, 2.3, 0.1, tolerance=0.2)],
-      "minimum": 0.1, "rates": rates, "test": test, "valid": valid,
+      "minimum": 0.1,
+      "rates": rates,
+      "test": test,
+      "valid": valid,
       # the grid race: 0.316 leads after 2 epochs, 0.1 from the 5th on
-      "valid_by_epoch": [[3, 3, 3, 3, 3], [2, 2, 2, 2, 2], [2, 1.5, 1, 1, 0.5],
-                         [1, 1, 1, 1, 1], [9, 9, 9, 9, 9]],
+      "valid_by_epoch": [
+        [3, 3, 3, 3, 3],
+        [2, 2, 2, 2, 2],
+        [2, 1.5, 1, 1, 0.5],
+        [1, 1, 1, 1, 1],
+        [9, 9, 9, 9, 9],
+      ],
     }
 
   seeds = [  # seed 0: 0.316 fell 0.8, the suggestion 0.6 (kept with a tolerance of 0.3 only)
@@ -246,9 +258,10 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   table = rules.score({"toy": seeds})
   race = table["the 2-epoch race's best (tune until 2026-12-02)"]["toy"]
   assert race == pytest.approx({"mean": (3.0 + 1.0) / 2, "worst": 3.0, "decades": 0.25}, abs=1e-3)
-  assert table["tune: the suggestion unless the 2-epoch race clearly beat it (tolerance 0.2)"][
-    "toy"
-  ] == race
+  assert (
+    table["tune: the suggestion unless the 2-epoch race clearly beat it (tolerance 0.2)"]["toy"]
+    == race
+  )
   assert table["the same with tolerance 0.1"]["toy"] == race
   kept = table["the same with tolerance 0.3"]["toy"]
   assert kept == pytest.approx({"mean": 1.0, "worst": 1.0, "decades": 0.0}, abs=1e-3)
@@ -258,6 +271,41 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   assert geometric["decades"] == pytest.approx((-0.25 + 0) / 2, abs=1e-3)  # sqrt(0.316 * 0.01)
   text = rules.report({"toy": seeds}, ["# header", ""])
   assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text
+
+
+def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypatch):
+  races = _import(monkeypatch, "tune_races")
+  rates = [1e-5, 1e-4, 1e-3, 0.01, 0.0316, 0.1, 0.316, 1.0, 10.0]
+
+  def record(valid, test, pick, best, confidence="medium"):
+    found = {
+      name: {"pick": pick, "best": best, "epochs": 2, "seconds": 1.0} for name in races.RACES
+    }
+    return {
+      "suggestion": 0.1,
+      "confidence": confidence,
+      "races": found,
+      "rates": rates,
+      "valid": valid,
+      "test": test,
+    }
+
+  inf = float("inf")
+  seeds = [  # seed 0's sweep picks 0.1 (0.316 is no decade); seed 1's picks 1.0
+    record([9, 9, 5, 3, 2, 1, 0.5, 2, inf], [9, 9, 5, 3, 2, 1.0, 2.0, 2, inf], 0.316, 0.316),
+    record([9, 9, 5, 3, 2, 2, 1, 1, inf], [9, 9, 5, 3, 2, 4.0, 2.0, 2, inf], 0.1, 1.0, "high"),
+  ]
+  assert [races.seed_pick(r) for r in seeds] == [5, 7]
+  table = races.score({"toy": seeds})
+  picked = table["2 epochs: race_pick (tune today)"]["toy"]  # 2.0 / 1.0 and 4.0 / 2.0
+  assert picked == pytest.approx({"mean": 2.0, "worst": 2.0, "decades": -0.25}, abs=1e-3)
+  best = table["2 epochs, annealed: the race's best"]["toy"]  # 2.0 / 1.0 and 2.0 / 2.0
+  assert best == pytest.approx({"mean": 1.5, "worst": 2.0, "decades": 0.25}, abs=1e-3)
+  gate = table["the suggestion if its confidence is high, else tune's pick"]["toy"]
+  assert gate["worst"] == pytest.approx(2.0) and gate["mean"] == pytest.approx(2.0)
+  assert "| 2 epochs: race_pick (tune today) | 2.00, 2.00 (-0.25) | 0 of 1 |" in races.report(
+    {"toy": seeds}, {"toy": seeds}, ["# header", ""]
+  )
 
 
 def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
@@ -304,7 +352,10 @@ def test_one_run_report_counts_a_diverged_run_and_names_a_missing_interval(monke
 
   def row(default, below):
     return {
-      "tuned_lr": 1.0, "tuned_loss": 0.2, "range_test_seconds": 1.0, "notes": ["flat"],
+      "tuned_lr": 1.0,
+      "tuned_loss": 0.2,
+      "range_test_seconds": 1.0,
+      "notes": ["flat"],
       "default": {"interval": [1e-5, 10.0], "loss": default},
       "range test": {"interval": [nan, nan], "loss": nan},
       "centred": {"interval": [nan, nan], "loss": nan},
@@ -357,8 +408,16 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
 
   def row(method, loss, *, lr=None, seconds=nan, best=2, **more):
     return {
-      "method": method, "lr": lr, "test_loss": loss, "test_accuracy": nan, "best_epoch": best,
-      "epochs": 3, "seconds": seconds, "seed": 0, "plain_runs": seconds / 10.0, **more,
+      "method": method,
+      "lr": lr,
+      "test_loss": loss,
+      "test_accuracy": nan,
+      "best_epoch": best,
+      "epochs": 3,
+      "seconds": seconds,
+      "seed": 0,
+      "plain_runs": seconds / 10.0,
+      **more,
     }
 
   grid = [row(f"sgd grid member {lr:g}", inf, lr=lr, valid_loss=inf) for lr in bench.SGD_GRID]
