@@ -9,12 +9,14 @@ returns the candidates it weighed with a stated confidence, and warns when they 
 
 from __future__ import annotations
 
+import functools
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
+import optax
 from flax import nnx
 
 from alrao_jax.loop import FitResult
@@ -53,24 +55,41 @@ def _unwrap(tree: Any) -> Any:
   )
 
 
+def _merge(first: Any, second: Any) -> Any:
+  """Two rate trees of one ``optax.partition``, each masked where the other holds rates."""
+  if isinstance(first, optax.MaskedNode):
+    return second
+  if isinstance(second, optax.MaskedNode):
+    return first
+  if isinstance(first, Mapping) and isinstance(second, Mapping) and first.keys() == second.keys():
+    return {key: _merge(first[key], second[key]) for key in first}
+  raise ValueError(
+    "opt_state holds several Alrao rate trees (ScaleByRatesState) that rate the same "
+    "parameters; pass the state of one alrao_jax.alrao_sgd or alrao_jax.alrao_adam, or of an "
+    "optax.partition whose parts each rate their own parameters."
+  )
+
+
 def find_rates(opt_state: Any) -> Any:
   """The rate tree held by the :func:`alrao_jax.scale_by_rates` inside an optimizer state.
 
+  An ``optax.partition`` of Alrao optimizers (e.g. a recurrent cell on an interval of its own)
+  holds one rate tree per part, each masked outside its part: they are merged into one.
+
   Raises:
-    ValueError: the state holds no rates, or several rate trees.
+    ValueError: the state holds no rates, or rate trees that overlap.
   """
   found = [
-    s
+    s.rates
     for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, ScaleByRatesState))
     if isinstance(s, ScaleByRatesState)
   ]
-  if len(found) != 1:
-    what = "no" if not found else f"{len(found)}"
+  if not found:
     raise ValueError(
-      f"opt_state holds {what} Alrao rate trees (ScaleByRatesState); pass the state of an "
+      "opt_state holds no Alrao rate trees (ScaleByRatesState); pass the state of an "
       "optimizer built with alrao_jax.alrao_sgd or alrao_jax.alrao_adam."
     )
-  return found[0].rates
+  return functools.reduce(_merge, found)
 
 
 def _copy_rates(paths: list, rate_leaves: list) -> np.ndarray:
@@ -436,9 +455,7 @@ def describe(suggestion: LRSuggestion) -> str:
     f"confidence {suggestion.confidence}"
   ]
   lines += [f"  - {reason}" for reason in suggestion.reasons]
-  lines.append(
-    "candidates: " + ", ".join(f"{k} {v:.3g}" for k, v in suggestion.candidates.items())
-  )
+  lines.append("candidates: " + ", ".join(f"{k} {v:.3g}" for k, v in suggestion.candidates.items()))
   weights = ", ".join(
     f"{lr:.2g}: {p:.2f}" for lr, p in zip(suggestion.copy_lrs, suggestion.posterior, strict=True)
   )

@@ -241,8 +241,25 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
   )
   lines = [*header, "## The bundled tasks", "", intro, "", *_table(bundled)]
   lines += ["", "## Out of sample: the networks of tests/test_tune_own_model.py", "", intro, ""]
-  lines += [*_table(own), ""]
-  return "\n".join(lines)
+  lines += [*_table(own), "", "## Both together", ""]
+  lines.append(
+    "Per rule, over the bundled tasks and the own networks: the cells that meet both goals, "
+    "the mean of the cells' means and the worst seed of all."
+  )
+  lines += [
+    "",
+    "| rule | met, bundled | met, own | mean of means | worst seed |",
+    "|---|---|---|---|---|",
+  ]
+  inside, outside = score(bundled), score(own)
+  for name in RULES:
+    cells = [*inside[name].values(), *outside[name].values()]
+    lines.append(
+      f"| {name} | {sum(map(_meets, inside[name].values()))} of {len(inside[name])} | "
+      f"{sum(map(_meets, outside[name].values()))} of {len(outside[name])} | "
+      f"{np.mean([c['mean'] for c in cells]):.2f} | {max(c['worst'] for c in cells):.2f} |"
+    )
+  return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> str:

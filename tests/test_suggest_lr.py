@@ -169,10 +169,16 @@ def test_a_leading_copy_that_did_not_learn_is_not_followed_and_says_so():
 @pytest.mark.parametrize(
   "posterior, message",
   [
-    ([0.01, 0.01, 0.02, 0.96], "highest rate (1, posterior weight 0.96): the best rate may lie "
-     "beyond it; widen the interval upwards, e.g. lr_max=10"),
-    ([0.9, 0.08, 0.01, 0.01], "lowest rate (0.0001, posterior weight 0.90): the best rate may "
-     "lie beyond it; widen the interval downwards, e.g. lr_min=1e-05"),
+    (
+      [0.01, 0.01, 0.02, 0.96],
+      "highest rate (1, posterior weight 0.96): the best rate may lie "
+      "beyond it; widen the interval upwards, e.g. lr_max=10",
+    ),
+    (
+      [0.9, 0.08, 0.01, 0.01],
+      "lowest rate (0.0001, posterior weight 0.90): the best rate may "
+      "lie beyond it; widen the interval downwards, e.g. lr_min=1e-05",
+    ),
   ],
 )
 def test_a_leader_at_the_interval_edge_warns_which_way_to_widen(posterior, message):
@@ -223,6 +229,31 @@ def test_fast_copies_that_blow_up_do_not_make_a_learned_leader_look_frozen():
   suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
   assert "learned" not in suggestion.candidates and suggestion.confidence == "high"
   assert suggestion.leading_lr == pytest.approx(0.0215, rel=1e-2)
+
+
+def test_a_partition_of_alrao_optimizers_is_read_as_one_rate_tree():
+  from alrao_jax.suggest_lr import find_rates
+
+  x = jax.random.normal(jax.random.key(0), (8, 5))
+  parts = {
+    "body": alrao_jax.alrao_sgd(1e-4, 0.1, key=jax.random.key(1)),
+    "head": alrao_jax.alrao_sgd(1e-4, 1.0, key=jax.random.key(3)),
+  }
+  tx = optax.partition(parts, lambda p: {k: "head" if "Alrao" in k else "body" for k in p})
+  state = alrao_jax.create_train_state(Net(), tx, jax.random.key(2), x)
+  rates = find_rates(state.opt_state)
+  body = alrao_jax.sample_rates(jax.random.key(1), {"Dense_0": state.params["Dense_0"]}, 1e-4, 0.1)
+  np.testing.assert_array_equal(rates["Dense_0"]["kernel"], body["Dense_0"]["kernel"])
+  np.testing.assert_allclose(
+    rates["AlraoHead_0"]["alrao_copies"]["kernel"].ravel(), np.geomspace(1e-4, 1.0, 4), rtol=1e-6
+  )
+  with pytest.warns(UserWarning, match="interval's lowest rate"):  # a uniform posterior
+    suggestion = alrao_jax.suggest_lr(state)
+  np.testing.assert_allclose(suggestion.copy_lrs, np.geomspace(1e-4, 1.0, 4), rtol=1e-6)
+  overlapping = optax.chain(parts["body"], parts["head"])  # two rates for every parameter
+  state = alrao_jax.create_train_state(Net(), overlapping, jax.random.key(2), x)
+  with pytest.raises(ValueError, match="rate the same parameters"):
+    find_rates(state.opt_state)
 
 
 def test_bad_input_is_named():
