@@ -5,8 +5,9 @@ Usage:
   python benchmarks/recurrent_spread.py          # writes benchmarks/results/recurrent_spread.md
   python benchmarks/recurrent_spread.py --quick  # smoke test: 3 epochs, 1 seed, 2 runs, no file
 
-The GRU classifier of ``tests/test_tune_own_model.py`` (16 units, a 5-copy Alrao head, 8 steps of
-3 features), per seed: one run from its initial parameters and four more from the same
+Two recurrent classifiers: the GRU classifier of ``tests/test_tune_own_model.py`` (16 units, a
+5-copy Alrao head, 8 steps of 3 features) and a GRU of 32 units reading MNIST-1D as a sequence of
+40 values (a 10-copy head). Per network and seed: one run from its initial parameters and four more from the same
 parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the last bit of about half of
 them), each kept at its best validation epoch. Three optimizers: Alrao-SGD over [1e-4, 10] (the
 GRU cell's units sampled like every other feature), the same with the GRU cell's interval one
@@ -21,8 +22,10 @@ import argparse
 import pathlib
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,8 +36,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
 from header import command_line, ran_on, write_results
 
 import alrao_jax
+from alrao_jax.experiments.data import load_mnist1d
 
 EPOCHS = 40
+MNIST1D_EPOCHS = 30
 SEEDS = 3
 RUNS = 5  # the start itself and four perturbations of it
 NOISE = 1e-7
@@ -55,9 +60,30 @@ def perturbed(params: Any, run: int) -> Any:
   return jax.tree.unflatten(tree, moved)
 
 
+class MNIST1DGRU(nn.Module):
+  """MNIST-1D read as a sequence of 40 values by a GRU of 32 units, then the output."""
+
+  plain: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    h = nn.RNN(nn.GRUCell(32))(x)[:, -1]
+    return nn.Dense(10)(h) if self.plain else alrao_jax.AlraoHead(10, num_copies=10)(h)
+
+
+def networks() -> dict[str, tuple[Callable[..., nn.Module], Any, int]]:
+  """name: (model given ``plain``, splits, epochs)."""
+  import test_tune_own_model as own
+
+  return {
+    "GRU classifier (tests)": (own.GRUClassifier, own._sequences(), EPOCHS),
+    "GRU on MNIST-1D": (MNIST1DGRU, load_mnist1d(), MNIST1D_EPOCHS),
+  }
+
+
 def optimizers(seed: int, rate: float) -> dict[str, optax.GradientTransformation]:
   def cell(params: Any) -> dict[str, str]:
-    return {name: "cell" if name.startswith("GRUCell") else "rest" for name in params}
+    return {name: "cell" if name.startswith(("GRUCell", "RNN")) else "rest" for name in params}
 
   damped = optax.partition(
     {
@@ -69,23 +95,22 @@ def optimizers(seed: int, rate: float) -> dict[str, optax.GradientTransformation
   return {
     "Alrao-SGD [1e-4, 10]": alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1)),
     f"Alrao-SGD, the GRU cell at [1e-4, {CELL_MAX:g}]": damped,
-    f"SGD at the sweep's pick ({rate:g})": optax.sgd(rate),
+    "SGD at the sweep's pick": optax.sgd(rate),
   }
 
 
-def collect(seed: int, epochs: int, runs: int) -> dict[str, Any]:
-  """One seed: the sweep's pick, and each optimizer's test loss over the perturbed starts."""
-  import test_tune_own_model as own
-
-  splits = own._sequences()
-  options = {"epochs": epochs, "seed": seed, "batch_size": 32}
+def collect(network: str, seed: int, epochs: int | None, runs: int) -> dict[str, Any]:
+  """One network and seed: the sweep's pick, and each optimizer's test loss over the perturbed
+  starts."""
+  build, splits, default_epochs = networks()[network]
+  options = {"epochs": epochs or default_epochs, "seed": seed, "batch_size": 32}
   picked = alrao_jax.sweep(
-    own.GRUClassifier(plain=True), optax.sgd, splits, values=DECADES, evaluate_test=False, **options
+    build(plain=True), optax.sgd, splits, values=DECADES, evaluate_test=False, **options
   )
   rate = float(picked.best_value)
   found: dict[str, Any] = {"rate": rate, "runs": {}}
   for name, tx in optimizers(seed, rate).items():
-    model = own.GRUClassifier(plain=name.startswith("SGD"))
+    model = build(plain=name.startswith("SGD"))
     start = alrao_jax.create_train_state(model, tx, jax.random.key(seed), splits.train.inputs[:32])
     losses = []
     for run in range(runs):
@@ -97,30 +122,35 @@ def collect(seed: int, epochs: int, runs: int) -> dict[str, Any]:
   return found
 
 
-def report(records: list[dict[str, Any]], header: list[str]) -> str:
-  names = list(records[0]["runs"])
-  lines = [
-    *header,
-    "| optimizer | seed | test losses (start, then 4 perturbed) | spread | "
-    "mean / SGD at the pick |",
-    "|---|---|---|---|---|",
-  ]
-  for name in names:
-    for seed, record in enumerate(records):
-      losses = np.asarray(record["runs"][name])
-      sgd = np.mean(record["runs"][names[-1]])
+def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
+  lines = [*header, "Goals (issue 38, item 6): spread at most 10%, mean at most 1.5x tuned SGD."]
+  for network, seeds in records.items():
+    names = list(seeds[0]["runs"])
+    lines += [
+      "",
+      f"## {network}",
+      "",
+      "| optimizer | seed | test losses (start, then 4 perturbed) "
+      "| spread | mean / SGD at the pick |",
+      "|---|---|---|---|---|",
+    ]
+    for name in names:
+      for seed, record in enumerate(seeds):
+        losses = np.asarray(record["runs"][name])
+        sgd = np.mean(record["runs"][names[-1]])
+        label = f"{name} ({record['rate']:g})" if name == names[-1] else name
+        lines.append(
+          f"| {label} | {seed} | {', '.join(f'{v:.3f}' for v in losses)} | "
+          f"{losses.max() / losses.min() - 1:.0%} | {losses.mean() / sgd:.2f} |"
+        )
+    lines.append("")
+    for name in names[:-1]:
+      spreads = [np.max(r["runs"][name]) / np.min(r["runs"][name]) - 1 for r in seeds]
+      ratios = [np.mean(r["runs"][name]) / np.mean(r["runs"][names[-1]]) for r in seeds]
       lines.append(
-        f"| {name.split(' (')[0]} | {seed} | {', '.join(f'{v:.3f}' for v in losses)} | "
-        f"{losses.max() / losses.min() - 1:.0%} | {losses.mean() / sgd:.2f} |"
+        f"- {name}: spread {min(spreads):.0%} to {max(spreads):.0%} over the seeds; mean test "
+        f"loss {np.mean(ratios):.2f}x SGD at the sweep's pick (worst seed {max(ratios):.2f}x)."
       )
-  lines += ["", "Goals (issue 38, item 6): spread at most 10%, mean at most 1.5x tuned SGD.", ""]
-  for name in names[:-1]:
-    spreads = [np.max(r["runs"][name]) / np.min(r["runs"][name]) - 1 for r in records]
-    ratios = [np.mean(r["runs"][name]) / np.mean(r["runs"][names[-1]]) for r in records]
-    lines.append(
-      f"- {name}: spread {min(spreads):.0%} to {max(spreads):.0%} over the seeds; mean test "
-      f"loss {np.mean(ratios):.2f}x SGD at the sweep's pick (worst seed {max(ratios):.2f}x)."
-    )
   return "\n".join(lines) + "\n"
 
 
@@ -128,17 +158,20 @@ def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="3 epochs, 1 seed, 2 runs, no file")
   args = parser.parse_args(argv)
-  epochs, seeds, runs = (3, 1, 2) if args.quick else (EPOCHS, SEEDS, RUNS)
+  epochs, seeds, runs = (3, 1, 2) if args.quick else (None, SEEDS, RUNS)
   start = time.perf_counter()
-  records = []
-  for seed in range(seeds):
-    records.append(collect(seed, epochs, runs))
-    print(f"[{time.perf_counter() - start:5.0f} s] seed {seed}", file=sys.stderr)
+  records: dict[str, list[dict[str, Any]]] = {}
+  for network in networks():
+    records[network] = []
+    for seed in range(seeds):
+      records[network].append(collect(network, seed, epochs, runs))
+      print(f"[{time.perf_counter() - start:5.0f} s] {network}, seed {seed}", file=sys.stderr)
   header = [
     "# One Alrao run of a GRU classifier under rounding-size perturbations of its start",
     "",
     f"Command: `{command_line('recurrent_spread.py', parser, args)}`. "
-    f"{ran_on((time.perf_counter() - start) / 60)}. {epochs} epochs, batch 32, each run kept at "
+    f"{ran_on((time.perf_counter() - start) / 60)}. Epochs: "
+    f"{epochs or f'{EPOCHS} (tests), {MNIST1D_EPOCHS} (MNIST-1D)'}, batch 32, each run kept at "
     f"its best validation epoch; {runs} runs per seed and optimizer.",
     "",
   ]
