@@ -501,7 +501,9 @@ def race_suggestion(
     max_racers: the race's budget of racers (see :func:`race_ladder`); a stretch the budget
       leaves untried is warned about, by its rates.
     anneal: the racers' rates fall linearly to 0 over the race's last epoch
-      (:func:`annealed`), so that they are compared at the end of a schedule.
+      (:func:`annealed`), so that they are compared at the end of a schedule. Measured worse
+      than a constant rate: the fast racers settle too, and win more often
+      (``benchmarks/results/tune_races.md``).
     **sweep_kwargs: more keyword arguments of :func:`alrao_jax.sweep` (seed, batch_size, ...).
 
   Returns:
