@@ -6,13 +6,14 @@ Usage:
   python benchmarks/recurrent_spread.py --quick  # smoke test: 3 epochs, 1 seed, 2 runs, no file
 
 Two recurrent classifiers: the GRU classifier of ``tests/test_tune_own_model.py`` (16 units, a
-5-copy Alrao head, 8 steps of 3 features) and a GRU of 32 units reading MNIST-1D as a sequence of
-40 values (a 10-copy head). Per network and seed: one run from its initial parameters and four more from the same
-parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the last bit of about half of
-them), each kept at its best validation epoch. Three optimizers: Alrao-SGD over [1e-4, 10] (the
-GRU cell's units sampled like every other feature), the same with the GRU cell's interval one
-decade lower, [1e-4, 1] (``optax.partition``; the head and its copies keep [1e-4, 10]), and
-SGD at the rate the seed's decade sweep (1e-4 ... 10, ``alrao_jax.sweep``) picks on validation.
+5-copy Alrao head, 8 steps of 3 features) and a GRU of 32 units reading MNIST-1D as a sequence
+of 40 values (a 10-copy head). Per network and seed: one run from its initial parameters and
+four more from the same parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the
+last bit of about half of them), each kept at its best validation epoch. Three optimizers:
+Alrao-SGD over [1e-4, 10] (the GRU cell's units sampled like every other feature), the same
+with the GRU cell's interval one decade lower, [1e-4, 1] (``optax.partition``; the head and its
+copies keep [1e-4, 10]), and SGD at the rate the seed's decade sweep (1e-4 ... 10,
+``alrao_jax.sweep``) picks on validation.
 The spread is the largest test loss of a seed's five runs over its smallest, less 1.
 """
 

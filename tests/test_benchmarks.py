@@ -308,6 +308,20 @@ def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypat
   )
 
 
+def test_recurrent_spread_moves_the_last_bits_and_reports_each_seeds_spread(monkeypatch):
+  bench = _import(monkeypatch, "recurrent_spread")
+  params = {"kernel": np.linspace(0.5, 2.0, 1000, dtype=np.float32).reshape(10, 100)}
+  assert bench.perturbed(params, 0) is params
+  moved = np.asarray(bench.perturbed(params, 1)["kernel"])
+  relative = np.abs(moved / params["kernel"] - 1)
+  assert 0 < relative.max() < 1e-6 and (relative > 0).mean() > 0.2  # last bits, many entries
+  runs = {"Alrao": [1.0, 1.5, 1.2, 1.0, 1.0], "SGD at the sweep's pick": [0.5] * 5}
+  text = bench.report({"toy": [{"rate": 0.1, "runs": runs}]}, ["# header"])
+  assert "| Alrao | 0 | 1.000, 1.500, 1.200, 1.000, 1.000 | 50% | 2.28 |" in text
+  assert "| SGD at the sweep's pick (0.1) | 0 | 0.500, 0.500" in text
+  assert "- Alrao: spread 50% to 50% over the seeds; mean test loss 2.28x" in text
+
+
 def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
   bench = _import(monkeypatch, "adam_interval")
 

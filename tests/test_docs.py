@@ -59,6 +59,8 @@ def test_the_sequences_guide_puts_the_copy_axis_first_and_continues_the_count(ca
   assert "copy outputs: (5, 4, 12, 10) (copies, batch, time, vocabulary)" in out, out
   assert float(re.search(r"test accuracy per token: ([0-9.]+)", out).group(1)) > 0.9, out
   assert "continued: [[6, 7, 8, 9, 0, 1], [0, 1, 2, 3, 4, 5]]" in out, out
+  damped = re.search(r"the cell a decade lower: test accuracy per token ([0-9.]+)", out)
+  assert float(damped.group(1)) > 0.9, out
 
 
 def test_the_translation_guide_masks_unties_and_searches_over_the_mixture(capsys):
