@@ -95,11 +95,7 @@ def collect_task(task: Any, epochs: int, seed: int, rates: np.ndarray) -> dict[s
   low, high = task.interval("alrao-sgd")
   alrao = make_method("alrao-sgd", seed=seed, lr_min=low, lr_max=high, copies=task.copies)
   _, result = timed_fit(task, alrao, seed=seed, epochs=epochs, patience=PATIENCE)
-  suggestion = suggest_lr(
-    result.state,
-    initial_params=result.initial_params,
-    posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
-  )
+  suggestion = suggest_lr(result)  # its start and its posteriors up to the kept epoch
   races = _races(
     task.build(1),
     racing_optimizer(make_method, "sgd", seed=seed),
@@ -144,15 +140,7 @@ def collect_own(name: str, epochs: int, seed: int) -> dict[str, Any]:
   splits = data()
   options = {"seed": seed, "batch_size": 32, **kwargs}
   tx = alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1))
-  result = alrao_jax.fit(network(), tx, splits, epochs=epochs, **options)
-  history = result.history[: max(result.best_epoch, 1)]
-  suggestion = alrao_jax.suggest_lr(
-    result.state.params,
-    tx.init(result.initial_params),
-    result.state.averaging_state,
-    initial_params=result.initial_params,
-    posteriors=[r["posterior"] for r in history],
-  )
+  suggestion = suggest_lr(alrao_jax.fit(network(), tx, splits, epochs=epochs, **options))
   races = _races(network(plain=True), optax.sgd, splits, suggestion, epochs, **options)
   picked = [suggestion.lr] + [r[k] for r in races.values() for k in ("pick", "best")]
   values = np.union1d(np.union1d(OWN_GRID, DECADES), np.asarray(picked))

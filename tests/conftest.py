@@ -16,8 +16,9 @@ import pytest
 # scheduler (test_zoo, one process: 35 s against 66 s with the first flag alone); the runs lose
 # it again only on programs far larger than a test's. Set before any backend starts, so the
 # xdist workers and every subprocess a test starts inherit them.
+UNOPTIMISED = "--xla_backend_optimization_level=0"
 FAST_COMPILE = (
-  "--xla_backend_optimization_level=0",
+  UNOPTIMISED,
   "--xla_cpu_use_fusion_emitters=false",
   "--xla_cpu_enable_concurrency_optimized_scheduler=false",
 )
