@@ -50,18 +50,14 @@ _EXPORTS = _exports()
 __all__ = sorted(_EXPORTS)
 
 
-def _load_all() -> None:
-  """Imports every public name at once, as an eager ``__init__`` would: the first use of one
-  costs what ``import alrao_jax`` cost before (JAX, Flax, Optax)."""
-  for name, (module, attribute) in _EXPORTS.items():
-    value = importlib.import_module(module)
-    globals()[name] = value if attribute is None else getattr(value, attribute)
-
-
 def __getattr__(name: str) -> Any:
+  """Imports one public name's module on first use (``from alrao_jax import sharding`` does not
+  load the tools and heads as well) and keeps the name, so that the next use is a plain lookup."""
   if name not in _EXPORTS:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-  _load_all()
+  module, attribute = _EXPORTS[name]
+  value = importlib.import_module(module)
+  globals()[name] = value if attribute is None else getattr(value, attribute)
   return globals()[name]
 
 

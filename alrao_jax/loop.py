@@ -47,6 +47,7 @@ from alrao_jax.splits import Split, rows_of, take
 from alrao_jax.steps import (
   TrainState,
   copies_or_one,
+  copy_tree,
   create_train_state,
   make_eval_step,
   make_train_step,
@@ -283,7 +284,7 @@ class _LinenRun:
 
   def __init__(self, state, step, evaluate, *, averaging, carry, streams, chunk, place):
     # The step donates its state: until an epoch is kept, the best state is a copy of the first.
-    self.state, self.best_state = state, jax.tree.map(jnp.copy, state)
+    self.state, self.best_state = state, copy_tree(state)
     self._step, self._evaluate, self._place = step, evaluate, place
     self._averaging, self._carry, self._streams, self._chunk = averaging, carry, streams, chunk
 
@@ -303,7 +304,7 @@ class _LinenRun:
 
   def keep(self, improved: np.ndarray) -> None:
     # The step donates its state: keep a copy, not the buffers the next step reuses.
-    self.best_state = jax.tree.map(jnp.copy, self.state)
+    self.best_state = copy_tree(self.state)
 
   def finish(self) -> tuple[TrainState, TrainState]:
     """The best epoch's state and the last one."""
@@ -321,7 +322,7 @@ class _LinenRun:
     if saved.best_state is not None:
       self.best_state = saved.best_state
     else:
-      self.best_state = jax.tree.map(jnp.copy, saved.state)
+      self.best_state = copy_tree(saved.state)
     meta = saved.meta
     return Progress.resumed(meta["history"], meta["best"], meta["best_epoch"], patience)
 
@@ -558,7 +559,7 @@ def _nnx_run(
 
 def _snapshot(nodes: tuple) -> Any:
   """A copy of the NNX nodes' variables (the step donates the live ones)."""
-  return jax.tree.map(jnp.copy, nnx.to_pure_dict(nnx.state(nodes)))
+  return copy_tree(nnx.to_pure_dict(nnx.state(nodes)))
 
 
 def _load(nodes: tuple, pure: Any) -> None:

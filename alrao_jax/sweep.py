@@ -41,6 +41,7 @@ from alrao_jax.steps import (
   averaging_weights,
   check_averaging_state,
   copies_or_one,
+  copy_tree,
   create_train_state,
   evaluation_metrics,
   make_eval_step,
@@ -292,7 +293,7 @@ class _Members:
 
   def __init__(self, states, step, evaluate, *, carry, streams, chunk):
     self.runs = len(jax.tree.leaves(states)[0])
-    self.states, self.best_states = states, jax.tree.map(jnp.copy, states)
+    self.states, self.best_states = states, copy_tree(states)
     self._step = jax.jit(jax.vmap(step, in_axes=(0, None, None, None)), donate_argnums=0)
     self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None, None, None)))
     self._carry, self._streams, self._chunk = carry, streams, chunk

@@ -18,7 +18,6 @@ from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -28,6 +27,7 @@ from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
 from alrao_jax.splits import as_splits, rows_of
+from alrao_jax.steps import copy_tree
 from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
 from alrao_jax.sweep import SweepResult, sweep
 from alrao_jax.transform import alrao_adam, alrao_sgd
@@ -409,7 +409,7 @@ def tune(
     racer = plain_model
     if racer is None:  # the start of the model, in buffers of its own: fit donates the model's
       racer = nnx.clone(model)
-      nnx.update(racer, jax.tree.map(jnp.copy, nnx.state(racer)))
+      nnx.update(racer, copy_tree(nnx.state(racer)))
     linen_kwargs = {"carry": tuple(carry)} if tuple(carry) else {}  # fit refuses them, naming
     if eval_model is not None:
       linen_kwargs["eval_model"] = eval_model
