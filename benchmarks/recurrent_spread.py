@@ -9,11 +9,12 @@ Two recurrent classifiers: the GRU classifier of ``tests/test_tune_own_model.py`
 5-copy Alrao head, 8 steps of 3 features) and a GRU of 32 units reading MNIST-1D as a sequence
 of 40 values (a 10-copy head). Per network and seed: one run from its initial parameters and
 four more from the same parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the
-last bit of about half of them), each kept at its best validation epoch. Three optimizers:
+last bit of about half of them), each kept at its best validation epoch. Five optimizers:
 Alrao-SGD over [1e-4, 10] (the GRU cell's units sampled like every other feature), the same
 with the GRU cell's interval one decade lower, [1e-4, 1] (``optax.partition``; the head and its
-copies keep [1e-4, 10]), and SGD at the rate the seed's decade sweep (1e-4 ... 10,
-``alrao_jax.sweep``) picks on validation.
+copies keep [1e-4, 10]), the same as the first after ``optax.clip_by_global_norm(1)``, and SGD,
+plain and after the same clipping, each at the rate its own decade sweep (1e-4 ... 10,
+``alrao_jax.sweep``) picks on the seed's validation loss.
 The spread is the largest test loss of a seed's five runs over its smallest, less 1.
 """
 
@@ -47,6 +48,9 @@ NOISE = 1e-7
 DECADES = 10.0 ** np.arange(-4.0, 1.5)
 RESULTS = pathlib.Path(__file__).parent / "results"
 CELL_MAX = 1.0  # the GRU cell's top rate in the damped run, a decade below the head's
+CLIP = 1.0  # the global norm the clipped runs' gradients are cut to
+SGD = "SGD at the sweep's pick"
+CLIPPED_SGD = f"SGD, clipped at {CLIP:g}, at its sweep's pick"
 
 
 def perturbed(params: Any, run: int) -> Any:
@@ -82,7 +86,14 @@ def networks() -> dict[str, tuple[Callable[..., nn.Module], Any, int]]:
   }
 
 
-def optimizers(seed: int, rate: float) -> dict[str, optax.GradientTransformation]:
+def clipped_sgd(learning_rate: float) -> optax.GradientTransformation:
+  """SGD after clipping the gradient's global norm to ``CLIP``."""
+  return optax.chain(optax.clip_by_global_norm(CLIP), optax.sgd(learning_rate))
+
+
+def optimizers(seed: int, rates: dict[str, float]) -> dict[str, optax.GradientTransformation]:
+  """The optimizers compared, given the sweeps' picks (``rates``, by optimizer name)."""
+
   def cell(params: Any) -> dict[str, str]:
     return {name: "cell" if name.startswith("GRUCell") else "rest" for name in params}
 
@@ -93,10 +104,15 @@ def optimizers(seed: int, rate: float) -> dict[str, optax.GradientTransformation
     },
     cell,
   )
+  alrao = alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1))
   return {
-    "Alrao-SGD [1e-4, 10]": alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1)),
+    "Alrao-SGD [1e-4, 10]": alrao,
     f"Alrao-SGD, the GRU cell at [1e-4, {CELL_MAX:g}]": damped,
-    "SGD at the sweep's pick": optax.sgd(rate),
+    f"Alrao-SGD [1e-4, 10], clipped at {CLIP:g}": optax.chain(
+      optax.clip_by_global_norm(CLIP), alrao
+    ),
+    SGD: optax.sgd(rates[SGD]),
+    CLIPPED_SGD: clipped_sgd(rates[CLIPPED_SGD]),
   }
 
 
@@ -106,13 +122,17 @@ def collect(
   """One network and seed: the sweep's pick, and each optimizer's test loss over the perturbed
   starts."""
   options = {"epochs": epochs, "seed": seed, "batch_size": 32}
-  picked = alrao_jax.sweep(
-    build(plain=True), optax.sgd, splits, values=DECADES, evaluate_test=False, **options
-  )
-  rate = float(picked.best_value)
-  found: dict[str, Any] = {"rate": rate, "runs": {}}
-  for name, tx in optimizers(seed, rate).items():
-    model = build(plain=name.startswith("SGD"))
+  rates = {
+    name: float(
+      alrao_jax.sweep(
+        build(plain=True), factory, splits, values=DECADES, evaluate_test=False, **options
+      ).best_value
+    )
+    for name, factory in ((SGD, optax.sgd), (CLIPPED_SGD, clipped_sgd))
+  }
+  found: dict[str, Any] = {"rates": rates, "runs": {}}
+  for name, tx in optimizers(seed, rates).items():
+    model = build(plain=name in rates)
     start = alrao_jax.create_train_state(model, tx, jax.random.key(seed), splits.train.inputs[:32])
     losses = []
     for run in range(runs):
@@ -133,25 +153,31 @@ def report(records: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
       f"## {network}",
       "",
       "| optimizer | seed | test losses (start, then 4 perturbed) "
-      "| spread | mean / SGD at the pick |",
-      "|---|---|---|---|---|",
+      "| spread | mean / SGD at its pick | mean / clipped SGD at its pick |",
+      "|---|---|---|---|---|---|",
     ]
     for name in names:
       for seed, record in enumerate(seeds):
         losses = np.asarray(record["runs"][name])
-        sgd = np.mean(record["runs"][names[-1]])
-        label = f"{name} ({record['rate']:g})" if name == names[-1] else name
+        sgd, clipped = (np.mean(record["runs"][n]) for n in (SGD, CLIPPED_SGD))
+        label = f"{name} ({record['rates'][name]:g})" if name in record["rates"] else name
         lines.append(
           f"| {label} | {seed} | {', '.join(f'{v:.3f}' for v in losses)} | "
-          f"{losses.max() / losses.min() - 1:.0%} | {losses.mean() / sgd:.2f} |"
+          f"{losses.max() / losses.min() - 1:.0%} | {losses.mean() / sgd:.2f} | "
+          f"{losses.mean() / clipped:.2f} |"
         )
     lines.append("")
-    for name in names[:-1]:
+    for name in names:
       spreads = [np.max(r["runs"][name]) / np.min(r["runs"][name]) - 1 for r in seeds]
-      ratios = [np.mean(r["runs"][name]) / np.mean(r["runs"][names[-1]]) for r in seeds]
+      ratio = {
+        reference: [np.mean(r["runs"][name]) / np.mean(r["runs"][reference]) for r in seeds]
+        for reference in (SGD, CLIPPED_SGD)
+      }
       lines.append(
         f"- {name}: spread {min(spreads):.0%} to {max(spreads):.0%} over the seeds; mean test "
-        f"loss {np.mean(ratios):.2f}x SGD at the sweep's pick (worst seed {max(ratios):.2f}x)."
+        f"loss {np.mean(ratio[SGD]):.2f}x SGD at its pick (worst seed {max(ratio[SGD]):.2f}x), "
+        f"{np.mean(ratio[CLIPPED_SGD]):.2f}x clipped SGD at its pick (worst seed "
+        f"{max(ratio[CLIPPED_SGD]):.2f}x)."
       )
   return "\n".join(lines) + "\n"
 

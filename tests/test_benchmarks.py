@@ -315,11 +315,19 @@ def test_recurrent_spread_moves_the_last_bits_and_reports_each_seeds_spread(monk
   moved = np.asarray(bench.perturbed(params, 1)["kernel"])
   relative = np.abs(moved / params["kernel"] - 1)
   assert 0 < relative.max() < 1e-6 and (relative > 0).mean() > 0.2  # last bits, many entries
-  runs = {"Alrao": [1.0, 1.5, 1.2, 1.0, 1.0], "SGD at the sweep's pick": [0.5] * 5}
-  text = bench.report({"toy": [{"rate": 0.1, "runs": runs}]}, ["# header"])
-  assert "| Alrao | 0 | 1.000, 1.500, 1.200, 1.000, 1.000 | 50% | 2.28 |" in text
+  runs = {"Alrao": [1.0, 1.5, 1.2, 1.0, 1.0], bench.SGD: [0.5] * 5, bench.CLIPPED_SGD: [1.0] * 5}
+  record = {"rates": {bench.SGD: 0.1, bench.CLIPPED_SGD: 1.0}, "runs": runs}
+  text = bench.report({"toy": [record]}, ["# header"])
+  assert "| Alrao | 0 | 1.000, 1.500, 1.200, 1.000, 1.000 | 50% | 2.28 | 1.14 |" in text
   assert "| SGD at the sweep's pick (0.1) | 0 | 0.500, 0.500" in text
+  assert f"| {bench.CLIPPED_SGD} (1) | 0 | 1.000, 1.000" in text
   assert "- Alrao: spread 50% to 50% over the seeds; mean test loss 2.28x" in text
+  assert "1.14x clipped SGD at its pick (worst seed 1.14x)" in text
+  # the clipped optimizers cut a large gradient to the global norm CLIP before the rate
+  grads = {"w": np.full(4, 10.0, np.float32)}
+  tx = bench.clipped_sgd(0.5)
+  update, _ = tx.update(grads, tx.init(grads))
+  assert float(np.linalg.norm(update["w"])) == pytest.approx(0.5 * bench.CLIP, rel=1e-5)
 
 
 def test_adam_interval_report_divides_each_seed_by_tuned_adam(monkeypatch):
