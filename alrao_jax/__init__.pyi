@@ -39,6 +39,13 @@ from alrao_jax.loss import (
 from alrao_jax.lr_find import LRFindResult, lr_find
 from alrao_jax.predict import mixture_mean, mixture_probabilities, predict
 from alrao_jax.rates import copy_rates, sample_rates
+from alrao_jax.retire import (
+  CopyRetirement,
+  copy_retirement,
+  retire_averaging_state,
+  retire_copies,
+  ruled_out,
+)
 from alrao_jax.screen import ScreenResult, screen
 from alrao_jax.splits import Split, Splits, WeightedSplit, split_arrays
 from alrao_jax.steps import (
@@ -80,6 +87,7 @@ __all__ = [
   "BayesState",
   "Checkpoint",
   "CopyOutputs",
+  "CopyRetirement",
   "DeferredCopyOutputs",
   "FitResult",
   "LRFindResult",
@@ -110,6 +118,7 @@ __all__ = [
   "check_copies",
   "copy_outputs",
   "copy_rates",
+  "copy_retirement",
   "create_train_state",
   "discriminative_schedule",
   "embedding_init",
@@ -132,6 +141,9 @@ __all__ = [
   "rates_of",
   "restore_checkpoint",
   "restore_nnx_checkpoint",
+  "retire_averaging_state",
+  "retire_copies",
+  "ruled_out",
   "sample_rates",
   "save_checkpoint",
   "save_nnx_checkpoint",

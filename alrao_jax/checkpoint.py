@@ -406,13 +406,18 @@ def save_checkpoint(
   save_items(directory, {"state": state, "best_state": best_state}, meta)
 
 
-def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkpoint:
+def restore_checkpoint(
+  directory: str | os.PathLike, like: TrainState, *, best_like: TrainState | None = None
+) -> Checkpoint:
   """Reads a checkpoint written by :func:`save_checkpoint`.
 
   Args:
     directory: the checkpoint folder.
     like: a state of the same model and optimizer (e.g. a freshly created one): it gives
       the structure, shapes and dtypes.
+    best_like: the same for the best state, when its shapes differ from ``like``'s (a run
+      that retired copies after its best epoch: :func:`alrao_jax.retire_copies`); default
+      ``like``.
 
   Returns:
     A :class:`Checkpoint`.
@@ -421,7 +426,8 @@ def restore_checkpoint(directory: str | os.PathLike, like: TrainState) -> Checkp
     FileNotFoundError: no checkpoint there. ValueError: it is corrupt or belongs to
       another model or optimizer.
   """
-  restored, meta = restore_items(directory, {"state": like, "best_state": like})
+  best_like = like if best_like is None else best_like
+  restored, meta = restore_items(directory, {"state": like, "best_state": best_like})
   try:
     epoch = int(meta.pop("epoch"))
   except (KeyError, TypeError, ValueError) as err:

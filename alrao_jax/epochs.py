@@ -133,6 +133,7 @@ def run_epochs(
   in_order: bool = False,
   patience: int | None,
   labels: Sequence[Mapping[str, Any]] | None = None,
+  retire: Callable[[Progress], None] | None = None,
   checkpoint: Callable[[int, Progress], None] | None = None,
   on_epoch: Callable[[int, Progress], None] | None = None,
 ) -> Progress:
@@ -159,6 +160,8 @@ def run_epochs(
     in_order: the rows in order every epoch (carried streams), not shuffled.
     patience: epochs without a better validation loss before a run stops (None: never).
     labels: per run, entries every record of it holds.
+    retire: called after each epoch's records and best states, before the checkpoint: it
+      may drop output copies from the runs' states (``fit(retire=...)``).
     checkpoint: called after each epoch's records and best states, with the epoch.
     on_epoch: called last in each epoch, with the epoch.
 
@@ -194,6 +197,8 @@ def run_epochs(
       history.append(record)
     if improved.any():
       trainer.keep(improved)
+    if retire is not None:
+      retire(progress)
     if checkpoint is not None:
       checkpoint(epoch, progress)
     if on_epoch is not None:

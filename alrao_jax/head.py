@@ -315,7 +315,8 @@ class AlraoHead(nn.Module):
 
   Attributes:
     num_outputs: classes ``K`` (logits) or output dimension ``D`` (regression means).
-    num_copies: number of copies ``N``.
+    num_copies: number of copies ``N`` (the parameters may hold fewer once copies are retired:
+      :func:`alrao_jax.retire_copies`; the head applies those it holds).
     kernel_init: initializer of one copy's ``(d, K)`` kernel, as for ``nn.Dense``.
     bias_init: initializer of one copy's ``(K,)`` bias.
     param_dtype: dtype of the parameters (e.g. ``jnp.bfloat16`` for a large head; the loss's
@@ -362,7 +363,7 @@ class AlraoHead(nn.Module):
       _CopyParams,
       variable_axes={"params": 0},
       split_rngs={"params": True},
-      axis_size=self.num_copies,
+      axis_size=self._copies_held(),
     )(
       z.shape[-1],
       self.num_outputs,
@@ -376,6 +377,20 @@ class AlraoHead(nn.Module):
       return DeferredCopyOutputs(z, kernel, bias, self.copies_at_once)
     outputs = copy_outputs(z, kernel, bias)
     return by_example(outputs) if self.per_step else outputs
+
+  def _copies_held(self) -> int:
+    """The copies the parameters hold: ``num_copies`` at init, fewer once some were retired
+    (:func:`alrao_jax.retire_copies`), never more."""
+    held = self.variables.get("params", {}).get(COPIES_MODULE, {}).get("kernel")
+    if held is None:
+      return self.num_copies
+    found = int(jnp.shape(held)[0])
+    if found > self.num_copies:
+      raise ValueError(
+        f"the head's parameters hold {found} copies, more than its num_copies={self.num_copies}; "
+        f"build the head with num_copies={found}."
+      )
+    return found
 
 
 def embedding_init(

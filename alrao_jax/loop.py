@@ -19,11 +19,18 @@ import numpy as np
 import optax
 from flax import nnx
 
-from alrao_jax.checkpoint import restore_checkpoint, restore_items, save_checkpoint, save_items
+from alrao_jax.checkpoint import (
+  checkpoint_meta,
+  restore_checkpoint,
+  restore_items,
+  save_checkpoint,
+  save_items,
+)
 from alrao_jax.checks import check_int
 from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, is_categorical
+from alrao_jax.retire import CopyRetirement, check_retirement, retire_copies, ruled_out
 from alrao_jax.run_checks import (
   check_linen_only,
   check_linen_state,
@@ -68,6 +75,7 @@ class FitResult(NamedTuple):
   test: dict[str, float]  # test metrics at the best validation epoch
   stopped: str  # why training ended: "epochs", "patience" or "diverged" (see fit)
   initial_params: Any = None  # the parameters at step 0, on the host: suggest_lr's evidence
+  copies: np.ndarray | None = None  # which of the head's copies state holds; None: all of them
 
 
 def fit(
@@ -93,6 +101,7 @@ def fit(
   initial_state: TrainState | None = None,
   carry: Sequence[str] = (),
   eval_model: nn.Module | None = None,
+  retire: CopyRetirement | None = None,
 ) -> FitResult:
   """Trains a linen model with early stopping on the validation loss.
 
@@ -161,6 +170,11 @@ def fit(
       ``eval_batch_size // batch_size`` windows (at least one) per call.
     eval_model: the module that evaluates, when it differs from the training one (e.g. a
       config with ``deterministic=True``); it must take the same parameters.
+    retire: :func:`alrao_jax.copy_retirement` retires, after each epoch, the output copies
+      the switch has ruled out (see :mod:`alrao_jax.retire`): the next steps compute only the
+      live copies (one recompile). The history's ``posterior`` keeps every copy, a retired
+      one at 0; the result's states hold the copies live at their epoch, which
+      :func:`alrao_jax.suggest_lr` reads. Linen models on one device.
 
   Returns:
     A :class:`FitResult`.
@@ -185,6 +199,9 @@ def fit(
       "resume=True continues the checkpoint; pass initial_state or resume, not both."
     )
   check_eval_batch_size(eval_batch_size)
+  retire = check_retirement(retire)
+  if retire is not None and mesh is not None:
+    raise ValueError("retire works on one device: pass mesh=None, or retire=None with a mesh.")
   splits = checked_splits(splits, batch_size)
   averaging = averaging or switch_averaging()
   shared = {
@@ -203,6 +220,7 @@ def fit(
       eval_model=eval_model,
       carry=carry,
       rng_streams=rng_streams,
+      retire=retire,
     )
     modes = _modes(model)
     carry = ()
@@ -239,6 +257,7 @@ def fit(
       seed=seed,
       in_order=bool(carry),
       patience=patience,
+      retire=None if retire is None else lambda progress: run.retire(progress, retire),
       checkpoint=None
       if checkpoint_dir is None
       else lambda epoch, progress: run.save(checkpoint_dir, model, epoch, progress),
@@ -251,7 +270,9 @@ def fit(
   best, last = run.finish()
   stopped = progress.stopped[0] or "epochs"
   result = _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
-  return result._replace(initial_params=initial_params)
+  copies = getattr(run, "best_live", None)
+  retired = copies is not None and len(copies) < len(run.copies)
+  return result._replace(initial_params=initial_params, copies=copies if retired else None)
 
 
 def _host_copy(tree: Any) -> Any:
@@ -287,6 +308,9 @@ class _LinenRun:
     self.state, self.best_state = state, copy_tree(state)
     self._step, self._evaluate, self._place = step, evaluate, place
     self._averaging, self._carry, self._streams, self._chunk = averaging, carry, streams, chunk
+    # the head's copies (indices among all of them) that the state and the best state hold
+    self.copies = np.arange(copies_or_one(state.params))
+    self.live, self.best_live = self.copies, self.copies
 
   def begin_epoch(self) -> None:
     self.state = zero_collections(self.state, self._carry)
@@ -296,7 +320,10 @@ class _LinenRun:
     return metrics["loss"]
 
   def posteriors(self) -> np.ndarray:
-    return np.asarray(self._averaging.posterior(self.state.averaging_state))[None]
+    """The posterior over every copy, a retired one at 0."""
+    found = np.zeros((1, len(self.copies)))
+    found[0, self.live] = np.asarray(self._averaging.posterior(self.state.averaging_state))
+    return found
 
   def evaluate(self, split: Split) -> list[dict[str, Any]]:
     kwargs = {"carry": self._carry, "streams": self._streams, "chunk": self._chunk}
@@ -304,27 +331,62 @@ class _LinenRun:
 
   def keep(self, improved: np.ndarray) -> None:
     # The step donates its state: keep a copy, not the buffers the next step reuses.
-    self.best_state = copy_tree(self.state)
+    self.best_state, self.best_live = copy_tree(self.state), self.live
+
+  def retire(self, progress: Progress, retirement: CopyRetirement) -> None:
+    """Retires the live copies that ``retirement`` rules out on the history so far."""
+    if progress.stopped[0] is not None:
+      return
+    posteriors = [record["posterior"] for record in progress.histories[0]]
+    out = ruled_out(posteriors, self.live, retirement)
+    if len(out):
+      stay = np.flatnonzero(~np.isin(self.live, out))
+      self.state, self.live = retire_copies(self.state, stay), self.live[stay]
 
   def finish(self) -> tuple[TrainState, TrainState]:
     """The best epoch's state and the last one."""
     return self.best_state, self.state
 
+  def _retired(self, copies: np.ndarray) -> TrainState:
+    """The (fresh) state cut to ``copies``: a checkpoint's template."""
+    return self.state if len(copies) == len(self.copies) else retire_copies(self.state, copies)
+
   def save(self, directory: Any, model: Any, epoch: int, progress: Progress) -> None:
     meta = {**_meta(progress), "model": model_name(model)}
+    if len(self.live) < len(self.copies) or len(self.best_live) < len(self.copies):
+      meta["live_copies"] = {"state": self.live.tolist(), "best_state": self.best_live.tolist()}
     save_checkpoint(directory, self.state, best_state=self.best_state, epoch=epoch, meta=meta)
 
   def restore(self, directory: Any, model: Any, patience: int | None) -> Progress:
-    saved = restore_checkpoint(directory, self.state)
-    fresh, restored = rate_arrays(self.state.opt_state), rate_arrays(saved.state.opt_state)
+    live = _live_copies(checkpoint_meta(directory), len(self.copies), directory)
+    like = {name: self._retired(copies) for name, copies in live.items()}
+    saved = restore_checkpoint(directory, like["state"], best_like=like["best_state"])
+    fresh, restored = rate_arrays(like["state"].opt_state), rate_arrays(saved.state.opt_state)
     check_resumed(directory, saved.meta, model, fresh, restored)
-    self.state = saved.state
+    self.state, self.live, self.best_live = saved.state, live["state"], live["best_state"]
     if saved.best_state is not None:
       self.best_state = saved.best_state
     else:
       self.best_state = copy_tree(saved.state)
     meta = saved.meta
     return Progress.resumed(meta["history"], meta["best"], meta["best_epoch"], patience)
+
+
+def _live_copies(meta: dict[str, Any], num_copies: int, directory: Any) -> dict[str, np.ndarray]:
+  """The copies a checkpoint's state and best state hold (all, unless some were retired)."""
+  found = meta.get("live_copies", {"state": range(num_copies), "best_state": range(num_copies)})
+  try:
+    live = {name: np.asarray(list(found[name]), int) for name in ("state", "best_state")}
+  except (KeyError, TypeError, ValueError) as err:
+    raise ValueError(f"corrupt checkpoint in {directory}: its live_copies are unreadable.") from err
+  for copies in live.values():
+    inside = copies.size and copies[0] >= 0 and copies[-1] < num_copies
+    if not inside or np.any(np.diff(copies) <= 0):
+      raise ValueError(
+        f"corrupt checkpoint in {directory}: its live_copies {copies.tolist()} are not copies "
+        f"of this model's {num_copies}."
+      )
+  return live
 
 
 def _meta(progress: Progress) -> dict[str, Any]:

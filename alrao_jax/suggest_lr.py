@@ -21,7 +21,8 @@ from flax import nnx
 
 from alrao_jax.loop import FitResult
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
-from alrao_jax.steps import TrainState
+from alrao_jax.retire import slice_copies
+from alrao_jax.steps import TrainState, num_copies_of
 from alrao_jax.switch import ModelAveraging, switch_averaging
 from alrao_jax.transform import ScaleByRatesState
 
@@ -372,6 +373,12 @@ def suggest_lr(
       initial_params = result.initial_params
     if posteriors is None and result.best_epoch:
       posteriors = [r["posterior"] for r in result.history[: result.best_epoch]]
+    if result.copies is not None:  # copies were retired: the state holds these of them
+      every = len(result.history[0]["posterior"])
+      if posteriors is not None:
+        posteriors = [p if len(p) != every else np.asarray(p)[result.copies] for p in posteriors]
+      if initial_params is not None and num_copies_of(initial_params) == every:
+        initial_params = slice_copies(initial_params, result.copies, every)
     params = result.state
   if isinstance(params, TrainState):
     if opt_state is not None or averaging_state is not None:

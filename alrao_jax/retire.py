@@ -1,0 +1,220 @@
+"""Retiring the output copies that the switch has ruled out.
+
+A copy whose posterior weight stays negligible costs as much as the leading one at every step:
+its forward pass, its log-softmax over the whole output (10,000 words for a word-level language
+model), its backward pass and its update. Retiring it drops it from the head's parameters, from
+the optimizer's state (its rate and any moment under the head) and from the averaging state,
+whose weights are renormalised over the copies that stay; the next step then computes only the
+live copies (one recompile, as the shapes change). What is dropped is the copy's weight in the
+mixture, below ``threshold`` by construction, and its chance to come back later: the switch's
+prior spreads a switch over the live copies only.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alrao_jax.checks import check_int
+from alrao_jax.rates import COPIES_MODULE
+from alrao_jax.steps import num_copies_of
+from alrao_jax.switch import BayesState, SwitchState
+
+__all__ = [
+  "CopyRetirement",
+  "copy_retirement",
+  "retire_averaging_state",
+  "retire_copies",
+  "ruled_out",
+]
+
+
+class CopyRetirement(NamedTuple):
+  """When :func:`alrao_jax.fit` retires a copy: its posterior weight below ``threshold`` at
+  the end of each of the last ``epochs`` epochs. Build it with :func:`copy_retirement`."""
+
+  threshold: float
+  epochs: int
+
+
+def _check_threshold(threshold: Any) -> float:
+  if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real):
+    raise TypeError(f"threshold must be a float in (0, 1), got {threshold!r}.")
+  if not 0.0 < threshold < 1.0:
+    raise ValueError(
+      f"threshold must be in (0, 1), got {threshold}; e.g. 1e-3 retires a copy that holds "
+      "less than a thousandth of the posterior."
+    )
+  return float(threshold)
+
+
+def copy_retirement(*, threshold: float = 1e-3, epochs: int = 2) -> CopyRetirement:
+  """The rule by which :func:`alrao_jax.fit` retires output copies (``fit(retire=...)``).
+
+  After each epoch, a copy whose switch posterior was below ``threshold`` at the end of each
+  of the last ``epochs`` epochs is retired: dropped from the head, the optimizer state and
+  the averaging state (:func:`retire_copies`). The copy of largest weight always stays.
+
+  Args:
+    threshold: the posterior weight under which a copy counts as ruled out, in (0, 1).
+    epochs: how many consecutive epochs it must stay under it, at least 1.
+
+  Returns:
+    A :class:`CopyRetirement`.
+
+  Example:
+    >>> import alrao_jax
+    >>> alrao_jax.copy_retirement(threshold=1e-3, epochs=2)
+    CopyRetirement(threshold=0.001, epochs=2)
+  """
+  return CopyRetirement(_check_threshold(threshold), check_int(epochs, "epochs", minimum=1))
+
+
+def check_retirement(retire: Any) -> CopyRetirement | None:
+  """``retire`` checked (None: no retirement), or a clear error."""
+  if retire is None:
+    return None
+  if not isinstance(retire, CopyRetirement):
+    raise TypeError(
+      f"retire must be None or alrao_jax.copy_retirement(threshold=..., epochs=...), got "
+      f"{retire!r}."
+    )
+  return copy_retirement(threshold=retire.threshold, epochs=retire.epochs)
+
+
+def ruled_out(
+  posteriors: Sequence[Sequence[float]], live: Sequence[int], retirement: CopyRetirement
+) -> np.ndarray:
+  """The live copies that ``retirement`` retires now.
+
+  Args:
+    posteriors: the posterior over every copy of the head at the end of each epoch so far
+      (``fit``'s history), a retired copy at 0.
+    live: the indices of the copies that are still live, increasing.
+    retirement: the rule.
+
+  Returns:
+    The indices (among all copies) to retire, increasing; empty when there are fewer epochs
+    than ``retirement.epochs``. The live copy of largest weight in the last epoch is never
+    among them.
+
+  Example:
+    >>> import alrao_jax
+    >>> rule = alrao_jax.copy_retirement(threshold=0.01, epochs=2)
+    >>> alrao_jax.ruled_out([[0.5, 0.495, 0.005], [0.7, 0.299, 0.001]], [0, 1, 2], rule)
+    array([2])
+  """
+  live = np.asarray(live, int)
+  if len(posteriors) < retirement.epochs:
+    return np.zeros(0, int)
+  recent = np.asarray(posteriors[-retirement.epochs :], np.float64)[:, live]
+  below = (recent < retirement.threshold).all(axis=0)
+  below[np.argmax(recent[-1])] = False
+  return live[below]
+
+
+def _positions(keep: Sequence[int], num_copies: int) -> np.ndarray:
+  """``keep`` checked: distinct indices in [0, num_copies), increasing, at least one."""
+  found = np.asarray(keep)
+  if found.ndim != 1 or found.size == 0 or not np.issubdtype(found.dtype, np.integer):
+    raise ValueError(f"keep must be a non-empty sequence of copy indices, got {keep!r}.")
+  if np.any(np.diff(found) <= 0) or found[0] < 0 or found[-1] >= num_copies:
+    raise ValueError(
+      f"keep must hold increasing, distinct copy indices in [0, {num_copies}), got "
+      f"{found.tolist()}."
+    )
+  return found
+
+
+def _under_copies(path: tuple) -> bool:
+  return any(getattr(entry, "key", None) == COPIES_MODULE for entry in path)
+
+
+def slice_copies(tree: Any, keep: Sequence[int], num_copies: int) -> Any:
+  """``tree`` with every array under an ``alrao_copies`` module cut to the copies ``keep``
+  along its leading (copy) axis; the rest as it is. Any tree that mirrors the parameters
+  works: the parameters, an optimizer state (rates, momenta, Adam's moments)."""
+  positions = _positions(keep, num_copies)
+
+  def one(path: tuple, leaf: Any) -> Any:
+    if not _under_copies(path) or not hasattr(leaf, "shape"):
+      return leaf
+    if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_copies:
+      raise ValueError(
+        f"{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, whose leading axis is not "
+        f"the head's {num_copies} copies: a head inside a stack of layers cannot retire copies."
+      )
+    return jnp.take(leaf, jnp.asarray(positions), axis=0)
+
+  return jax.tree_util.tree_map_with_path(one, tree)
+
+
+def retire_averaging_state(state: SwitchState | BayesState, keep: Sequence[int]) -> Any:
+  """The averaging state restricted to the copies ``keep``, renormalised over them.
+
+  Args:
+    state: a :class:`alrao_jax.SwitchState` or :class:`alrao_jax.BayesState`.
+    keep: the indices of the copies that stay, increasing.
+
+  Returns:
+    The state over ``len(keep)`` copies: the weights of the copies kept, divided by their sum
+    (for the switch, jointly over its two rows, so that the mass that may still switch keeps
+    its share).
+
+  Example:
+    >>> import jax.numpy as jnp, alrao_jax
+    >>> state = alrao_jax.bayes_init(4)
+    >>> alrao_jax.bayes_posterior(alrao_jax.retire_averaging_state(state, [0, 2])).tolist()
+    [0.5, 0.5]
+  """
+  if isinstance(state, SwitchState):
+    positions = _positions(keep, state.log_weights.shape[1])
+    kept = state.log_weights[:, positions]
+    kept = kept - jax.nn.logsumexp(kept)
+    return state._replace(log_weights=kept, log_posterior=jnp.logaddexp(kept[0], kept[1]))
+  if isinstance(state, BayesState):
+    positions = _positions(keep, state.log_posterior.shape[0])
+    kept = state.log_posterior[positions]
+    return BayesState(kept - jax.nn.logsumexp(kept))
+  raise TypeError(
+    f"copies can be retired from a SwitchState or a BayesState, got {type(state).__name__}; "
+    "use alrao_jax.switch_averaging() or alrao_jax.bayes_averaging(), or retire=None."
+  )
+
+
+def retire_copies(state: Any, keep: Sequence[int]) -> Any:
+  """A linen :class:`alrao_jax.TrainState` restricted to the output copies ``keep``.
+
+  The head's parameters, every optimizer-state array under the head (the copies' rates,
+  momenta, Adam's moments) and the averaging state (:func:`retire_averaging_state`) are cut
+  to those copies; everything else is as it was. :class:`alrao_jax.AlraoHead` applies the
+  copies its parameters hold, so the same model trains and predicts from the new state.
+
+  Args:
+    state: a :class:`alrao_jax.TrainState` (any object with ``params``, ``opt_state`` and
+      ``averaging_state`` fields and ``replace``).
+    keep: the indices of the copies that stay, increasing.
+
+  Returns:
+    The new state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, flax.linen as nn, alrao_jax
+    >>> model = nn.Sequential([nn.Dense(8), alrao_jax.AlraoHead(3, num_copies=4)])
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+    >>> state = alrao_jax.create_train_state(model, tx, jax.random.key(1), jnp.ones((2, 5)))
+    >>> state = alrao_jax.retire_copies(state, [1, 3])
+    >>> model.apply({'params': state.params}, jnp.ones((2, 5))).own.shape
+    (2, 2, 3)
+  """
+  num_copies = num_copies_of(state.params)
+  return state.replace(
+    params=slice_copies(state.params, keep, num_copies),
+    opt_state=slice_copies(state.opt_state, keep, num_copies),
+    averaging_state=retire_averaging_state(state.averaging_state, keep),
+  )
