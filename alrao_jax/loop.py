@@ -30,7 +30,14 @@ from alrao_jax.checks import check_int
 from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, is_categorical
-from alrao_jax.retire import CopyRetirement, check_retirement, retire_copies, ruled_out
+from alrao_jax.retire import (
+  CopyRetirement,
+  check_retirement,
+  retire_averaging_state,
+  retire_copies,
+  ruled_out,
+  slice_copies,
+)
 from alrao_jax.run_checks import (
   check_linen_only,
   check_linen_state,
@@ -74,7 +81,7 @@ class FitResult(NamedTuple):
   history: list[dict[str, Any]]  # per epoch: train loss, validation and test metrics
   test: dict[str, float]  # test metrics at the best validation epoch
   stopped: str  # why training ended: "epochs", "patience" or "diverged" (see fit)
-  initial_params: Any = None  # the parameters at step 0, on the host: suggest_lr's evidence
+  initial_params: Any = None  # the parameters at step 0 (of the copies state holds), on the host
   copies: np.ndarray | None = None  # which of the head's copies state holds; None: all of them
 
 
@@ -174,7 +181,8 @@ def fit(
       the switch has ruled out (see :mod:`alrao_jax.retire`): the next steps compute only the
       live copies (one recompile). The history's ``posterior`` keeps every copy, a retired
       one at 0; the result's states hold the copies live at their epoch, which
-      :func:`alrao_jax.suggest_lr` reads. Linen models on one device.
+      :func:`alrao_jax.suggest_lr` reads (an NNX model ends with the best epoch's copies);
+      one device.
 
   Returns:
     A :class:`FitResult`.
@@ -220,7 +228,6 @@ def fit(
       eval_model=eval_model,
       carry=carry,
       rng_streams=rng_streams,
-      retire=retire,
     )
     modes = _modes(model)
     carry = ()
@@ -270,9 +277,10 @@ def fit(
   best, last = run.finish()
   stopped = progress.stopped[0] or "epochs"
   result = _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
-  copies = getattr(run, "best_live", None)
-  retired = copies is not None and len(copies) < len(run.copies)
-  return result._replace(initial_params=initial_params, copies=copies if retired else None)
+  copies = run.copies.kept()
+  if copies is not None and initial_params is not None:  # at step 0, of the copies state holds
+    initial_params = jax.device_get(slice_copies(initial_params, copies, len(run.copies.every)))
+  return result._replace(initial_params=initial_params, copies=copies)
 
 
 def _host_copy(tree: Any) -> Any:
@@ -298,6 +306,60 @@ def _result(state: Any, last: Any, best_epoch: int, history: list, stopped: str)
   return FitResult(state, last, best_epoch, history, test_metrics, stopped)
 
 
+class _Copies:
+  """Which of the head's copies a run's state and its best state hold (all of them, until
+  :func:`alrao_jax.ruled_out` retires some), in the numbering of the whole head."""
+
+  def __init__(self, num_copies: int):
+    self.every = np.arange(num_copies)
+    self.live, self.best = self.every, self.every
+
+  def full(self, posterior: Any) -> np.ndarray:
+    """A posterior over the live copies as one over every copy (a retired one at 0)."""
+    found = np.zeros((1, len(self.every)))
+    found[0, self.live] = np.asarray(posterior)
+    return found
+
+  def retire(self, progress: Progress, retirement: CopyRetirement) -> np.ndarray | None:
+    """The positions, among the live copies, of those that stay; None when none retires."""
+    if progress.stopped[0] is not None:
+      return None
+    out = ruled_out([r["posterior"] for r in progress.histories[0]], self.live, retirement)
+    if not len(out):
+      return None
+    stay = np.flatnonzero(~np.isin(self.live, out))
+    self.live = self.live[stay]
+    return stay
+
+  def meta(self) -> dict[str, Any]:
+    """What a checkpoint's meta holds of them (nothing while every copy is live)."""
+    if len(self.live) == len(self.every) and len(self.best) == len(self.every):
+      return {}
+    return {"live_copies": {"state": self.live.tolist(), "best_state": self.best.tolist()}}
+
+  def restore(self, meta: dict[str, Any], directory: Any) -> None:
+    """The copies a checkpoint's state and best state hold, from its meta."""
+    every = range(len(self.every))
+    found = meta.get("live_copies", {"state": every, "best_state": every})
+    try:
+      live = {name: np.asarray(list(found[name]), int) for name in ("state", "best_state")}
+    except (KeyError, TypeError, ValueError) as err:
+      unreadable = f"corrupt checkpoint in {directory}: its live_copies are unreadable."
+      raise ValueError(unreadable) from err
+    for copies in live.values():
+      inside = copies.size and copies[0] >= 0 and copies[-1] < len(self.every)
+      if not inside or np.any(np.diff(copies) <= 0):
+        raise ValueError(
+          f"corrupt checkpoint in {directory}: its live_copies {copies.tolist()} are not copies "
+          f"of this model's {len(self.every)}."
+        )
+    self.live, self.best = live["state"], live["best_state"]
+
+  def kept(self) -> np.ndarray | None:
+    """The copies of the best state, None when it holds all of them (FitResult.copies)."""
+    return None if len(self.best) == len(self.every) else self.best
+
+
 class _LinenRun:
   """A linen run for the epoch loop: its state, the best epoch's, and the jitted steps."""
 
@@ -308,9 +370,7 @@ class _LinenRun:
     self.state, self.best_state = state, copy_tree(state)
     self._step, self._evaluate, self._place = step, evaluate, place
     self._averaging, self._carry, self._streams, self._chunk = averaging, carry, streams, chunk
-    # the head's copies (indices among all of them) that the state and the best state hold
-    self.copies = np.arange(copies_or_one(state.params))
-    self.live, self.best_live = self.copies, self.copies
+    self.copies = _Copies(copies_or_one(state.params))
 
   def begin_epoch(self) -> None:
     self.state = zero_collections(self.state, self._carry)
@@ -320,10 +380,7 @@ class _LinenRun:
     return metrics["loss"]
 
   def posteriors(self) -> np.ndarray:
-    """The posterior over every copy, a retired one at 0."""
-    found = np.zeros((1, len(self.copies)))
-    found[0, self.live] = np.asarray(self._averaging.posterior(self.state.averaging_state))
-    return found
+    return self.copies.full(self._averaging.posterior(self.state.averaging_state))
 
   def evaluate(self, split: Split) -> list[dict[str, Any]]:
     kwargs = {"carry": self._carry, "streams": self._streams, "chunk": self._chunk}
@@ -331,17 +388,13 @@ class _LinenRun:
 
   def keep(self, improved: np.ndarray) -> None:
     # The step donates its state: keep a copy, not the buffers the next step reuses.
-    self.best_state, self.best_live = copy_tree(self.state), self.live
+    self.best_state, self.copies.best = copy_tree(self.state), self.copies.live
 
   def retire(self, progress: Progress, retirement: CopyRetirement) -> None:
     """Retires the live copies that ``retirement`` rules out on the history so far."""
-    if progress.stopped[0] is not None:
-      return
-    posteriors = [record["posterior"] for record in progress.histories[0]]
-    out = ruled_out(posteriors, self.live, retirement)
-    if len(out):
-      stay = np.flatnonzero(~np.isin(self.live, out))
-      self.state, self.live = retire_copies(self.state, stay), self.live[stay]
+    stay = self.copies.retire(progress, retirement)
+    if stay is not None:
+      self.state = retire_copies(self.state, stay)
 
   def finish(self) -> tuple[TrainState, TrainState]:
     """The best epoch's state and the last one."""
@@ -349,44 +402,26 @@ class _LinenRun:
 
   def _retired(self, copies: np.ndarray) -> TrainState:
     """The (fresh) state cut to ``copies``: a checkpoint's template."""
-    return self.state if len(copies) == len(self.copies) else retire_copies(self.state, copies)
+    every = len(copies) == len(self.copies.every)
+    return self.state if every else retire_copies(self.state, copies)
 
   def save(self, directory: Any, model: Any, epoch: int, progress: Progress) -> None:
-    meta = {**_meta(progress), "model": model_name(model)}
-    if len(self.live) < len(self.copies) or len(self.best_live) < len(self.copies):
-      meta["live_copies"] = {"state": self.live.tolist(), "best_state": self.best_live.tolist()}
+    meta = {**_meta(progress), "model": model_name(model), **self.copies.meta()}
     save_checkpoint(directory, self.state, best_state=self.best_state, epoch=epoch, meta=meta)
 
   def restore(self, directory: Any, model: Any, patience: int | None) -> Progress:
-    live = _live_copies(checkpoint_meta(directory), len(self.copies), directory)
-    like = {name: self._retired(copies) for name, copies in live.items()}
-    saved = restore_checkpoint(directory, like["state"], best_like=like["best_state"])
-    fresh, restored = rate_arrays(like["state"].opt_state), rate_arrays(saved.state.opt_state)
+    self.copies.restore(checkpoint_meta(directory), directory)
+    like, best_like = self._retired(self.copies.live), self._retired(self.copies.best)
+    saved = restore_checkpoint(directory, like, best_like=best_like)
+    fresh, restored = rate_arrays(like.opt_state), rate_arrays(saved.state.opt_state)
     check_resumed(directory, saved.meta, model, fresh, restored)
-    self.state, self.live, self.best_live = saved.state, live["state"], live["best_state"]
+    self.state = saved.state
     if saved.best_state is not None:
       self.best_state = saved.best_state
     else:
       self.best_state = copy_tree(saved.state)
     meta = saved.meta
     return Progress.resumed(meta["history"], meta["best"], meta["best_epoch"], patience)
-
-
-def _live_copies(meta: dict[str, Any], num_copies: int, directory: Any) -> dict[str, np.ndarray]:
-  """The copies a checkpoint's state and best state hold (all, unless some were retired)."""
-  found = meta.get("live_copies", {"state": range(num_copies), "best_state": range(num_copies)})
-  try:
-    live = {name: np.asarray(list(found[name]), int) for name in ("state", "best_state")}
-  except (KeyError, TypeError, ValueError) as err:
-    raise ValueError(f"corrupt checkpoint in {directory}: its live_copies are unreadable.") from err
-  for copies in live.values():
-    inside = copies.size and copies[0] >= 0 and copies[-1] < num_copies
-    if not inside or np.any(np.diff(copies) <= 0):
-      raise ValueError(
-        f"corrupt checkpoint in {directory}: its live_copies {copies.tolist()} are not copies "
-        f"of this model's {num_copies}."
-      )
-  return live
 
 
 def _meta(progress: Progress) -> dict[str, Any]:
@@ -536,6 +571,7 @@ class _NNXRun:
     self.nodes, self.averaging_state = nodes, averaging_state
     self._step, self._evaluate, self._averaging, self._chunk = step, evaluate, averaging, chunk
     self.best_variables, self.best_averaging = _snapshot(nodes), averaging_state
+    self.copies = _Copies(copies_or_one(nnx.state(nodes[0], nnx.Param)))
 
   def begin_epoch(self) -> None:
     pass
@@ -545,7 +581,7 @@ class _NNXRun:
     return metrics["loss"]
 
   def posteriors(self) -> np.ndarray:
-    return np.asarray(self._averaging.posterior(self.averaging_state))[None]
+    return self.copies.full(self._averaging.posterior(self.averaging_state))
 
   def evaluate(self, split: Split) -> list[dict[str, Any]]:
     found = evaluate_split(
@@ -555,6 +591,16 @@ class _NNXRun:
 
   def keep(self, improved: np.ndarray) -> None:
     self.best_variables, self.best_averaging = _snapshot(self.nodes), self.averaging_state
+    self.copies.best = self.copies.live
+
+  def retire(self, progress: Progress, retirement: CopyRetirement) -> None:
+    """Retires the live copies that ``retirement`` rules out, from the model and optimizer
+    variables (in place) and the averaging state."""
+    held = len(self.copies.live)
+    stay = self.copies.retire(progress, retirement)
+    if stay is not None:
+      _load(self.nodes, slice_copies(nnx.to_pure_dict(nnx.state(self.nodes)), stay, held))
+      self.averaging_state = retire_averaging_state(self.averaging_state, stay)
 
   def finish(self) -> tuple[Any, Any]:
     """The best epoch's averaging state and the last one; the nodes get the best epoch's
@@ -571,18 +617,39 @@ class _NNXRun:
     }
 
   def save(self, directory: Any, model: Any, epoch: int, progress: Progress) -> None:
-    meta = {"epoch": epoch, **_meta(progress), "model": model_name(model)}
+    meta = {"epoch": epoch, **_meta(progress), "model": model_name(model), **self.copies.meta()}
     save_items(directory, self._items(_snapshot(self.nodes)), meta)
 
   def restore(self, directory: Any, model: Any, patience: int | None) -> Progress:
-    # the best variables (a snapshot already) are the template of the variables' shapes
-    items, meta = restore_items(directory, self._items(self.best_variables))
-    fresh = rate_arrays(self.nodes[1].opt_state)
+    # the fresh variables (a snapshot already), cut to the copies the checkpoint holds, are
+    # the template of their shapes
+    given = self.best_variables  # the model and optimizer as they were given
+    self.copies.restore(checkpoint_meta(directory), directory)
+    every = len(self.copies.every)
+
+    def cut(copies: np.ndarray) -> tuple[Any, Any]:
+      if len(copies) == every:
+        return given, self.averaging_state
+      averaging = retire_averaging_state(self.averaging_state, copies)
+      return slice_copies(given, copies, every), averaging
+
+    (variables, averaging), (best_variables, best_averaging) = map(
+      cut, (self.copies.live, self.copies.best)
+    )
+    likes = {
+      "variables": variables,
+      "averaging": averaging,
+      "best_variables": best_variables,
+      "best_averaging": best_averaging,
+    }
+    items, meta = restore_items(directory, likes)
+    _load(self.nodes, variables)
+    fresh = rate_arrays(self.nodes[1].opt_state)  # this optimizer's rates, of those copies
     _load(self.nodes, items["variables"])
     try:
       check_resumed(directory, meta, model, fresh, rate_arrays(self.nodes[1].opt_state))
     except ValueError:
-      _load(self.nodes, self.best_variables)  # the model and optimizer as they were given
+      _load(self.nodes, given)
       raise
     self.averaging_state = items["averaging"]
     self.best_variables, self.best_averaging = items["best_variables"], items["best_averaging"]

@@ -60,6 +60,10 @@ def copy_retirement(*, threshold: float = 1e-3, epochs: int = 2) -> CopyRetireme
   of the last ``epochs`` epochs is retired: dropped from the head, the optimizer state and
   the averaging state (:func:`retire_copies`). The copy of largest weight always stays.
 
+  The switch keeps every copy at about ``1 / (t N)`` of the posterior or more after step
+  ``t`` (its prior of a switch to any copy), however badly the copy predicts: a threshold
+  rules copies out once that floor is below it, after about ``1 / (threshold N)`` steps.
+
   Args:
     threshold: the posterior weight under which a copy counts as ruled out, in (0, 1).
     epochs: how many consecutive epochs it must stay under it, at least 1.

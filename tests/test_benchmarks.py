@@ -462,3 +462,29 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   assert "seed 0: 0.3, 1, 3 (suggestion confidence high)" in text
   fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
   assert "| alrao-sgd | - | 5.200 | 1.040 |" in fashion
+
+
+def test_retire_copies_report_scores_each_rule_against_the_sweep_and_the_full_head(monkeypatch):
+  bench = _import(monkeypatch, "retire_copies")
+  history = [{"posterior": [0.5, 0.5, 0.0]}, {"posterior": [1.0, 0.0, 0.0]}]
+  assert bench.live_per_epoch(history) == [2, 1]
+
+  def row(method, perplexity, seconds, live=()):
+    loss = float(np.log(perplexity))
+    return {"method": method, "test_loss": loss, "seconds": seconds, "seed": 0, "live": list(live)}
+
+  cheap, dear = bench.rule_name(1e-3, 2), bench.rule_name(1e-2, 1)
+  rows = [
+    row("7-rate sgd sweep", 700.0, 1000.0),
+    row("sgd at the sweep's pick", 720.0, 100.0),
+    row(bench.FULL, 600.0, 400.0, (6, 6)),
+    row(cheap, 606.0, 300.0, (6, 3)),  # 1.01x, 0.30 of the sweep: both met
+    row(dear, 630.0, 1200.0, (6, 1)),  # 1.05x, 1.20 of the sweep: neither
+  ]
+  text = bench.report({"rows": rows}, ["# header", ""])
+  assert f"| {cheap} | 0 | 606.0 | 1.010 | 6, 3 | 300 | 3.00 | 0.30 |" in text
+  assert f"| {bench.FULL} | 0 | 600.0 | 1.000 | 6, 6 | 400 | 4.00 | 0.40 |" in text
+  assert f"{cheap}: 0.30 of the sweep's wall time (met: below 1), 1.010x" in text
+  assert "1.010x the full head's perplexity (met: at most 1.02)" in text
+  assert f"{dear}: 1.20 of the sweep's wall time (NOT met: below 1), 1.050x" in text
+  assert "1.050x the full head's perplexity (NOT met: at most 1.02)" in text

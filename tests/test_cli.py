@@ -19,7 +19,7 @@ import pytest
 
 import alrao_jax
 from alrao_jax import race_pick
-from alrao_jax.checkpoint import restore_checkpoint
+from alrao_jax.checkpoint import checkpoint_meta, restore_checkpoint
 from alrao_jax.experiments import cli
 from alrao_jax.experiments.cli import interrupt, options, report
 from alrao_jax.experiments.cli import screen as screen_command
@@ -80,6 +80,19 @@ def test_resume_alone_continues_the_run_and_equals_one_uninterrupted_run(tmp_pat
   best = summary["best_epoch"]
   final = [line for line in err.splitlines() if line.strip()][-1]
   assert f"best epoch {best}:" in final and "3/3" in final
+
+
+def test_retire_below_drops_the_ruled_out_copies_and_says_so_in_the_metrics(tmp_path):
+  out = tmp_path / "run"
+  args = ["--epochs", "3", "--lr-min", "1e-5", "--retire-below", "0.05", "--retire-after", "1"]
+  assert cli.main([*TRAIN, *args, "--out", str(out)]) == 0
+  records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+  posteriors = np.array([r["posterior"] for r in records])
+  retired = posteriors[0] < 0.05  # below after epoch 1: gone from epoch 2 on
+  assert 0 < retired.sum() < 4 and (posteriors[1:, retired] == 0).all()
+  live = checkpoint_meta(out / "checkpoint")["live_copies"]["state"]
+  assert live == np.flatnonzero(posteriors[-1] > 0).tolist()
+  assert json.loads((out / "settings.json").read_text())["retire_below"] == 0.05
 
 
 def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
@@ -435,6 +448,10 @@ def _npy_named_npz(tmp_path):
     (lambda p: ["train", "--schedule", "step"], "invalid choice: 'step'"),
     (lambda p: ["train", "--out", str(p / "file.txt")], "is a file; name a folder"),
     (lambda p: ["train", "--resume", "--out", str(p / "empty")], "no run to resume"),
+    (lambda p: ["train", "--retire-below", "1"], "--retire-below must be in (0, 1)"),
+    (lambda p: ["train", "--retire-after", "2"], "--retire-after applies with --retire-below"),
+    (lambda p: ["train", "--retire-below", "0.01", "--retire-after", "0"], "must be >= 1"),
+    (lambda p: ["train", "--optimizer", "sgd", "--retire-below", "0.01"], "sgd has none"),
     (lambda p: ["train", "--out", _saved_run(p)], "holds a run already"),
     (lambda p: ["train", "--resume", "--out", _saved_run(p, "{")], "corrupt checkpoint"),
     (

@@ -43,6 +43,10 @@ def test_large_heads_guide_runs_and_both_heads_agree(capsys):
   out = _run("guides/large_heads.md", capsys)
   found = re.search(r"one copy at a time: ([0-9.]+); all at once: ([0-9.]+)", out)
   assert math.isclose(float(found.group(1)), float(found.group(2)), rel_tol=1e-4), out
+  live = re.search(r"live copies per epoch: \[([0-9, ]+)\]; the kept state holds copies (.*)", out)
+  per_epoch = [int(n) for n in live.group(1).split(",")]
+  assert per_epoch[0] == 6 and per_epoch[-1] < 6, out  # some copies retired
+  assert per_epoch == sorted(per_epoch, reverse=True), out
 
 
 def test_the_masks_guide_agrees_with_optax_and_learns(capsys):

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import alrao_jax
 from alrao_jax.retire import slice_copies
@@ -141,6 +142,35 @@ def test_fit_retires_the_ruled_out_copies_and_a_resumed_run_equals_the_whole_run
     alrao_jax.predict(Net(copies=6), resumed.state, X[:5]),
     alrao_jax.predict(Net(copies=6), whole.state, X[:5]),
   )
+
+
+class NNXNet(nnx.Module):
+  def __init__(self, rngs: nnx.Rngs):
+    self.dense = nnx.Linear(6, 8, rngs=rngs)
+    self.head = alrao_jax.nnx.AlraoHead(8, 3, num_copies=6, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(jnp.tanh(self.dense(x)))
+
+
+def test_an_nnx_model_retires_in_place_and_a_resumed_run_equals_the_whole_run(tmp_path):
+  tx = alrao_jax.alrao_sgd(1e-5, 10.0, key=jax.random.key(0))
+  options = {"epochs": 4, "batch_size": 16, "retire": alrao_jax.copy_retirement(threshold=0.05)}
+  model = NNXNet(nnx.Rngs(0))
+  whole = alrao_jax.fit(model, tx, SPLITS, **options, checkpoint_dir=tmp_path / "whole")
+  posteriors = np.array([r["posterior"] for r in whole.history])
+  assert 0 < (posteriors[-1] == 0).sum() < 6  # some retired (two epochs below), not all
+  kept = np.flatnonzero(posteriors[whole.best_epoch - 1] > 0)
+  assert model.head.alrao_copies.kernel.shape[0] == len(kept)  # the best epoch's, in place
+  np.testing.assert_array_equal(whole.copies, kept)
+  assert whole.initial_params["head"]["alrao_copies"]["kernel"].shape[0] == len(kept)
+  folder, split = tmp_path / "split", NNXNet(nnx.Rngs(0))
+  alrao_jax.fit(split, tx, SPLITS, **{**options, "epochs": 3}, checkpoint_dir=folder)
+  resumed_model = NNXNet(nnx.Rngs(0))
+  resumed = alrao_jax.fit(resumed_model, tx, SPLITS, **options, checkpoint_dir=folder, resume=True)
+  assert resumed.history == whole.history
+  for got, want in zip(_leaves(nnx.state(resumed_model)), _leaves(nnx.state(model)), strict=True):
+    np.testing.assert_array_equal(got, want)
 
 
 def test_retirement_refuses_what_it_cannot_do_by_name():

@@ -55,6 +55,8 @@ RUN_DEFAULTS: dict[str, Any] = {
   "clip": None,
   "schedule": "constant",
   "layer_schedule": "uniform",
+  "retire_below": None,
+  "retire_after": None,
   "epochs": 10,
   "quick": False,
 }
@@ -113,6 +115,21 @@ def check_given_alrao_options(s: dict[str, Any]) -> None:
     check_bounds(s["lr_min"], s["lr_max"], names=("--lr-min", "--lr-max"))
 
 
+def check_retire_options(s: dict[str, Any]) -> None:
+  """--retire-below in (0, 1) with an alrao-* optimizer; --retire-after >= 1, with it."""
+  below, after = s.get("retire_below"), s.get("retire_after")
+  if below is None:
+    if after is not None:
+      raise UsageError("--retire-after applies with --retire-below; pass both, or neither")
+    return
+  if s["optimizer"] not in ALRAO:
+    raise UsageError(f"--retire-below retires Alrao's output copies; {s['optimizer']} has none")
+  if not 0 < below < 1:
+    raise UsageError(f"--retire-below must be in (0, 1), e.g. 1e-3, got {below}")
+  if after is not None and after < 1:
+    raise UsageError(f"--retire-after must be >= 1, got {after}")
+
+
 def check_optimizer_options(s: dict[str, Any]) -> None:
   alrao = s["optimizer"] in ALRAO
   if alrao and s["lr"] is not None:
@@ -126,6 +143,7 @@ def check_optimizer_options(s: dict[str, Any]) -> None:
   if s["lr"] is not None and not s["lr"] > 0:
     raise UsageError(f"--lr must be > 0, got {s['lr']}")
   check_given_alrao_options(s)
+  check_retire_options(s)
   if s["momentum"] is not None and s["optimizer"] not in WITH_MOMENTUM:
     raise UsageError(f"--momentum applies to {' and '.join(WITH_MOMENTUM)}, not {s['optimizer']}")
   if s["momentum"] is not None and not 0 <= s["momentum"] < 1:

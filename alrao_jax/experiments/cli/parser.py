@@ -133,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     "(fastai, /2.6 per layer below the output), smith (early layers fast then slow, late "
     "layers slow then fast) or smith-reverse (default: uniform)",
   )
+  train.add_argument(
+    "--retire-below",
+    type=float,
+    help="retire the output copies whose posterior weight stays below this (e.g. 1e-3) for "
+    "--retire-after epochs: later steps compute only the live copies (default: keep all)",
+  )
+  train.add_argument(
+    "--retire-after", type=int, help="epochs under --retire-below before a copy goes (default: 2)"
+  )
   train.add_argument("--epochs", type=int, help="(default: 10; with --resume: the new total)")
   train.add_argument("--out", default="runs/alrao", help="folder of the run (default: runs/alrao)")
   train.add_argument(

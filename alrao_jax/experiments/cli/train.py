@@ -35,6 +35,7 @@ from alrao_jax.experiments.cli.report import Reporter
 from alrao_jax.experiments.methods import Method
 from alrao_jax.experiments.tasks import MODES, Task
 from alrao_jax.loop import STOP_REASONS, FitResult, fit
+from alrao_jax.retire import CopyRetirement, copy_retirement
 from alrao_jax.splits import take
 from alrao_jax.steps import TrainState, create_train_state, model_args
 
@@ -76,6 +77,14 @@ def _first_state(model: Any, method: Method, task: Task, seed: int) -> TrainStat
   return jax.jit(create)(jax.random.key(seed), *model_args(example))
 
 
+def _retirement(settings: dict[str, Any]) -> CopyRetirement | None:
+  """fit's ``retire`` from --retire-below and --retire-after."""
+  if settings["retire_below"] is None:
+    return None
+  epochs = settings["retire_after"] or 2
+  return copy_retirement(threshold=settings["retire_below"], epochs=epochs)
+
+
 def run(args: argparse.Namespace) -> FitResult:
   out = run_folder(args)
   settings, resuming = _train_settings(args, out)
@@ -84,6 +93,8 @@ def run(args: argparse.Namespace) -> FitResult:
   task = load(settings)
   method = run_method(settings, task)
   mesh = mesh_of(args, settings, task)
+  if mesh is not None and settings["retire_below"] is not None:
+    raise UsageError("--retire-below works on one device; drop --mesh or --retire-below")
   checkpoint = out / "checkpoint"
   if resuming and checkpoint.exists():
     checkpoint_meta(checkpoint)  # a corrupt run is refused before the model is built
@@ -117,6 +128,7 @@ def run(args: argparse.Namespace) -> FitResult:
         eval_params=method.eval_params,
         mesh=mesh,
         carry=task.carry,
+        retire=_retirement(settings),
       )
   except KeyboardInterrupt as err:
     reporter.close()
