@@ -154,7 +154,10 @@ def _weigh(
   }
   suggestion = candidates["posterior"]
   if moved is None:
-    reasons.append("no initial_params: whether the leading copy learned is unknown")
+    reasons.append(
+      "no initial_params: whether the leading copy learned is unknown (pass fit's result, "
+      "or initial_params)"
+    )
   else:
     finite = np.isfinite(moved)
     # the median, not the largest: the fastest copies can move by 100x their size as they blow up
@@ -194,7 +197,7 @@ def _weigh(
     reasons.append(
       f"the posterior is spread: the leading copy and its neighbours hold {near:.2f} of it"
     )
-  doubts = ("barely moved", "diverged", "decades from", "degenerate")
+  doubts = ("barely moved", "diverged", "decades from", "degenerate", "no initial_params")
   if any(word in reason for reason in reasons for word in doubts):
     confidence = "low"
   else:
@@ -303,10 +306,11 @@ def suggest_lr(
   less than 5% as far as the median copy did not learn; when the posterior leads with such a
   copy (the body then learned to serve a nearly frozen output), the suggestion follows the
   posterior among the copies that learned. ``confidence`` is ``"low"`` when the leading copy
-  did not learn or the suggestion lies more than 3 decades from the rates at which the body's
-  units moved most (a `UserWarning` then says why); ``"medium"`` when the leading copy sits at
-  the interval's edge, the posterior is spread beyond the leading copy and its neighbours
-  (less than 0.8 of it), or there are no ``initial_params``; else ``"high"``.
+  did not learn, or whether it learned is unknown (no ``initial_params``: a frozen copy can
+  lead the switch), or the suggestion lies more than 3 decades from the rates at which the
+  body's units moved most (a `UserWarning` then says why); ``"medium"`` when the leading copy
+  sits at the interval's edge or the posterior is spread beyond the leading copy and its
+  neighbours (less than 0.8 of it); else ``"high"``.
   ``candidates`` holds the rates weighed: ``posterior``, ``leading``, and when known
   ``learned`` and ``body`` (the middle of the bin where the body moved most). A low
   confidence calls for a short race of the candidates (:func:`alrao_jax.tune` runs one).
@@ -352,9 +356,10 @@ def suggest_lr(
     >>> tx = alrao_jax.alrao_sgd(1e-3, 10.0, key=jax.random.key(1))
     >>> state = alrao_jax.create_train_state(Net(), tx, jax.random.key(2), x)
     >>> step = alrao_jax.make_train_step(Net(), tx)
+    >>> start = jax.device_get(state.params)  # the step donates the state's buffers
     >>> for _ in range(50):
     ...   state, _ = step(state, x, y)
-    >>> suggestion = alrao_jax.suggest_lr(state)
+    >>> suggestion = alrao_jax.suggest_lr(state, initial_params=start)
     >>> suggestion.copy_lrs.round(3).tolist(), bool(1e-3 <= suggestion.lr <= 10.0)
     ([0.001, 0.1, 10.0], True)
 

@@ -231,7 +231,11 @@ def refocus(
     "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
   )
   first, warm = timed_fit(task, method, seed=seed, epochs=warmup_epochs, **fit_kwargs)
-  suggestion = suggest_lr(warm.last_state, posteriors=[r["posterior"] for r in warm.history])
+  suggestion = suggest_lr(
+    warm.last_state,
+    initial_params=warm.initial_params,
+    posteriors=[r["posterior"] for r in warm.history],
+  )
   low, high = suggestion.lr / 10**REFOCUS_DECADES, suggestion.lr * 10**REFOCUS_DECADES
   body = sample_rates(jax.random.key(seed + 2), warm.last_state.params, low, high)
   state = warm.last_state.replace(opt_state=replace_body_rates(warm.last_state.opt_state, body))
