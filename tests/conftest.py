@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -38,6 +39,14 @@ def strict_json(text):
     raise ValueError(f"not JSON: {token} (a non-finite number must be written as null)")
 
   return json.loads(text, parse_constant=refuse)
+
+
+def fresh_python(script):
+  """What ``script`` prints, as lines, run by a fresh interpreter (nothing imported yet);
+  its failure fails the test with its stderr."""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr
+  return done.stdout.splitlines(), done.stderr
 
 
 class SmallNNXNet(nnx.Module):

@@ -30,7 +30,7 @@ from alrao_jax.experiments.data import load_digits
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
 from alrao_jax.experiments.models import DigitsCNN
 from alrao_jax.experiments.tasks import ADAM_INTERVAL
-from conftest import strict_json
+from conftest import fresh_python, strict_json
 
 TRAIN = ["train", "--no-progress", "--copies", "4", "--seed", "1"]
 
@@ -355,14 +355,11 @@ def test_help_and_a_bad_flag_answer_without_starting_jax():
     "    print(argv[0], exit_.code)\n"
     "print('jax' in sys.modules, 'alrao_jax.loop' in sys.modules)\n"
   )
-  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr
-  said = [
-    line for line in done.stdout.splitlines() if line.startswith(("--help ", "train ", "sweep "))
-  ]
+  lines, errors = fresh_python(script)
+  said = [line for line in lines if line.startswith(("--help ", "train ", "sweep "))]
   assert said == ["--help 0", "train 0", "sweep 2"]  # the usage lines start with "usage:"
-  assert done.stdout.splitlines()[-1] == "False False"  # neither JAX nor the training loop
-  assert "expected one argument" in done.stderr
+  assert lines[-1] == "False False"  # neither JAX nor the training loop
+  assert "expected one argument" in errors
 
 
 def test_the_parsers_names_are_those_the_tasks_and_methods_implement():

@@ -3,10 +3,9 @@ experiments, and no two modules import each other (directly or through others)."
 
 import ast
 import pathlib
-import subprocess
-import sys
 
 import alrao_jax
+from conftest import fresh_python
 
 PACKAGE = pathlib.Path(alrao_jax.__file__).parent
 METHOD = (
@@ -127,7 +126,7 @@ def test_a_public_name_loads_its_own_module_only_and_tools_stay_functions():
   # One name loads its module, not every public one (the CLI's first state paid ~0.8 s for
   # the heads and tools); a module imported first does not hide the function named like it.
   script = (
-    "import sys, types\n"
+    "import sys\n"
     "from alrao_jax import sharding\n"
     "print(sorted(m for m in ('alrao_jax.tune', 'alrao_jax.sweep', 'alrao_jax.nnx',"
     " 'alrao_jax.lr_find') if m in sys.modules))\n"
@@ -136,9 +135,8 @@ def test_a_public_name_loads_its_own_module_only_and_tools_stay_functions():
     "print([type(getattr(alrao_jax, n)).__name__ for n in ('tune', 'sweep', 'lr_find')])\n"
     "print(all(getattr(alrao_jax, n) is not None for n in alrao_jax.__all__))\n"
   )
-  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-  assert done.returncode == 0, done.stderr
-  assert done.stdout.splitlines() == ["[]", "['function', 'function', 'function']", "True"]
+  said, _ = fresh_python(script)
+  assert said == ["[]", "['function', 'function', 'function']", "True"]
 
 
 DISTRIBUTIONS = {"orbax": "orbax-checkpoint", "sklearn": "scikit-learn"}  # import -> distribution
