@@ -92,6 +92,36 @@ def check_eval_model(eval_model: nn.Module, state: TrainState, example: Any, kwa
       f"{first}); pass the training module with other settings (e.g. deterministic=True), "
       "whose parameters are named and shaped as the training model's."
     ) from err
+  # An Alrao head applies the copies its parameters hold (fewer once some are retired), so an
+  # eval_model built with more copies would evaluate without complaint: its own parameters
+  # must be shaped as the trained ones.
+  own = _initial_shapes(eval_model, example, kwargs)
+  if own is not None and own != _shapes(state.params):
+    raise ValueError(
+      "eval_model cannot evaluate the trained model's variables (its own parameters are "
+      "shaped otherwise, e.g. another num_copies); pass the training module with other "
+      "settings (e.g. deterministic=True), whose parameters are named and shaped as the "
+      "training model's."
+    )
+
+
+def _initial_shapes(model: nn.Module, example: Any, kwargs: Any) -> Any:
+  """The shapes of ``model``'s own parameters at init (None when it cannot be initialised
+  here, e.g. it draws from an RNG stream not given: the apply check above stands alone)."""
+  key = jax.random.key(0)
+  init = functools.partial(
+    model.init, {"params": key, "dropout": key}, *model_args(example), **dict(kwargs or {})
+  )
+  try:
+    return _shapes(jax.eval_shape(init)["params"])
+  except Exception:  # whatever the model raises, the apply check already passed
+    return None
+
+
+def _shapes(tree: Any) -> list[tuple[str, tuple[int, ...]]]:
+  """Each leaf's path and shape, whatever mapping type holds them."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return sorted((jax.tree_util.keystr(path), tuple(np.shape(leaf))) for path, leaf in flat)
 
 
 def num_outputs(model: nn.Module, state: TrainState, example: Any, kwargs: Any) -> int:
