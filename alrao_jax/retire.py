@@ -47,13 +47,13 @@ def _check_threshold(threshold: Any) -> float:
     raise TypeError(f"threshold must be a float in (0, 1), got {threshold!r}.")
   if not 0.0 < threshold < 1.0:
     raise ValueError(
-      f"threshold must be in (0, 1), got {threshold}; e.g. 1e-3 retires a copy that holds "
-      "less than a thousandth of the posterior."
+      f"threshold must be in (0, 1), got {threshold}; e.g. 1e-2 retires a copy that holds "
+      "less than a hundredth of the posterior."
     )
   return float(threshold)
 
 
-def copy_retirement(*, threshold: float = 1e-3, epochs: int = 2) -> CopyRetirement:
+def copy_retirement(*, threshold: float = 1e-2, epochs: int = 2) -> CopyRetirement:
   """The rule by which :func:`alrao_jax.fit` retires output copies (``fit(retire=...)``).
 
   After each epoch, a copy whose switch posterior was below ``threshold`` at the end of each
@@ -73,8 +73,8 @@ def copy_retirement(*, threshold: float = 1e-3, epochs: int = 2) -> CopyRetireme
 
   Example:
     >>> import alrao_jax
-    >>> alrao_jax.copy_retirement(threshold=1e-3, epochs=2)
-    CopyRetirement(threshold=0.001, epochs=2)
+    >>> alrao_jax.copy_retirement(threshold=1e-2, epochs=2)
+    CopyRetirement(threshold=0.01, epochs=2)
   """
   return CopyRetirement(_check_threshold(threshold), check_int(epochs, "epochs", minimum=1))
 

@@ -125,7 +125,7 @@ def check_retire_options(s: dict[str, Any]) -> None:
   if s["optimizer"] not in ALRAO:
     raise UsageError(f"--retire-below retires Alrao's output copies; {s['optimizer']} has none")
   if not 0 < below < 1:
-    raise UsageError(f"--retire-below must be in (0, 1), e.g. 1e-3, got {below}")
+    raise UsageError(f"--retire-below must be in (0, 1), e.g. 1e-2, got {below}")
   if after is not None and after < 1:
     raise UsageError(f"--retire-after must be >= 1, got {after}")
 

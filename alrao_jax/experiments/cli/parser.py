@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument(
     "--retire-below",
     type=float,
-    help="retire the output copies whose posterior weight stays below this (e.g. 1e-3) for "
+    help="retire the output copies whose posterior weight stays below this (e.g. 1e-2) for "
     "--retire-after epochs: later steps compute only the live copies (default: keep all)",
   )
   train.add_argument(
