@@ -3,6 +3,7 @@
 Usage:
   python benchmarks/retire_copies.py                  # writes results/retire_copies.{md,json}
   python benchmarks/retire_copies.py --quick          # smoke test: tiny subsets, no file
+  python benchmarks/retire_copies.py --first-seed 1 --name retire_copies_seed1  # another seed
 
 On ``benchmarks/real_data.py``'s budget for ``ptb-word`` (its subsets, epochs and patience;
 the 2-layer LSTM of 200 units and its 10,000-word head of 6 copies over [1e-3, 100]), one
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on
+from header import command_line, ran_on, results_name
 from real_data import BUDGETS, QUICK, subset
 
 import alrao_jax
@@ -139,6 +140,10 @@ def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
   parser.add_argument("--seeds", type=int, default=None, help="default: real_data.py's budget")
+  parser.add_argument("--first-seed", type=int, default=0, help="seeds from this one (default: 0)")
+  parser.add_argument(
+    "--name", type=results_name, default="retire_copies", help="results file name, no suffix"
+  )
   args = parser.parse_args(argv)
   budget = QUICK if args.quick else BUDGETS["ptb-word"]
   if args.seeds is not None:
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> str:
   if not args.quick:  # untimed: the first run of a model in a process pays a one-off set-up
     small = task._replace(splits=subset(task, QUICK).splits)
     timed_fit(small, make_method("sgd"), seed=0, epochs=1)
-  rows = [row for seed in range(budget.seeds) for row in one_seed(task, budget, seed, log)]
+  seeds = range(args.first_seed, args.first_seed + budget.seeds)
+  rows = [row for seed in seeds for row in one_seed(task, budget, seed, log)]
   minutes = (time.perf_counter() - started) / 60
   train, valid, test = (len(s.inputs) for s in task.splits)
   header = [
@@ -163,7 +169,8 @@ def main(argv: list[str] | None = None) -> str:
     "",
     f"Budget (`real_data.py`'s): training on the first {train} windows of 20 x 35 words, "
     f"validation on the first {valid}, test on all {test}; at most {budget.epochs} epochs, "
-    f"early stopping with patience {budget.patience}; {budget.seeds} seed(s). Perplexity at "
+    f"early stopping with patience {budget.patience}; seed(s) {', '.join(map(str, seeds))}. "
+    "Perplexity at "
     "each run's best validation epoch; *plain runs*: wall time over SGD's at the sweep's pick; "
     "every wall time includes its compilations.",
     "",
@@ -171,9 +178,9 @@ def main(argv: list[str] | None = None) -> str:
   results = {"budget": budget._asdict(), "rules": RULES, "rows": rows}
   text = report(results, header)
   if not args.quick:
-    (RESULTS / "retire_copies.md").write_text(text)
-    (RESULTS / "retire_copies.json").write_text(strict_json.dumps(results, indent=1))
-    print(f"wrote {RESULTS / 'retire_copies.md'} in {minutes:.1f} min")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1))
+    print(f"wrote {RESULTS / args.name}.md in {minutes:.1f} min")
   return text
 
 
