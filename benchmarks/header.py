@@ -49,6 +49,16 @@ def write_results(report: str, out: str, *, quick: bool) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
+def write_report_and_json(text: str, results: object, path: pathlib.Path, minutes: float) -> None:
+  """Writes a full run's report to ``path`` (``.md``) and its results beside it (``.json``,
+  strict JSON), and says so."""
+  from alrao_jax import strict_json
+
+  path.with_suffix(".md").write_text(text)
+  path.with_suffix(".json").write_text(strict_json.dumps(results, indent=1))
+  print(f"wrote {path.with_suffix('.md')} in {minutes:.1f} min")
+
+
 def ran_on(minutes: float) -> str:
   """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
   Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that

@@ -36,10 +36,9 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on
+from header import command_line, ran_on, write_report_and_json
 
 import alrao_jax
-from alrao_jax import strict_json
 from alrao_jax.experiments.compare import RunResult, run_method
 from alrao_jax.experiments.methods import LR_FREE, make_method
 from alrao_jax.experiments.tasks import MODES, Task, load_task
@@ -312,10 +311,7 @@ def main(argv: list[str] | None = None) -> str:
   ]
   text = report(results, header)
   if not args.quick:
-    name = f"real_data_{args.task}"
-    (RESULTS / f"{name}.md").write_text(text)
-    (RESULTS / f"{name}.json").write_text(strict_json.dumps(results, indent=1))
-    print(f"wrote {RESULTS / name}.md in {minutes:.1f} min")
+    write_report_and_json(text, results, RESULTS / f"real_data_{args.task}", minutes)
   return text
 
 

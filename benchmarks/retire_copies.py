@@ -30,11 +30,10 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on, results_name
+from header import command_line, ran_on, results_name, write_report_and_json
 from real_data import BUDGETS, QUICK, subset
 
 import alrao_jax
-from alrao_jax import strict_json
 from alrao_jax.experiments.compare import timed_fit
 from alrao_jax.experiments.methods import make_method
 from alrao_jax.experiments.tasks import MODES, load_task
@@ -178,9 +177,7 @@ def main(argv: list[str] | None = None) -> str:
   results = {"budget": budget._asdict(), "rules": RULES, "rows": rows}
   text = report(results, header)
   if not args.quick:
-    (RESULTS / f"{args.name}.md").write_text(text)
-    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1))
-    print(f"wrote {RESULTS / args.name}.md in {minutes:.1f} min")
+    write_report_and_json(text, results, RESULTS / args.name, minutes)
   return text
 
 
