@@ -33,6 +33,7 @@ from alrao_jax.loss import Likelihood, categorical_log_likelihood, is_categorica
 from alrao_jax.retire import (
   CopyRetirement,
   check_retirement,
+  checked_copies,
   retire_averaging_state,
   retire_copies,
   ruled_out,
@@ -279,7 +280,7 @@ def fit(
   result = _result(best, last, int(progress.best_epochs[0]), progress.histories[0], stopped)
   copies = run.copies.kept()
   if copies is not None and initial_params is not None:  # at step 0, of the copies state holds
-    initial_params = jax.device_get(slice_copies(initial_params, copies, len(run.copies.every)))
+    initial_params = slice_copies(initial_params, copies, len(run.copies.every))
   return result._replace(initial_params=initial_params, copies=copies)
 
 
@@ -342,17 +343,14 @@ class _Copies:
     every = range(len(self.every))
     found = meta.get("live_copies", {"state": every, "best_state": every})
     try:
-      live = {name: np.asarray(list(found[name]), int) for name in ("state", "best_state")}
+      live = {
+        name: checked_copies(list(found[name]), len(self.every)) for name in ("state", "best_state")
+      }
     except (KeyError, TypeError, ValueError) as err:
-      unreadable = f"corrupt checkpoint in {directory}: its live_copies are unreadable."
-      raise ValueError(unreadable) from err
-    for copies in live.values():
-      inside = copies.size and copies[0] >= 0 and copies[-1] < len(self.every)
-      if not inside or np.any(np.diff(copies) <= 0):
-        raise ValueError(
-          f"corrupt checkpoint in {directory}: its live_copies {copies.tolist()} are not copies "
-          f"of this model's {len(self.every)}."
-        )
+      raise ValueError(
+        f"corrupt checkpoint in {directory}: its live_copies are not copies of this model's "
+        f"{len(self.every)} ({err})"
+      ) from err
     self.live, self.best = live["state"], live["best_state"]
 
   def kept(self) -> np.ndarray | None:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alrao_jax.checks import check_int
-from alrao_jax.rates import COPIES_MODULE
+from alrao_jax.rates import COPIES_MODULE, leaf_paths, path_string
 from alrao_jax.steps import num_copies_of
 from alrao_jax.switch import BayesState, SwitchState
 
@@ -122,8 +122,12 @@ def ruled_out(
   return live[below]
 
 
-def _positions(keep: Sequence[int], num_copies: int) -> np.ndarray:
-  """``keep`` checked: distinct indices in [0, num_copies), increasing, at least one."""
+def checked_copies(keep: Sequence[int], num_copies: int) -> np.ndarray:
+  """``keep`` checked: distinct indices in [0, num_copies), increasing, at least one.
+
+  Raises:
+    ValueError: anything else, naming ``keep``.
+  """
   found = np.asarray(keep)
   if found.ndim != 1 or found.size == 0 or not np.issubdtype(found.dtype, np.integer):
     raise ValueError(f"keep must be a non-empty sequence of copy indices, got {keep!r}.")
@@ -135,27 +139,26 @@ def _positions(keep: Sequence[int], num_copies: int) -> np.ndarray:
   return found
 
 
-def _under_copies(path: tuple) -> bool:
-  return any(getattr(entry, "key", None) == COPIES_MODULE for entry in path)
-
-
 def slice_copies(tree: Any, keep: Sequence[int], num_copies: int) -> Any:
   """``tree`` with every array under an ``alrao_copies`` module cut to the copies ``keep``
   along its leading (copy) axis; the rest as it is. Any tree that mirrors the parameters
-  works: the parameters, an optimizer state (rates, momenta, Adam's moments)."""
-  positions = _positions(keep, num_copies)
+  works: the parameters, an optimizer state (rates, momenta, Adam's moments), on the device
+  or the host (a host array stays on the host)."""
+  positions = checked_copies(keep, num_copies)
+  paths, leaves, treedef = leaf_paths(tree)
 
-  def one(path: tuple, leaf: Any) -> Any:
-    if not _under_copies(path) or not hasattr(leaf, "shape"):
+  def one(path: tuple[str, ...], leaf: Any) -> Any:
+    if COPIES_MODULE not in path[:-1] or not hasattr(leaf, "shape"):
       return leaf
     if jnp.ndim(leaf) == 0 or jnp.shape(leaf)[0] != num_copies:
       raise ValueError(
-        f"{jax.tree_util.keystr(path)} has shape {jnp.shape(leaf)}, whose leading axis is not "
-        f"the head's {num_copies} copies: a head inside a stack of layers cannot retire copies."
+        f"{path_string(path)} has shape {jnp.shape(leaf)}, whose leading axis is not the "
+        f"head's {num_copies} copies: a head inside a stack of layers cannot retire copies."
       )
-    return jnp.take(leaf, jnp.asarray(positions), axis=0)
+    return leaf[positions]
 
-  return jax.tree_util.tree_map_with_path(one, tree)
+  cut = [one(path, leaf) for path, leaf in zip(paths, leaves, strict=True)]
+  return jax.tree.unflatten(treedef, cut)
 
 
 def retire_averaging_state(state: SwitchState | BayesState, keep: Sequence[int]) -> Any:
@@ -177,12 +180,12 @@ def retire_averaging_state(state: SwitchState | BayesState, keep: Sequence[int])
     [0.5, 0.5]
   """
   if isinstance(state, SwitchState):
-    positions = _positions(keep, state.log_weights.shape[1])
+    positions = checked_copies(keep, state.log_weights.shape[1])
     kept = state.log_weights[:, positions]
     kept = kept - jax.nn.logsumexp(kept)
     return state._replace(log_weights=kept, log_posterior=jnp.logaddexp(kept[0], kept[1]))
   if isinstance(state, BayesState):
-    positions = _positions(keep, state.log_posterior.shape[0])
+    positions = checked_copies(keep, state.log_posterior.shape[0])
     kept = state.log_posterior[positions]
     return BayesState(kept - jax.nn.logsumexp(kept))
   raise TypeError(

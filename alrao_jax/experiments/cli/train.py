@@ -81,8 +81,8 @@ def _retirement(settings: dict[str, Any]) -> CopyRetirement | None:
   """fit's ``retire`` from --retire-below and --retire-after."""
   if settings["retire_below"] is None:
     return None
-  epochs = settings["retire_after"] or 2
-  return copy_retirement(threshold=settings["retire_below"], epochs=epochs)
+  after = {} if settings["retire_after"] is None else {"epochs": settings["retire_after"]}
+  return copy_retirement(threshold=settings["retire_below"], **after)  # its default epochs
 
 
 def run(args: argparse.Namespace) -> FitResult:
