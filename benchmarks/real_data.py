@@ -13,7 +13,9 @@ on the publisher's whole test split at its best validation epoch (the paper's Ta
   7 members vmapped), the rate of lowest validation loss picked, then SGD at that rate alone
   (``alrao_jax.fit``): its wall time is the unit, "one plain run";
 * Adam at its default rate and optax.contrib's learning-rate-free optimizers at theirs;
-* one Alrao-SGD run (the task's interval and copies), ``suggest_lr`` read off it followed by
+* one Alrao-SGD run (the task's interval and copies), the same run with the copies the switch
+  rules out retired (``fit(retire=alrao_jax.copy_retirement())``, its defaults),
+  ``suggest_lr`` read off the first run followed by
   one SGD run at the suggested rate, and ``tune`` (that Alrao run, a short race of the
   suggestion's neighbours, one SGD run at the winner), whose compute is the three together.
 
@@ -62,7 +64,7 @@ class Budget(NamedTuple):
 
 BUDGETS = {
   "fashion-cnn": Budget(train_rows=6_400, valid_rows=2_000, epochs=10, patience=3, seeds=1),
-  "ptb-word": Budget(train_rows=1_000, valid_rows=500, epochs=6, patience=2, seeds=1),
+  "ptb-word": Budget(train_rows=1_000, valid_rows=500, epochs=10, patience=2, seeds=1),
 }
 QUICK = Budget(train_rows=64, valid_rows=64, epochs=2, patience=1, seeds=1)
 PEERS = ("adam", *LR_FREE)
@@ -167,6 +169,16 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
   alrao = found.alrao
   log(f"seed {seed}: alrao-sgd {alrao.test['loss']:.4f}, suggestion {found.suggestion.lr:.3g}")
   rows.append(_row("alrao-sgd", alrao, lr=None, seconds=alrao.seconds, epochs=len(alrao.history)))
+  method = make_method(
+    "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
+  )
+  retired = _quietly(
+    lambda: run_method(
+      task, method, seed=seed, epochs=epochs, retire=alrao_jax.copy_retirement(), **fit
+    )
+  )
+  log(f"seed {seed}: {RETIRED} {retired.test['loss']:.4f}, {retired.seconds:.0f} s")
+  rows.append(_row(RETIRED, retired, lr=None, seconds=retired.seconds, epochs=len(retired.history)))
   suggested = found.sgd if found.suggestion.lr == found.lr else plain("sgd", found.suggestion.lr)
   rows.append(
     _row(
@@ -194,11 +206,13 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
   return rows
 
 
+RETIRED = "alrao-sgd, copies retired"
 SUMMARY = (
   "tuned sgd (sweep)",
   "sgd at the sweep's rate",
   *PEERS,
   "alrao-sgd",
+  RETIRED,
   "suggest_lr, then sgd",
   "tune",
 )
@@ -217,6 +231,7 @@ def report(results: dict[str, Any], header: list[str]) -> str:
   """The task's table (mean over seeds), its SGD grid, and what it says."""
   rows, perplexity = results["rows"], results["task"] == "ptb-word"
   by = {name: [r for r in rows if r["method"] == name] for name in SUMMARY}
+  by = {name: runs for name, runs in by.items() if runs}  # a results file from before a row
   tuned = _mean(by["tuned sgd (sweep)"], "test_loss")
   unit = "perplexity" if perplexity else "test loss (nats)"
   lines = [
@@ -268,8 +283,40 @@ def report(results: dict[str, Any], header: list[str]) -> str:
     )
     + ".",
     "",
+    *goals(by, perplexity=perplexity),
   ]
   return "\n".join(lines)
+
+
+def _met(ok: bool) -> str:
+  return "met" if ok else "**missed**"
+
+
+def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]:
+  """Issue 36's goals for one task, from the mean over seeds (losses in nats)."""
+  loss = {name: _mean(runs, "test_loss") for name, runs in by.items()}
+  cost = {name: _mean(runs, "plain_runs") for name, runs in by.items()}
+  tuned, alrao, sweep = loss["tuned sgd (sweep)"], loss["alrao-sgd"], cost["tuned sgd (sweep)"]
+  peer = min(LR_FREE, key=lambda name: loss.get(name, math.inf))
+  ratio = math.exp(alrao - tuned) if perplexity else alrao / tuned
+  unit = "perplexity" if perplexity else "loss"
+  lines = [
+    "Goals (issue 36; differences of test loss in nats, mean over seeds):",
+    "",
+    f"- One Alrao-SGD run at most 1.10x tuned SGD's {unit}: {ratio:.3f}x ({_met(ratio <= 1.10)}).",
+    f"- Ahead of the best learning-rate-free peer ({peer}, {loss[peer]:.4f}): Alrao-SGD "
+    f"{alrao:.4f}, {alrao - loss[peer]:+.4f} ({_met(alrao < loss[peer])}).",
+    f"- Cheaper than the 7-rate sweep: {cost['alrao-sgd']:.2f} plain runs against "
+    f"{sweep:.2f} ({_met(cost['alrao-sgd'] < sweep)}).",
+  ]
+  if RETIRED in loss:
+    worse = math.exp(loss[RETIRED] - alrao) if perplexity else loss[RETIRED] / alrao
+    ok = cost[RETIRED] < sweep and worse <= 1.02
+    lines.append(
+      f"- With copies retired, cheaper than the sweep at most 2% worse {unit} than every copy: "
+      f"{cost[RETIRED]:.2f} plain runs, {worse:.3f}x ({_met(ok)})."
+    )
+  return lines
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -450,6 +450,7 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
     row("sgd at the sweep's rate", 5.0, lr=1.0, seconds=10.0),
     *(row(name, 5.5, seconds=12.0) for name in bench.PEERS),
     row("alrao-sgd", 5.2, seconds=25.0, best=3),
+    row("alrao-sgd, copies retired", 5.21, seconds=15.0),
     row("suggest_lr, then sgd", 5.1, lr=0.5, seconds=35.0),
     row("tune", 5.0, lr=1.0, seconds=40.0, confidence="high", race_rates=[0.3, 1.0, 3.0]),
   ]
@@ -460,8 +461,20 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   assert "| 1e-05 | inf | inf | 2.0 / 3.0 |" in text  # a diverged member stays inf
   assert "at the cap of 3 (still improving when the budget ended): alrao-sgd." in text
   assert "seed 0: 0.3, 1, 3 (suggestion confidence high)" in text
+  assert "1.10x tuned SGD's perplexity: 1.221x (**missed**)" in text
+  peer = bench.LR_FREE[0]  # every peer at 5.5: the first is the best
+  assert f"peer ({peer}, 5.5000): Alrao-SGD 5.2000, -0.3000 (met)" in text
+  assert "sweep: 2.50 plain runs against 7.00 (met)" in text
+  # exp(0.01) = 1.010 in perplexity; 5.21 / 5.2 = 1.002 in loss
+  assert "worse perplexity than every copy: 1.50 plain runs, 1.010x (met)" in text
   fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
   assert "| alrao-sgd | - | 5.200 | 1.040 |" in fashion
+  assert "1.10x tuned SGD's loss: 1.040x (met)" in fashion
+  assert "worse loss than every copy: 1.50 plain runs, 1.002x (met)" in fashion
+  slow = [dict(r, test_loss=5.6) if r["method"] == "alrao-sgd" else r for r in rows]
+  missed = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": slow}, [])
+  assert "1.10x tuned SGD's loss: 1.120x (**missed**)" in missed
+  assert "-0.3000" not in missed and "+0.1000 (**missed**)" in missed
 
 
 def test_retire_copies_report_scores_each_rule_against_the_sweep_and_the_full_head(monkeypatch):
