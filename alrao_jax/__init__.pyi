@@ -44,6 +44,7 @@ from alrao_jax.retire import (
   copy_retirement,
   retire_averaging_state,
   retire_copies,
+  retire_nnx_copies,
   ruled_out,
 )
 from alrao_jax.screen import ScreenResult, screen
@@ -143,6 +144,7 @@ __all__ = [
   "restore_nnx_checkpoint",
   "retire_averaging_state",
   "retire_copies",
+  "retire_nnx_copies",
   "ruled_out",
   "sample_rates",
   "save_checkpoint",

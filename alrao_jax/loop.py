@@ -36,6 +36,7 @@ from alrao_jax.retire import (
   checked_copies,
   retire_averaging_state,
   retire_copies,
+  retire_nnx_copies,
   ruled_out,
   slice_copies,
 )
@@ -594,11 +595,9 @@ class _NNXRun:
   def retire(self, progress: Progress, retirement: CopyRetirement) -> None:
     """Retires the live copies that ``retirement`` rules out, from the model and optimizer
     variables (in place) and the averaging state."""
-    held = len(self.copies.live)
     stay = self.copies.retire(progress, retirement)
     if stay is not None:
-      _load(self.nodes, slice_copies(nnx.to_pure_dict(nnx.state(self.nodes)), stay, held))
-      self.averaging_state = retire_averaging_state(self.averaging_state, stay)
+      self.averaging_state = retire_nnx_copies(self.nodes, self.averaging_state, stay)
 
   def finish(self) -> tuple[Any, Any]:
     """The best epoch's averaging state and the last one; the nodes get the best epoch's

@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from alrao_jax.checks import check_int
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, path_string
@@ -30,6 +31,7 @@ __all__ = [
   "copy_retirement",
   "retire_averaging_state",
   "retire_copies",
+  "retire_nnx_copies",
   "ruled_out",
 ]
 
@@ -225,3 +227,42 @@ def retire_copies(state: Any, keep: Sequence[int]) -> Any:
     opt_state=slice_copies(state.opt_state, keep, num_copies),
     averaging_state=retire_averaging_state(state.averaging_state, keep),
   )
+
+
+def retire_nnx_copies(
+  nodes: nnx.Module | tuple[nnx.Module, ...], averaging_state: Any, keep: Sequence[int]
+) -> Any:
+  """NNX's :func:`retire_copies`: the model and its optimizer cut to the copies ``keep``, in
+  place, and the averaging state that goes with them.
+
+  Every variable under an ``alrao_copies`` module of ``nodes`` (the head's kernel and bias, the
+  optimizer's rates and moments of the copies) keeps the copies ``keep`` along its leading
+  axis; the rest is as it was. :class:`alrao_jax.nnx.AlraoHead` applies the copies its kernel
+  holds, so the same model, optimizer and step go on (the step retraces once, as the shapes
+  change).
+
+  Args:
+    nodes: the model and its :class:`flax.nnx.Optimizer`, as a tuple; pass both, or the
+      optimizer's state no longer matches the parameters it updates.
+    averaging_state: the averaging state the NNX step carries (:func:`alrao_jax.switch_init`,
+      :func:`alrao_jax.bayes_init`).
+    keep: the indices of the copies that stay, increasing.
+
+  Returns:
+    The averaging state over the copies kept (:func:`retire_averaging_state`).
+
+  Example:
+    >>> import jax, alrao_jax
+    >>> from flax import nnx
+    >>> model = alrao_jax.nnx.AlraoHead(8, 3, num_copies=4, rngs=nnx.Rngs(0))
+    >>> tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
+    >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    >>> switch = alrao_jax.retire_nnx_copies((model, optimizer), alrao_jax.switch_init(4), [1, 3])
+    >>> model.alrao_copies.kernel.shape, switch.log_posterior.shape
+    ((2, 8, 3), (2,))
+  """
+  state = nnx.state(nodes)
+  pure = nnx.to_pure_dict(state)
+  nnx.replace_by_pure_dict(state, slice_copies(pure, keep, num_copies_of(pure)))
+  nnx.update(nodes, state)
+  return retire_averaging_state(averaging_state, keep)

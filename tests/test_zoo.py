@@ -1,7 +1,8 @@
 """User models the library was not built for, in linen and NNX: a scanned GPT decoder, a ResNet
 stack with BatchNorm, a GRU classifier, a regression MLP. For each: the rates follow SPEC per
-layer on actual updates, the one-backward gradients equal a naive per-copy loop, and 30 steps
-reduce the loss."""
+layer on actual updates, the one-backward gradients equal a naive per-copy loop, 30 steps
+reduce the loss, and then, with a copy retired, the next step equals the full model's step with
+that copy at zero weight."""
 
 import warnings
 
@@ -15,6 +16,7 @@ from flax import nnx
 
 import alrao_jax
 from alrao_jax.rates import leaf_paths, path_string
+from alrao_jax.retire import slice_copies
 
 N, LAYERS, WIDTH, VOCAB = 3, 2, 8, 11
 KEY = jax.random.key(0)
@@ -398,6 +400,26 @@ def _tx():
   return alrao_jax.alrao_sgd(1e-3, 0.3, key=jax.random.key(1), momentum=0.9)
 
 
+KEEP = [0, 2]
+
+
+def _zero_weight(averaging, retired):
+  """The full averaging state whose mixture gives the retired copies no weight and the kept
+  ones the retired state's weights: the oracle of a step after retirement."""
+  log_posterior = np.full(N, -np.inf, np.float32)
+  log_posterior[KEEP] = np.asarray(retired.log_posterior)
+  return averaging._replace(log_posterior=jnp.asarray(log_posterior))
+
+
+def _assert_sliced(got, full):
+  """``got`` equals ``full`` with the retired copies cut (arrays under ``alrao_copies``)."""
+  want = slice_copies(full, KEEP, N)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    if jax.dtypes.issubdtype(jnp.asarray(a).dtype, jax.dtypes.prng_key):
+      a, b = jax.random.key_data(a), jax.random.key_data(b)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_linen_30_steps_reduce_the_loss(name):
   model, _, kind, likelihood, train_kwargs, eval_kwargs, _ = ZOO[name]
@@ -410,6 +432,16 @@ def test_linen_30_steps_reduce_the_loss(name):
     state, metrics = step(state, x, y)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.8 * losses[0], losses
+  # retire copy 1: the next step is the full step with copy 1 at zero weight
+  retired = alrao_jax.retire_copies(jax.tree.map(jnp.copy, state), KEEP)
+  zero = _zero_weight(state.averaging_state, retired.averaging_state)
+  full = state.replace(averaging_state=zero)
+  (after, got), (want_state, want) = step(retired, x, y), step(full, x, y)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  _assert_sliced(after.params, want_state.params)
+  _assert_sliced(after.opt_state, want_state.opt_state)
+  predictions = alrao_jax.predict(model, after, x, **eval_kwargs, **kw)
+  assert np.all(np.isfinite(predictions)) and predictions.shape[0] == x.shape[0]
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -425,3 +457,16 @@ def test_nnx_30_steps_reduce_the_loss(name):
     averaging, metrics = step(averaging, x, y)
     losses.append(float(metrics["loss"]))
   assert losses[-1] < 0.8 * losses[0], losses
+  # retire copy 1 in place; the full model, a clone, steps with copy 1 at zero weight
+  full_model, full_optimizer = nnx.clone((model, optimizer))
+  nnx.update((full_model, full_optimizer), jax.tree.map(jnp.copy, nnx.state((model, optimizer))))
+  retired = alrao_jax.retire_nnx_copies((model, optimizer), averaging, KEEP)
+  full_step = alrao_jax.make_train_step(full_model, full_optimizer, **kw)
+  _, want = full_step(_zero_weight(averaging, retired), x, y)
+  _, got = step(retired, x, y)
+  np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+  assert model.head.alrao_copies.kernel.shape[0] == len(KEEP)
+  _assert_sliced(nnx.to_pure_dict(nnx.state(model)), nnx.to_pure_dict(nnx.state(full_model)))
+  _assert_sliced(
+    nnx.to_pure_dict(nnx.state(optimizer)), nnx.to_pure_dict(nnx.state(full_optimizer))
+  )
