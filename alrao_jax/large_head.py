@@ -47,16 +47,22 @@ def _one_copy(z, labels, shares, dtype, with_grads):
     log_norm = jax.nn.logsumexp(logits, axis=-1)
     picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
     ll = jnp.where(shares > 0, picked - log_norm, 0.0)  # a pad scores 0, whatever its label
-    finite = jnp.isfinite(logits).all()
+    # 0 * a logit is NaN exactly when the logit is not finite, and a sum keeps a NaN: no
+    # (examples x K) mask of the logits is held
+    finite = jnp.isfinite(jnp.sum(logits * 0))
     if not with_grads:
       return ll, finite
-    # d ll / d logits = onehot - softmax; the copy's mean NLL has cotangent -share per example.
-    dlogits = jax.nn.one_hot(labels, logits.shape[-1], dtype=dtype) - jnp.exp(
-      logits - log_norm[:, None]
-    )
-    weighted = dlogits * shares[:, None].astype(dtype)
-    dkernel = (-(z.astype(dtype).T @ weighted)).astype(kernel.dtype)
-    dbias = (-weighted.sum(axis=0)).astype(bias.dtype)
+    # d ll / d logits = onehot - softmax, the one-hot added in place (a label out of range,
+    # negative included, adds nothing, as in jax.nn.one_hot). The copy's mean NLL has
+    # cotangent -share per example; the shares weight z rather than the logits' gradient. So a
+    # copy holds two (examples x K) arrays: its logits and their gradient.
+    num_outputs = logits.shape[-1]
+    rows = jnp.where((labels < 0) | (labels >= num_outputs), num_outputs, labels)
+    dlogits = -jnp.exp(logits - log_norm[:, None])
+    dlogits = dlogits.at[jnp.arange(len(labels)), rows].add(1.0, mode="drop")
+    weighted_z = z.astype(dtype) * shares[:, None].astype(dtype)
+    dkernel = (-(weighted_z.T @ dlogits)).astype(kernel.dtype)
+    dbias = (-(shares.astype(dtype) @ dlogits)).astype(bias.dtype)
     dz = dlogits.astype(kernel.dtype) @ kernel.T
     return _PerCopy(ll, finite, dkernel, dbias, dz.astype(dtype))
 
@@ -94,6 +100,7 @@ def _scan_in_groups(step, carry, pairs, copies_at_once: int):
 def _in_groups(apply, pairs, copies_at_once: int):
   """``apply`` mapped over the copies, ``copies_at_once`` of them at a time (see
   :func:`_scan_in_groups`)."""
+
   def step(carry, group):
     return carry, jax.vmap(apply)(group)
 
