@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.experimental import multihost_utils
 
@@ -38,6 +37,14 @@ class Checkpoint(NamedTuple):
   best_state: TrainState  # the state at the best validation epoch so far
   epoch: int
   meta: dict[str, Any]  # JSON-serialisable extras saved with it (history, best loss...)
+
+
+def orbax_checkpoint() -> Any:
+  """``orbax.checkpoint``, imported on first use: most of a second that a run pays at its
+  first save (the command line imports it beside the first compilation, in a thread)."""
+  import orbax.checkpoint as ocp
+
+  return ocp
 
 
 def _is_key(x: Any) -> bool:
@@ -221,7 +228,7 @@ def save_items(directory: str | os.PathLike, items: dict[str, Any], meta: dict[s
       number = _numbered(_stage_version(folder).name)
     version = folder / f"{VERSION_PREFIX}{_from_primary(number)}"
     _sync("alrao_jax_checkpoint_staged")
-    with ocp.StandardCheckpointer() as checkpointer:
+    with orbax_checkpoint().StandardCheckpointer() as checkpointer:
       for name, tree in items.items():
         checkpointer.save(version / name, _raw(tree))
     _sync("alrao_jax_checkpoint_saved")
@@ -351,6 +358,7 @@ def restore_items(
   meta, folder = _meta_and_version(pathlib.Path(directory).resolve())
   restored = {}
   try:
+    ocp = orbax_checkpoint()
     with ocp.StandardCheckpointer() as checkpointer:
       for name, like in likes.items():
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _raw(like))

@@ -11,10 +11,17 @@ from typing import Any
 import numpy as np
 
 from alrao_jax import strict_json
+from alrao_jax.checkpoint import orbax_checkpoint
 from alrao_jax.experiments.cli.interrupt import CtrlC
 from alrao_jax.experiments.methods import Method
 from alrao_jax.experiments.plots import import_pyplot, plot_history
 from alrao_jax.loop import FitResult
+
+
+def _import_beside() -> None:
+  """What the end of a run and its first checkpoint need, imported while it compiles."""
+  orbax_checkpoint()
+  import_pyplot()
 
 
 class Reporter:
@@ -38,9 +45,10 @@ class Reporter:
     from tqdm import tqdm  # imported before Ctrl-C is handled (see import_pyplot)
 
     self.tqdm = tqdm
-    # matplotlib (most of a second) is imported beside the start of training, in a thread of
-    # its own, which a Ctrl-C (raised in the main thread) cannot interrupt half way
-    self._pyplot = threading.Thread(target=import_pyplot, daemon=True)
+    # matplotlib and orbax (most of a second each) are imported beside the start of training,
+    # in a thread of its own, which a Ctrl-C (raised in the main thread) cannot interrupt half
+    # way; the first checkpoint's save waits for orbax if it is not there yet
+    self._pyplot = threading.Thread(target=_import_beside, daemon=True)
     self._pyplot.start()
 
   def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
