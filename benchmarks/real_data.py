@@ -309,6 +309,18 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
     f"- Cheaper than the 7-rate sweep: {cost['alrao-sgd']:.2f} plain runs against "
     f"{sweep:.2f} ({_met(cost['alrao-sgd'] < sweep)}).",
   ]
+  ratios, shares = [], []
+  for pick, tuned_run in zip(by["tuned sgd (sweep)"], by["tune"], strict=True):
+    gap = tuned_run["test_loss"] - pick["test_loss"]
+    ratios.append(math.exp(gap) if perplexity else tuned_run["test_loss"] / pick["test_loss"])
+    shares.append(tuned_run["seconds"] / pick["seconds"])
+  ratio, worst, share = float(np.mean(ratios)), max(ratios), float(np.mean(shares))
+  lines.append(
+    f"- `tune` (issue 38): SGD at its rate at most 1.05x the seed's sweep pick's {unit}, mean "
+    f"over seeds, no seed above 1.25x, in at most 40% of the sweep's wall time: {ratio:.3f}x "
+    f"(worst seed {worst:.3f}x) in {100 * share:.0f}% "
+    f"({_met(ratio <= 1.05 and worst <= 1.25 and share <= 0.40)})."
+  )
   if RETIRED in loss:
     worse = math.exp(loss[RETIRED] - alrao) if perplexity else loss[RETIRED] / alrao
     ok = cost[RETIRED] < sweep and worse <= 1.02

@@ -465,6 +465,7 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   peer = bench.LR_FREE[0]  # every peer at 5.5: the first is the best
   assert f"peer ({peer}, 5.5000): Alrao-SGD 5.2000, -0.3000 (met)" in text
   assert "sweep: 2.50 plain runs against 7.00 (met)" in text
+  assert "1.000x (worst seed 1.000x) in 57% (**missed**)" in text  # 40 s of the sweep's 70
   # exp(0.01) = 1.010 in perplexity; 5.21 / 5.2 = 1.002 in loss
   assert "worse perplexity than every copy: 1.50 plain runs, 1.010x (met)" in text
   fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
