@@ -36,7 +36,7 @@ from alrao_jax.screen import SGD_GRID
 from alrao_jax.splits import Split, Splits
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on
+from header import command_line, ran_on, results_name
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "crossover"
 GOAL = 1.10  # "within 10% of its answer"
@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument("--epochs", type=int, default=4, help="epochs per run (default: 4)")
   parser.add_argument("--rows", type=int, default=12_800, help="training images (default: 12800)")
   parser.add_argument("--eval-rows", type=int, default=5_000, help="validation and test images")
+  parser.add_argument(
+    "--name", type=results_name, default=RESULTS.name, help="results file name, no suffix"
+  )
   args = parser.parse_args(argv)
   quick = args.quick
   task = load_task("fashion-mlp", quick=quick)
@@ -228,9 +231,10 @@ def main(argv: list[str] | None = None) -> str:
   )
   text = report(rows, header)
   if not quick:
-    RESULTS.with_suffix(".md").write_text(text + "\n![crossover](crossover.png)\n")
-    RESULTS.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
-    _figure(rows, RESULTS.with_suffix(".png"))
+    out = RESULTS.with_name(args.name)
+    out.with_suffix(".md").write_text(text + f"\n![crossover]({out.name}.png)\n")
+    out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
+    _figure(rows, out.with_suffix(".png"))
   print(text)
   return text
 

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on, write_report_and_json
+from header import command_line, ran_on, results_name, write_report_and_json
 
 import alrao_jax
 from alrao_jax.experiments.compare import RunResult, run_method
@@ -66,6 +66,11 @@ BUDGETS = {
   "fashion-cnn": Budget(train_rows=6_400, valid_rows=2_000, epochs=10, patience=3, seeds=1),
   "ptb-word": Budget(train_rows=1_000, valid_rows=500, epochs=10, patience=2, seeds=1),
 }
+# Every row of the splits, more epochs and seeds: for an accelerator (benchmarks/gpu_full_size.py)
+FULL = {
+  "fashion-cnn": Budget(train_rows=10**9, valid_rows=10**9, epochs=20, patience=4, seeds=3),
+  "ptb-word": Budget(train_rows=10**9, valid_rows=10**9, epochs=15, patience=3, seeds=3),
+}
 QUICK = Budget(train_rows=64, valid_rows=64, epochs=2, patience=1, seeds=1)
 PEERS = ("adam", *LR_FREE)
 
@@ -76,6 +81,7 @@ def subset(task: Task, budget: Budget, *, quick: bool = False) -> Task:
   batch = task.batch_size
 
   def head(split: Split, rows: int) -> Split:
+    rows = min(rows, len(split.inputs))
     rows = max(batch, rows // batch * batch) if task.carry else rows
     return Split(split.inputs[:rows], split.targets[:rows])
 
@@ -336,8 +342,12 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument("--task", required=True, choices=sorted(BUDGETS))
   parser.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
   parser.add_argument("--seeds", type=int, default=None, help="default: the task's budget")
+  parser.add_argument("--full", action="store_true", help="whole splits, more epochs and seeds")
+  parser.add_argument(
+    "--name", type=results_name, help="results file name (default: real_data_TASK)"
+  )
   args = parser.parse_args(argv)
-  budget = QUICK if args.quick else BUDGETS[args.task]
+  budget = QUICK if args.quick else (FULL if args.full else BUDGETS)[args.task]
   if args.seeds is not None:
     budget = budget._replace(seeds=args.seeds)
   task = subset(load_task(args.task), budget, quick=args.quick)
@@ -370,7 +380,7 @@ def main(argv: list[str] | None = None) -> str:
   ]
   text = report(results, header)
   if not args.quick:
-    write_report_and_json(text, results, RESULTS / f"real_data_{args.task}", minutes)
+    write_report_and_json(text, results, RESULTS / (args.name or f"real_data_{args.task}"), minutes)
   return text
 
 

@@ -502,3 +502,37 @@ def test_retire_copies_report_scores_each_rule_against_the_sweep_and_the_full_he
   assert "1.010x the full head's perplexity (met: at most 1.02)" in text
   assert f"{dear}: 1.20 of the sweep's wall time (NOT met: below 1), 1.050x" in text
   assert "1.050x the full head's perplexity (NOT met: at most 1.02)" in text
+
+
+def test_gpu_full_size_hands_each_benchmark_options_its_parser_takes(monkeypatch, capsys):
+  gpu = _import(monkeypatch, "gpu_full_size")
+
+  class ParsedError(Exception):
+    pass
+
+  parsed, parse = [], argparse.ArgumentParser.parse_args
+
+  def parse_then_stop(self, args=None, namespace=None):
+    parsed.append(parse(self, args, namespace))
+    raise ParsedError
+
+  names = {}
+  for size in ("full", "quick", "smoke"):
+    for label, module, argv in gpu.parts(size):
+      monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
+      with pytest.raises(ParsedError):  # the options parse; nothing runs
+        module.main(argv)
+      monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse)
+      names[size, label] = parsed[-1]
+  full = names["full", "real_data ptb-word"]
+  assert full.full and full.name == "real_data_ptb-word_gpu" and full.task == "ptb-word"
+  quick = names["quick", "real_data fashion-cnn"]
+  assert not quick.full and quick.name == "real_data_fashion-cnn_gpu_quick"
+  assert names["full", "crossover"].widths.endswith("4096")
+  assert names["full", "large_head"].out.endswith("large_head_gpu.md")
+  assert names["smoke", "crossover"].quick and names["smoke", "large_head"].quick
+  # the full and quick sizes are hours on a CPU: refused there, by name
+  monkeypatch.setattr(gpu.jax, "default_backend", lambda: "cpu")
+  with pytest.raises(SystemExit):
+    gpu.main([])
+  assert "no accelerator" in capsys.readouterr().err
