@@ -167,7 +167,7 @@ def goals(found: dict, copies: int) -> list[str]:
     f"({met(memory <= 1.5)}); with the copies the switch ruled out retired (1 left): "
     f"{retired:.2f}x ({met(retired <= 1.5)}).",
     f"- Why all copies miss: an optax step hands the transform the whole gradient, "
-    f"{gradient / 2**20:.0f} MiB here ({copies} copies of the head's, "
+    f"{gradient / 2**20:.0f} MiB here (the body's and {copies} copies of the head's; "
     f"{found['gradient']['plain'] / 2**20:.0f} MiB for the plain model), "
     f"{gradient / plain_temp:.2f}x the plain step's temporaries by itself; the copies' "
     "logits, held one copy at a time, come on top.",

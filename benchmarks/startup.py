@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> str:
     f"{5 * epochs} epochs minus {epochs}, divided by 4): {training:.2f} s (each epoch with its "
     "evaluation and checkpoint). Wall seconds, medians of "
     f"{rounds} round(s)"
-    + (f"; the baseline is the package in `{args.baseline}`." if args.baseline else "."),
+    + (f"; the baseline is {_version(args.baseline)}." if args.baseline else "."),
     "",
   ]
   if args.baseline is None:
