@@ -93,8 +93,8 @@ def test_the_translation_guide_masks_unties_and_searches_over_the_mixture(capsys
   first = log_probs(carry, ns["BOS"])  # (3, V)
   carry = carry_after(carry, ns["BOS"])
   vocab = ns["VOCAB"]
-  second = jnp.stack(  # (3, V first token, V second token), every first token by brute force
-    [log_probs(carry_after(carry, t), t) for t in range(vocab)], axis=1
+  second = jnp.stack(  # (3, V first token, V second token): after BOS, each first token fed once
+    [log_probs(carry, t) for t in range(vocab)], axis=1
   )
   after_eos = jnp.where(jnp.arange(vocab) == ns["PAD"], 0.0, -jnp.inf)
   second = second.at[:, ns["EOS"]].set(after_eos)
