@@ -57,9 +57,9 @@ def _one_copy(z, labels, shares, dtype, with_grads):
     # cotangent -share per example; the shares weight z rather than the logits' gradient. So a
     # copy holds two (examples x K) arrays: its logits and their gradient.
     num_outputs = logits.shape[-1]
-    rows = jnp.where((labels < 0) | (labels >= num_outputs), num_outputs, labels)
+    columns = jnp.where((labels < 0) | (labels >= num_outputs), num_outputs, labels)
     dlogits = -jnp.exp(logits - log_norm[:, None])
-    dlogits = dlogits.at[jnp.arange(len(labels)), rows].add(1.0, mode="drop")
+    dlogits = dlogits.at[jnp.arange(len(labels)), columns].add(1.0, mode="drop")
     weighted_z = z.astype(dtype) * shares[:, None].astype(dtype)
     dkernel = (-(weighted_z.T @ dlogits)).astype(kernel.dtype)
     dbias = (-(shares.astype(dtype) @ dlogits)).astype(bias.dtype)
