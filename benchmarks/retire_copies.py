@@ -139,6 +139,7 @@ def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
   parser.add_argument("--seeds", type=int, default=None, help="default: real_data.py's budget")
+  parser.add_argument("--epochs", type=int, default=None, help="default: real_data.py's budget")
   parser.add_argument("--first-seed", type=int, default=0, help="seeds from this one (default: 0)")
   parser.add_argument(
     "--name", type=results_name, default="retire_copies", help="results file name, no suffix"
@@ -147,6 +148,8 @@ def main(argv: list[str] | None = None) -> str:
   budget = QUICK if args.quick else BUDGETS["ptb-word"]
   if args.seeds is not None:
     budget = budget._replace(seeds=args.seeds)
+  if args.epochs is not None:
+    budget = budget._replace(epochs=args.epochs)
   task = subset(load_task("ptb-word"), budget, quick=args.quick)
   started = time.perf_counter()
 
