@@ -7,12 +7,13 @@ Usage:
 
 On ``benchmarks/real_data.py``'s budget for ``ptb-word`` (its subsets and patience; at most 6
 epochs, ``--epochs``, where ``real_data.py`` now runs 10; the 2-layer LSTM of 200 units and its
-10,000-word head of 6 copies over [1e-3, 100]), one process runs, per seed: the 7-rate SGD sweep (``alrao_jax.sweep``, one vmapped program, as
-``real_data.py`` times it), SGD alone at the sweep's pick (the unit, "one plain run"), one
-Alrao-SGD run with every copy to the end, and the same run with ``fit(retire=...)`` at each
-rule of ``RULES``: a copy whose switch posterior stayed below the threshold at the end of that
-many epochs is dropped from the head, and the next epochs compute only the live copies. Every
-wall time includes its compilations (a retirement recompiles the step and the evaluation).
+10,000-word head of 6 copies over [1e-3, 100]), one process runs, per seed: the 7-rate SGD sweep
+(``alrao_jax.sweep``, one vmapped program, as ``real_data.py`` times it), SGD alone at the
+sweep's pick (the unit, "one plain run"), one Alrao-SGD run with every copy to the end, and the
+same run with ``fit(retire=...)`` at each rule of ``RULES``: a copy whose switch posterior
+stayed below the threshold at the end of that many epochs is dropped from the head, and the next
+epochs compute only the live copies. Every wall time includes its compilations (a retirement
+recompiles the step and the evaluation).
 Goals (issue 36): a run with copies retired cheaper than the sweep, at no more than 2% worse
 perplexity than the full head.
 """
