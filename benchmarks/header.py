@@ -42,6 +42,11 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
   return " ".join(parts)
 
 
+def met(ok: bool) -> str:
+  """A goal's verdict as the reports print it: ``met``, or ``**missed**`` in bold."""
+  return "met" if ok else "**missed**"
+
+
 def write_results(report: str, out: str, *, quick: bool) -> None:
   """Writes a full run's report to ``out`` (a ``--quick`` run writes nothing) and says so."""
   if not quick:

@@ -39,7 +39,7 @@ import alrao_jax
 from alrao_jax.experiments.models import CharLSTM
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, machine, write_results
+from header import command_line, machine, met, write_results
 from speed import _plain_state, _stepper, flop_ratio, plain_step, time_rounds
 
 RESULTS = pathlib.Path(__file__).parent / "results" / "large_head.md"
@@ -141,13 +141,12 @@ def measure(models: dict, x, y, *, rounds: int, per_round: int) -> tuple[list[st
       f"{temp / memory['plain'][0]:.2f} | {total / 2**20:.0f} | "
       f"{total / memory['plain'][1]:.2f} |"
     )
-  found = {
+  return rows, {
     "limit": limit,
     "ratio": medians,
     "temporaries": {name: memory[name][0] for name in steps},
     "gradient": {name: _bytes(states[name].params) for name in steps},
   }
-  return rows, found
 
 
 def goals(found: dict, copies: int) -> list[str]:
@@ -156,9 +155,6 @@ def goals(found: dict, copies: int) -> list[str]:
   step = found["ratio"][every] / found["limit"]
   memory, retired = (found["temporaries"][n] / plain_temp for n in (every, RETIRED))
   gradient = found["gradient"][every]
-
-  def met(ok: bool) -> str:
-    return "met" if ok else "**missed**"
 
   return [
     "\nGoals (issue 36), the head of the first table:\n",

@@ -38,7 +38,7 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on, results_name, write_report_and_json
+from header import command_line, met, ran_on, results_name, write_report_and_json
 
 import alrao_jax
 from alrao_jax.experiments.compare import RunResult, run_method
@@ -294,10 +294,6 @@ def report(results: dict[str, Any], header: list[str]) -> str:
   return "\n".join(lines)
 
 
-def _met(ok: bool) -> str:
-  return "met" if ok else "**missed**"
-
-
 def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]:
   """Issue 36's goals for one task, from the mean over seeds (losses in nats)."""
   loss = {name: _mean(runs, "test_loss") for name, runs in by.items()}
@@ -309,11 +305,11 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
   lines = [
     "Goals (issue 36; differences of test loss in nats, mean over seeds):",
     "",
-    f"- One Alrao-SGD run at most 1.10x tuned SGD's {unit}: {ratio:.3f}x ({_met(ratio <= 1.10)}).",
+    f"- One Alrao-SGD run at most 1.10x tuned SGD's {unit}: {ratio:.3f}x ({met(ratio <= 1.10)}).",
     f"- Ahead of the best learning-rate-free peer ({peer}, {loss[peer]:.4f}): Alrao-SGD "
-    f"{alrao:.4f}, {alrao - loss[peer]:+.4f} ({_met(alrao < loss[peer])}).",
+    f"{alrao:.4f}, {alrao - loss[peer]:+.4f} ({met(alrao < loss[peer])}).",
     f"- Cheaper than the 7-rate sweep: {cost['alrao-sgd']:.2f} plain runs against "
-    f"{sweep:.2f} ({_met(cost['alrao-sgd'] < sweep)}).",
+    f"{sweep:.2f} ({met(cost['alrao-sgd'] < sweep)}).",
   ]
   ratios, shares = [], []
   for pick, tuned_run in zip(by["tuned sgd (sweep)"], by["tune"], strict=True):
@@ -325,14 +321,14 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
     f"- `tune` (issue 38): SGD at its rate at most 1.05x the seed's sweep pick's {unit}, mean "
     f"over seeds, no seed above 1.25x, in at most 40% of the sweep's wall time: {ratio:.3f}x "
     f"(worst seed {worst:.3f}x) in {100 * share:.0f}% "
-    f"({_met(ratio <= 1.05 and worst <= 1.25 and share <= 0.40)})."
+    f"({met(ratio <= 1.05 and worst <= 1.25 and share <= 0.40)})."
   )
   if RETIRED in loss:
     worse = math.exp(loss[RETIRED] - alrao) if perplexity else loss[RETIRED] / alrao
     ok = cost[RETIRED] < sweep and worse <= 1.02
     lines.append(
       f"- With copies retired, cheaper than the sweep at most 2% worse {unit} than every copy: "
-      f"{cost[RETIRED]:.2f} plain runs, {worse:.3f}x ({_met(ok)})."
+      f"{cost[RETIRED]:.2f} plain runs, {worse:.3f}x ({met(ok)})."
     )
   return lines
 
@@ -340,9 +336,10 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--task", required=True, choices=sorted(BUDGETS))
-  parser.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
+  size = parser.add_mutually_exclusive_group()
+  size.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
+  size.add_argument("--full", action="store_true", help="whole splits, more epochs and seeds")
   parser.add_argument("--seeds", type=int, default=None, help="default: the task's budget")
-  parser.add_argument("--full", action="store_true", help="whole splits, more epochs and seeds")
   parser.add_argument(
     "--name", type=results_name, help="results file name (default: real_data_TASK)"
   )
