@@ -677,11 +677,61 @@ def test_a_run_compiles_its_training_step_once(tmp_path, capsys):
   assert compiled.count("evaluate") == 1  # validation and test: 300 examples each, one shape
 
 
+def test_the_figures_process_draws_what_plot_history_draws_and_the_run_draws_when_it_fails(
+  tmp_path, monkeypatch
+):
+  from alrao_jax.experiments import plots
+  from alrao_jax.experiments.cli.figures import Figures
+
+  history = [
+    {"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "test_loss": float("nan"),
+     "posterior": [0.2, 0.8]}
+    for e in (1, 2, 3)
+  ]
+  own, child = tmp_path / "own", tmp_path / "child"
+  own.mkdir(), child.mkdir()
+  plots.plot_history(history, own, [0.01, 1.0], title="t")
+  figures = Figures(child, [0.01, 1.0], "t")
+  assert os.getsid(figures._child.pid) != os.getsid(0)  # a Ctrl-C at the terminal spares it
+  figures.draw(history[:2], wait=False)
+  figures.draw(history, wait=True)
+  assert figures.seconds > 0
+  for name in ("curves.png", "posterior.png"):
+    assert (child / name).read_bytes() == (own / name).read_bytes()
+  figures.close()
+  figures.close()  # once more: nothing left to end
+  assert figures._child is None
+  with pytest.raises(ValueError, match="copy_lrs has 3 rates for 2 copies"):
+    Figures(tmp_path, [0.01, 0.1, 1.0], "t").draw(history, wait=True)  # the child's error, here
+
+  def no_process(*args, **kwargs):
+    raise OSError("no processes left")
+
+  monkeypatch.setattr(subprocess, "Popen", no_process)
+  alone = tmp_path / "alone"
+  alone.mkdir()
+  Figures(alone, [0.01, 1.0], "t").draw(history, wait=False)  # drawn here, at once
+  assert (alone / "curves.png").read_bytes() == (own / "curves.png").read_bytes()
+
+
 def test_the_figures_are_redrawn_when_that_is_cheap_and_always_when_the_run_ends(
   tmp_path, monkeypatch
 ):
   drawn = []
-  monkeypatch.setattr(report, "plot_history", lambda history, *a, **k: drawn.append(len(history)))
+
+  class Figures:  # the drawings asked of the figures' process, not drawn
+    seconds = None
+
+    def __init__(self, *args):
+      pass
+
+    def draw(self, history, *, wait):
+      drawn.append(len(history))
+
+    def close(self):
+      pass
+
+  monkeypatch.setattr(report, "Figures", Figures)
   method = make_method("alrao-sgd", lr_min=1e-3, lr_max=1.0, copies=2)
   history = [
     {"epoch": e, "train_loss": 1.0, "valid_loss": 1.0, "posterior": [0.5, 0.5]} for e in (1, 2, 3)

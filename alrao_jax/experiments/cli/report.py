@@ -12,24 +12,19 @@ import numpy as np
 
 from alrao_jax import strict_json
 from alrao_jax.checkpoint import orbax_checkpoint
+from alrao_jax.experiments.cli.figures import Figures
 from alrao_jax.experiments.cli.interrupt import CtrlC
 from alrao_jax.experiments.methods import Method
-from alrao_jax.experiments.plots import import_pyplot, plot_history
 from alrao_jax.loop import FitResult
-
-
-def _import_beside() -> None:
-  """What the end of a run and its first checkpoint need, imported while it compiles."""
-  orbax_checkpoint()
-  import_pyplot()
 
 
 class Reporter:
   """Per epoch: metrics.jsonl (the whole history) and the progress bar; the PNG plots when
   drawing them costs at most a tenth of the time since they were last drawn, and at the end.
 
-  Drawing the two figures takes about half a second: redrawn after every epoch, they were
-  most of a short run's wall time (a 5-epoch digits run: 3.2 of 8.7 s).
+  The figures are drawn by a process of their own (:class:`Figures`); the two take about a
+  fifth of a second, on the core that training leaves free, but redrawn after every epoch they
+  would still take that core from the step's threads.
   """
 
   PLOT_SHARE = 0.1  # the largest share of the wall time spent redrawing the figures
@@ -45,11 +40,12 @@ class Reporter:
     from tqdm import tqdm  # imported before Ctrl-C is handled (see import_pyplot)
 
     self.tqdm = tqdm
-    # matplotlib and orbax (most of a second each) are imported beside the start of training,
-    # in a thread of its own, which a Ctrl-C (raised in the main thread) cannot interrupt half
-    # way; the first checkpoint's save waits for orbax if it is not there yet
-    self._pyplot = threading.Thread(target=_import_beside, daemon=True)
-    self._pyplot.start()
+    # orbax is imported beside the start of training, in a thread of its own, which a Ctrl-C
+    # (raised in the main thread) cannot interrupt half way; the first checkpoint's save waits
+    # for it if it is not there yet
+    self._orbax = threading.Thread(target=orbax_checkpoint, daemon=True)
+    self._orbax.start()
+    self.figures = Figures(out, method.copy_lrs, title)
 
   def __call__(self, record: dict[str, Any], history: list[dict[str, Any]]) -> None:
     self.epoch, self.history = record["epoch"], list(history)
@@ -71,18 +67,18 @@ class Reporter:
     elif time.perf_counter() - self.plotted_at >= self.plot_seconds / self.PLOT_SHARE:
       self.plot()
 
-  def plot(self) -> None:
-    """Draws curves.png and posterior.png from the history so far (nothing before epoch 1)."""
-    if not self.history or self.plotted_epoch == self.epoch:
-      return
-    self._pyplot.join()
-    start = time.perf_counter()
-    plot_history(self.history, self.out, self.method.copy_lrs, title=self.title)
-    self.plotted_at = time.perf_counter()
-    self.plotted_epoch, self.plot_seconds = self.epoch, self.plotted_at - start
+  def plot(self, *, wait: bool = False) -> None:
+    """Draws curves.png and posterior.png from the history so far (nothing before epoch 1);
+    ``wait``: until they are written."""
+    if self.history and self.plotted_epoch != self.epoch:
+      self.figures.draw(self.history, wait=wait)
+      self.plotted_at, self.plotted_epoch = time.perf_counter(), self.epoch
+      self.plot_seconds = self.figures.seconds or self.plot_seconds
 
   def close(self, result: FitResult | None = None) -> None:
-    self.plot()
+    """Draws the figures of the whole history, waits for them, and closes the progress bar."""
+    self.plot(wait=True)
+    self.figures.close()
     if self.bar is None:
       return
     if result is not None and result.best_epoch:
