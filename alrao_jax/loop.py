@@ -460,26 +460,21 @@ def _linen_run(
     create_train_state if mesh is None else functools.partial(create_sharded_train_state, mesh=mesh)
   )
 
-  example = model_args(take(train.inputs, slice(0, batch_size)))
-
-  def fresh(*example: Any, create: Callable = create) -> TrainState:
+  def fresh(create: Callable = create) -> TrainState:
     return create(
       model,
       optimizer,
       jax.random.key(seed),
-      *example,
+      *model_args(take(train.inputs, slice(0, batch_size))),
       averaging=averaging,
       rng_streams=rng_streams,
       **dict(eval_kwargs or {}),
     )
 
   if initial_state is None:
-    # one program, not one eager program per initialiser and operation (about a hundred for
-    # a small CNN, each lowered even when the compilation cache holds it): the same values
-    state = fresh(*example) if mesh is not None else jax.jit(fresh)(*example)
+    state = fresh()
   else:
-    want = jax.eval_shape(functools.partial(fresh, create=create_train_state), *example)
-    _check_initial_state(initial_state, want)
+    _check_initial_state(initial_state, jax.eval_shape(lambda: fresh(create_train_state)))
     state = initial_state if mesh is None else shard_train_state(initial_state, mesh)
   check_linen_state(
     splits,
