@@ -20,10 +20,10 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
-from flax import nnx
 from jax.experimental import multihost_utils
 
 from alrao_jax import strict_json
+from alrao_jax.nnx_types import nnx
 from alrao_jax.strict_json import with_nulls
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from alrao_jax.checkpoint import (
   checkpoint_meta,
@@ -30,6 +29,7 @@ from alrao_jax.checks import check_int
 from alrao_jax.epochs import STOP_REASONS, Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.loss import Likelihood, categorical_log_likelihood, is_categorical
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.retire import (
   CopyRetirement,
   check_retirement,
@@ -222,7 +222,7 @@ def fit(
     "eval_batch_size": eval_batch_size,
   }
   modes = []  # an NNX model's train/eval modes, which its steps set, are given back
-  if isinstance(model, nnx.Module):
+  if is_nnx(model):
     check_linen_only(
       mesh=mesh,
       initial_state=initial_state,
@@ -236,7 +236,7 @@ def fit(
   else:
     carry = check_streams(carry, splits, batch_size)
   try:
-    if isinstance(model, nnx.Module):
+    if is_nnx(model):
       run = _nnx_run(model, optimizer, splits, **shared)
     else:
       run = _linen_run(
@@ -253,7 +253,7 @@ def fit(
         eval_model=eval_model,
         **shared,
       )
-    start = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else run.state.params
+    start = nnx.state(model, nnx.Param) if is_nnx(model) else run.state.params
     initial_params = _host_copy(start)  # before a resumed run's checkpoint replaces it
     progress = run.restore(checkpoint_dir, model, patience) if resume else Progress.start(1)
     run_epochs(
@@ -667,9 +667,9 @@ def _nnx_run(
   """An NNX model's run: the model and its optimizer are trained in place, with the RNG
   streams given at call time, which the checkpoint and the best epoch hold too (their
   counts), so that a resumed run draws what the whole run drew."""
-  if not isinstance(optimizer, nnx.Optimizer):
+  if not is_nnx(optimizer, "Optimizer"):
     optimizer = nnx.Optimizer(model, optimizer, wrt=nnx.Param)
-  call_nodes = [v for v in dict(train_kwargs or {}).values() if isinstance(v, nnx.Pytree)]
+  call_nodes = [v for v in dict(train_kwargs or {}).values() if is_nnx(v, "Pytree")]
   nodes = (model, optimizer, *call_nodes)
   averaging_state = averaging.init(copies_or_one(nnx.state(model, nnx.Param)))
   if is_categorical(likelihood):

@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 
 from alrao_jax.checks import check_bounds, check_rng_streams
 from alrao_jax.head import HEAD_OUTPUTS
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.splits import Split, rows_of, take
 from alrao_jax.steps import TrainState, stream_keys
 
@@ -449,7 +449,7 @@ def lr_find(
   if not diverge_factor > 1.0:
     raise ValueError(f"diverge_factor must be > 1, got {diverge_factor}.")
   kwargs = dict(train_kwargs or {})
-  if isinstance(loss_fn, nnx.Module):
+  if is_nnx(loss_fn, "Module"):
     if params is not None:
       raise TypeError("an NNX model's range test takes params=None: the model holds them.")
     objective, params, carry = _nnx_objective(loss_fn, likelihood, kwargs)

@@ -7,7 +7,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from alrao_jax.head import (
   CopyOutputs,
@@ -25,6 +24,7 @@ from alrao_jax.loss import (
   is_categorical,
   means_of,
 )
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.steps import model_args
 
 
@@ -121,7 +121,7 @@ def mixture_probabilities(outputs: CopyOutputs | jax.Array, posterior: Posterior
 
 
 def _outputs(model: Any, state: Any, inputs: Any, model_kwargs: dict) -> tuple:
-  if isinstance(model, nnx.Module):
+  if is_nnx(model):
     model.eval()
     return as_copy_outputs(model(*model_args(inputs), **model_kwargs)), state
   if not isinstance(model, nn.Module):

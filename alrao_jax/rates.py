@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alrao_jax.checks import check_bounds, check_num_copies
+from alrao_jax.nnx_types import is_nnx
 
 Label = str | float | tuple[int, ...] | None
 Rules = Callable[[str, jax.Array], Label] | Any
@@ -290,16 +291,15 @@ def declared_stack_axes(params: Any) -> dict[tuple[str, ...], int]:
     ``{path: number of leading layer axes}`` for the parameters that declare some.
   """
   import flax.linen as nn  # only Flax trees hold such metadata
-  from flax import nnx
 
   def is_box(x: Any) -> bool:
-    return isinstance(x, nn.Partitioned | nnx.Variable)
+    return isinstance(x, nn.Partitioned) or is_nnx(x, "Variable")
 
   declared = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_box)[0]:
     if isinstance(leaf, nn.Partitioned):
       names = leaf.names
-    elif isinstance(leaf, nnx.Variable):
+    elif is_nnx(leaf, "Variable"):
       meta = leaf.get_metadata()
       names = meta.get("out_sharding") or meta.get("sharding_names")
     else:
@@ -595,12 +595,10 @@ def rate_plans(
 def _non_parameters(params: Any) -> list[str]:
   """The paths of Flax NNX variables in ``params`` that are not ``nnx.Param`` (BatchStat,
   RngCount, RngKey...): an ``nnx.state(model)`` given where the parameters were meant."""
-  from flax import nnx  # only NNX trees hold variables
-
   found = []
-  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+  flat = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: is_nnx(x, "Variable"))
   for path, leaf in flat[0]:
-    if isinstance(leaf, nnx.Variable) and not isinstance(leaf, nnx.Param):
+    if is_nnx(leaf, "Variable") and not is_nnx(leaf, "Param"):
       found.append(f"{path_string([_key_name(e) for e in path])} ({type(leaf).__name__})")
   return found
 
@@ -756,10 +754,9 @@ def _sharding_metadata_for_rates(tree: Any) -> Any:
   row-sharded kernel is replicated, not split along its size-1 axis, on Flax's own routes
   (NNX eager sharding, ``nn.get_sharding``)."""
   import flax.linen as nn  # only Flax trees hold such boxes
-  from flax import nnx
 
   def fit(box: Any) -> Any:
-    if isinstance(box, nnx.Variable):
+    if is_nnx(box, "Variable"):
       shape = np.shape(box.get_raw_value())
       meta = box.get_metadata()
       updates = {k: _names_for(meta[k], shape) for k in _SHARDING_KEYS if meta.get(k) is not None}
@@ -770,7 +767,7 @@ def _sharding_metadata_for_rates(tree: Any) -> Any:
     return box
 
   def is_box(x: Any) -> bool:
-    return isinstance(x, nnx.Variable | nn.Partitioned)
+    return is_nnx(x, "Variable") or isinstance(x, nn.Partitioned)
 
   return jax.tree.map(fit, tree, is_leaf=is_box)
 

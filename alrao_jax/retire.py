@@ -19,9 +19,9 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from alrao_jax.checks import check_int
+from alrao_jax.nnx_types import nnx
 from alrao_jax.rates import COPIES_MODULE, leaf_paths, path_string
 from alrao_jax.steps import num_copies_of
 from alrao_jax.switch import BayesState, SwitchState

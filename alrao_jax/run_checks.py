@@ -10,9 +10,9 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import nnx
 
 from alrao_jax.checks import check_carry, check_labels
+from alrao_jax.nnx_types import nnx
 from alrao_jax.splits import Splits, as_splits, rows_of, take
 from alrao_jax.steps import TrainState, check_carry_in, head_outputs, model_args
 from alrao_jax.transform import rates_of

@@ -32,10 +32,10 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import numpy as np
-from flax import nnx
 from flax.core import meta
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.steps import TrainState, create_train_state, with_optional_weights
 
@@ -97,12 +97,12 @@ def make_mesh(
 
 
 def _is_boxed(x: Any) -> bool:
-  return isinstance(x, (meta.AxisMetadata, nnx.Variable))
+  return isinstance(x, meta.AxisMetadata) or is_nnx(x, "Variable")
 
 
 def _declared_names(x: Any, rules: Any) -> tuple:
   """The mesh axis names a leaf's metadata declares (empty for a bare array)."""
-  if isinstance(x, nnx.Variable):
+  if is_nnx(x, "Variable"):
     if rules is not None:
       with nnx.logical_axis_rules(rules):
         spec = nnx.spmd.get_var_pspec(x)
@@ -117,7 +117,7 @@ def _declared_names(x: Any, rules: Any) -> tuple:
 
 
 def _unboxed(x: Any) -> Any:
-  if isinstance(x, nnx.Variable):
+  if is_nnx(x, "Variable"):
     return x.get_raw_value()
   if isinstance(x, meta.AxisMetadata):
     return x.unbox(apply_constraint=False)
@@ -222,7 +222,7 @@ def state_shardings(
       path, tuple(value.shape), _declared_names(x, rules), mesh, copies_axis, outputs_axis
     )
     named = NamedSharding(mesh, spec)
-    if isinstance(x, nnx.Variable):
+    if is_nnx(x, "Variable"):
       return x.replace(named)
     if isinstance(x, meta.AxisMetadata):
       return x.replace_boxed(named)

@@ -12,7 +12,6 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import optax
-from flax import nnx
 
 from alrao_jax.checks import check_carry, check_rng_streams
 from alrao_jax.example_weights import example_shares, weighted_mean
@@ -36,6 +35,7 @@ from alrao_jax.loss import (
   masked_log_likelihoods,
   mixture_log_likelihood,
 )
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.switch import ModelAveraging, switch_averaging
 
@@ -116,7 +116,7 @@ def init_averaging(model: nnx.Module | Any, averaging: ModelAveraging | None = N
     (5,)
   """
   averaging = averaging or switch_averaging()
-  params = nnx.state(model, nnx.Param) if isinstance(model, nnx.Module) else model
+  params = nnx.state(model, nnx.Param) if is_nnx(model) else model
   return averaging.init(num_copies_of(params))
 
 
@@ -317,13 +317,13 @@ def make_train_step(
   """
   averaging = averaging or switch_averaging()
   kwargs = dict(train_kwargs or {})
-  if isinstance(model, nnx.Module):
-    if not isinstance(optimizer, nnx.Optimizer):
+  if is_nnx(model):
+    if not is_nnx(optimizer, "Optimizer"):
       raise TypeError("an NNX model needs an nnx.Optimizer(model, tx, wrt=nnx.Param).")
     return _nnx_train_step(model, optimizer, averaging, likelihood, kwargs)
   if not isinstance(model, nn.Module):
     raise TypeError(f"model must be a flax linen or nnx Module, got {type(model).__name__}.")
-  if isinstance(optimizer, nnx.Optimizer) or not hasattr(optimizer, "update"):
+  if is_nnx(optimizer, "Optimizer") or not hasattr(optimizer, "update"):
     raise TypeError(
       f"a linen model needs an optax transformation, got {type(optimizer).__name__}; pass the "
       "optax optimizer itself (an nnx.Optimizer is for NNX models)."
@@ -374,7 +374,7 @@ def train_metrics(aux: Any, posterior: jax.Array) -> Metrics:
 
 
 def _is_variable(x: Any) -> bool:
-  return isinstance(x, nnx.Variable)
+  return is_nnx(x, "Variable")
 
 
 def _mesh_placement(value: Any) -> jax.sharding.NamedSharding | None:
@@ -436,7 +436,7 @@ def node_kwargs(kwargs: Mapping[str, Any]) -> tuple[tuple, Callable[[tuple], dic
     ``(nodes, call_kwargs)``: the nodes, and ``call_kwargs(nodes)`` the keyword arguments
     with the nodes given (those the step received) in their places.
   """
-  names = tuple(name for name, value in kwargs.items() if isinstance(value, nnx.Pytree))
+  names = tuple(name for name, value in kwargs.items() if is_nnx(value, "Pytree"))
   plain = {name: value for name, value in kwargs.items() if name not in names}
 
   def call_kwargs(nodes: tuple) -> dict[str, Any]:
@@ -564,7 +564,7 @@ def make_eval_step(
   averaging = averaging or switch_averaging()
   kwargs = dict(eval_kwargs or {})
   carry = check_carry(carry)
-  if isinstance(model, nnx.Module):
+  if is_nnx(model):
     if carry:
       raise ValueError(
         "carry= threads linen variable collections; an NNX model keeps its state in its own "

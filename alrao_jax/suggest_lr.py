@@ -17,9 +17,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 import optax
-from flax import nnx
 
 from alrao_jax.loop import FitResult
+from alrao_jax.nnx_types import is_nnx
 from alrao_jax.rates import COPIES_MODULE, leaf_paths
 from alrao_jax.retire import slice_copies
 from alrao_jax.steps import TrainState, num_copies_of
@@ -50,9 +50,9 @@ class LRSuggestion(NamedTuple):
 def _unwrap(tree: Any) -> Any:
   """NNX variables -> their arrays; anything else unchanged."""
   return jax.tree.map(
-    lambda v: v[...] if isinstance(v, nnx.Variable) else v,
+    lambda v: v[...] if is_nnx(v, "Variable") else v,
     tree,
-    is_leaf=lambda v: isinstance(v, nnx.Variable),
+    is_leaf=lambda v: is_nnx(v, "Variable"),
   )
 
 

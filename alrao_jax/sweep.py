@@ -19,7 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -29,6 +28,7 @@ from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_col
 from alrao_jax.head import as_copy_outputs
 from alrao_jax.loss import Likelihood, alrao_loss, categorical_log_likelihood, is_categorical
 from alrao_jax.lr_find import takes_learning_rate
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.run_checks import (
   check_linen_only,
   check_linen_state,
@@ -243,7 +243,7 @@ def _nnx_members(
   if is_categorical(likelihood):
     check_nnx_labels(splits, model, eval_kwargs)
   nodes, call_kwargs = node_kwargs(train_kwargs)
-  if any(isinstance(v, nnx.Pytree) for v in eval_kwargs.values()):
+  if any(is_nnx(v, "Pytree") for v in eval_kwargs.values()):
     raise ValueError(
       "eval_kwargs holds NNX nodes (e.g. nnx.Rngs); evaluation runs in eval() mode and needs "
       "no RNG stream: leave them out."
@@ -449,7 +449,7 @@ def sweep(
   averaging = averaging or switch_averaging()
   tx = _injected(optimizer, hyperparam, float(values_[0]))
   train_kwargs, eval_kwargs = dict(train_kwargs or {}), dict(eval_kwargs or {})
-  kind = _nnx_members if isinstance(model, nnx.Module) else _linen_members
+  kind = _nnx_members if is_nnx(model) else _linen_members
   state, step, evaluate = kind(
     model,
     tx,
@@ -484,7 +484,7 @@ def sweep(
   )
   finite = np.isfinite(progress.best)
   best_index = int(np.argmin(np.where(finite, progress.best, np.inf))) if finite.any() else -1
-  if isinstance(model, nnx.Module):
+  if is_nnx(model):
     winner = _member(members.best_states, max(best_index, 0))
     nnx.update((model, *node_kwargs(train_kwargs)[0]), winner.params, winner.rest)
     model.eval()

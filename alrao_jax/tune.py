@@ -20,12 +20,12 @@ import flax.linen as nn
 import jax
 import numpy as np
 import optax
-from flax import nnx
 
 from alrao_jax.checks import check_bounds, check_int
 from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
+from alrao_jax.nnx_types import is_nnx, nnx
 from alrao_jax.splits import as_splits, rows_of
 from alrao_jax.steps import copy_tree
 from alrao_jax.suggest_lr import LRSuggestion, suggest_lr
@@ -405,7 +405,7 @@ def tune(
   kwargs = {"likelihood": likelihood, "train_kwargs": train_kwargs, "eval_kwargs": eval_kwargs}
   start = time.perf_counter()
   fit_kwargs = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "patience": patience}
-  if isinstance(model, nnx.Module):
+  if is_nnx(model):
     racer = plain_model
     if racer is None:  # the start of the model, in buffers of its own: fit donates the model's
       racer = nnx.clone(model)
@@ -420,7 +420,7 @@ def tune(
     race_eval = eval_model if plain_model is None else plain_eval_model
     race_kwargs = {**linen_kwargs, "eval_model": race_eval}
   result = fit(model, tx, splits, **fit_kwargs, **kwargs, **linen_kwargs)
-  if isinstance(model, nnx.Module):  # trained in place, left at its best epoch
+  if is_nnx(model):  # trained in place, left at its best epoch
     params, averaging_state = nnx.state(model, nnx.Param), result.state
   else:
     params, averaging_state = result.state.params, result.state.averaging_state

@@ -139,6 +139,26 @@ def test_a_public_name_loads_its_own_module_only_and_tools_stay_functions():
   assert said == ["[]", "['function', 'function', 'function']", "True"]
 
 
+def test_the_method_and_its_loop_import_flax_nnx_only_for_an_nnx_object():
+  # a linen user's import (and the command line's start) skips flax.nnx, a tenth of a second;
+  # is_nnx sees NNX objects once flax.nnx is imported, and linen ones never
+  script = (
+    "import sys\n"
+    "import alrao_jax.loop, alrao_jax.steps, alrao_jax.sweep, alrao_jax.tune, alrao_jax.predict\n"
+    "import alrao_jax.checkpoint, alrao_jax.sharding, alrao_jax.lr_find, alrao_jax.suggest_lr\n"
+    "print('flax.nnx' in sys.modules)\n"
+    "import flax.linen as nn, optax\n"
+    "from flax import nnx\n"
+    "from alrao_jax.nnx_types import is_nnx\n"
+    "linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))\n"
+    "optimizer = nnx.Optimizer(linear, optax.sgd(0.1), wrt=nnx.Param)\n"
+    "print(is_nnx(linear), is_nnx(optimizer, 'Optimizer'), is_nnx(linear.kernel, 'Variable'))\n"
+    "print(is_nnx(nn.Dense(3)), is_nnx(linear, 'Optimizer'), is_nnx(linear.kernel[...], 'Param'))\n"
+  )
+  said, _ = fresh_python(script)
+  assert said == ["False", "True True True", "False False False"]
+
+
 DISTRIBUTIONS = {"orbax": "orbax-checkpoint", "sklearn": "scikit-learn"}  # import -> distribution
 
 
