@@ -362,15 +362,20 @@ def test_help_and_a_bad_flag_answer_without_starting_jax():
   assert "expected one argument" in errors
 
 
-def test_a_linen_run_imports_neither_nnx_nor_matplotlib_and_its_figures_are_drawn(tmp_path):
+def test_the_command_freezes_its_imports_needs_no_nnx_nor_matplotlib_and_draws_its_figures(
+  tmp_path,
+):
   out = tmp_path / "run"
   script = (
-    "import sys\n"
-    "from alrao_jax.experiments.cli import main\n"
-    f"main(['train', '--quick', '--epochs', '1', '--no-progress', '--out', {str(out)!r}])\n"
+    "import gc, sys\n"
+    "from alrao_jax.experiments.cli import command_line\n"
+    f"sys.argv = ['alrao-jax', 'train', '--quick', '--epochs', '1', '--no-progress', '--out',"
+    f" {str(out)!r}]\n"
+    "print(command_line(), gc.isenabled(), gc.get_freeze_count() > 100_000)\n"
     "print('flax.nnx' in sys.modules, 'matplotlib' in sys.modules)\n"
   )
   lines, _ = fresh_python(script)
+  assert lines[-2] == "0 True True"  # the imports frozen, the collector on again
   assert lines[-1] == "False False"  # NNX is not needed; the figures' own process draws
   for name in ("curves.png", "posterior.png"):
     assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -33,7 +33,7 @@ def test_the_sdist_builds_a_wheel_that_installs_in_a_fresh_venv_and_runs_there(t
   assert not any(n.startswith(("tests/", "benchmarks/", "docs/")) for n in names)
   entry_points = next(n for n in names if n.endswith("entry_points.txt"))
   assert (
-    "alrao-jax = alrao_jax.experiments.cli:main"
+    "alrao-jax = alrao_jax.experiments.cli:command_line"
     in zipfile.ZipFile(wheel).read(entry_points).decode()
   )
   # A fresh virtual environment with the wheel installed; its dependencies are this

@@ -2,6 +2,6 @@
 
 import sys
 
-from alrao_jax.experiments.cli import main
+from alrao_jax.experiments.cli import command_line
 
-sys.exit(main())
+sys.exit(command_line())
