@@ -1,6 +1,7 @@
 """The speed benchmark's --quick mode runs end to end (no timing thresholds: CI is noisy)."""
 
 import argparse
+import json
 import pathlib
 import re
 import sys
@@ -424,7 +425,9 @@ def test_the_header_rebuilds_the_command_from_the_options_given(monkeypatch):
   assert command_line("tune.py", parser, args) == f"{line} --quick --name tune_amd --rounds 3"
 
 
-def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_cap(monkeypatch):
+def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_cap(
+  monkeypatch, tmp_path
+):
   bench = _import(monkeypatch, "real_data")
   inf, nan = float("inf"), float("nan")
 
@@ -438,7 +441,6 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
       "epochs": 3,
       "seconds": seconds,
       "seed": 0,
-      "plain_runs": seconds / 10.0,
       **more,
     }
 
@@ -464,10 +466,28 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   assert "1.10x tuned SGD's perplexity: 1.221x (**missed**)" in text
   peer = bench.LR_FREE[0]  # every peer at 5.5: the first is the best
   assert f"peer ({peer}, 5.5000): Alrao-SGD 5.2000, -0.3000 (met)" in text
-  assert "sweep: 2.50 plain runs against 7.00 (met)" in text
+  assert "program (7.00 plain runs) and 7 plain runs one by one: 2.50 plain runs (met)" in text
   assert "1.000x (worst seed 1.000x) in 57% (**missed**)" in text  # 40 s of the sweep's 70
   # exp(0.01) = 1.010 in perplexity; 5.21 / 5.2 = 1.002 in loss
   assert "worse perplexity than every copy: 1.50 plain runs, 1.010x (met)" in text
+  # SGD stopped after 1 of the 3 epochs: a plain run of the budget is 3 x its 10 s; the vmapped
+  # sweep, 70 s, is more than 7 such runs, which are the sweep's cost then
+  early = [{**r, "epochs": 1} if r["method"] == "sgd at the sweep's rate" else r for r in rows]
+  text = bench.report({"task": "ptb-word", "epochs": 3, "rows": early}, ["# header", ""])
+  assert "| alrao-sgd | - | 181.272 | 1.221 | - | 3.0 / 3.0 | 25 | 0.83 |" in text
+  assert "program (2.33 plain runs) and 7 plain runs one by one: 0.83 plain runs (met)" in text
+  # a finished run's report again from its .json, under its .md's header, the unit changed
+  folder = tmp_path / "results"
+  folder.mkdir()
+  old_rows = [{**r, "plain_runs": 99.0} for r in early]
+  (folder / "r.json").write_text(json.dumps({"task": "ptb-word", "epochs": 3, "rows": old_rows}))
+  (folder / "r.md").write_text(f"# r\n\nBudget: ... seed. {bench.OLD_PLAIN_RUNS}\n\n| method |\n")
+  for _ in range(2):  # the second time replaces the first's line
+    again = bench.main(["--report", str(folder / "r.json")])
+  assert again == (folder / "r.md").read_text() and again.count("Re-rendered") == 1
+  assert again.startswith(f"# r\n\nBudget: ... seed. {bench.PLAIN_RUNS}\n\nRe-rendered from")
+  assert "| alrao-sgd | - | 181.272 | 1.221 | - | 3.0 / 3.0 | 25 | 0.83 |" in again
+  assert "plain_runs" not in (folder / "r.json").read_text()
   fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
   assert "| alrao-sgd | - | 5.200 | 1.040 |" in fashion
   assert "1.10x tuned SGD's loss: 1.040x (met)" in fashion
