@@ -5,6 +5,7 @@ Usage:
   python benchmarks/real_data.py --task ptb-word     # results/real_data_ptb-word.{md,json}
   python benchmarks/real_data.py --task ptb-word --quick  # smoke test: tiny subsets, no file
   python benchmarks/real_data.py --report results/real_data_ptb-word.json  # its .md again
+  python benchmarks/real_data.py --task ptb-word --first-seed 1 --name real_data_ptb-word_seed1
 
 Per seed, every method trains the task's model on the same subset of the training split, with
 early stopping on validation (``--patience``) within at most ``--epochs`` epochs, and is tested
@@ -395,6 +396,7 @@ def main(argv: list[str] | None = None) -> str:
   size.add_argument("--quick", action="store_true", help="tiny subsets, 2 epochs, no file")
   size.add_argument("--full", action="store_true", help="whole splits, more epochs and seeds")
   parser.add_argument("--seeds", type=int, default=None, help="default: the task's budget")
+  parser.add_argument("--first-seed", type=int, default=0, help="seeds from this one (default: 0)")
   parser.add_argument(
     "--name", type=results_name, help="results file name (default: real_data_TASK)"
   )
@@ -414,7 +416,8 @@ def main(argv: list[str] | None = None) -> str:
     run_method(
       task._replace(splits=subset(task, QUICK).splits), make_method("sgd"), seed=0, epochs=1
     )
-  rows = [row for seed in range(budget.seeds) for row in one_seed(task, budget, seed, log)]
+  seeds = range(args.first_seed, args.first_seed + budget.seeds)
+  rows = [row for seed in seeds for row in one_seed(task, budget, seed, log)]
   minutes = (time.perf_counter() - started) / 60
   train, valid, test = (len(s.inputs) for s in task.splits)
   rows_word = "windows of 20 x 35 words" if task.carry else "images"
@@ -427,8 +430,8 @@ def main(argv: list[str] | None = None) -> str:
     "",
     f"Budget: training on the first {train} {rows_word} of the training split, validation on "
     f"the first {valid}, test on all {test}; at most {budget.epochs} epochs, early stopping "
-    f"with patience {budget.patience}; {budget.seeds} seed(s), the same initialisation and "
-    f"data order for every method of a seed. {PLAIN_RUNS}",
+    f"with patience {budget.patience}; seed(s) {', '.join(map(str, seeds))}, the same "
+    f"initialisation and data order for every method of a seed. {PLAIN_RUNS}",
     "",
   ]
   text = report(results, header)
