@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from alrao_jax import strict_json
-from alrao_jax.experiments.compare import run_method
+from alrao_jax.experiments.compare import run_method, task_method
 from alrao_jax.experiments.methods import (
   LAYER_SCHEDULES,
   layer_schedule,
@@ -73,14 +73,7 @@ def run_task(task: Task, setting: Setting, log) -> dict[str, Any]:
         if optimizer == "sgd":
           method = make_method("sgd", lr=SGD_LR, layers=layers)
         else:
-          method = make_method(
-            "alrao-sgd",
-            lr_min=task.lr_min,
-            lr_max=task.lr_max,
-            copies=task.copies,
-            seed=seed,
-            layers=layers,
-          )
+          method = task_method(task, "alrao-sgd", seed=seed, layers=layers)
         run = run_method(task, method, seed=seed, epochs=setting.epochs)
         runs.append(
           {

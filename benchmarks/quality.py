@@ -33,6 +33,7 @@ from alrao_jax.experiments.compare import (
   compare,
   run_method,
   summarize,
+  task_method,
 )
 from alrao_jax.experiments.methods import LR_FREE, make_method
 from alrao_jax.experiments.plots import plot_curves, plot_heatmap, plot_posterior
@@ -261,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_posterior(
       first["alrao-sgd"].history,
       out / figures["switch posterior"],
-      make_method("alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies).copy_lrs,
+      task_method(task, "alrao-sgd").copy_lrs,
       title=f"{task.name}, alrao-sgd [{task.lr_min:g}, {task.lr_max:g}]",
     )
     if task.name == settings[0].task:

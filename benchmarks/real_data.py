@@ -47,7 +47,7 @@ from header import command_line, met, ran_on, results_name, write_report_and_jso
 
 import alrao_jax
 from alrao_jax import strict_json
-from alrao_jax.experiments.compare import RunResult, run_method
+from alrao_jax.experiments.compare import RunResult, run_method, task_method
 from alrao_jax.experiments.methods import LR_FREE, make_method
 from alrao_jax.experiments.tasks import MODES, Task, load_task
 from alrao_jax.experiments.tune import tune
@@ -181,9 +181,7 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
   alrao = found.alrao
   log(f"seed {seed}: alrao-sgd {alrao.test['loss']:.4f}, suggestion {found.suggestion.lr:.3g}")
   rows.append(_row("alrao-sgd", alrao, lr=None, seconds=alrao.seconds, epochs=len(alrao.history)))
-  method = make_method(
-    "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
-  )
+  method = task_method(task, "alrao-sgd", seed=seed)
   retired = _quietly(
     lambda: run_method(
       task, method, seed=seed, epochs=epochs, retire=alrao_jax.copy_retirement(), **fit

@@ -35,7 +35,7 @@ from header import command_line, ran_on, results_name, write_report_and_json
 from real_data import BUDGETS, QUICK, subset
 
 import alrao_jax
-from alrao_jax.experiments.compare import timed_fit
+from alrao_jax.experiments.compare import task_method, timed_fit
 from alrao_jax.experiments.methods import make_method
 from alrao_jax.experiments.tasks import MODES, load_task
 from alrao_jax.screen import SGD_GRID
@@ -79,9 +79,7 @@ def one_seed(task: Any, budget: Any, seed: int, log) -> list[dict[str, Any]]:
     }
   ]
   log(f"seed {seed}: sweep picked {swept.best_value:g} in {rows[0]['seconds']:.0f} s")
-  alrao = make_method(
-    "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
-  )
+  alrao = task_method(task, "alrao-sgd", seed=seed)
   runs = {"sgd at the sweep's pick": (make_method("sgd", lr=float(swept.best_value)), None)}
   runs[FULL] = (alrao, None)
   for threshold, epochs in RULES:

@@ -38,6 +38,7 @@ from alrao_jax.experiments.compare import (
   lowest_mean,
   run_method,
   select_lr,
+  task_method,
   timed_fit,
 )
 from alrao_jax.experiments.methods import make_method, schedule_multiplier
@@ -165,14 +166,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
     )
     rows["refocus"].append({"lr": suggestion.lr, "loss": run.test["loss"], "seconds": run.seconds})
     log(f"{task.name} seed {seed}: refocus {rows['refocus'][-1]}")
-    alrao = make_method(
-      "alrao-sgd",
-      lr_min=task.lr_min,
-      lr_max=task.lr_max,
-      copies=task.copies,
-      seed=seed,
-      schedule=cosine,
-    )
+    alrao = task_method(task, "alrao-sgd", seed=seed, schedule=cosine)
     run, _ = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit)
     rows["cosine"].append({"loss": run.test["loss"], "seconds": run.seconds})
     log(f"{task.name} seed {seed}: alrao cosine {rows['cosine'][-1]}")

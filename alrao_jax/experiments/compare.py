@@ -178,14 +178,37 @@ def compare(
   return Comparison(task.name, sgd, best_lr, runs)
 
 
-def _builder(task: Task, name: str) -> Callable[[int], Method]:
+def task_method(task: Task, name: str, *, seed: int = 0, **extras: Any) -> Method:
+  """The method ``name`` as the task runs it: Alrao on the task's interval for that optimizer
+  (``task.interval``) with its copies, a peer at its default rate.
+
+  Args:
+    task: a bundled task.
+    name: one of :data:`~alrao_jax.experiments.methods.METHODS`.
+    seed: Alrao's rates' seed (see :func:`~alrao_jax.experiments.methods.make_method`).
+    **extras: ``make_method``'s other options (``schedule``, ``layers``, ...).
+
+  Returns:
+    The :class:`~alrao_jax.experiments.methods.Method`.
+
+  Example:
+    >>> from alrao_jax.experiments.compare import task_method
+    >>> from alrao_jax.experiments.tasks import load_task
+    >>> task = load_task("digits")
+    >>> task_method(task, "alrao-adam").copy_lrs[0], task_method(task, "alrao-sgd").copy_lrs[0]
+    (1e-06, 1e-05)
+  """
   if name.startswith("alrao-"):
-    make_method(name, lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies)
-    return lambda seed: make_method(
-      name, lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
+    lr_min, lr_max = task.interval(name)
+    return make_method(
+      name, lr_min=lr_min, lr_max=lr_max, copies=task.copies, seed=seed, **extras
     )
-  make_method(name)
-  return lambda seed: make_method(name)
+  return make_method(name, **extras)
+
+
+def _builder(task: Task, name: str) -> Callable[[int], Method]:
+  task_method(task, name)  # a bad name fails before any training
+  return lambda seed: task_method(task, name, seed=seed)
 
 
 def summarize(runs: Sequence[RunResult], *, loss_scale: float = 1.0) -> dict[str, float]:

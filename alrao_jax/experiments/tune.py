@@ -17,7 +17,7 @@ import optax
 
 from alrao_jax.checks import check_int
 from alrao_jax.epochs import test_metrics_of
-from alrao_jax.experiments.compare import RunResult, timed_fit
+from alrao_jax.experiments.compare import RunResult, task_method, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
 from alrao_jax.experiments.tasks import MODES, Task
 from alrao_jax.lr_find import LRFindResult, lr_find, range_test_batches
@@ -227,9 +227,7 @@ def refocus(
   """
   if not 1 <= warmup_epochs < epochs:
     raise ValueError(f"warmup_epochs must be in [1, {epochs}), got {warmup_epochs}.")
-  method = make_method(
-    "alrao-sgd", lr_min=task.lr_min, lr_max=task.lr_max, copies=task.copies, seed=seed
-  )
+  method = task_method(task, "alrao-sgd", seed=seed)
   first, warm = timed_fit(task, method, seed=seed, epochs=warmup_epochs, **fit_kwargs)
   suggestion = suggest_lr(
     warm.last_state,

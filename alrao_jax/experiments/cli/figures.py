@@ -55,10 +55,15 @@ class Figures:
     """Draws the figures of ``history``; ``wait``: returns once they are written (else once
     the previous drawing is done and this one is sent)."""
     if self._child is not None:
-      request = {"history": list(history), "out": str(self.out), "copy_lrs": self.copy_lrs}
+      request = {
+        "history": list(history),
+        "out": str(self.out),
+        "copy_lrs": self.copy_lrs,
+        "title": self.title,
+      }
       try:
         self._answer()
-        self._child.stdin.write(json.dumps({**request, "title": self.title}) + "\n")
+        self._child.stdin.write(json.dumps(request) + "\n")
         self._child.stdin.flush()
         self._pending = True
         if wait:
