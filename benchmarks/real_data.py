@@ -227,6 +227,12 @@ def plain_runs(rows: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
   return [{**r, "plain_runs": _seconds(r) / unit[r["seed"]]} for r in rows]
 
 
+def cheaper_sweep(vmapped: float) -> float:
+  """A 7-rate sweep's cost in plain runs: the cheaper of its one vmapped program (``vmapped``)
+  and its runs one by one (a conv net's vmapped members may cost more than runs)."""
+  return min(vmapped, len(SGD_GRID))
+
+
 def _seconds(row: dict[str, Any]) -> float:
   """A row's wall time; NaN for a sweep's member (the .json holds NaN as null)."""
   return math.nan if row["seconds"] is None else row["seconds"]
@@ -319,7 +325,7 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
   loss = {name: _mean(runs, "test_loss") for name, runs in by.items()}
   cost = {name: _mean(runs, "plain_runs") for name, runs in by.items()}
   tuned, alrao, vmapped = loss["tuned sgd (sweep)"], loss["alrao-sgd"], cost["tuned sgd (sweep)"]
-  sweep = min(vmapped, len(SGD_GRID))  # a conv net's vmapped members may cost more than runs
+  sweep = cheaper_sweep(vmapped)
   peer = min(LR_FREE, key=lambda name: loss.get(name, math.inf))
   ratio = math.exp(alrao - tuned) if perplexity else alrao / tuned
   unit = "perplexity" if perplexity else "loss"
@@ -337,7 +343,7 @@ def goals(by: dict[str, list[dict[str, Any]]], *, perplexity: bool) -> list[str]
   for pick, tuned_run in zip(by["tuned sgd (sweep)"], by["tune"], strict=True):
     gap = tuned_run["test_loss"] - pick["test_loss"]
     ratios.append(math.exp(gap) if perplexity else tuned_run["test_loss"] / pick["test_loss"])
-    shares.append(tuned_run["plain_runs"] / min(pick["plain_runs"], len(SGD_GRID)))
+    shares.append(tuned_run["plain_runs"] / cheaper_sweep(pick["plain_runs"]))
   ratio, worst, share = float(np.mean(ratios)), max(ratios), float(np.mean(shares))
   lines.append(
     f"- `tune` (issue 38): SGD at its rate at most 1.05x the seed's sweep pick's {unit}, mean "
@@ -400,6 +406,10 @@ def main(argv: list[str] | None = None) -> str:
   )
   args = parser.parse_args(argv)
   if args.report is not None:
+    given = [f"--{n.replace('_', '-')}" for n in ("quick", "full", "seeds", "first_seed", "name")
+             if getattr(args, n) != parser.get_default(n)]
+    if given:
+      parser.error(f"--report prints a finished run again; drop {', '.join(given)}")
     return rerender(pathlib.Path(args.report), command_line("real_data.py", parser, args))
   budget = QUICK if args.quick else (FULL if args.full else BUDGETS)[args.task]
   if args.seeds is not None:

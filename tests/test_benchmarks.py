@@ -488,6 +488,8 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   assert again.startswith(f"# r\n\nBudget: ... seed. {bench.PLAIN_RUNS}\n\nRe-rendered from")
   assert "| alrao-sgd | - | 181.272 | 1.221 | - | 3.0 / 3.0 | 25 | 0.83 |" in again
   assert "plain_runs" not in (folder / "r.json").read_text()
+  with pytest.raises(SystemExit):  # a training option beside --report is refused, not ignored
+    bench.main(["--report", str(folder / "r.json"), "--seeds", "2"])
   fashion = bench.report({"task": "fashion-cnn", "epochs": 3, "rows": rows}, [])
   assert "| alrao-sgd | - | 5.200 | 1.040 |" in fashion
   assert "1.10x tuned SGD's loss: 1.040x (met)" in fashion

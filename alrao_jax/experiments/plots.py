@@ -17,9 +17,9 @@ History = Sequence[Mapping[str, Any]]  # per epoch, as alrao_jax.fit records it
 def import_pyplot() -> Any:
   """matplotlib's pyplot with the file-only backend, imported now if not yet.
 
-  The command line imports it in a thread of its own, which a Ctrl-C cannot interrupt: an
-  import that a Ctrl-C interrupts leaves a half-initialised module behind, and the figures
-  drawn at the end would fail.
+  The command line draws its figures in a process of its own
+  (:mod:`alrao_jax.experiments.cli.figures`), which imports it there; a run imports it itself
+  only where that process failed.
   """
   import matplotlib
 

@@ -37,7 +37,9 @@ class Reporter:
     self.history: list[dict[str, Any]] = []
     # the first epoch's compilation does not count: timed from the end of the first epoch
     self.plotted_epoch, self.plotted_at, self.plot_seconds = 0, None, 0.5
-    from tqdm import tqdm  # imported before Ctrl-C is handled (see import_pyplot)
+    # imported before Ctrl-C is handled: an import that a Ctrl-C interrupts leaves a
+    # half-initialised module behind
+    from tqdm import tqdm
 
     self.tqdm = tqdm
     # orbax is imported beside the start of training, in a thread of its own, which a Ctrl-C
