@@ -2,7 +2,8 @@
 
 The switch posterior says which output copy, and so which of the copies' rates, predicts
 best; how far each copy's weights moved from their start says which copies learned at all;
-the body's features, each at its own rate, say where the network's units moved most.
+the body's features, each at its own rate, say up to which rate the network's units moved in
+proportion to their rate.
 :func:`suggest_lr` weighs the three: it follows the posterior among the copies that learned,
 returns the candidates it weighed with a stated confidence, and warns when they disagree.
 """
@@ -29,7 +30,8 @@ from alrao_jax.transform import ScaleByRatesState
 BIN_DECADES = 0.5  # width of the rate bins of the body's evidence, in decades
 MIN_PER_BIN = 3  # features a bin needs to be reported
 LEARNED_FRACTION = 0.05  # a copy learned when it moved >= this share of the median copy's
-BODY_DECADES = 3.0  # a suggestion this far from the body's most-moved rates is doubted
+BODY_DECADES = 3.0  # a suggestion this far from the body's knee is doubted
+KNEE_SHARE = 0.5  # the knee: the fastest bin still moving this share of the slow bins' per rate
 NEIGHBOUR_MASS = 0.8  # posterior mass the leading copy and its neighbours need for "high"
 
 
@@ -131,9 +133,34 @@ def copy_movement(params: Any, initial_params: Any) -> np.ndarray:
   raise ValueError("params hold no output copies (no 'alrao_copies' kernel).")
 
 
-def _peak(body: tuple[dict[str, float], ...]) -> dict[str, float]:
-  """The bin of body rates whose features moved most."""
-  return max(body, key=lambda b: b["movement"])
+def body_knee(body: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
+  """The fastest bin of the body's rates whose features still moved in proportion to them.
+
+  At small rates a feature's movement grows as its rate (SGD's steps add up), so the movement
+  per unit of rate is flat across the slow bins; above the rates the network can follow it
+  falls (steps that overshoot cancel, units saturate or die). The knee is the fastest bin whose
+  movement per unit of rate (at the bin's middle) is at least half (:data:`KNEE_SHARE`) the
+  median over the slowest half of the bins. Unlike the bin that moved most, it is not the
+  interval's top by construction: on the bundled feed-forward tasks it lay 0.2-0.8 decades
+  above the tuned rate, where the most-moved bin was the interval's top.
+
+  Args:
+    body: the bins of :func:`body_movement` (or :attr:`LRSuggestion.body`), non-empty.
+
+  Returns:
+    The knee's bin.
+
+  Example:
+    >>> from alrao_jax.suggest_lr import body_knee
+    >>> bins = [{"lr_low": lr, "lr_high": 10 * lr, "movement": min(lr, 0.1)} for lr in
+    ...         (1e-4, 1e-3, 1e-2, 1e-1, 1.0)]  # in proportion to the rate up to 0.1
+    >>> body_knee(bins)["lr_low"]  # the bin [0.1, 1): the next one moved no further
+    0.1
+  """
+  per_rate = np.asarray([b["movement"] / np.sqrt(b["lr_low"] * b["lr_high"]) for b in body])
+  reference = float(np.median(per_rate[: max(len(body) // 2, 1)]))
+  following = np.flatnonzero(per_rate >= KNEE_SHARE * reference)
+  return body[int(following[-1])]
 
 
 def _weigh(
@@ -184,13 +211,13 @@ def _weigh(
   if edge:
     reasons.append(edge)
   if body:
-    peak = _peak(body)
-    candidates["body"] = float(np.sqrt(peak["lr_low"] * peak["lr_high"]))
+    knee = body_knee(body)
+    candidates["body"] = float(np.sqrt(knee["lr_low"] * knee["lr_high"]))
     gap = abs(np.log10(suggestion) - np.log10(candidates["body"]))
     if gap > BODY_DECADES:
       reasons.append(
-        f"the body's units moved most at rates in [{peak['lr_low']:.2g}, "
-        f"{peak['lr_high']:.2g}), {gap:.1f} decades from the suggestion"
+        f"the body's units moved in proportion to their rates up to [{knee['lr_low']:.2g}, "
+        f"{knee['lr_high']:.2g}), {gap:.1f} decades from the suggestion"
       )
   near = posterior[max(leading - 1, 0) : leading + 2].sum()
   if near < NEIGHBOUR_MASS:
@@ -307,12 +334,13 @@ def suggest_lr(
   copy (the body then learned to serve a nearly frozen output), the suggestion follows the
   posterior among the copies that learned. ``confidence`` is ``"low"`` when the leading copy
   did not learn, or whether it learned is unknown (no ``initial_params``: a frozen copy can
-  lead the switch), or the suggestion lies more than 3 decades from the rates at which the
-  body's units moved most (a `UserWarning` then says why); ``"medium"`` when the leading copy
+  lead the switch), or the suggestion lies more than 3 decades from the body's knee, the
+  fastest rates at which its units still moved in proportion to their rate
+  (:func:`body_knee`; a `UserWarning` then says why); ``"medium"`` when the leading copy
   sits at the interval's edge or the posterior is spread beyond the leading copy and its
   neighbours (less than 0.8 of it); else ``"high"``.
   ``candidates`` holds the rates weighed: ``posterior``, ``leading``, and when known
-  ``learned`` and ``body`` (the middle of the bin where the body moved most). A low
+  ``learned`` and ``body`` (the middle of the knee's bin). A low
   confidence calls for a short race of the candidates (:func:`alrao_jax.tune` runs one).
 
   The simplest call is on what :func:`alrao_jax.fit` returns for a linen model,
@@ -478,11 +506,12 @@ def describe(suggestion: LRSuggestion) -> str:
       f"median relative movement {b['movement']:.3g}"
     )
   if suggestion.body:
-    peak = _peak(suggestion.body)
+    knee = body_knee(suggestion.body)
     lines.append(
-      f"the body's units moved most at rates in [{peak['lr_low']:.2g}, {peak['lr_high']:.2g}); "
-      "faster ones moved less (too fast to learn steadily)"
-      if peak is not suggestion.body[-1]
-      else "the body's units moved more the faster their rates, up to the interval's top"
+      f"the body's units moved in proportion to their rates up to [{knee['lr_low']:.2g}, "
+      f"{knee['lr_high']:.2g}); faster ones moved less per unit of rate (too fast to follow)"
+      if knee is not suggestion.body[-1]
+      else "the body's units moved in proportion to their rates up to the interval's top: "
+      "faster rates may still learn"
     )
   return "\n".join(lines)
