@@ -219,12 +219,15 @@ def plain_runs(rows: list[dict[str, Any]], epochs: int) -> list[dict[str, Any]]:
   """The rows with ``plain_runs``: each one's wall time over that of one plain run of the whole
   budget, SGD at its seed's sweep pick run for ``epochs`` epochs (its wall time per epoch
   trained times ``epochs``: it may have stopped early)."""
-  unit = {
-    r["seed"]: _seconds(r) / r["epochs"] * epochs
-    for r in rows
-    if r["method"] == "sgd at the sweep's rate"
-  }
+  pick = "sgd at the sweep's rate"
+  unit = {r["seed"]: one_plain_run(r, epochs) for r in rows if r["method"] == pick}
   return [{**r, "plain_runs": _seconds(r) / unit[r["seed"]]} for r in rows]
+
+
+def one_plain_run(row: dict[str, Any], epochs: int) -> float:
+  """The wall time of a plain run of ``epochs`` epochs, from ``row``, one that may have stopped
+  early: its wall time per epoch trained times ``epochs``."""
+  return _seconds(row) / row["epochs"] * epochs
 
 
 def cheaper_sweep(vmapped: float) -> float:

@@ -137,6 +137,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
         "kept_lr": float(np.exp(np.dot(kept, np.log(found.suggestion.copy_lrs)))),
         "leading_lr": found.suggestion.leading_lr,
         "confidence": found.suggestion.confidence,
+        "body_knee": found.suggestion.candidates.get("body", float("nan")),
         "alrao_loss": found.alrao.test["loss"],
         "alrao_seconds": found.alrao.seconds,
         "sgd_loss": alone.test["loss"],
@@ -360,12 +361,14 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     )
   lines += [
     "",
-    "Per seed: the suggestion and its confidence, the race (rates x epochs) and its best, "
-    "tune's pick, and SGD at each / tuned SGD.",
+    "Per seed: the suggestion and its confidence, the body's knee (the middle of the fastest "
+    "half-decade of rates whose units still moved in proportion to their rate, "
+    "`alrao_jax.suggest_lr.body_knee`: the race's body candidate), the race (rates x epochs) "
+    "and its best, tune's pick, and SGD at each / tuned SGD.",
     "",
-    "| task | seed | suggest_lr | confidence | SGD at it / tuned | race | race's best | "
-    "tune's pick | SGD at it / tuned | range test valley | SGD at it / tuned |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| task | seed | suggest_lr | confidence | body's knee | SGD at it / tuned | race | "
+    "race's best | tune's pick | SGD at it / tuned | range test valley | SGD at it / tuned |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for task, r in results.items():
     tuned = r["grid"]["best_loss"]
@@ -376,7 +379,8 @@ def trust_table(results: dict[str, Any]) -> list[str]:
       )
       lines.append(
         f"| {task} | {seed} | {t['lr']:.3g} | {t['confidence']} | "
-        f"{t['sgd_loss'] / tuned[seed]:.3f} | {race} | {f['valley_lr']:.3g} | "
+        f"{t['body_knee']:.3g} | {t['sgd_loss'] / tuned[seed]:.3f} | {race} | "
+        f"{f['valley_lr']:.3g} | "
         f"{f['valley_loss'] / tuned[seed]:.3f} |"
       )
   return [*lines, ""]

@@ -106,6 +106,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
           "confidence": "high",
+          "body_knee": 0.178,
           "tune_lr": 0.1,
           "race_best": 0.1,
           "race_seconds": 2,
@@ -122,6 +123,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
           "confidence": "low",
+          "body_knee": 5.62,
           "tune_lr": 0.1,
           "race_best": 0.316,
           "race_seconds": 2,
@@ -181,7 +183,8 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "| digits | 0 | 0.1 | 0.0200 | 21 | 0.178 | 0.0100 | 30 |" in text
   assert "Against each seed's own sweep pick, tune (Alrao + race) meets the three goals" in text
   # per seed: the suggestion, the race (rates x epochs), its best and tune's pick
-  assert "| digits | 1 | 0.01 | low | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |" in text
+  seed_1 = "| digits | 1 | 0.01 | low | 5.62 | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 | 0.750 |"
+  assert seed_1 in text  # 5.62: the body's knee
   assert "![schedules](tune_schedules.png)" in text
   # a second processor's run (--name tune_amd) shows its own figure
   assert "![schedules](tune_amd_schedules.png)" in tune.report(results, ["# h"], "tune_amd")
@@ -505,19 +508,26 @@ def test_retire_copies_report_scores_each_rule_against_the_sweep_and_the_full_he
   history = [{"posterior": [0.5, 0.5, 0.0]}, {"posterior": [1.0, 0.0, 0.0]}]
   assert bench.live_per_epoch(history) == [2, 1]
 
-  def row(method, perplexity, seconds, live=()):
+  def row(method, perplexity, seconds, live=(), epochs=6):
     loss = float(np.log(perplexity))
-    return {"method": method, "test_loss": loss, "seconds": seconds, "seed": 0, "live": list(live)}
+    return {
+      "method": method,
+      "test_loss": loss,
+      "seconds": seconds,
+      "epochs": epochs,
+      "seed": 0,
+      "live": list(live),
+    }
 
   cheap, dear = bench.rule_name(1e-3, 2), bench.rule_name(1e-2, 1)
   rows = [
     row("7-rate sgd sweep", 700.0, 1000.0),
-    row("sgd at the sweep's pick", 720.0, 100.0),
+    row("sgd at the sweep's pick", 720.0, 50.0, epochs=3),  # stopped early: 100 s for all 6
     row(bench.FULL, 600.0, 400.0, (6, 6)),
     row(cheap, 606.0, 300.0, (6, 3)),  # 1.01x, 0.30 of the sweep: both met
     row(dear, 630.0, 1200.0, (6, 1)),  # 1.05x, 1.20 of the sweep: neither
   ]
-  text = bench.report({"rows": rows}, ["# header", ""])
+  text = bench.report({"rows": rows, "budget": {"epochs": 6}}, ["# header", ""])
   assert f"| {cheap} | 0 | 606.0 | 1.010 | 6, 3 | 300 | 3.00 | 0.30 |" in text
   assert f"| {bench.FULL} | 0 | 600.0 | 1.000 | 6, 6 | 400 | 4.00 | 0.40 |" in text
   assert f"{cheap}: 0.30 of the sweep's wall time (met: below 1), 1.010x" in text
