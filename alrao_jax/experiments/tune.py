@@ -119,11 +119,17 @@ def tune(
   optimizer: str = "sgd",
   race_epochs: int | None = None,
   tolerance: float = TOLERANCE,
+  alrao_epochs: int | None = None,
   **fit_kwargs: Any,
 ) -> TuneResult:
   """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, a race of the rates it
   weighed (:func:`alrao_jax.tune.race_candidates`), one SGD run at the winner (with
   ``optimizer="adam"``: Alrao-Adam, a race of Adams, then Adam).
+
+  The Alrao run trains half the final run's epochs by default: the switch settles long before
+  the run ends (``benchmarks/results/tune_alrao_length.md``: on digits and MNIST-1D's two
+  networks the suggestion after half the epochs was the full run's), and the run is most of
+  ``tune``'s cost.
 
   The suggestion averages the log-rate over the posteriors of the epochs up to the kept one.
   The race trains the plain model (one output copy) at every candidate rate for
@@ -134,7 +140,7 @@ def tune(
 
   Args:
     task: an :class:`alrao_jax.experiments.tasks.Task`.
-    epochs: epochs of the Alrao run and of the final run (the best validation epoch is kept).
+    epochs: epochs of the final run (the best validation epoch is kept).
     seed: seed of every run (the same initialisation and data order).
     make: builds a method from ``(name, lr=..., lr_min=..., lr_max=..., copies=..., seed=...)``
       (e.g. :func:`alrao_jax.experiments.methods.make_method` with momentum or a schedule
@@ -142,8 +148,10 @@ def tune(
     alrao_options: ``lr_min``, ``lr_max``, ``copies`` (default: the task's).
     optimizer: ``"sgd"`` or ``"adam"``, the plain optimizer whose rate is tuned.
     race_epochs: epochs of the race; 0: no race, the final run is at the suggestion; default
-      :func:`alrao_jax.tune.race_length` (``epochs`` over the number of racers, 1 or 2).
+      :func:`alrao_jax.tune.race_length` (``alrao_epochs`` over the number of racers, 1 or 2).
     tolerance: see :func:`alrao_jax.race_pick` (0: the race's best).
+    alrao_epochs: epochs of the Alrao run, >= 1, which also set the race's default length
+      (default: half of ``epochs``, rounded up).
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
@@ -154,11 +162,15 @@ def tune(
   if race_epochs is not None:
     race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
   check_tolerance(tolerance)
+  epochs = check_int(epochs, "epochs", minimum=1)
+  if alrao_epochs is None:
+    alrao_epochs = -(-epochs // 2)
+  alrao_epochs = check_int(alrao_epochs, "alrao_epochs", minimum=1)
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}
   options.update(alrao_options or {})
   alrao = make(f"alrao-{optimizer}", seed=seed, **options)
-  alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=epochs, **fit_kwargs)
+  alrao_run, result = timed_fit(task, alrao, seed=seed, epochs=alrao_epochs, **fit_kwargs)
   suggestion = suggest_lr(
     result.state,
     initial_params=result.initial_params,
@@ -171,7 +183,7 @@ def tune(
       racing_optimizer(make, optimizer, seed=seed),
       task.splits,
       suggestion,
-      epochs=epochs,
+      epochs=alrao_epochs,
       race_epochs=race_epochs,
       tolerance=tolerance,
       fallback=suggestion.lr,
