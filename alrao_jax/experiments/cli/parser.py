@@ -169,12 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
   tuner.add_argument(
     "--layer-schedule", choices=LAYER_SCHEDULES, help="of both runs (default: uniform)"
   )
-  tuner.add_argument("--epochs", type=int, help="of each run (default: 10)")
+  tuner.add_argument("--epochs", type=int, help="of the final run (default: 10)")
+  tuner.add_argument(
+    "--alrao-epochs",
+    type=int,
+    help="of the Alrao run (default: half of --epochs, rounded up: the switch settles early)",
+  )
   tuner.add_argument(
     "--race-epochs",
     type=int,
     help="epochs of the race of the candidate rates; 0: no race, SGD at the suggestion "
-    "(default: --epochs over the number of racers, 1 or 2)",
+    "(default: --alrao-epochs over the number of racers, 1 or 2)",
   )
   tuner.add_argument(
     "--tolerance",

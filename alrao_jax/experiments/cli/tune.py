@@ -54,6 +54,8 @@ def run(args: argparse.Namespace) -> None:
   grid = parse_grid(args.grid) if args.verify else []
   if args.race_epochs is not None and args.race_epochs < 0:
     raise UsageError(f"--race-epochs must be >= 0 (0: no race), got {args.race_epochs}")
+  if args.alrao_epochs is not None and args.alrao_epochs < 1:
+    raise UsageError(f"--alrao-epochs must be >= 1, got {args.alrao_epochs}")
   if not 0.0 <= args.tolerance <= 1.0:
     raise UsageError(f"--tolerance must be in [0, 1], got {args.tolerance}")
   out = run_folder(args)
@@ -78,6 +80,7 @@ def run(args: argparse.Namespace) -> None:
     optimizer=plain,
     race_epochs=args.race_epochs,
     tolerance=args.tolerance,
+    alrao_epochs=args.alrao_epochs,
     on_epoch=bars.fit_epoch,
   )
   if not args.verify:
