@@ -228,7 +228,9 @@ def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the
     assert f"{run}: 100%" in err  # a progress bar per run
   race = summary["race"]["valid_loss"]  # the suggestion among the candidates, race_pick's pick
   assert len(race) >= 3 and f"{summary['suggested_lr']:.3g}" in race
-  assert summary["race"]["epochs"] == 1  # race_length's default: 2 epochs over >= 3 racers
+  # the Alrao run trains half the epochs (rounded up: 1), the race 1 epoch over >= 3 racers
+  assert summary["alrao"]["epochs"] == 1 and summary["race"]["epochs"] == 1
+  assert summary["sgd"]["epochs"] == 2
   pick = race_pick(
     [float(rate) for rate in race],
     list(race.values()),
@@ -505,6 +507,7 @@ def _npy_named_npz(tmp_path):
     (lambda p: ["tune", "--verify", "--grid", "0,1"], "--grid rates must be > 0"),
     (lambda p: ["tune", "--momentum", "2"], "--momentum must be in [0, 1)"),
     (lambda p: ["tune", "--race-epochs", "-1"], "--race-epochs must be >= 0"),
+    (lambda p: ["tune", "--alrao-epochs", "0"], "--alrao-epochs must be >= 1"),
     (lambda p: ["tune", "--tolerance", "1.5"], "--tolerance must be in [0, 1]"),
     (lambda p: ["train", "--layer-schedule", "deep"], "invalid choice: 'deep'"),
     (

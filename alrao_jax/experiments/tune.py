@@ -109,6 +109,17 @@ def racing_optimizer(
   return scaled
 
 
+def half_of(epochs: int) -> int:
+  """The default length of :func:`tune`'s Alrao run: half the final run's ``epochs``, rounded up.
+
+  Example:
+    >>> from alrao_jax.experiments.tune import half_of
+    >>> half_of(40), half_of(5), half_of(1)
+    (20, 3, 1)
+  """
+  return -(-epochs // 2)
+
+
 def tune(
   task: Task,
   *,
@@ -166,7 +177,7 @@ def tune(
   check_tolerance(tolerance)
   epochs = check_int(epochs, "epochs", minimum=1)
   if alrao_epochs is None:
-    alrao_epochs = -(-epochs // 2)
+    alrao_epochs = half_of(epochs)
   alrao_epochs = check_int(alrao_epochs, "alrao_epochs", minimum=1)
   low, high = task.interval(f"alrao-{optimizer}")
   options = {"lr_min": low, "lr_max": high, "copies": task.copies}

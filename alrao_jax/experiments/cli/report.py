@@ -104,9 +104,10 @@ class RunBars:
   screen, sweep): a new bar when a run starts its first epoch; ``--no-progress`` hides them.
 
   ``fit_epoch`` is :func:`alrao_jax.fit`'s ``on_epoch``, ``sweep_epoch`` :func:`alrao_jax.sweep`'s.
+  ``epochs`` is every run's length, or one per run, in the order of ``names``.
   """
 
-  def __init__(self, show: bool, epochs: int, names: tuple[str, ...] = ()):
+  def __init__(self, show: bool, epochs: int | tuple[int, ...], names: tuple[str, ...] = ()):
     from tqdm import tqdm
 
     self.tqdm, self.show, self.epochs, self.names = tqdm, show, epochs, names
@@ -127,8 +128,11 @@ class RunBars:
       self.close()
       self.runs += 1
       name = self.names[self.runs - 1] if self.runs <= len(self.names) else f"run {self.runs}"
+      total = self.epochs
+      if isinstance(total, tuple):
+        total = total[min(self.runs, len(total)) - 1]
       self.bar = self.tqdm(
-        total=self.epochs,
+        total=total,
         desc=name,
         disable=not self.show,
         unit="epoch",

@@ -26,7 +26,7 @@ from alrao_jax.experiments.cli.options import (
 from alrao_jax.experiments.cli.report import RunBars
 from alrao_jax.experiments.compare import RunResult, select_lr, timed_fit
 from alrao_jax.experiments.methods import Method
-from alrao_jax.experiments.tune import tune
+from alrao_jax.experiments.tune import half_of, tune
 from alrao_jax.suggest_lr import describe
 from alrao_jax.sweep import SweepResult
 
@@ -39,6 +39,7 @@ TUNE_OPTIONS = (
 
 def run_summary(run: RunResult) -> dict[str, Any]:
   return {
+    "epochs": len(run.history),
     "best_epoch": run.best_epoch,
     **{f"test_{k}": v for k, v in run.test.items()},
     "seconds": round(run.seconds, 2),
@@ -71,7 +72,8 @@ def run(args: argparse.Namespace) -> None:
 
   print(f"alrao-jax tune: {describe_run(s, task, alrao)}", file=sys.stderr)
   names = (s["optimizer"], f"{plain} at the rate picked", *(f"{plain} at lr {lr:g}" for lr in grid))
-  bars = RunBars(not args.no_progress, s["epochs"], names)
+  alrao_epochs = half_of(s["epochs"]) if args.alrao_epochs is None else args.alrao_epochs
+  bars = RunBars(not args.no_progress, (alrao_epochs, s["epochs"]), names)
   result = tune(
     task,
     epochs=s["epochs"],
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> None:
     optimizer=plain,
     race_epochs=args.race_epochs,
     tolerance=args.tolerance,
-    alrao_epochs=args.alrao_epochs,
+    alrao_epochs=alrao_epochs,
     on_epoch=bars.fit_epoch,
   )
   if not args.verify:
