@@ -113,6 +113,11 @@ def _row(
   }
 
 
+def live_per_epoch(history: list[dict[str, Any]]) -> list[int]:
+  """The copies live at the end of each epoch (a retired copy's posterior is 0)."""
+  return [int(np.count_nonzero(np.asarray(r["posterior"]) > 0)) for r in history]
+
+
 def _quietly(run):
   with warnings.catch_warnings():  # a grid's diverging rates are expected: inf is recorded
     warnings.filterwarnings("ignore", "alrao_jax.fit: no epoch", RuntimeWarning)
@@ -177,25 +182,32 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
   for name in PEERS:
     run = plain(name)
     rows.append(_row(name, run, lr=run.lr, seconds=run.seconds, epochs=len(run.history)))
-  found = _quietly(lambda: tune(task, epochs=epochs, seed=seed, **fit))
-  alrao = found.alrao
-  log(f"seed {seed}: alrao-sgd {alrao.test['loss']:.4f}, suggestion {found.suggestion.lr:.3g}")
-  rows.append(_row("alrao-sgd", alrao, lr=None, seconds=alrao.seconds, epochs=len(alrao.history)))
   method = task_method(task, "alrao-sgd", seed=seed)
+  alrao = _quietly(lambda: run_method(task, method, seed=seed, epochs=epochs, **fit))
+  log(f"seed {seed}: alrao-sgd {alrao.test['loss']:.4f}, {alrao.seconds:.0f} s")
+  rows.append(_row("alrao-sgd", alrao, lr=None, seconds=alrao.seconds, epochs=len(alrao.history)))
   retired = _quietly(
     lambda: run_method(
       task, method, seed=seed, epochs=epochs, retire=alrao_jax.copy_retirement(), **fit
     )
   )
-  log(f"seed {seed}: {RETIRED} {retired.test['loss']:.4f}, {retired.seconds:.0f} s")
   rows.append(_row(RETIRED, retired, lr=None, seconds=retired.seconds, epochs=len(retired.history)))
+  last = np.asarray(retired.history[-1]["posterior"]) if retired.history else np.zeros(0)
+  rows[-1]["live"] = live_per_epoch(retired.history)
+  rows[-1]["kept_lrs"] = [float(lr) for lr, p in zip(method.copy_lrs, last, strict=False) if p > 0]
+  log(
+    f"seed {seed}: {RETIRED} {retired.test['loss']:.4f}, {retired.seconds:.0f} s; live copies "
+    f"per epoch {rows[-1]['live']}, kept {rows[-1]['kept_lrs']}"
+  )
+  found = _quietly(lambda: tune(task, epochs=epochs, seed=seed, **fit))  # Alrao: half the epochs
+  log(f"seed {seed}: tune's suggestion {found.suggestion.lr:.3g}, picked {found.lr:.3g}")
   suggested = found.sgd if found.suggestion.lr == found.lr else plain("sgd", found.suggestion.lr)
   rows.append(
     _row(
       "suggest_lr, then sgd",
       suggested,
       lr=found.suggestion.lr,
-      seconds=alrao.seconds + suggested.seconds,
+      seconds=found.alrao.seconds + suggested.seconds,
       epochs=len(suggested.history),
     )
   )
@@ -204,7 +216,7 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
       "tune",
       found.sgd,
       lr=found.lr,
-      seconds=alrao.seconds + found.race_seconds + found.sgd.seconds,
+      seconds=found.alrao.seconds + found.race_seconds + found.sgd.seconds,
       epochs=len(found.sgd.history),
     )
   )

@@ -27,12 +27,11 @@ import sys
 import time
 from typing import Any
 
-import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from header import command_line, ran_on, results_name, write_report_and_json
-from real_data import BUDGETS, QUICK, one_plain_run, subset
+from real_data import BUDGETS, QUICK, live_per_epoch, one_plain_run, subset
 
 import alrao_jax
 from alrao_jax.experiments.compare import task_method, timed_fit
@@ -48,11 +47,6 @@ FULL = "alrao-sgd, every copy"
 
 def rule_name(threshold: float, epochs: int) -> str:
   return f"alrao-sgd, retired below {threshold:g} for {epochs} epoch(s)"
-
-
-def live_per_epoch(history: list[dict[str, Any]]) -> list[int]:
-  """The copies live at the end of each epoch (a retired copy's posterior is 0)."""
-  return [int(np.count_nonzero(np.asarray(r["posterior"]) > 0)) for r in history]
 
 
 def one_seed(task: Any, budget: Any, seed: int, log) -> list[dict[str, Any]]:
