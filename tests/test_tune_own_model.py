@@ -319,3 +319,19 @@ def test_an_annealed_race_is_each_racer_fit_with_its_rate_falling_to_zero_over_t
   assert constant.race.histories[2][1]["valid_loss"] != raced.race.histories[2][1]["valid_loss"]
   with pytest.raises(ValueError, match=r"last must be at most steps \(4\)"):
     annealed(optax.sgd, steps=4, last=5)
+
+
+def test_tune_anneals_its_race_when_asked():
+  from alrao_jax.tune import race_suggestion
+
+  rng = np.random.default_rng(1)
+  x = rng.normal(size=(160, 4)).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, (x[:, 0] > 0).astype(np.int32), valid=32, test=32)
+  options = {"lr_min": 1e-3, "lr_max": 1.0, "epochs": 2, "race_epochs": 2, "batch_size": 16}
+  tuned = alrao_jax.tune(RegressionMLP(), splits, anneal=True, **options)
+  # the oracle: the same race run by race_suggestion on the same evidence, annealed
+  kw = {"epochs": 2, "race_epochs": 2, "batch_size": 16}
+  raced = race_suggestion(RegressionMLP(), optax.sgd, splits, tuned.suggestion, anneal=True, **kw)
+  np.testing.assert_allclose(tuned.race.valid_losses, raced.race.valid_losses, rtol=1e-6)
+  constant = race_suggestion(RegressionMLP(), optax.sgd, splits, tuned.suggestion, **kw)
+  assert not np.allclose(tuned.race.valid_losses, constant.race.valid_losses, rtol=1e-6)
