@@ -54,14 +54,19 @@ def write_results(report: str, out: str, *, quick: bool) -> None:
     print(f"wrote {out}", file=sys.stderr)
 
 
-def write_report_and_json(text: str, results: object, path: pathlib.Path, minutes: float) -> None:
+def write_report_and_json(
+  text: str, results: object, path: pathlib.Path, minutes: float, *, quick: bool = False
+) -> str:
   """Writes a full run's report to ``path`` (``.md``) and its results beside it (``.json``,
-  strict JSON), and says so."""
+  strict JSON), and says so; a ``quick`` run's are not written. Returns ``text``."""
   from alrao_jax import strict_json
 
+  if quick:
+    return text
   path.with_suffix(".md").write_text(text)
   path.with_suffix(".json").write_text(strict_json.dumps(results, indent=1))
   print(f"wrote {path.with_suffix('.md')} in {minutes:.1f} min")
+  return text
 
 
 def ran_on(minutes: float) -> str:

@@ -457,10 +457,8 @@ def main(argv: list[str] | None = None) -> str:
     f"initialisation and data order for every method of a seed. {PLAIN_RUNS}",
     "",
   ]
-  text = report(results, header)
-  if not args.quick:
-    write_report_and_json(text, results, RESULTS / (args.name or f"real_data_{args.task}"), minutes)
-  return text
+  path = RESULTS / (args.name or f"real_data_{args.task}")
+  return write_report_and_json(report(results, header), results, path, minutes, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -176,10 +176,8 @@ def main(argv: list[str] | None = None) -> str:
     "",
   ]
   results = {"budget": budget._asdict(), "rules": RULES, "rows": rows}
-  text = report(results, header)
-  if not args.quick:
-    write_report_and_json(text, results, RESULTS / args.name, minutes)
-  return text
+  path = RESULTS / args.name
+  return write_report_and_json(report(results, header), results, path, minutes, quick=args.quick)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,8 @@ def main(argv: list[str] | None = None) -> str:
     "best validation epoch by `suggest_lr(result)`.",
     "",
   ]
-  text = report(results, header)
-  if not args.quick:
-    write_report_and_json(text, results, RESULTS / args.name, minutes)
-  return text
+  path = RESULTS / args.name
+  return write_report_and_json(report(results, header), results, path, minutes, quick=args.quick)
 
 
 if __name__ == "__main__":
