@@ -141,8 +141,10 @@ def body_knee(body: Sequence[Mapping[str, float]]) -> Mapping[str, float]:
   falls (steps that overshoot cancel, units saturate or die). The knee is the fastest bin whose
   movement per unit of rate (at the bin's middle) is at least half (:data:`KNEE_SHARE`) the
   median over the slowest half of the bins. Unlike the bin that moved most, it is not the
-  interval's top by construction: on the bundled feed-forward tasks it lay 0.2-0.8 decades
-  above the tuned rate, where the most-moved bin was the interval's top.
+  interval's top by construction: on the bundled feed-forward tasks it lay 0.25 to 1.25
+  decades above the grid's best rate, and at it on PTB characters' LSTM (0.25 below), where
+  the bin that moved most was often the interval's top
+  (``benchmarks/results/tune_alrao_length.md``, ``tune.md``).
 
   Args:
     body: the bins of :func:`body_movement` (or :attr:`LRSuggestion.body`), non-empty.

@@ -192,9 +192,9 @@ def one_seed(task: Task, budget: Budget, seed: int, log) -> list[dict[str, Any]]
     )
   )
   rows.append(_row(RETIRED, retired, lr=None, seconds=retired.seconds, epochs=len(retired.history)))
-  last = np.asarray(retired.history[-1]["posterior"]) if retired.history else np.zeros(0)
+  last = retired.history[-1]["posterior"]  # over every copy: a retired one's weight is 0
   rows[-1]["live"] = live_per_epoch(retired.history)
-  rows[-1]["kept_lrs"] = [float(lr) for lr, p in zip(method.copy_lrs, last, strict=False) if p > 0]
+  rows[-1]["kept_lrs"] = [float(lr) for lr, p in zip(method.copy_lrs, last, strict=True) if p > 0]
   log(
     f"seed {seed}: {RETIRED} {retired.test['loss']:.4f}, {retired.seconds:.0f} s; live copies "
     f"per epoch {rows[-1]['live']}, kept {rows[-1]['kept_lrs']}"

@@ -81,8 +81,9 @@ def report(results: dict[str, list[dict[str, Any]]], header: list[str]) -> str:
         f"| {task} | {row['seed']} | {row['epochs']} | {row['lr']:.3g} | {row['confidence']} | "
         f"{row['knee']:.3g} | {row['best_epoch']} | {row['seconds']:.1f} |"
       )
-    whole = {r["seed"]: r for r in rows if r["epochs"] == max(x["epochs"] for x in rows)}
-    for epochs in sorted({r["epochs"] for r in rows}, reverse=True)[1:]:
+    longest, *shorter = sorted({r["epochs"] for r in rows}, reverse=True)
+    whole = {r["seed"]: r for r in rows if r["epochs"] == longest}
+    for epochs in shorter:
       short = [r for r in rows if r["epochs"] == epochs]
       moved = max(_decades(r["lr"], whole[r["seed"]]["lr"]) for r in short)
       knee = max(_decades(r["knee"], whole[r["seed"]]["knee"]) for r in short)

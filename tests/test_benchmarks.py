@@ -186,7 +186,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   assert "Against each seed's own sweep pick, tune (Alrao + race) meets the three goals" in text
   # per seed: the suggestion, the race (rates x epochs), its best and tune's pick
   seed_1 = "| digits | 1 | 20 | 0.01 | low | 5.62 | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 |"
-  assert seed_1 in text  # 20 epochs of Alrao; 5.62: the body's knee
+  assert f"{seed_1} 0.750 |" in text  # 20 epochs of Alrao; 5.62: the body's knee
   assert "![schedules](tune_schedules.png)" in text
   # a second processor's run (--name tune_amd) shows its own figure
   assert "![schedules](tune_amd_schedules.png)" in tune.report(results, ["# h"], "tune_amd")
