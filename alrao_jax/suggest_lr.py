@@ -31,6 +31,7 @@ BIN_DECADES = 0.5  # width of the rate bins of the body's evidence, in decades
 MIN_PER_BIN = 3  # features a bin needs to be reported
 LEARNED_FRACTION = 0.05  # a copy learned when it moved >= this share of the median copy's
 BODY_DECADES = 3.0  # a suggestion this far from the body's knee is doubted
+AGREE_DECADES = 0.5  # "high" needs the knee and the kept epoch's posterior this near the suggestion
 KNEE_SHARE = 0.5  # the knee: the fastest bin still moving this share of the slow bins' per rate
 NEIGHBOUR_MASS = 0.8  # posterior mass the leading copy and its neighbours need for "high"
 
@@ -221,6 +222,20 @@ def _weigh(
         f"the body's units moved in proportion to their rates up to [{knee['lr_low']:.2g}, "
         f"{knee['lr_high']:.2g}), {gap:.1f} decades from the suggestion"
       )
+    elif gap > AGREE_DECADES:
+      side = "above" if candidates["body"] > suggestion else "below"
+      reasons.append(
+        f"the body and the copies disagree: the body's units moved in proportion to their "
+        f"rates up to [{knee['lr_low']:.2g}, {knee['lr_high']:.2g}), {gap:.1f} decades {side} "
+        "the suggestion; one rate for the whole model may lie between them"
+      )
+  centres = along @ log_lrs / np.log(10)
+  drift = abs(centres[-1] - centres.mean())
+  if drift > AGREE_DECADES:
+    reasons.append(
+      f"the posterior was still moving: at the last epoch given it centred on "
+      f"{10 ** centres[-1]:.2g}, {drift:.1f} decades off its average along the run"
+    )
   near = posterior[max(leading - 1, 0) : leading + 2].sum()
   if near < NEIGHBOUR_MASS:
     reasons.append(
@@ -339,8 +354,11 @@ def suggest_lr(
   lead the switch), or the suggestion lies more than 3 decades from the body's knee, the
   fastest rates at which its units still moved in proportion to their rate
   (:func:`body_knee`; a `UserWarning` then says why); ``"medium"`` when the leading copy
-  sits at the interval's edge or the posterior is spread beyond the leading copy and its
-  neighbours (less than 0.8 of it); else ``"high"``.
+  sits at the interval's edge, or the posterior is spread beyond the leading copy and its
+  neighbours (less than 0.8 of it), or the body's knee lies more than half a decade from the
+  suggestion (the copies and the body read different rates), or the last posterior of
+  ``posteriors`` centres more than half a decade from their average (the switch was still
+  moving); else ``"high"``.
   ``candidates`` holds the rates weighed: ``posterior``, ``leading``, and when known
   ``learned`` and ``body`` (the middle of the knee's bin). A low
   confidence calls for a short race of the candidates (:func:`alrao_jax.tune` runs one).

@@ -5,19 +5,20 @@ Usage:
   python benchmarks/tune_races.py          # writes benchmarks/results/tune_races.md and .json
   python benchmarks/tune_races.py --quick  # smoke test: tiny data, 2 epochs, 1 seed, no file
 
-Per bundled task (digits, mnist1d, mnist1d-mlp, with ``benchmarks/tune_rules.py``'s epochs) and
-per network of ``tests/test_tune_own_model.py`` (a ReLU MLP, a GRU classifier, a scanned
-Transformer, a regression MLP: out of sample), and per seed: one Alrao-SGD run and its
-suggestion (:func:`alrao_jax.suggest_lr`), then the same racers (:func:`alrao_jax.race_ladder`)
-raced four ways: 2 epochs at a constant rate (``tune``'s race), 2 epochs with the rate annealed
-to 0 over the last one, a quarter of the run at a constant rate, a quarter annealed. Each race
-gives two rules, the rate :func:`alrao_jax.race_pick` takes (the suggestion unless the race
-clearly beat it) and the race's best; a fifth rule keeps the suggestion when its confidence is
-"high" and takes ``tune``'s pick otherwise. Every rule is scored as ``benchmarks/tune.py``
-scores ``tune``: SGD's test loss at its rate over that of the rate the same seed's 7-rate decade
-sweep picks on validation. The bundled tasks' SGD is a quarter-decade grid (a rate between two
-grid rates is interpolated); the own networks' SGD runs at every rule's rate itself, in one
-sweep with a quarter-decade grid.
+Per bundled task (digits, mnist1d, mnist1d-mlp, with ``benchmarks/tune_rules.py``'s epochs) and per
+network of ``tests/test_tune_own_model.py`` (a ReLU MLP, a GRU classifier, a scanned Transformer, a
+regression MLP: out of sample), and per seed: one Alrao-SGD run of half the epochs (``tune``'s) and
+its suggestion (:func:`alrao_jax.suggest_lr`), then the same racers (:func:`alrao_jax.race_ladder`)
+raced four ways: 2 epochs at a constant rate (``tune``'s race), 2 epochs with the rate annealed to
+0 over the last one, a quarter of the run at a constant rate, a quarter annealed. Each race gives
+two rules, the rate :func:`alrao_jax.race_pick` takes (the suggestion unless the race clearly beat
+it) and the race's best; a fifth rule keeps the suggestion when its confidence is "high" and takes
+``tune``'s pick otherwise. Every rule is scored as ``benchmarks/tune.py`` scores ``tune``: SGD's
+test loss at its rate over that of the rate the same seed's 7-rate decade sweep picks on
+validation. The bundled tasks' SGD is a quarter-decade grid (a rate between two grid rates is
+interpolated); the own networks' SGD runs at every rule's rate itself, in one sweep with a quarter-
+decade grid. Last, every seed's suggestion against its decade sweep's pick, by the confidence
+``suggest_lr`` gave it.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
-from header import command_line, ran_on, results_name
+from header import command_line, met, ran_on, results_name
 from tune_rules import FINE, PATIENCE, SETTINGS, sgd_at
 
 import alrao_jax
@@ -43,8 +44,8 @@ from alrao_jax import strict_json
 from alrao_jax.experiments.compare import timed_fit
 from alrao_jax.experiments.methods import make_method
 from alrao_jax.experiments.tasks import MODES, load_task
-from alrao_jax.experiments.tune import racing_optimizer
-from alrao_jax.suggest_lr import suggest_lr
+from alrao_jax.experiments.tune import half_of, racing_optimizer
+from alrao_jax.suggest_lr import AGREE_DECADES, suggest_lr
 from alrao_jax.sweep import sweep
 from alrao_jax.tune import RACE_EPOCHS, race_suggestion
 
@@ -94,7 +95,7 @@ def collect_task(task: Any, epochs: int, seed: int, rates: np.ndarray) -> dict[s
   """A bundled task and seed: the suggestion, the four races, and SGD's grid."""
   low, high = task.interval("alrao-sgd")
   alrao = make_method("alrao-sgd", seed=seed, lr_min=low, lr_max=high, copies=task.copies)
-  _, result = timed_fit(task, alrao, seed=seed, epochs=epochs, patience=PATIENCE)
+  _, result = timed_fit(task, alrao, seed=seed, epochs=half_of(epochs), patience=PATIENCE)
   suggestion = suggest_lr(result)  # its start and its posteriors up to the kept epoch
   races = _races(
     task.build(1),
@@ -125,6 +126,8 @@ def _record(suggestion: Any, races: dict[str, Any], grid: Any) -> dict[str, Any]
   return {
     "suggestion": float(suggestion.lr),
     "confidence": suggestion.confidence,
+    "reasons": list(suggestion.reasons),
+    "knee": suggestion.candidates.get("body"),
     "races": races,
     "rates": [float(v) for v in grid.values],
     "test": [float(t["loss"]) for t in grid.test],
@@ -140,7 +143,7 @@ def collect_own(name: str, epochs: int, seed: int) -> dict[str, Any]:
   splits = data()
   options = {"seed": seed, "batch_size": 32, **kwargs}
   tx = alrao_jax.alrao_sgd(1e-4, 10.0, key=jax.random.key(seed + 1))
-  suggestion = suggest_lr(alrao_jax.fit(network(), tx, splits, epochs=epochs, **options))
+  suggestion = suggest_lr(alrao_jax.fit(network(), tx, splits, epochs=half_of(epochs), **options))
   races = _races(network(plain=True), optax.sgd, splits, suggestion, epochs, **options)
   picked = [suggestion.lr] + [r[k] for r in races.values() for k in ("pick", "best")]
   values = np.union1d(np.union1d(OWN_GRID, DECADES), np.asarray(picked))
@@ -220,6 +223,70 @@ def _table(records: dict[str, list[dict[str, Any]]]) -> list[str]:
   return lines
 
 
+REASONS = {  # a word of each of suggest_lr's reasons: what it says
+  "barely moved": "the leading copy did not learn",
+  "diverged": "the leading copy diverged",
+  "interval's": "the leading copy at the interval's edge",
+  "spread": "the posterior spread",
+  "disagree": "the body's knee over half a decade away",
+  "decades from the suggestion": "the body's knee over 3 decades away",
+  "still moving": "the switch still moving",
+}
+
+
+def calibration(
+  groups: dict[str, dict[str, list[dict[str, Any]]]],
+  pick: Callable[[dict[str, Any]], float] | None = None,
+) -> list[str]:
+  """Per confidence level: the seeds that got it, and how many of their suggestions lay within
+  half a decade of the seed's decade sweep pick (issue 38's goal for "high": all of them).
+  ``pick`` reads a record's pick (default: its grid's rate at :func:`seed_pick`)."""
+  pick = pick or (lambda r: r["rates"][seed_pick(r)])
+  lines = [
+    "## Is suggest_lr's confidence right?",
+    "",
+    "Every seed above (bundled and own), by the confidence `suggest_lr` gave its suggestion: "
+    "how many suggestions lay within half a decade of the rate the seed's 7-rate decade sweep "
+    "picks, and the others (decades from the pick; the body's knee, the middle of "
+    "`body_knee`'s bin, in brackets). Goal (issue 38): every \"high\" within half a decade.",
+    "",
+    "| confidence | seeds | within half a decade | further off: seed (decades from pick; knee) |",
+    "|---|---|---|---|",
+  ]
+  rows: dict[str, list[tuple[str, float, Any]]] = {"high": [], "medium": [], "low": []}
+  for records in groups.values():
+    for task, seeds in records.items():
+      for seed, r in enumerate(seeds):
+        off = float(np.log10(r["suggestion"] / pick(r)))
+        rows[r["confidence"]].append((f"{task} {seed}", off, r.get("knee")))
+  for level, found in rows.items():
+    far = [(n, off, k) for n, off, k in found if abs(off) > AGREE_DECADES]
+    listed = ", ".join(f"{n} ({off:+.2f}; {k or float('nan'):.3g})" for n, off, k in far)
+    lines.append(f"| {level} | {len(found)} | {len(found) - len(far)} | {listed or '-'} |")
+  wrong = sum(abs(off) > AGREE_DECADES for _, off, _ in rows["high"])
+  lines += [
+    "",
+    f"- \"high\" was within half a decade of the seed's sweep pick on "
+    f"{len(rows['high']) - wrong} of {len(rows['high'])} seeds: the goal is "
+    f"{met(wrong == 0)}.",
+  ]
+  reasons = {kind: 0 for kind in REASONS.values()}
+  for records in groups.values():
+    for seeds in records.values():
+      for r in seeds:
+        for reason in r["reasons"]:
+          kind = next((v for k, v in REASONS.items() if k in reason), reason)
+          reasons[kind] = reasons.get(kind, 0) + 1
+  reasons = {k: n for k, n in reasons.items() if n}
+  if reasons:
+    lines.append(
+      "- The reasons given, by how many seeds gave them: "
+      + "; ".join(f"{k} ({n})" for k, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+      + "."
+    )
+  return [*lines, ""]
+
+
 def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> str:
   intro = (
     "SGD at the rule's rate / SGD at the rate the same seed's 7-rate decade sweep picks on "
@@ -247,6 +314,7 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
       f"{sum(map(_meets, outside[name].values()))} of {len(outside[name])} | "
       f"{np.mean([c['mean'] for c in cells]):.2f} | {max(c['worst'] for c in cells):.2f} |"
     )
+  lines += ["", *calibration({"bundled": bundled, "own": own})]
   return "\n".join(lines) + "\n"
 
 
@@ -286,7 +354,8 @@ def main(argv: list[str] | None = None) -> str:
     "epochs: "
     + ", ".join(f"{n} {e}" for n, e in settings.items())
     + f" (early stopping, patience {PATIENCE}); own networks: {own_epochs} epochs; {seeds} "
-    "seeds. Each seed races the same racers four ways, after one Alrao-SGD run.",
+    "seeds. Each seed races the same racers four ways, after one Alrao-SGD run of half the "
+    "epochs (`tune`'s run).",
     "",
   ]
   text = report(bundled, mine, header)

@@ -290,6 +290,8 @@ def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypat
     return {
       "suggestion": 0.1,
       "confidence": confidence,
+      "reasons": ["the body and the copies disagree: ..."] if confidence == "medium" else [],
+      "knee": 0.178,
       "races": found,
       "rates": rates,
       "valid": valid,
@@ -309,9 +311,52 @@ def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypat
   assert best == pytest.approx({"mean": 1.5, "worst": 2.0, "decades": 0.25}, abs=1e-3)
   gate = table["the suggestion if its confidence is high, else tune's pick"]["toy"]
   assert gate["worst"] == pytest.approx(2.0) and gate["mean"] == pytest.approx(2.0)
-  assert "| 2 epochs: race_pick (tune today) | 2.00, 2.00 (-0.25) | 0 of 1 |" in races.report(
-    {"toy": seeds}, {"toy": seeds}, ["# header", ""]
+  text = races.report({"toy": seeds}, {"toy": seeds}, ["# header", ""])
+  assert "| 2 epochs: race_pick (tune today) | 2.00, 2.00 (-0.25) | 0 of 1 |" in text
+  # seed 1 said "high" a decade below its pick; seed 0's "medium" suggestion was its pick
+  assert "| high | 2 | 0 | toy 1 (-1.00; 0.178), toy 1 (-1.00; 0.178) |" in text
+  assert "| medium | 2 | 2 | - |" in text and "| low | 0 | 0 | - |" in text
+  assert "on 0 of 2 seeds: the goal is **missed**" in text
+  assert "the body's knee over half a decade away (2)" in text
+
+
+def test_tune_adam_scores_tune_and_the_suggestion_against_each_seeds_adam_sweep(monkeypatch):
+  bench = _import(monkeypatch, "tune_adam")
+
+  def seed(pick_lr, suggestion, confidence, tune_loss, alone_loss):
+    return {
+      "suggestion": suggestion,
+      "confidence": confidence,
+      "reasons": [],
+      "knee": None,
+      "decade": {"pick_lr": pick_lr, "pick_loss": 2.0, "seconds": 10.0},
+      "quarter": {"pick_lr": pick_lr, "pick_loss": 1.0, "seconds": 10.0},
+      "alrao_epochs": 5,
+      "alrao_seconds": 2.0,
+      "race_rates": 6,
+      "race_epochs": 1,
+      "race_seconds": 1.0,
+      "tune_lr": suggestion,
+      "tune_loss": tune_loss,
+      "alone_loss": alone_loss,
+    }
+
+  seeds = [seed(1e-3, 1.2e-3, "high", 2.0, 2.0), seed(1e-2, 1e-4, "high", 2.2, 3.0)]
+  found = bench.summary(seeds)  # tune: 2/2 and 2.2/2; the suggestion alone: 2/2 and 3/2
+  assert found["tune"] == pytest.approx(
+    {"mean": 1.05, "worst": 1.1, "quarter_mean": 2.1, "quarter_worst": 2.2, "seconds": 3.0,
+     "share": 0.3}
   )
+  assert found["alone"]["mean"] == pytest.approx(1.25) and found["alone"]["share"] == 0.2
+  own = {"net": [{"suggestion": 0.1, "confidence": "medium", "reasons": [], "knee": 0.3,
+                  "pick_lr": 1.0}]}
+  text = bench.report({"toy": seeds}, own, ["# header", ""])
+  assert "| toy | 0.001, 0.01 | 10 | 1.050, 1.100 | 2.100, 2.200 | 3, 30% |" in text
+  # seed 1 said "high" two decades below its pick; the own network's "medium" a decade below
+  assert "| high | 2 | 1 | toy 1 (-2.00; nan) |" in text
+  assert "| medium | 1 | 0 | net 0 (-1.00; 0.3) |" in text
+  assert "tune(optimizer='adam') meets the three goals on 1 of 1 tasks (toy)" in text
+  assert "suggestion alone meets the three goals on 0 of 1 tasks (none)" in text
 
 
 def test_recurrent_spread_moves_the_last_bits_and_reports_each_seeds_spread(monkeypatch):

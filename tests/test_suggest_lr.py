@@ -200,17 +200,32 @@ def test_a_leader_at_the_interval_edge_warns_which_way_to_widen(posterior, messa
 
 
 def test_a_clear_leader_that_learned_inside_the_interval_is_trusted():
-  state, _, _ = _state(width=64)
-  posterior = jnp.array([0.01, 0.9, 0.08, 0.01])
+  state, _, _ = _state(width=64)  # copies at 1e-4, 2.2e-3, 0.046 and 1
+  posterior = jnp.array([0.01, 0.9, 0.08, 0.01])  # the suggestion: 2.8e-3
+  switch = state.averaging_state._replace(log_posterior=jnp.log(posterior))
   trained = state.replace(
-    params=_moved(state, [1e-3, 0.2, 0.5, 0.9], _up_to_a_knee),
-    averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior)),
+    params=_moved(state, [1e-3, 0.2, 0.5, 0.9], lambda rate: np.minimum(rate, 3e-3)),
+    averaging_state=switch,
   )
   suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
   assert suggestion.confidence == "high" and suggestion.reasons == ()
   assert "learned" not in suggestion.candidates
   assert suggestion.lr == suggestion.candidates["posterior"]
-  assert 0.1 < suggestion.candidates["body"] < 1.0  # its units followed their rates up to 0.3
+  assert 1e-3 < suggestion.candidates["body"] < 1e-2  # its units followed their rates to 3e-3
+  # the body followed its rates up to 0.3, 1.8 decades above the copies' reading: not "high"
+  apart = trained.replace(params=_moved(state, [1e-3, 0.2, 0.5, 0.9], _up_to_a_knee))
+  disagree = alrao_jax.suggest_lr(apart, initial_params=state.params)
+  assert disagree.confidence == "medium" and disagree.lr == suggestion.lr
+  (reason,) = disagree.reasons
+  assert "the body and the copies disagree" in reason and "decades above the suggestion" in reason
+  # the switch still moving: the run's last posterior leads with the copy at 0.046
+  moving = [[0.01, 0.97, 0.01, 0.01]] * 3 + [[0.01, 0.09, 0.89, 0.01]]
+  still = alrao_jax.suggest_lr(trained, initial_params=state.params, posteriors=moving)
+  assert still.confidence == "medium"
+  (reason,) = still.reasons
+  assert "the posterior was still moving: at the last epoch given it centred on 0.03" in reason
+  steady = alrao_jax.suggest_lr(trained, initial_params=state.params, posteriors=moving[:3])
+  assert steady.confidence == "high"
   wide, _, _ = _state(width=64, lr_min=1e-6)  # copies at 1e-6, 1e-4, 1e-2 and 1
   far = wide.replace(  # the leader at 1e-4 learned, but the body followed its rates up to 0.3
     params=_moved(wide, [1e-3, 0.2, 0.5, 0.9], _up_to_a_knee),
@@ -228,8 +243,8 @@ def test_fast_copies_that_blow_up_do_not_make_a_learned_leader_look_frozen():
   state, _, _ = _state(width=64, lr_min=1e-5, lr_max=10.0, copies=10)
   posterior = np.full(10, 0.003)
   posterior[5] = 1 - 0.003 * 9
-  trained = state.replace(
-    params=_moved(state, moves, _up_to_a_knee),
+  trained = state.replace(  # the body followed its rates up to 0.02, near the leader
+    params=_moved(state, moves, lambda rate: np.minimum(rate, 0.02)),
     averaging_state=state.averaging_state._replace(log_posterior=jnp.log(posterior)),
   )
   suggestion = alrao_jax.suggest_lr(trained, initial_params=state.params)
