@@ -75,6 +75,37 @@ def _cosine(task: Task, epochs: int):
   return schedule_multiplier("cosine", steps)
 
 
+def swept(
+  task: Task, values: np.ndarray, *, seed: int, epochs: int, optimizer: str = "sgd"
+) -> dict[str, Any]:
+  """``optimizer`` at every rate of ``values`` in one program (``alrao_jax.sweep``): each
+  rate's validation and test loss, the wall time, and the rate picked on validation."""
+  start = time.perf_counter()
+  result = sweep(
+    task.build(1),
+    racing_optimizer(make_method, optimizer, seed=seed),
+    task.splits,
+    values=values,
+    epochs=epochs,
+    seed=seed,
+    batch_size=task.batch_size,
+    patience=PATIENCE,
+    carry=task.carry,
+    **MODES,
+  )
+  seconds = time.perf_counter() - start
+  test = [float(t.get("loss", np.inf)) if t else np.inf for t in result.test]
+  pick = result.best_index
+  return {
+    "rates": [float(v) for v in result.values],
+    "valid": [float(v) for v in result.valid_losses],
+    "test": test,
+    "seconds": seconds,
+    "pick_lr": float(result.best_value),
+    "pick_loss": test[pick] if pick >= 0 else float("inf"),
+  }
+
+
 def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict[str, Any]:
   """Every run of one task; returns plain numbers (losses in nats, seconds, rates)."""
   epochs, seeds = setting.epochs, range(setting.seeds)
@@ -89,38 +120,12 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
     log(f"{task.name} seed {seed}: {kind} lr {lr:.3g}: {run.test['loss']:.4f}")
     return run
 
-  def swept(values: np.ndarray, seed: int) -> dict[str, Any]:
-    """SGD at every rate in one program (alrao_jax.sweep), its wall time, and its pick."""
-    start = time.perf_counter()
-    result = sweep(
-      task.build(1),
-      racing_optimizer(make_method, "sgd", seed=seed),
-      task.splits,
-      values=values,
-      epochs=epochs,
-      seed=seed,
-      batch_size=task.batch_size,
-      patience=PATIENCE,
-      carry=task.carry,
-      **MODES,
-    )
-    seconds = time.perf_counter() - start
-    test = [float(t.get("loss", np.inf)) if t else np.inf for t in result.test]
-    pick = result.best_index
-    log(f"{task.name} seed {seed}: sweep of {len(values)} picked {result.best_value:.3g}")
-    return {
-      "rates": [float(v) for v in result.values],
-      "valid": [float(v) for v in result.valid_losses],
-      "test": test,
-      "seconds": seconds,
-      "pick_lr": float(result.best_value),
-      "pick_loss": test[pick] if pick >= 0 else float("inf"),
-    }
-
   sweeps = []
   for seed in seeds:
-    decade = swept(np.asarray(grid, float), seed)
-    around = swept(decade["pick_lr"] * QUARTER, seed)
+    decade = swept(task, np.asarray(grid, float), seed=seed, epochs=epochs)
+    around = swept(task, decade["pick_lr"] * QUARTER, seed=seed, epochs=epochs)
+    for found in (decade, around):
+      log(f"{task.name} seed {seed}: sweep of {len(found['rates'])} picked {found['pick_lr']:.3g}")
     sweeps.append({"decade": decade, "quarter": around})
   with_cosine = {lr: [sgd(lr, s, cosine) for s in seeds] for lr in grid}
   rows: dict[str, list[dict[str, float]]] = {

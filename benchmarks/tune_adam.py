@@ -31,16 +31,15 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
-from header import command_line, met, ran_on, results_name
-from tune import FULL, GOALS, PATIENCE, QUARTER
-from tune_races import OWN_EPOCHS, calibration
+from header import command_line, met, results_name
+from tune import FULL, GOALS, PATIENCE, QUARTER, swept
+from tune_races import OWN_EPOCHS, calibration, collect_all, finish
 
 import alrao_jax
-from alrao_jax import strict_json
 from alrao_jax.experiments.compare import run_method
 from alrao_jax.experiments.methods import make_method
-from alrao_jax.experiments.tasks import ADAM_INTERVAL, MODES, Task, load_task
-from alrao_jax.experiments.tune import half_of, racing_optimizer, tune
+from alrao_jax.experiments.tasks import ADAM_INTERVAL, Task
+from alrao_jax.experiments.tune import half_of, tune
 from alrao_jax.suggest_lr import suggest_lr
 from alrao_jax.sweep import sweep
 
@@ -58,38 +57,10 @@ def _suggested(suggestion: Any) -> dict[str, Any]:
   }
 
 
-def swept(task: Task, values: np.ndarray, *, seed: int, epochs: int) -> dict[str, Any]:
-  """Adam at every rate of ``values`` in one program, its wall time and its pick."""
-  start = time.perf_counter()
-  result = sweep(
-    task.build(1),
-    racing_optimizer(make_method, "adam", seed=seed),
-    task.splits,
-    values=values,
-    epochs=epochs,
-    seed=seed,
-    batch_size=task.batch_size,
-    patience=PATIENCE,
-    carry=task.carry,
-    **MODES,
-  )
-  seconds = time.perf_counter() - start
-  test = [float(t.get("loss", np.inf)) if t else np.inf for t in result.test]
-  pick = result.best_index
-  return {
-    "rates": [float(v) for v in result.values],
-    "valid": [float(v) for v in result.valid_losses],
-    "test": test,
-    "seconds": seconds,
-    "pick_lr": float(result.best_value),
-    "pick_loss": test[pick] if pick >= 0 else float("inf"),
-  }
-
-
 def collect_task(task: Task, epochs: int, seed: int) -> dict[str, Any]:
   """A bundled task and seed: the two sweeps, ``tune``, and Adam at the suggestion alone."""
-  decade = swept(task, ADAM_DECADES, seed=seed, epochs=epochs)
-  quarter = swept(task, decade["pick_lr"] * QUARTER, seed=seed, epochs=epochs)
+  decade = swept(task, ADAM_DECADES, seed=seed, epochs=epochs, optimizer="adam")
+  quarter = swept(task, decade["pick_lr"] * QUARTER, seed=seed, epochs=epochs, optimizer="adam")
   found = tune(task, epochs=epochs, seed=seed, optimizer="adam", patience=PATIENCE)
   alone = found.sgd
   if found.suggestion.lr != found.lr:
@@ -239,46 +210,37 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(argv)
   import test_tune_own_model as own
 
-  settings = [(s.task, s.epochs) for s in FULL if s.task != "ptb-char"]
+  settings = {s.task: s.epochs for s in FULL if s.task != "ptb-char"}
   seeds = SEEDS
   own_epochs, networks = OWN_EPOCHS, sorted(own.NETWORKS)
   if args.quick:
-    settings, seeds, own_epochs, networks = [("digits", 2)], 1, 2, ["regression"]
+    settings, seeds, own_epochs, networks = {"digits": 2}, 1, 2, ["regression"]
   start = time.perf_counter()
-  bundled: dict[str, list[dict[str, Any]]] = {}
-  for name, epochs in settings:
-    task = load_task(name)
-    task = task.shrink(64) if args.quick else task
-    bundled[name] = []
-    for seed in range(seeds):
-      bundled[name].append(collect_task(task, epochs, seed))
-      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
-  mine: dict[str, list[dict[str, Any]]] = {}
-  for name in networks:
-    mine[name] = []
-    for seed in range(seeds):
-      mine[name].append(collect_own(name, own_epochs, seed))
-      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
-  minutes = (time.perf_counter() - start) / 60
-  command = command_line("tune_adam.py", parser, args)
-  header = [
-    "# tune for Adam: against the Adam sweep you would have run",
-    "",
-    f"Command: `{command}` (this file and {args.name}.json). {ran_on(minutes)}. Bundled tasks' "
-    "epochs: "
-    + ", ".join(f"{n} {e}" for n, e in settings)
-    + f" (early stopping, patience {PATIENCE}); own networks: {own_epochs} epochs; {seeds} "
-    "seeds; Alrao-Adam's interval [1e-6, 1], Adam's decade sweep 1e-6 ... 1 (7 rates). "
-    "PTB characters is left out (its Adam sweeps alone: half an hour).",
-    "",
-  ]
-  text = report(bundled, mine, header)
-  print(text)
-  if not args.quick:
-    (RESULTS / f"{args.name}.md").write_text(text)
-    payload = {"bundled": bundled, "own": mine}
-    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(payload) + "\n")
-  return text
+  bundled, mine = collect_all(
+    settings,
+    networks,
+    seeds=seeds,
+    quick=args.quick,
+    task_run=collect_task,
+    own_run=lambda name, seed: collect_own(name, own_epochs, seed),
+  )
+  return finish(
+    report,
+    bundled,
+    mine,
+    title="# tune for Adam: against the Adam sweep you would have run",
+    command=command_line("tune_adam.py", parser, args),
+    name=args.name,
+    settings=settings,
+    own_epochs=own_epochs,
+    seeds=seeds,
+    minutes=(time.perf_counter() - start) / 60,
+    more=(
+      "Alrao-Adam's interval [1e-6, 1], Adam's decade sweep 1e-6 ... 1 (7 rates). "
+      "PTB characters is left out (its Adam sweeps alone: half an hour)."
+    ),
+    quick=args.quick,
+  )
 
 
 if __name__ == "__main__":

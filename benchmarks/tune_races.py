@@ -36,11 +36,10 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
-from header import command_line, met, ran_on, results_name
+from header import command_line, met, ran_on, results_name, write_report_and_json
 from tune_rules import FINE, PATIENCE, SETTINGS, sgd_at
 
 import alrao_jax
-from alrao_jax import strict_json
 from alrao_jax.experiments.compare import timed_fit
 from alrao_jax.experiments.methods import make_method
 from alrao_jax.experiments.tasks import MODES, load_task
@@ -318,6 +317,69 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
   return "\n".join(lines) + "\n"
 
 
+Records = dict[str, list[dict[str, Any]]]
+
+
+def collect_all(
+  settings: dict[str, int],
+  networks: list[str],
+  *,
+  seeds: int,
+  quick: bool,
+  task_run: Callable[[Any, int, int], dict[str, Any]],
+  own_run: Callable[[str, int], dict[str, Any]],
+) -> tuple[Records, Records]:
+  """``task_run(task, epochs, seed)`` per bundled task of ``settings`` (name: epochs; shrunk to
+  64 rows with ``quick``) and seed, then ``own_run(network, seed)`` per network and seed, each
+  logged with the time so far."""
+  start = time.perf_counter()
+
+  def logged(name: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
+    print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
+    return record
+
+  bundled = {}
+  for name, epochs in settings.items():
+    task = load_task(name)
+    task = task.shrink(64) if quick else task
+    bundled[name] = [logged(name, s, task_run(task, epochs, s)) for s in range(seeds)]
+  own = {name: [logged(name, s, own_run(name, s)) for s in range(seeds)] for name in networks}
+  return bundled, own
+
+
+def finish(
+  report: Callable[[Records, Records, list[str]], str],
+  bundled: Records,
+  own: Records,
+  *,
+  title: str,
+  command: str,
+  name: str,
+  settings: dict[str, int],
+  own_epochs: int,
+  seeds: int,
+  minutes: float,
+  more: str,
+  quick: bool,
+) -> str:
+  """``report(bundled, own, header)`` under a header that gives the command, where it ran, the
+  epochs of each task and network, the seeds and ``more``; printed, and written (with the
+  records as JSON) as results/``name``.md unless ``quick``. Returns the report."""
+  epochs = ", ".join(f"{n} {e}" for n, e in settings.items())
+  header = [
+    title,
+    "",
+    f"Command: `{command}` (this file and {name}.json). {ran_on(minutes)}. Bundled tasks' "
+    f"epochs: {epochs} (early stopping, patience {PATIENCE}); own networks: {own_epochs} "
+    f"epochs; {seeds} seeds. {more}",
+    "",
+  ]
+  text = report(bundled, own, header)
+  print(text)
+  payload = {"bundled": bundled, "own": own}
+  return write_report_and_json(text, payload, RESULTS / name, minutes, quick=quick)
+
+
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
@@ -331,40 +393,31 @@ def main(argv: list[str] | None = None) -> str:
   own_epochs, networks = (2, ["regression"]) if args.quick else (OWN_EPOCHS, sorted(own.NETWORKS))
   rates = FINE[4:9] if args.quick else FINE
   start = time.perf_counter()
-  bundled: dict[str, list[dict[str, Any]]] = {}
-  for name, epochs in settings.items():
-    task = load_task(name)
-    task = task.shrink(64) if args.quick else task
-    bundled[name] = []
-    for seed in range(seeds):
-      bundled[name].append(collect_task(task, epochs, seed, rates))
-      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
-  mine: dict[str, list[dict[str, Any]]] = {}
-  for name in networks:
-    mine[name] = []
-    for seed in range(seeds):
-      mine[name].append(collect_own(name, own_epochs, seed))
-      print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
-  minutes = (time.perf_counter() - start) / 60
-  command = command_line("tune_races.py", parser, args)
-  header = [
-    "# Which race stops a short race from favouring fast rates",
-    "",
-    f"Command: `{command}` (this file and {args.name}.json). {ran_on(minutes)}. Bundled tasks' "
-    "epochs: "
-    + ", ".join(f"{n} {e}" for n, e in settings.items())
-    + f" (early stopping, patience {PATIENCE}); own networks: {own_epochs} epochs; {seeds} "
-    "seeds. Each seed races the same racers four ways, after one Alrao-SGD run of half the "
-    "epochs (`tune`'s run).",
-    "",
-  ]
-  text = report(bundled, mine, header)
-  print(text)
-  if not args.quick:
-    (RESULTS / f"{args.name}.md").write_text(text)
-    payload = {"bundled": bundled, "own": mine}
-    (RESULTS / f"{args.name}.json").write_text(strict_json.dumps(payload) + "\n")
-  return text
+  bundled, mine = collect_all(
+    settings,
+    networks,
+    seeds=seeds,
+    quick=args.quick,
+    task_run=lambda task, epochs, seed: collect_task(task, epochs, seed, rates),
+    own_run=lambda name, seed: collect_own(name, own_epochs, seed),
+  )
+  return finish(
+    report,
+    bundled,
+    mine,
+    title="# Which race stops a short race from favouring fast rates",
+    command=command_line("tune_races.py", parser, args),
+    name=args.name,
+    settings=settings,
+    own_epochs=own_epochs,
+    seeds=seeds,
+    minutes=(time.perf_counter() - start) / 60,
+    more=(
+      "Each seed races the same racers four ways, after one Alrao-SGD run of half the epochs "
+      "(`tune`'s run)."
+    ),
+    quick=args.quick,
+  )
 
 
 if __name__ == "__main__":
