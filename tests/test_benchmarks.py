@@ -504,7 +504,15 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
     row("alrao-sgd", 5.2, seconds=25.0, best=3),
     row("alrao-sgd, copies retired", 5.21, seconds=15.0),
     row("suggest_lr, then sgd", 5.1, lr=0.5, seconds=35.0),
-    row("tune", 5.0, lr=1.0, seconds=40.0, confidence="high", race_rates=[0.3, 1.0, 3.0]),
+    row(
+      "tune",
+      5.0,
+      lr=1.0,
+      seconds=40.0,
+      confidence="high",
+      race_rates=[0.3, 1.0, 3.0],
+      choose_seconds=20.0,
+    ),
   ]
   text = bench.report({"task": "ptb-word", "epochs": 3, "rows": rows}, ["# header", ""])
   # perplexity exp(5.2) = 181.272, over exp(5.0): exp(0.2) = 1.221; 25 s = 2.5 plain runs
@@ -517,7 +525,9 @@ def test_real_data_report_shows_perplexity_relative_to_the_sweep_and_flags_the_c
   peer = bench.LR_FREE[0]  # every peer at 5.5: the first is the best
   assert f"peer ({peer}, 5.5000): Alrao-SGD 5.2000, -0.3000 (met)" in text
   assert "program (7.00 plain runs) and 7 plain runs one by one: 2.50 plain runs (met)" in text
-  assert "1.000x (worst seed 1.000x) in 57% (**missed**)" in text  # 40 s of the sweep's 70
+  # 40 s of the sweep's 70, 20 of them choosing the rate (the Alrao run and the race)
+  assert "1.000x (worst seed 1.000x) in 57% (**missed**); choosing the rate" in text
+  assert "as `benchmarks/tune.py` counts): 29%." in text
   # exp(0.01) = 1.010 in perplexity; 5.21 / 5.2 = 1.002 in loss
   assert "worse perplexity than every copy: 1.50 plain runs, 1.010x (met)" in text
   # SGD stopped after 1 of the 3 epochs: a plain run of the budget is 3 x its 10 s; the vmapped
