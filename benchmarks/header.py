@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 import os
 import pathlib
 import platform
 import re
 import sys
+from typing import Any
 
 import jax
 import optax
@@ -67,6 +69,25 @@ def write_report_and_json(
   path.with_suffix(".json").write_text(strict_json.dumps(results, indent=1))
   print(f"wrote {path.with_suffix('.md')} in {minutes:.1f} min")
   return text
+
+
+def rerendered_header(path: pathlib.Path, until: str, command: str) -> list[str]:
+  """The header of the report ``path`` (its lines before the first that starts with ``until``,
+  an earlier "Re-rendered" line dropped) and a line that says it is rendered again by
+  ``command`` today: for a report printed again from its .json by newer code."""
+  lines = path.read_text().splitlines()
+  header = lines[: next(i for i, line in enumerate(lines) if line.startswith(until))]
+  header = "\n".join(header).split("\n\nRe-rendered")[0].rstrip().split("\n")
+  return [*header, "", f"Re-rendered from the .json by `{command}` on {datetime.date.today()}.", ""]
+
+
+def nan_for_null(value: Any) -> Any:
+  """``value`` read from strict JSON with every ``null`` (a NaN or an infinity written) as NaN."""
+  if isinstance(value, dict):
+    return {k: nan_for_null(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [nan_for_null(v) for v in value]
+  return math.nan if value is None else value
 
 
 def ran_on(minutes: float) -> str:

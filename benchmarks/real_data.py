@@ -30,7 +30,6 @@ Data: ``ALRAO_FASHION_MNIST`` / ``ALRAO_PTB_WORD`` override ``../shared/data/``.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import pathlib
@@ -43,7 +42,14 @@ import numpy as np
 import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, met, ran_on, results_name, write_report_and_json
+from header import (
+  command_line,
+  met,
+  ran_on,
+  rerendered_header,
+  results_name,
+  write_report_and_json,
+)
 
 import alrao_jax
 from alrao_jax import strict_json
@@ -403,11 +409,8 @@ def rerender(path: pathlib.Path, command: str) -> str:
   which the report derives."""
   results = json.loads(path.read_text())
   results["rows"] = [{k: v for k, v in r.items() if k != "plain_runs"} for r in results["rows"]]
-  lines = path.with_suffix(".md").read_text().splitlines()
-  header = lines[: next(i for i, line in enumerate(lines) if line.startswith("| method |"))]
+  header = rerendered_header(path.with_suffix(".md"), "| method |", command)
   header = [line.replace(OLD_PLAIN_RUNS, PLAIN_RUNS) for line in header]
-  header = "\n".join(header).split("\n\nRe-rendered")[0].rstrip().split("\n")
-  header += ["", f"Re-rendered from the .json by `{command}` on {datetime.date.today()}.", ""]
   text = report(results, header)
   path.with_suffix(".md").write_text(text)
   path.write_text(strict_json.dumps(results, indent=1))

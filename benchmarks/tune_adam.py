@@ -4,6 +4,7 @@ Alrao-Adam's suggestion can be trusted.
 Usage:
   python benchmarks/tune_adam.py          # writes benchmarks/results/tune_adam.md and .json
   python benchmarks/tune_adam.py --quick  # smoke test: tiny data, 2 epochs, 1 seed, no file
+  python benchmarks/tune_adam.py --report benchmarks/results/tune_adam.json  # its .md again
 
 Per bundled task (digits, mnist1d, mnist1d-mlp, with ``benchmarks/tune.py``'s epochs) and seed:
 Adam's decade sweep (:data:`ADAM_DECADES`, 1e-6 ... 1, the 7 rates in one program,
@@ -33,7 +34,15 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
 from header import command_line, met, results_name
 from tune import FULL, GOALS, PATIENCE, QUARTER, swept
-from tune_races import OWN_EPOCHS, calibration, collect_all, finish
+from tune_races import (
+  OWN_EPOCHS,
+  Reading,
+  calibration,
+  collect_all,
+  finish,
+  report_option,
+  rerender,
+)
 
 import alrao_jax
 from alrao_jax.experiments.compare import run_method
@@ -135,6 +144,15 @@ def _meets(cell: dict[str, float]) -> bool:
   )
 
 
+def adam_reading(record: dict[str, Any]) -> Reading:
+  """A bundled task's record (its two sweeps, Adam at the suggestion) or an own network's (its
+  decade sweep's pick alone)."""
+  if "decade" not in record:
+    return Reading(record["pick_lr"], None, None)
+  decade, quarter = record["decade"], record["quarter"]
+  return Reading(decade["pick_lr"], quarter["pick_lr"], record["alone_loss"] / decade["pick_loss"])
+
+
 def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> str:
   lines = [
     *header,
@@ -182,8 +200,7 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
         f"{r['tune_lr']:.3g} | {r['tune_loss'] / pick:.3f} |"
       )
   lines += [""]
-  picked = {t: [{**r, "pick_lr": r["decade"]["pick_lr"]} for r in rs] for t, rs in bundled.items()}
-  lines += calibration({"bundled": picked, "own": own}, pick=lambda r: r["pick_lr"])
+  lines += calibration({"bundled": bundled, "own": own}, reading=adam_reading)
   lines += ["## What it shows", ""]
   tools = (("tune", "tune(optimizer='adam')"), ("alone", "Alrao-Adam's suggestion alone"))
   for tool, name in tools:
@@ -207,7 +224,10 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument(
     "--name", default="tune_adam", type=results_name, help="the results' name: NAME.md, NAME.json"
   )
+  report_option(parser)
   args = parser.parse_args(argv)
+  if args.report is not None:
+    return rerender(pathlib.Path(args.report), report, command_line("tune_adam.py", parser, args))
   import test_tune_own_model as own
 
   settings = {s.task: s.epochs for s in FULL if s.task != "ptb-char"}

@@ -9,6 +9,8 @@ import sys
 import numpy as np
 import pytest
 
+from alrao_jax import strict_json as alrao_strict_json
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -279,7 +281,7 @@ def test_tune_rules_scores_each_rule_from_the_grid_by_interpolation(monkeypatch)
   assert "| race of the whole grid, 5 epochs | 1.00, 1.00 (+0.00) * |" in text
 
 
-def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypatch):
+def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypatch, tmp_path):
   races = _import(monkeypatch, "tune_races")
   rates = [1e-5, 1e-4, 1e-3, 0.01, 0.0316, 0.1, 0.316, 1.0, 10.0]
 
@@ -314,10 +316,24 @@ def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypat
   text = races.report({"toy": seeds}, {"toy": seeds}, ["# header", ""])
   assert "| 2 epochs: race_pick (tune today) | 2.00, 2.00 (-0.25) | 0 of 1 |" in text
   # seed 1 said "high" a decade below its pick; seed 0's "medium" suggestion was its pick
-  assert "| high | 2 | 0 | toy 1 (-1.00; 0.178), toy 1 (-1.00; 0.178) |" in text
-  assert "| medium | 2 | 2 | - |" in text and "| low | 0 | 0 | - |" in text
+  # both seeds' finer pick is 0.316 (lowest validation loss), half a decade from 0.1
+  assert "| high | 2 | 0 | 2 | 2.00, 2.00 | toy 1 (-1.00; 0.178), toy 1 (-1.00; 0.178) |" in text
+  assert "| medium | 2 | 2 | 2 | 1.00, 1.00 | - |" in text and "| low | 0 | 0 | - | - | - |" in text
   assert "on 0 of 2 seeds: the goal is **missed**" in text
+  assert "finer grid's pick, \"high\" was within half a decade on 2 of 2; the optimizer" in text
+  assert "at worst 2.00x the decade pick's test loss" in text
   assert "the body's knee over half a decade away (2)" in text
+  # printed again from its .json (a diverged rate's NaN written as null) under its .md's header
+  folder = tmp_path / "results"
+  folder.mkdir()
+  seeds[1]["valid"][-1] = float("nan")
+  (folder / "r.json").write_text(alrao_strict_json.dumps({"bundled": {"toy": seeds}, "own": {}}))
+  (folder / "r.md").write_text("# r\n\nCommand: `x`.\n\n## The bundled tasks\n\nold\n")
+  for _ in range(2):  # the second time replaces the first's line
+    again = races.main(["--report", str(folder / "r.json")])
+  assert again == (folder / "r.md").read_text() and again.count("Re-rendered") == 1
+  assert again.startswith("# r\n\nCommand: `x`.\n\nRe-rendered from the .json by `python ")
+  assert "| 2 epochs: race_pick (tune today) | 2.00, 2.00 (-0.25) | 0 of 1 |" in again
 
 
 def test_tune_adam_scores_tune_and_the_suggestion_against_each_seeds_adam_sweep(monkeypatch):
@@ -353,8 +369,9 @@ def test_tune_adam_scores_tune_and_the_suggestion_against_each_seeds_adam_sweep(
   text = bench.report({"toy": seeds}, own, ["# header", ""])
   assert "| toy | 0.001, 0.01 | 10 | 1.050, 1.100 | 2.100, 2.200 | 3, 30% |" in text
   # seed 1 said "high" two decades below its pick; the own network's "medium" a decade below
-  assert "| high | 2 | 1 | toy 1 (-2.00; nan) |" in text
-  assert "| medium | 1 | 0 | net 0 (-1.00; 0.3) |" in text
+  # the bundled seeds' finer (quarter) pick is their decade pick; the own network has none
+  assert "| high | 2 | 1 | 1 | 1.25, 1.50 | toy 1 (-2.00; nan) |" in text
+  assert "| medium | 1 | 0 | - | - | net 0 (-1.00; 0.3) |" in text
   assert "tune(optimizer='adam') meets the three goals on 1 of 1 tasks (toy)" in text
   assert "suggestion alone meets the three goals on 0 of 1 tasks (none)" in text
 
