@@ -508,9 +508,9 @@ def race_suggestion(
     anneal: the racers' rates fall linearly to 0 over the race's last epoch
       (:func:`annealed`), so that they are compared at the end of a schedule. Over two epochs
       measured no better than a constant rate (the fast racers settle too); over a quarter of
-      the run, the best of the races measured: no seed above 1.19x the sweep's pick on the
-      bundled tasks and four other networks, against 2.04x for two epochs at a constant rate
-      (``benchmarks/results/tune_races.md``).
+      the run, annealed or not, the best of the races measured: no seed above 1.19x (1.08x at
+      a constant rate) the sweep's pick on the bundled tasks and four other networks, against
+      2.04x for two epochs at a constant rate (``benchmarks/results/tune_races.md``).
     **sweep_kwargs: more keyword arguments of :func:`alrao_jax.sweep` (seed, batch_size, ...).
 
   Returns:
