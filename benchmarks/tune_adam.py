@@ -55,6 +55,7 @@ from alrao_jax.sweep import sweep
 ADAM_DECADES = 10.0 ** np.arange(-6.0, 0.5)  # 1e-6 ... 1: Alrao-Adam's default interval
 RESULTS = pathlib.Path(__file__).parent / "results"
 SEEDS = 3
+NOISE_DECADES = 0.05  # a rate this near the sweep's pick is the pick, up to rounding
 
 
 def _suggested(suggestion: Any) -> dict[str, Any]:
@@ -214,6 +215,20 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
         for t, c in cells.items()
       )
       + f"; {met(len(good) == len(cells))} on every task."
+    )
+  same = [
+    (task, seed, r["tune_loss"] / r["decade"]["pick_loss"])
+    for task, seeds in bundled.items()
+    for seed, r in enumerate(seeds)
+    if abs(np.log10(r["tune_lr"] / r["decade"]["pick_lr"])) < NOISE_DECADES
+  ]
+  if same:
+    lines.append(
+      f"- The noise: where tune's rate lay within {NOISE_DECADES:g} decades of the sweep's "
+      "pick (nearly the same rate, trained alone rather than in the sweep's program), Adam's "
+      "test loss over the sweep member's was "
+      + ", ".join(f"{ratio:.2f} ({task} {seed})" for task, seed, ratio in same)
+      + "."
     )
   return "\n".join(lines) + "\n"
 

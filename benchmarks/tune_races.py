@@ -262,8 +262,12 @@ def grid_reading(record: dict[str, Any]) -> Reading:
   return Reading(record["rates"][decade], record["rates"][best], ratio)
 
 
-def _share(values: list[float | None]) -> str:
-  return "-" if not values or None in values else ""
+def _measured(values: list[Any], cell: Callable[[list[Any]], str]) -> str:
+  """``cell`` of the values measured ("-" for none), with their count when some were not."""
+  known = [v for v in values if v is not None]
+  if not known:
+    return "-"
+  return cell(known) + ("" if len(known) == len(values) else f" (of {len(known)})")
 
 
 def calibration(
@@ -304,8 +308,8 @@ def calibration(
     listed = ", ".join(f"{n} ({off:+.2f}; {k or float('nan'):.3g})" for n, off, k in far)
     fine = [near for _, _, near, _, _ in found]
     ratios = [ratio for _, _, _, ratio, _ in found]
-    fine_cell = _share(fine) or f"{sum(fine)}"
-    ratio_cell = _share(ratios) or f"{np.mean(ratios):.2f}, {max(ratios):.2f}"
+    fine_cell = _measured(fine, lambda known: f"{sum(known)}")
+    ratio_cell = _measured(ratios, lambda known: f"{np.mean(known):.2f}, {max(known):.2f}")
     lines.append(
       f"| {level} | {len(found)} | {len(found) - len(far)} | {fine_cell} | {ratio_cell} | "
       f"{listed or '-'} |"
@@ -317,16 +321,17 @@ def calibration(
     f"- \"high\" was within half a decade of the seed's decade sweep pick on "
     f"{len(high) - wrong} of {len(high)} seeds: the goal is {met(wrong == 0)}.",
   ]
-  if high and not _share([near for _, _, near, _, _ in high]):
+  near = [h[2] for h in high if h[2] is not None]
+  ratios = [h[3] for h in high if h[3] is not None]
+  if near:
     lines.append(
-      f"- Against the finer grid's pick, \"high\" was within half a decade on "
-      f"{sum(near for _, _, near, _, _ in high)} of {len(high)}"
-      + (
-        f"; the optimizer at a \"high\" suggestion was at worst {max(h[3] for h in high):.2f}x "
-        "the decade pick's test loss."
-        if not _share([h[3] for h in high])
-        else "."
-      )
+      f"- Against the finer grid's pick, \"high\" was within half a decade on {sum(near)} of "
+      f"{len(near)} seeds that had one."
+    )
+  if ratios:
+    lines.append(
+      f"- The optimizer at a \"high\" suggestion was at worst {max(ratios):.2f}x the decade "
+      f"pick's test loss ({len(ratios)} seeds measured)."
     )
   reasons = {kind: 0 for kind in REASONS.values()}
   for records in groups.values():

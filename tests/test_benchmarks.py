@@ -320,8 +320,8 @@ def test_tune_races_scores_each_seed_against_its_own_decade_sweep_pick(monkeypat
   assert "| high | 2 | 0 | 2 | 2.00, 2.00 | toy 1 (-1.00; 0.178), toy 1 (-1.00; 0.178) |" in text
   assert "| medium | 2 | 2 | 2 | 1.00, 1.00 | - |" in text and "| low | 0 | 0 | - | - | - |" in text
   assert "on 0 of 2 seeds: the goal is **missed**" in text
-  assert "finer grid's pick, \"high\" was within half a decade on 2 of 2; the optimizer" in text
-  assert "at worst 2.00x the decade pick's test loss" in text
+  assert "finer grid's pick, \"high\" was within half a decade on 2 of 2 seeds" in text
+  assert "at worst 2.00x the decade pick's test loss (2 seeds measured)" in text
   assert "the body's knee over half a decade away (2)" in text
   # printed again from its .json (a diverged rate's NaN written as null) under its .md's header
   folder = tmp_path / "results"
@@ -371,6 +371,12 @@ def test_tune_adam_scores_tune_and_the_suggestion_against_each_seeds_adam_sweep(
   # seed 1 said "high" two decades below its pick; the own network's "medium" a decade below
   # the bundled seeds' finer (quarter) pick is their decade pick; the own network has none
   assert "| high | 2 | 1 | 1 | 1.25, 1.50 | toy 1 (-2.00; nan) |" in text
+  # seed 0's rate is 0.08 decades from its pick: not "the same rate" of the noise line
+  assert "The noise" not in text
+  near = [seed(1e-3, 1.05e-3, "high", 2.4, 2.4), *seeds]
+  noisy = bench.report({"toy": near}, own, ["# header", ""])
+  assert "| high | 3 | 2 | 2 | " in noisy  # every seed had a finer pick: no "(of ...)"
+  assert "Adam's test loss over the sweep member's was 1.20 (toy 0)." in noisy
   assert "| medium | 1 | 0 | - | - | net 0 (-1.00; 0.3) |" in text
   assert "tune(optimizer='adam') meets the three goals on 1 of 1 tasks (toy)" in text
   assert "suggestion alone meets the three goals on 0 of 1 tasks (none)" in text
