@@ -20,10 +20,8 @@ PTB characters is left out: its Adam sweeps alone take half an hour on 2 CPU cor
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
-import time
 from typing import Any
 
 import jax
@@ -32,15 +30,14 @@ import optax
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
-from header import command_line, met, results_name
+from header import command_line, met
 from tune import FULL, GOALS, PATIENCE, QUARTER, swept
 from tune_races import (
   OWN_EPOCHS,
   Reading,
   calibration,
-  collect_all,
-  finish,
-  report_option,
+  collect_and_report,
+  collection_parser,
   rerender,
 )
 
@@ -234,12 +231,7 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
 
 
 def main(argv: list[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
-  parser.add_argument(
-    "--name", default="tune_adam", type=results_name, help="the results' name: NAME.md, NAME.json"
-  )
-  report_option(parser)
+  parser = collection_parser(__doc__, "tune_adam")
   args = parser.parse_args(argv)
   if args.report is not None:
     return rerender(pathlib.Path(args.report), report, command_line("tune_adam.py", parser, args))
@@ -250,26 +242,17 @@ def main(argv: list[str] | None = None) -> str:
   own_epochs, networks = OWN_EPOCHS, sorted(own.NETWORKS)
   if args.quick:
     settings, seeds, own_epochs, networks = {"digits": 2}, 1, 2, ["regression"]
-  start = time.perf_counter()
-  bundled, mine = collect_all(
-    settings,
-    networks,
-    seeds=seeds,
-    quick=args.quick,
-    task_run=collect_task,
-    own_run=lambda name, seed: collect_own(name, own_epochs, seed),
-  )
-  return finish(
+  return collect_and_report(
     report,
-    bundled,
-    mine,
+    settings=settings,
+    networks=networks,
+    seeds=seeds,
+    own_epochs=own_epochs,
+    task_run=collect_task,
+    own_run=collect_own,
     title="# tune for Adam: against the Adam sweep you would have run",
     command=command_line("tune_adam.py", parser, args),
     name=args.name,
-    settings=settings,
-    own_epochs=own_epochs,
-    seeds=seeds,
-    minutes=(time.perf_counter() - start) / 60,
     more=(
       "Alrao-Adam's interval [1e-6, 1], Adam's decade sweep 1e-6 ... 1 (7 rates). "
       "PTB characters is left out (its Adam sweeps alone: half an hour)."

@@ -411,24 +411,35 @@ def collect_all(
   return bundled, own
 
 
-def finish(
+def collect_and_report(
   report: Callable[[Records, Records, list[str]], str],
-  bundled: Records,
-  own: Records,
   *,
+  settings: dict[str, int],
+  networks: list[str],
+  seeds: int,
+  own_epochs: int,
+  task_run: Callable[[Any, int, int], dict[str, Any]],
+  own_run: Callable[[str, int, int], dict[str, Any]],
   title: str,
   command: str,
   name: str,
-  settings: dict[str, int],
-  own_epochs: int,
-  seeds: int,
-  minutes: float,
   more: str,
   quick: bool,
 ) -> str:
-  """``report(bundled, own, header)`` under a header that gives the command, where it ran, the
+  """Every run (:func:`collect_all`; ``own_run(network, own_epochs, seed)``), then
+  ``report(bundled, own, header)`` under a header that gives the command, where it ran, the
   epochs of each task and network, the seeds and ``more``; printed, and written (with the
   records as JSON) as results/``name``.md unless ``quick``. Returns the report."""
+  start = time.perf_counter()
+  bundled, own = collect_all(
+    settings,
+    networks,
+    seeds=seeds,
+    quick=quick,
+    task_run=task_run,
+    own_run=lambda network, seed: own_run(network, own_epochs, seed),
+  )
+  minutes = (time.perf_counter() - start) / 60
   epochs = ", ".join(f"{n} {e}" for n, e in settings.items())
   header = [
     title,
@@ -457,20 +468,23 @@ def rerender(
   return text
 
 
-def report_option(parser: argparse.ArgumentParser) -> None:
-  """``--report JSON``: a finished run's .md printed again from its .json, no training."""
+def collection_parser(doc: str, name: str) -> argparse.ArgumentParser:
+  """The options of a benchmark that runs the bundled tasks and the own networks: ``--quick``,
+  ``--name`` (default ``name``) and ``--report JSON`` (a finished run's .md printed again from
+  its .json, no training)."""
+  parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
+  parser.add_argument(
+    "--name", default=name, type=results_name, help="the results' name: NAME.md, NAME.json"
+  )
   parser.add_argument(
     "--report", metavar="JSON", help="a finished run's .json: its .md printed again, no training"
   )
+  return parser
 
 
 def main(argv: list[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--quick", action="store_true", help="tiny data, 2 epochs, 1 seed, no file")
-  parser.add_argument(
-    "--name", default="tune_races", type=results_name, help="the results' name: NAME.md, NAME.json"
-  )
-  report_option(parser)
+  parser = collection_parser(__doc__, "tune_races")
   args = parser.parse_args(argv)
   if args.report is not None:
     return rerender(pathlib.Path(args.report), report, command_line("tune_races.py", parser, args))
@@ -479,26 +493,17 @@ def main(argv: list[str] | None = None) -> str:
   settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
   own_epochs, networks = (2, ["regression"]) if args.quick else (OWN_EPOCHS, sorted(own.NETWORKS))
   rates = FINE[4:9] if args.quick else FINE
-  start = time.perf_counter()
-  bundled, mine = collect_all(
-    settings,
-    networks,
-    seeds=seeds,
-    quick=args.quick,
-    task_run=lambda task, epochs, seed: collect_task(task, epochs, seed, rates),
-    own_run=lambda name, seed: collect_own(name, own_epochs, seed),
-  )
-  return finish(
+  return collect_and_report(
     report,
-    bundled,
-    mine,
+    settings=settings,
+    networks=networks,
+    seeds=seeds,
+    own_epochs=own_epochs,
+    task_run=lambda task, epochs, seed: collect_task(task, epochs, seed, rates),
+    own_run=collect_own,
     title="# Which race stops a short race from favouring fast rates",
     command=command_line("tune_races.py", parser, args),
     name=args.name,
-    settings=settings,
-    own_epochs=own_epochs,
-    seeds=seeds,
-    minutes=(time.perf_counter() - start) / 60,
     more=(
       "Each seed races the same racers four ways, after one Alrao-SGD run of half the epochs "
       "(`tune`'s run)."
