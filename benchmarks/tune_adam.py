@@ -39,6 +39,7 @@ from tune_races import (
   collect_and_report,
   collection_parser,
   rerender,
+  suggestion_record,
 )
 
 import alrao_jax
@@ -55,15 +56,6 @@ SEEDS = 3
 NOISE_DECADES = 0.05  # a rate this near the sweep's pick is the pick, up to rounding
 
 
-def _suggested(suggestion: Any) -> dict[str, Any]:
-  return {
-    "suggestion": float(suggestion.lr),
-    "confidence": suggestion.confidence,
-    "reasons": list(suggestion.reasons),
-    "knee": suggestion.candidates.get("body"),
-  }
-
-
 def collect_task(task: Task, epochs: int, seed: int) -> dict[str, Any]:
   """A bundled task and seed: the two sweeps, ``tune``, and Adam at the suggestion alone."""
   decade = swept(task, ADAM_DECADES, seed=seed, epochs=epochs, optimizer="adam")
@@ -74,7 +66,7 @@ def collect_task(task: Task, epochs: int, seed: int) -> dict[str, Any]:
     adam = make_method("adam", lr=found.suggestion.lr, seed=seed)
     alone = run_method(task, adam, seed=seed, epochs=epochs, patience=PATIENCE)
   return {
-    **_suggested(found.suggestion),
+    **suggestion_record(found.suggestion),
     "decade": decade,
     "quarter": quarter,
     "alrao_epochs": len(found.alrao.history),
@@ -103,7 +95,7 @@ def collect_own(name: str, epochs: int, seed: int) -> dict[str, Any]:
     network(plain=True), optax.adam, splits, values=ADAM_DECADES, epochs=epochs, **options
   )
   return {
-    **_suggested(suggest_lr(run)),
+    **suggestion_record(suggest_lr(run)),
     "rates": [float(v) for v in grid.values],
     "valid": [float(v) for v in grid.valid_losses],
     "pick_lr": float(grid.best_value),

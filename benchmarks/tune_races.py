@@ -131,12 +131,19 @@ def collect_task(task: Any, epochs: int, seed: int, rates: np.ndarray) -> dict[s
   return _record(suggestion, races, grid)
 
 
-def _record(suggestion: Any, races: dict[str, Any], grid: Any) -> dict[str, Any]:
+def suggestion_record(suggestion: Any) -> dict[str, Any]:
+  """A suggestion as plain numbers: its rate, confidence, reasons and the body's knee."""
   return {
     "suggestion": float(suggestion.lr),
     "confidence": suggestion.confidence,
     "reasons": list(suggestion.reasons),
     "knee": suggestion.candidates.get("body"),
+  }
+
+
+def _record(suggestion: Any, races: dict[str, Any], grid: Any) -> dict[str, Any]:
+  return {
+    **suggestion_record(suggestion),
     "races": races,
     "rates": [float(v) for v in grid.values],
     "test": [float(t["loss"]) for t in grid.test],
@@ -270,6 +277,16 @@ def _measured(values: list[Any], cell: Callable[[list[Any]], str]) -> str:
   return cell(known) + ("" if len(known) == len(values) else f" (of {len(known)})")
 
 
+class Judged(NamedTuple):
+  """One seed's suggestion against its picks (see :func:`calibration`)."""
+
+  name: str  # "task seed"
+  off: float  # decades from the decade sweep's pick
+  near: bool | None  # within half a decade of the finer grid's pick (None: no finer grid)
+  ratio: float | None  # see Reading.ratio
+  knee: float | None
+
+
 def calibration(
   groups: dict[str, dict[str, list[dict[str, Any]]]],
   reading: Callable[[dict[str, Any]], Reading] = grid_reading,
@@ -291,38 +308,34 @@ def calibration(
     "at the suggestion / at the pick | further off: seed (decades from the pick; knee) |",
     "|---|---|---|---|---|---|",
   ]
-  levels: dict[str, list[tuple[str, float, float | None, float | None, Any]]] = {
-    "high": [],
-    "medium": [],
-    "low": [],
-  }
+  levels: dict[str, list[Judged]] = {"high": [], "medium": [], "low": []}
   for records in groups.values():
     for task, seeds in records.items():
       for seed, r in enumerate(seeds):
         pick, fine, ratio = reading(r)
         near = None if fine is None else abs(np.log10(r["suggestion"] / fine)) <= AGREE_DECADES
         off = float(np.log10(r["suggestion"] / pick))
-        levels[r["confidence"]].append((f"{task} {seed}", off, near, ratio, r.get("knee")))
+        levels[r["confidence"]].append(Judged(f"{task} {seed}", off, near, ratio, r.get("knee")))
   for level, found in levels.items():
-    far = [(n, off, k) for n, off, _, _, k in found if abs(off) > AGREE_DECADES]
-    listed = ", ".join(f"{n} ({off:+.2f}; {k or float('nan'):.3g})" for n, off, k in far)
-    fine = [near for _, _, near, _, _ in found]
-    ratios = [ratio for _, _, _, ratio, _ in found]
-    fine_cell = _measured(fine, lambda known: f"{sum(known)}")
-    ratio_cell = _measured(ratios, lambda known: f"{np.mean(known):.2f}, {max(known):.2f}")
+    far = [j for j in found if abs(j.off) > AGREE_DECADES]
+    listed = ", ".join(f"{j.name} ({j.off:+.2f}; {j.knee or float('nan'):.3g})" for j in far)
+    fine_cell = _measured([j.near for j in found], lambda known: f"{sum(known)}")
+    ratio_cell = _measured(
+      [j.ratio for j in found], lambda known: f"{np.mean(known):.2f}, {max(known):.2f}"
+    )
     lines.append(
       f"| {level} | {len(found)} | {len(found) - len(far)} | {fine_cell} | {ratio_cell} | "
       f"{listed or '-'} |"
     )
   high = levels["high"]
-  wrong = sum(abs(off) > AGREE_DECADES for _, off, _, _, _ in high)
+  wrong = sum(abs(j.off) > AGREE_DECADES for j in high)
   lines += [
     "",
     f"- \"high\" was within half a decade of the seed's decade sweep pick on "
     f"{len(high) - wrong} of {len(high)} seeds: the goal is {met(wrong == 0)}.",
   ]
-  near = [h[2] for h in high if h[2] is not None]
-  ratios = [h[3] for h in high if h[3] is not None]
+  near = [j.near for j in high if j.near is not None]
+  ratios = [j.ratio for j in high if j.ratio is not None]
   if near:
     lines.append(
       f"- Against the finer grid's pick, \"high\" was within half a decade on {sum(near)} of "
@@ -384,33 +397,6 @@ def report(bundled: dict[str, Any], own: dict[str, Any], header: list[str]) -> s
 Records = dict[str, list[dict[str, Any]]]
 
 
-def collect_all(
-  settings: dict[str, int],
-  networks: list[str],
-  *,
-  seeds: int,
-  quick: bool,
-  task_run: Callable[[Any, int, int], dict[str, Any]],
-  own_run: Callable[[str, int], dict[str, Any]],
-) -> tuple[Records, Records]:
-  """``task_run(task, epochs, seed)`` per bundled task of ``settings`` (name: epochs; shrunk to
-  64 rows with ``quick``) and seed, then ``own_run(network, seed)`` per network and seed, each
-  logged with the time so far."""
-  start = time.perf_counter()
-
-  def logged(name: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
-    print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
-    return record
-
-  bundled = {}
-  for name, epochs in settings.items():
-    task = load_task(name)
-    task = task.shrink(64) if quick else task
-    bundled[name] = [logged(name, s, task_run(task, epochs, s)) for s in range(seeds)]
-  own = {name: [logged(name, s, own_run(name, s)) for s in range(seeds)] for name in networks}
-  return bundled, own
-
-
 def collect_and_report(
   report: Callable[[Records, Records, list[str]], str],
   *,
@@ -426,19 +412,24 @@ def collect_and_report(
   more: str,
   quick: bool,
 ) -> str:
-  """Every run (:func:`collect_all`; ``own_run(network, own_epochs, seed)``), then
-  ``report(bundled, own, header)`` under a header that gives the command, where it ran, the
-  epochs of each task and network, the seeds and ``more``; printed, and written (with the
-  records as JSON) as results/``name``.md unless ``quick``. Returns the report."""
+  """``task_run(task, epochs, seed)`` per bundled task of ``settings`` (name: epochs; shrunk to
+  64 rows with ``quick``) and seed, then ``own_run(network, own_epochs, seed)`` per network and
+  seed, each logged with the time so far; then ``report(bundled, own, header)`` under a header
+  that gives the command, where it ran, the epochs of each task and network, the seeds and
+  ``more``; printed, and written (with the records as JSON) as results/``name``.md unless
+  ``quick``. Returns the report."""
   start = time.perf_counter()
-  bundled, own = collect_all(
-    settings,
-    networks,
-    seeds=seeds,
-    quick=quick,
-    task_run=task_run,
-    own_run=lambda network, seed: own_run(network, own_epochs, seed),
-  )
+
+  def logged(name: str, seed: int, record: dict[str, Any]) -> dict[str, Any]:
+    print(f"[{time.perf_counter() - start:5.0f} s] {name} seed {seed}", file=sys.stderr)
+    return record
+
+  bundled = {}
+  for task_name, epochs in settings.items():
+    task = load_task(task_name)
+    task = task.shrink(64) if quick else task
+    bundled[task_name] = [logged(task_name, s, task_run(task, epochs, s)) for s in range(seeds)]
+  own = {n: [logged(n, s, own_run(n, own_epochs, s)) for s in range(seeds)] for n in networks}
   minutes = (time.perf_counter() - start) / 60
   epochs = ", ".join(f"{n} {e}" for n, e in settings.items())
   header = [
