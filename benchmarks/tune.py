@@ -6,6 +6,7 @@ Usage:
   python benchmarks/tune.py --name tune_amd  # the same as tune_amd.md, .json, _schedules.png
                                       # (a second processor's run beside the first)
   python benchmarks/tune.py --quick   # smoke test: tiny data, 2 epochs, 1 seed, short grid
+  python benchmarks/tune.py --report benchmarks/results/tune.json  # its .md again, no training
 
 Per bundled task and seed: the SGD grid (constant rate, and with a cosine schedule), one
 Alrao-SGD run, a short race (``alrao_jax.tune.race_length``: 1 or 2 epochs) of the rates
@@ -22,6 +23,7 @@ Data paths: ALRAO_PTB_CHAR overrides the Penn Treebank folder (default ../shared
 from __future__ import annotations
 
 import argparse
+import json
 import pathlib
 import sys
 import time
@@ -30,7 +32,8 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, ran_on, results_name
+from header import command_line, nan_for_null, ran_on, rerendered_header, results_name
+from tune_races import Reading, calibration
 
 from alrao_jax import strict_json
 from alrao_jax.experiments.compare import (
@@ -144,6 +147,7 @@ def run_task(task: Task, setting: Setting, grid: tuple[float, ...], log) -> dict
         "kept_lr": float(np.exp(np.dot(kept, np.log(found.suggestion.copy_lrs)))),
         "leading_lr": found.suggestion.leading_lr,
         "confidence": found.suggestion.confidence,
+        "reasons": list(found.suggestion.reasons),
         "body_knee": found.suggestion.candidates.get("body", float("nan")),
         "alrao_epochs": len(found.alrao.history),
         "alrao_loss": whole.test["loss"],
@@ -398,11 +402,33 @@ def trust_table(results: dict[str, Any]) -> list[str]:
   return [*lines, ""]
 
 
+def confidence_records(results: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+  """Per task and seed: the suggestion, its confidence, reasons and knee, and what
+  :func:`tune_races.calibration` reads of it (the seed's decade and quarter-decade picks, and SGD
+  at the suggestion over SGD at the decade pick)."""
+  return {
+    task: [
+      {
+        "suggestion": t["lr"],
+        "confidence": t["confidence"],
+        "reasons": t.get("reasons", []),  # absent from runs before the reasons were recorded
+        "knee": t["body_knee"],
+        "reading": Reading(
+          s["decade"]["pick_lr"], s["quarter"]["pick_lr"], t["sgd_loss"] / s["decade"]["pick_loss"]
+        ),
+      }
+      for t, s in zip(r["tune"], r["sweeps"], strict=True)
+    ]
+    for task, r in results.items()
+  }
+
+
 def report(results: dict[str, Any], header: list[str], prefix: str = "tune") -> list[str]:
   lines = [
     *header,
     *yardstick_table(results),
     *trust_table(results),
+    *calibration({"bundled": confidence_records(results)}, reading=lambda r: r["reading"]),
     "## Alrao suggests the learning rate: one Alrao run, then SGD at its suggestion",
     "",
     "Test loss of each protocol divided by tuned SGD's (the grid's rate with the best mean "
@@ -577,7 +603,19 @@ def main() -> None:
     type=results_name,
     help="the results' name: NAME.md, NAME.json, NAME_schedules.png",
   )
+  parser.add_argument(
+    "--report", metavar="JSON", help="a finished run's .json: its .md printed again, no training"
+  )
   args = parser.parse_args()
+  if args.report is not None:  # the .md of a finished run, rendered again by this code
+    path = pathlib.Path(args.report)
+    command = command_line("tune.py", parser, args)
+    header = rerendered_header(path.with_suffix(".md"), "## ", command)
+    results = nan_for_null(json.loads(path.read_text()))
+    text = "\n".join(report(results, header, path.stem)) + "\n"
+    path.with_suffix(".md").write_text(text)
+    print(text)
+    return
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   settings = QUICK if args.quick else FULL

@@ -297,12 +297,12 @@ def calibration(
   lines = [
     "## Is suggest_lr's confidence right?",
     "",
-    "Every seed above (bundled and own), by the confidence `suggest_lr` gave its suggestion: "
+    "Every seed above, by the confidence `suggest_lr` gave its suggestion: "
     "how many suggestions lay within half a decade of the rate the seed's 7-rate decade sweep "
     "picks, and of the rate a finer grid (a quarter decade apart) picks; the plain optimizer at "
     "the suggestion / at the decade pick (test loss; mean, worst seed); the seeds further than "
     "half a decade from the decade pick (decades from it; the body's knee, the middle of "
-    "`body_knee`'s bin). Goal (issue 38): every \"high\" within half a decade of the pick.",
+    '`body_knee`\'s bin). Goal (issue 38): every "high" within half a decade of the pick.',
     "",
     "| confidence | seeds | within half a decade of the pick | of the finer pick | "
     "at the suggestion / at the pick | further off: seed (decades from the pick; knee) |",
@@ -331,19 +331,19 @@ def calibration(
   wrong = sum(abs(j.off) > AGREE_DECADES for j in high)
   lines += [
     "",
-    f"- \"high\" was within half a decade of the seed's decade sweep pick on "
+    f'- "high" was within half a decade of the seed\'s decade sweep pick on '
     f"{len(high) - wrong} of {len(high)} seeds: the goal is {met(wrong == 0)}.",
   ]
   near = [j.near for j in high if j.near is not None]
   ratios = [j.ratio for j in high if j.ratio is not None]
   if near:
     lines.append(
-      f"- Against the finer grid's pick, \"high\" was within half a decade on {sum(near)} of "
+      f'- Against the finer grid\'s pick, "high" was within half a decade on {sum(near)} of '
       f"{len(near)} seeds that had one."
     )
   if ratios:
     lines.append(
-      f"- The optimizer at a \"high\" suggestion was at worst {max(ratios):.2f}x the decade "
+      f'- The optimizer at a "high" suggestion was at worst {max(ratios):.2f}x the decade '
       f"pick's test loss ({len(ratios)} seeds measured)."
     )
   reasons = {kind: 0 for kind in REASONS.values()}
