@@ -38,10 +38,12 @@ __all__ = [
 
 class CopyRetirement(NamedTuple):
   """When :func:`alrao_jax.fit` retires a copy: its posterior weight below ``threshold`` at
-  the end of each of the last ``epochs`` epochs. Build it with :func:`copy_retirement`."""
+  the end of each of the last ``epochs`` epochs, unless it is one of the ``min_copies`` live
+  copies nearest in rate to the leading one. Build it with :func:`copy_retirement`."""
 
   threshold: float
   epochs: int
+  min_copies: int = 1
 
 
 def _check_threshold(threshold: Any) -> float:
@@ -55,12 +57,17 @@ def _check_threshold(threshold: Any) -> float:
   return float(threshold)
 
 
-def copy_retirement(*, threshold: float = 1e-2, epochs: int = 2) -> CopyRetirement:
+def copy_retirement(
+  *, threshold: float = 1e-2, epochs: int = 2, min_copies: int = 1
+) -> CopyRetirement:
   """The rule by which :func:`alrao_jax.fit` retires output copies (``fit(retire=...)``).
 
   After each epoch, a copy whose switch posterior was below ``threshold`` at the end of each
   of the last ``epochs`` epochs is retired: dropped from the head, the optimizer state and
-  the averaging state (:func:`retire_copies`). The copy of largest weight always stays.
+  the averaging state (:func:`retire_copies`). The copy of largest weight always stays, and
+  with it the live copies nearest to it in rate, ``min_copies`` in all: the switch can still
+  move to a slower or a faster rate than the leader's (the leading copy's rate often falls as
+  training goes on), at ``min_copies`` times one copy's cost.
 
   The switch keeps every copy at about ``1 / (t N)`` of the posterior or more after step
   ``t`` (its prior of a switch to any copy), however badly the copy predicts: a threshold
@@ -69,16 +76,23 @@ def copy_retirement(*, threshold: float = 1e-2, epochs: int = 2) -> CopyRetireme
   Args:
     threshold: the posterior weight under which a copy counts as ruled out, in (0, 1).
     epochs: how many consecutive epochs it must stay under it, at least 1.
+    min_copies: how many live copies always stay, at least 1: the leader and the copies next
+      to it in rate (the leader's neighbours on both sides first, the slower one first at a
+      tie; at the interval's edge, the next ones on the other side).
 
   Returns:
     A :class:`CopyRetirement`.
 
   Example:
     >>> import alrao_jax
-    >>> alrao_jax.copy_retirement(threshold=1e-2, epochs=2)
-    CopyRetirement(threshold=0.01, epochs=2)
+    >>> alrao_jax.copy_retirement(threshold=1e-2, epochs=2, min_copies=3)
+    CopyRetirement(threshold=0.01, epochs=2, min_copies=3)
   """
-  return CopyRetirement(_check_threshold(threshold), check_int(epochs, "epochs", minimum=1))
+  return CopyRetirement(
+    _check_threshold(threshold),
+    check_int(epochs, "epochs", minimum=1),
+    check_int(min_copies, "min_copies", minimum=1),
+  )
 
 
 def check_retirement(retire: Any) -> CopyRetirement | None:
@@ -90,7 +104,9 @@ def check_retirement(retire: Any) -> CopyRetirement | None:
       f"retire must be None or alrao_jax.copy_retirement(threshold=..., epochs=...), got "
       f"{retire!r}."
     )
-  return copy_retirement(threshold=retire.threshold, epochs=retire.epochs)
+  return copy_retirement(
+    threshold=retire.threshold, epochs=retire.epochs, min_copies=retire.min_copies
+  )
 
 
 def ruled_out(
@@ -107,20 +123,26 @@ def ruled_out(
   Returns:
     The indices (among all copies) to retire, increasing; empty when there are fewer epochs
     than ``retirement.epochs``. The live copy of largest weight in the last epoch is never
-    among them.
+    among them, nor the live copies nearest to it in rate (the copies' order),
+    ``retirement.min_copies`` in all.
 
   Example:
     >>> import alrao_jax
     >>> rule = alrao_jax.copy_retirement(threshold=0.01, epochs=2)
     >>> alrao_jax.ruled_out([[0.5, 0.495, 0.005], [0.7, 0.299, 0.001]], [0, 1, 2], rule)
     array([2])
+    >>> near = alrao_jax.copy_retirement(threshold=0.01, epochs=1, min_copies=2)
+    >>> alrao_jax.ruled_out([[0.001, 0.998, 0.0005, 0.0005]], [0, 1, 2, 3], near)
+    array([2, 3])
   """
   live = np.asarray(live, int)
   if len(posteriors) < retirement.epochs:
     return np.zeros(0, int)
   recent = np.asarray(posteriors[-retirement.epochs :], np.float64)[:, live]
   below = (recent < retirement.threshold).all(axis=0)
-  below[np.argmax(recent[-1])] = False
+  lead = int(np.argmax(recent[-1]))
+  nearest = sorted(range(len(live)), key=lambda i: (abs(i - lead), i))
+  below[nearest[: retirement.min_copies]] = False
   return live[below]
 
 

@@ -85,14 +85,19 @@ def test_resume_alone_continues_the_run_and_equals_one_uninterrupted_run(tmp_pat
 def test_retire_below_drops_the_ruled_out_copies_and_says_so_in_the_metrics(tmp_path):
   out = tmp_path / "run"
   args = ["--epochs", "3", "--lr-min", "1e-5", "--retire-below", "0.05", "--retire-after", "1"]
-  assert cli.main([*TRAIN, *args, "--out", str(out)]) == 0
+  assert cli.main([*TRAIN, *args, "--retire-keep", "2", "--out", str(out)]) == 0
   records = [strict_json(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
   posteriors = np.array([r["posterior"] for r in records])
-  retired = posteriors[0] < 0.05  # below after epoch 1: gone from epoch 2 on
-  assert 0 < retired.sum() < 4 and (posteriors[1:, retired] == 0).all()
+  lead = int(np.argmax(posteriors[0]))
+  band = [lead, lead - 1 if lead > 0 else 1]  # the slower neighbour first
+  retired = posteriors[0] < 0.05  # below after epoch 1: gone from epoch 2 on, but for the
+  retired[band] = False  # leader and its slower neighbour (--retire-keep 2)
+  assert 0 < retired.sum() <= 2 and (posteriors[1:, retired] == 0).all()
+  assert (posteriors[1, band] > 0).all() and (posteriors[-1] > 0).sum() >= 2
   live = checkpoint_meta(out / "checkpoint")["live_copies"]["state"]
   assert live == np.flatnonzero(posteriors[-1] > 0).tolist()
-  assert json.loads((out / "settings.json").read_text())["retire_below"] == 0.05
+  settings = json.loads((out / "settings.json").read_text())
+  assert settings["retire_below"] == 0.05 and settings["retire_keep"] == 2
 
 
 def test_your_arrays_with_the_cnn_and_the_extras_then_screen(tmp_path, capsys):
@@ -469,6 +474,8 @@ def _npy_named_npz(tmp_path):
     (lambda p: ["train", "--retire-below", "1"], "--retire-below must be in (0, 1)"),
     (lambda p: ["train", "--retire-after", "2"], "--retire-after applies with --retire-below"),
     (lambda p: ["train", "--retire-below", "0.01", "--retire-after", "0"], "must be >= 1"),
+    (lambda p: ["train", "--retire-keep", "2"], "--retire-keep applies with --retire-below"),
+    (lambda p: ["train", "--retire-below", "0.01", "--retire-keep", "0"], "keep must be >= 1"),
     (lambda p: ["train", "--optimizer", "sgd", "--retire-below", "0.01"], "sgd has none"),
     (lambda p: ["train", "--out", _saved_run(p)], "holds a run already"),
     (lambda p: ["train", "--resume", "--out", _saved_run(p, "{")], "corrupt checkpoint"),

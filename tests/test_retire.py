@@ -37,28 +37,38 @@ def _leaves(tree):
   ]
 
 
-def _naive_ruled_out(posteriors, live, threshold, epochs):
-  """Copy by copy, epoch by epoch, as the rule reads."""
+def _naive_ruled_out(posteriors, live, threshold, epochs, min_copies=1):
+  """Copy by copy, epoch by epoch, as the rule reads; the kept band grown outwards from the
+  leader one live copy at a time, the slower side first."""
   if len(posteriors) < epochs:
     return []
   last = posteriors[-1]
-  top = max(live, key=lambda j: (last[j], -j))
+  top = live.index(max(live, key=lambda j: (last[j], -j)))
+  low, high = top, top
+  while high - low + 1 < min(min_copies, len(live)):
+    if low > 0 and (high == len(live) - 1 or top - (low - 1) <= (high + 1) - top):
+      low -= 1
+    else:
+      high += 1
+  kept = live[low : high + 1]
   out = []
   for j in live:
-    if j != top and all(p[j] < threshold for p in posteriors[-epochs:]):
+    if j not in kept and all(p[j] < threshold for p in posteriors[-epochs:]):
       out.append(j)
   return out
 
 
 def test_ruled_out_matches_a_copy_by_copy_count():
   rng = np.random.default_rng(1)
-  for epochs, threshold, num in itertools.product((1, 2, 3), (0.01, 0.2, 0.6), (1, 3, 5)):
+  for epochs, threshold, num, keep in itertools.product(
+    (1, 2, 3), (0.01, 0.2, 0.6), (1, 3, 5), (1, 2, 3)
+  ):
     history = rng.dirichlet(np.full(5, 0.3), size=num).tolist()
     live = sorted(rng.choice(5, size=rng.integers(1, 6), replace=False).tolist())
-    rule = alrao_jax.copy_retirement(threshold=threshold, epochs=epochs)
+    rule = alrao_jax.copy_retirement(threshold=threshold, epochs=epochs, min_copies=keep)
     found = alrao_jax.ruled_out(history, live, rule).tolist()
-    assert found == _naive_ruled_out(history, live, threshold, epochs)
-    assert len(found) < len(live)  # the leading copy stays
+    assert found == _naive_ruled_out(history, live, threshold, epochs, keep)
+    assert len(found) <= len(live) - min(keep, len(live))  # the leader and its band stay
   rule = alrao_jax.copy_retirement(threshold=0.5, epochs=1)
   assert alrao_jax.ruled_out([[0.1, 0.1, 0.1, 0.7]], [0, 1, 2, 3], rule).tolist() == [0, 1, 2]
 
@@ -155,11 +165,17 @@ class NNXNet(nnx.Module):
 
 def test_an_nnx_model_retires_in_place_and_a_resumed_run_equals_the_whole_run(tmp_path):
   tx = alrao_jax.alrao_sgd(1e-5, 10.0, key=jax.random.key(0))
-  options = {"epochs": 4, "batch_size": 16, "retire": alrao_jax.copy_retirement(threshold=0.05)}
+  rule = alrao_jax.copy_retirement(threshold=0.05, min_copies=2)
+  options = {"epochs": 4, "batch_size": 16, "retire": rule}
   model = NNXNet(nnx.Rngs(0))
   whole = alrao_jax.fit(model, tx, SPLITS, **options, checkpoint_dir=tmp_path / "whole")
   posteriors = np.array([r["posterior"] for r in whole.history])
-  assert 0 < (posteriors[-1] == 0).sum() < 6  # some retired (two epochs below), not all
+  assert 0 < (posteriors[-1] == 0).sum() <= 4  # some retired (two epochs below), two stay
+  live = list(range(6))  # the rule replayed on the history: the copies at 0 from then on
+  for epoch in range(1, len(posteriors)):
+    out = _naive_ruled_out(posteriors[:epoch].tolist(), live, 0.05, rule.epochs, 2)
+    live = [j for j in live if j not in out]
+    np.testing.assert_array_equal(np.flatnonzero(posteriors[epoch] > 0), live)
   kept = np.flatnonzero(posteriors[whole.best_epoch - 1] > 0)
   assert model.head.alrao_copies.kernel.shape[0] == len(kept)  # the best epoch's, in place
   np.testing.assert_array_equal(whole.copies, kept)
@@ -180,6 +196,8 @@ def test_retirement_refuses_what_it_cannot_do_by_name():
     alrao_jax.copy_retirement(threshold=True)
   with pytest.raises(ValueError, match="epochs"):
     alrao_jax.copy_retirement(epochs=0)
+  with pytest.raises(ValueError, match="min_copies"):
+    alrao_jax.copy_retirement(min_copies=0)
   tx = alrao_jax.alrao_sgd(1e-3, 1.0, key=jax.random.key(0))
   with pytest.raises(TypeError, match="copy_retirement"):
     alrao_jax.fit(Net(), tx, SPLITS, epochs=1, retire=(0.01, 2))

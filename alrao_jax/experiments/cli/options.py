@@ -57,6 +57,7 @@ RUN_DEFAULTS: dict[str, Any] = {
   "layer_schedule": "uniform",
   "retire_below": None,
   "retire_after": None,
+  "retire_keep": None,
   "epochs": 10,
   "quick": False,
 }
@@ -116,18 +117,21 @@ def check_given_alrao_options(s: dict[str, Any]) -> None:
 
 
 def check_retire_options(s: dict[str, Any]) -> None:
-  """--retire-below in (0, 1) with an alrao-* optimizer; --retire-after >= 1, with it."""
-  below, after = s.get("retire_below"), s.get("retire_after")
+  """--retire-below in (0, 1) with an alrao-* optimizer; --retire-after and --retire-keep >= 1,
+  with it."""
+  below = s.get("retire_below")
   if below is None:
-    if after is not None:
-      raise UsageError("--retire-after applies with --retire-below; pass both, or neither")
+    for name in ("retire_after", "retire_keep"):
+      if s.get(name) is not None:
+        raise UsageError(f"{flag(name)} applies with --retire-below; pass both, or neither")
     return
   if s["optimizer"] not in ALRAO:
     raise UsageError(f"--retire-below retires Alrao's output copies; {s['optimizer']} has none")
   if not 0 < below < 1:
     raise UsageError(f"--retire-below must be in (0, 1), e.g. 1e-2, got {below}")
-  if after is not None and after < 1:
-    raise UsageError(f"--retire-after must be >= 1, got {after}")
+  for name in ("retire_after", "retire_keep"):
+    if s.get(name) is not None and s[name] < 1:
+      raise UsageError(f"{flag(name)} must be >= 1, got {s[name]}")
 
 
 def check_optimizer_options(s: dict[str, Any]) -> None:

@@ -142,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
   train.add_argument(
     "--retire-after", type=int, help="epochs under --retire-below before a copy goes (default: 2)"
   )
+  train.add_argument(
+    "--retire-keep",
+    type=int,
+    help="copies that always stay with --retire-below: the leader and its nearest neighbours "
+    "in rate (default: 1, the leader)",
+  )
   train.add_argument("--epochs", type=int, help="(default: 10; with --resume: the new total)")
   train.add_argument("--out", default="runs/alrao", help="folder of the run (default: runs/alrao)")
   train.add_argument(

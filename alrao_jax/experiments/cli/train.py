@@ -78,11 +78,13 @@ def _first_state(model: Any, method: Method, task: Task, seed: int) -> TrainStat
 
 
 def _retirement(settings: dict[str, Any]) -> CopyRetirement | None:
-  """fit's ``retire`` from --retire-below and --retire-after."""
+  """fit's ``retire`` from --retire-below, --retire-after and --retire-keep."""
   if settings["retire_below"] is None:
     return None
-  after = {} if settings["retire_after"] is None else {"epochs": settings["retire_after"]}
-  return copy_retirement(threshold=settings["retire_below"], **after)  # its default epochs
+  given = {"epochs": settings["retire_after"], "min_copies": settings.get("retire_keep")}
+  return copy_retirement(  # its defaults where not given
+    threshold=settings["retire_below"], **{k: v for k, v in given.items() if v is not None}
+  )
 
 
 def run(args: argparse.Namespace) -> FitResult:
