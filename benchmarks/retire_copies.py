@@ -11,8 +11,9 @@ epochs, ``--epochs``, where ``real_data.py`` now runs 10; the 2-layer LSTM of 20
 (``alrao_jax.sweep``, one vmapped program, as ``real_data.py`` times it), SGD alone at the
 sweep's pick (the unit, "one plain run"), one Alrao-SGD run with every copy to the end, and the
 same run with ``fit(retire=...)`` at each rule of ``RULES``: a copy whose switch posterior
-stayed below the threshold at the end of that many epochs is dropped from the head, and the next
-epochs compute only the live copies. Every wall time includes its compilations (a retirement
+stayed below the threshold at the end of that many epochs is dropped from the head (unless it is
+one of the ``min_copies`` nearest the leader in rate), and the next epochs compute only the live
+copies. Every wall time includes its compilations (a retirement
 recompiles the step and the evaluation).
 Goals (issue 36): a run with copies retired cheaper than the sweep, at no more than 2% worse
 perplexity than the full head.
@@ -40,13 +41,14 @@ from alrao_jax.experiments.tasks import MODES, load_task
 from alrao_jax.screen import SGD_GRID
 
 RESULTS = pathlib.Path(__file__).parent / "results"
-RULES = ((1e-3, 2), (1e-2, 2), (1e-2, 1))  # (threshold, epochs)
+RULES = ((1e-3, 2, 1), (1e-2, 2, 1), (1e-2, 1, 1), (1e-2, 2, 3))  # (threshold, epochs, min_copies)
 EPOCHS = 6  # at most: the budget both seeds' files were made at (real_data.py now runs 10)
 FULL = "alrao-sgd, every copy"
 
 
-def rule_name(threshold: float, epochs: int) -> str:
-  return f"alrao-sgd, retired below {threshold:g} for {epochs} epoch(s)"
+def rule_name(threshold: float, epochs: int, min_copies: int = 1) -> str:
+  kept = "" if min_copies == 1 else f", {min_copies} kept"
+  return f"alrao-sgd, retired below {threshold:g} for {epochs} epoch(s){kept}"
 
 
 def one_seed(task: Any, budget: Any, seed: int, log) -> list[dict[str, Any]]:
@@ -76,9 +78,9 @@ def one_seed(task: Any, budget: Any, seed: int, log) -> list[dict[str, Any]]:
   alrao = task_method(task, "alrao-sgd", seed=seed)
   runs = {"sgd at the sweep's pick": (make_method("sgd", lr=float(swept.best_value)), None)}
   runs[FULL] = (alrao, None)
-  for threshold, epochs in RULES:
-    retire = alrao_jax.copy_retirement(threshold=threshold, epochs=epochs)
-    runs[rule_name(threshold, epochs)] = (alrao, retire)
+  for threshold, epochs, min_copies in RULES:
+    retire = alrao_jax.copy_retirement(threshold=threshold, epochs=epochs, min_copies=min_copies)
+    runs[rule_name(threshold, epochs, min_copies)] = (alrao, retire)
   for name, (method, retire) in runs.items():
     run, result = timed_fit(task, method, retire=retire, **options)
     rows.append(
