@@ -126,6 +126,7 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
           "sgd_loss": 0.03,
           "sgd_seconds": 3,
           "confidence": "low",
+          "reasons": ["the leading copy barely moved from its start"],
           "body_knee": 5.62,
           "alrao_epochs": 20,
           "tune_lr": 0.1,
@@ -190,6 +191,11 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   seed_1 = "| digits | 1 | 20 | 0.01 | low | 5.62 | 0.750 | 6 x 2 | 0.316 | 0.1 | 1.200 | 0.1 |"
   assert f"{seed_1} 0.750 |" in text  # 20 epochs of Alrao; 5.62: the body's knee
   assert "![schedules](tune_schedules.png)" in text
+  # the confidence against the seeds' picks: seed 0's "high" 1.0 is a decade above its decade
+  # pick 0.1 (0.75 above the quarter pick 0.178), SGD there 0.03 / 0.02; seed 1's "low" 0.01
+  assert "| high | 1 | 0 | 0 | 1.50, 1.50 | digits 0 (+1.00; 0.178) |" in text
+  assert "| low | 1 | 0 | 0 | 0.75, 0.75 | digits 1 (-1.00; 5.62) |" in text
+  assert "the goal is **missed**" in text and "the leading copy did not learn (1)" in text
   # a second processor's run (--name tune_amd) shows its own figure
   assert "![schedules](tune_amd_schedules.png)" in tune.report(results, ["# h"], "tune_amd")
   assert tune.results_name("tune_amd") == "tune_amd"
