@@ -239,15 +239,41 @@ def _ratios(rows: list[dict[str, float]], key: str, tuned: list[float]) -> np.nd
 
 PROTOCOLS = (  # (name, rate key, loss key, compute keys), rows of "tune" or "lr_find"
   ("tune (Alrao + race)", "tune", "tune_lr", "tune_sgd_loss", ("alrao_seconds", "race_seconds")),
+  (
+    'tune, racing only below "high"',
+    "tune",
+    "gated_lr",
+    "gated_sgd_loss",
+    ("alrao_seconds", "gated_race_seconds"),
+  ),
   ("suggest_lr alone", "tune", "lr", "sgd_loss", ("alrao_seconds",)),
   ("lr_find valley alone", "lr_find", "valley_lr", "valley_loss", ("seconds",)),
 )
+
+
+def gated(r: dict[str, Any]) -> dict[str, Any]:
+  """One task's results with each tune row's gated protocol: where ``suggest_lr`` said "high",
+  the suggestion and SGD at it with no race (the race's seconds not spent), else tune's race
+  and pick. Read off the same runs: the race changes neither the Alrao run nor the SGD runs."""
+  rows = []
+  for row in r["tune"]:
+    high = row["confidence"] == "high"
+    rows.append(
+      {
+        **row,
+        "gated_lr": row["lr"] if high else row["tune_lr"],
+        "gated_sgd_loss": row["sgd_loss"] if high else row["tune_sgd_loss"],
+        "gated_race_seconds": 0.0 if high else row["race_seconds"],
+      }
+    )
+  return {**r, "tune": rows}
 
 
 def protocol_summary(r: dict[str, Any]) -> dict[str, dict[str, float]]:
   """Per protocol: decades from the grid's best (mean), SGD at the rate over tuned SGD (mean
   and worst seed), and the compute spent choosing the rate, in seconds and in SGD runs (the
   grid's mean run)."""
+  r = gated(r)
   best, tuned = r["grid"]["best_lr"], r["grid"]["best_loss"]
   sgd_run = r["sgd_run_seconds"]
   summary = {}
@@ -346,7 +372,9 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     "per-seed table); "
     "the suggestion's racer is picked unless its validation loss fell less than "
     f"{1 - TOLERANCE:g} of the best racer's fall from their common start, else the best "
-    "racer (`race_pick`). `suggest_lr` alone: the same Alrao run's "
+    "racer (`race_pick`). `tune, racing only below \"high\"`: the same runs read as tune "
+    "would be if it raced only where `suggest_lr` did not say \"high\" (there, the suggestion "
+    "and SGD at it, the race's seconds not counted). `suggest_lr` alone: the same Alrao run's "
     "suggestion. `lr_find` alone: the range test's `valley` (100 steps). Each rate is then "
     "used by one full SGD run. Per task: the rate in decades from the grid's best (mean over "
     "seeds); SGD at it / tuned SGD with the same seed (test loss; mean over seeds, and the "

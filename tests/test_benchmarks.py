@@ -166,8 +166,11 @@ def test_tune_report_divides_by_the_grid_best_chosen_on_validation(monkeypatch):
   # 0.048 / 0.04; suggest_lr and the valley 0.03 / 0.02 and 0.03 / 0.04. Compute in SGD runs of
   # the grid's 21 s / 2 rates: the race 5 + 2 s, suggest_lr 5 s, the range test 1 s.
   assert cells[2:5] == ["+0.00", "1.100, 1.200", "7, 0.7"]
-  assert cells[5:8] == ["+0.00", "1.125, 1.500", "5, 0.5"]
-  assert cells[8:11] == ["+0.00", "1.125, 1.500", "1, 0.1"]
+  # racing only below "high": seed 0 ("high") at its suggestion 1.0 (0.03 / 0.02, no race: 5 s),
+  # seed 1 ("low") at tune's pick 0.1 (0.048 / 0.04, 5 + 2 s)
+  assert cells[5:8] == ["+0.50", "1.350, 1.500", "6, 0.6"]
+  assert cells[8:11] == ["+0.00", "1.125, 1.500", "5, 0.5"]
+  assert cells[11:14] == ["+0.00", "1.125, 1.500", "1, 0.1"]
   cells = [c.strip() for c in suggestions.strip("|").split("|")]
   # decades +1 and -1 average to 0; 0.03 / mean(0.02, 0.04) = 1; 0.09 / 0.03 = 3
   assert cells[2] == "+0.00" and cells[3] == "1.000" and cells[4] == "2, 8"
