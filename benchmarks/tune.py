@@ -7,6 +7,7 @@ Usage:
                                       # (a second processor's run beside the first)
   python benchmarks/tune.py --quick   # smoke test: tiny data, 2 epochs, 1 seed, short grid
   python benchmarks/tune.py --report benchmarks/results/tune.json  # its .md again, no training
+  python benchmarks/tune.py --tasks mnist1d --replace  # mnist1d measured again into tune.json
 
 Per bundled task and seed: the SGD grid (constant rate, and with a cosine schedule), one
 Alrao-SGD run, a short race (``alrao_jax.tune.race_length``: 1 or 2 epochs) of the rates
@@ -372,8 +373,8 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     "per-seed table); "
     "the suggestion's racer is picked unless its validation loss fell less than "
     f"{1 - TOLERANCE:g} of the best racer's fall from their common start, else the best "
-    "racer (`race_pick`). `tune, racing only below \"high\"`: the same runs read as tune "
-    "would be if it raced only where `suggest_lr` did not say \"high\" (there, the suggestion "
+    'racer (`race_pick`). `tune, racing only below "high"`: the same runs read as tune '
+    'would be if it raced only where `suggest_lr` did not say "high" (there, the suggestion '
     "and SGD at it, the race's seconds not counted). `suggest_lr` alone: the same Alrao run's "
     "suggestion. `lr_find` alone: the range test's `valley` (100 steps). Each rate is then "
     "used by one full SGD run. Per task: the rate in decades from the grid's best (mean over "
@@ -634,7 +635,23 @@ def main() -> None:
   parser.add_argument(
     "--report", metavar="JSON", help="a finished run's .json: its .md printed again, no training"
   )
+  parser.add_argument(
+    "--tasks",
+    type=lambda text: text.split(","),
+    help="only these tasks, comma-separated (default: all four)",
+  )
+  parser.add_argument(
+    "--replace",
+    action="store_true",
+    help="with --tasks: measure them again into the finished NAME.json, its other tasks kept "
+    "(e.g. a task whose timings ran beside other work), and render NAME.md again",
+  )
   args = parser.parse_args()
+  names = [s.task for s in (QUICK if args.quick else FULL)]
+  if args.tasks is not None and not set(args.tasks) <= set(names):
+    parser.error(f"--tasks takes some of {','.join(names)}, got {','.join(args.tasks)}")
+  if args.replace and args.tasks is None:
+    parser.error("--replace measures the --tasks given again; pass --tasks too")
   if args.report is not None:  # the .md of a finished run, rendered again by this code
     path = pathlib.Path(args.report)
     command = command_line("tune.py", parser, args)
@@ -653,16 +670,29 @@ def main() -> None:
   def log(line: str) -> None:
     print(f"[{time.perf_counter() - start:6.0f} s] {line}", file=sys.stderr, flush=True)
 
-  results = {}
+  path = out / f"{args.name}.json"
+  results = nan_for_null(json.loads(path.read_text())) if args.replace else {}
   for setting in settings:
+    if args.tasks is not None and setting.task not in args.tasks:
+      continue
     task = load_task(setting.task)
     if args.quick:
       task = task.shrink(QUICK_ROWS)
     results[setting.task] = run_task(task, setting, grid, log)
-  (out / f"{args.name}.json").write_text(strict_json.dumps(results, indent=1) + "\n")
+  results = {name: results[name] for name in names if name in results}  # the tasks' order
+  path.write_text(strict_json.dumps(results, indent=1) + "\n")
   plot(results, out / f"{args.name}_schedules.png")
   minutes = (time.perf_counter() - start) / 60
   command = command_line("tune.py", parser, args)
+  if args.replace:
+    again = (
+      f"Measured again alone, replacing the first run's: {', '.join(args.tasks)}, by "
+      f"`{command}`; {ran_on(minutes)}."
+    )
+    header = [*rerendered_header(path.with_suffix(".md"), "## ", command)[:-3], "", again, ""]
+    path.with_suffix(".md").write_text("\n".join(report(results, header, args.name)) + "\n")
+    print(f"wrote {path.with_suffix('.md')}")
+    return
   header = [
     "# Alrao as a learning-rate tuner, a one-run variant, and schedules",
     "",
