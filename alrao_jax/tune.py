@@ -45,8 +45,8 @@ class TuneResult(NamedTuple):
 
   lr: float  # the rate picked (see race_pick; nan when every racer diverged)
   suggestion: LRSuggestion  # the evidence of the Alrao run
-  candidates: np.ndarray  # the rates raced, increasing
-  race: SweepResult  # the race: each candidate's history and best validation loss
+  candidates: np.ndarray  # the rates raced, increasing (none when a trusted suggestion skipped it)
+  race: SweepResult | None  # the race: each candidate's history and best validation loss
   alrao: FitResult  # the Alrao run
   seconds: dict[str, float]  # wall time of the Alrao run, the race, and both
   ladder: Ladder | None = None  # how the candidates were laid out, and what they left untried
@@ -318,6 +318,7 @@ def tune(
   plain_eval_model: nn.Module | None = None,
   max_racers: int = MAX_RACERS,
   anneal: bool = False,
+  trust_high: bool = False,
 ) -> TuneResult:
   """Picks a learning rate for the model's plain optimizer from one Alrao run and a race.
 
@@ -366,6 +367,9 @@ def tune(
     anneal: the racers' rates fall to 0 over the race's last epoch (see
       :func:`race_suggestion`); with ``race_epochs`` a quarter of the final run's epochs, the
       best race measured, for more of the race's compute.
+    trust_high: a suggestion of "high" confidence is taken as it is, with no race (``race``
+      None, no candidates): the race costs about one plain run, and on the 6 "high" seeds of
+      ``benchmarks/results/tune.md`` and ``tune_races.md`` it kept the suggestion every time.
 
   Returns:
     A :class:`TuneResult`.
@@ -397,6 +401,8 @@ def tune(
   if race_epochs is not None:
     race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
   check_tolerance(tolerance)
+  if not isinstance(trust_high, bool):
+    raise TypeError(f"trust_high must be True or False, got {trust_high!r}.")
   epochs = check_int(epochs, "epochs", minimum=1)
   if plain_eval_model is not None and plain_model is None:
     raise ValueError(
@@ -439,6 +445,9 @@ def tune(
       posteriors=[r["posterior"] for r in history],
     )
   alrao_seconds = time.perf_counter() - start
+  if trust_high and suggestion.confidence == "high":
+    seconds = {"alrao": alrao_seconds, "race": 0.0, "total": alrao_seconds}
+    return TuneResult(suggestion.lr, suggestion, np.zeros(0), None, result, seconds)
   raced = race_suggestion(
     racer,
     plain,

@@ -374,8 +374,8 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     "the suggestion's racer is picked unless its validation loss fell less than "
     f"{1 - TOLERANCE:g} of the best racer's fall from their common start, else the best "
     'racer (`race_pick`). `tune, racing only below "high"`: the same runs read as tune '
-    'would be if it raced only where `suggest_lr` did not say "high" (there, the suggestion '
-    "and SGD at it, the race's seconds not counted). `suggest_lr` alone: the same Alrao run's "
+    'would be if it raced only where `suggest_lr` did not say "high" (`tune(trust_high=True)`; '
+    "there, the suggestion and SGD at it, the race's seconds not counted). `suggest_lr` alone: the same Alrao run's "
     "suggestion. `lr_find` alone: the range test's `valley` (100 steps). Each rate is then "
     "used by one full SGD run. Per task: the rate in decades from the grid's best (mean over "
     "seeds); SGD at it / tuned SGD with the same seed (test loss; mean over seeds, and the "

@@ -203,6 +203,25 @@ def test_tune_with_adam_suggests_adams_rate_from_an_alrao_adam_run(tmp_path, cap
   assert "--momentum applies to" in capsys.readouterr().err
 
 
+def test_tune_trust_high_skips_the_race_of_a_high_suggestion(tmp_path, capsys, monkeypatch):
+  module = sys.modules["alrao_jax.experiments.tune"]
+  real = module.suggest_lr
+
+  def high(*args, **kwargs):  # the run's own suggestion, said to be of high confidence
+    return real(*args, **kwargs)._replace(confidence="high")
+
+  monkeypatch.setattr(module, "suggest_lr", high)
+  digits = load_digits()
+  data = _npz(tmp_path, x=digits.train.inputs.reshape(-1, 64), y=digits.train.targets)
+  args = ["tune", "--data", data, "--width", "16", "--epochs", "2", "--copies", "4"]
+  assert cli.main([*args, "--trust-high", "--no-progress", "--out", str(tmp_path / "t")]) == 0
+  out, err = capsys.readouterr()
+  summary = strict_json(out.strip().splitlines()[-1])
+  assert "race" not in summary and summary["lr"] == summary["suggested_lr"]
+  assert "no race: the suggestion's confidence is high (--trust-high)" in err
+  assert summary["sgd"]["epochs"] == 2  # SGD at the suggestion
+
+
 def test_tune_races_the_candidates_trains_sgd_at_the_winner_and_places_it_in_the_grid(
   tmp_path, capsys
 ):

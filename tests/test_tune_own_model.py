@@ -2,6 +2,8 @@
 classifier, a scanned Transformer, a regression MLP): SGD at the rate it picks, against a
 brute-force grid of SGD runs trained by sweep in the same test (the oracle)."""
 
+import sys
+
 import flax
 import flax.linen as nn
 import jax
@@ -335,3 +337,28 @@ def test_tune_anneals_its_race_when_asked():
   np.testing.assert_allclose(tuned.race.valid_losses, raced.race.valid_losses, rtol=1e-6)
   constant = race_suggestion(RegressionMLP(), optax.sgd, splits, tuned.suggestion, **kw)
   assert not np.allclose(tuned.race.valid_losses, constant.race.valid_losses, rtol=1e-6)
+
+
+def test_tune_trusts_a_high_suggestion_only_when_asked(monkeypatch):
+  module = sys.modules["alrao_jax.tune"]  # alrao_jax.tune is also the function's name
+  real = module.suggest_lr
+
+  def suggesting(confidence):
+    return lambda *args, **kwargs: real(*args, **kwargs)._replace(confidence=confidence)
+
+  rng = np.random.default_rng(2)
+  x = rng.normal(size=(160, 4)).astype(np.float32)
+  splits = alrao_jax.split_arrays(x, (x[:, 0] > 0).astype(np.int32), valid=32, test=32)
+  options = {"lr_min": 1e-3, "lr_max": 1.0, "epochs": 2, "race_epochs": 1, "batch_size": 16}
+  monkeypatch.setattr(module, "suggest_lr", suggesting("high"))
+  trusted = alrao_jax.tune(RegressionMLP(), splits, trust_high=True, **options)
+  assert trusted.race is None and trusted.candidates.size == 0 and trusted.ladder is None
+  assert trusted.lr == trusted.suggestion.lr and trusted.seconds["race"] == 0.0
+  raced = alrao_jax.tune(RegressionMLP(), splits, **options)  # by default, "high" is raced too
+  assert raced.race is not None and len(raced.candidates) >= 3
+  assert raced.suggestion.lr == trusted.suggestion.lr  # the same Alrao run
+  monkeypatch.setattr(module, "suggest_lr", suggesting("medium"))
+  medium = alrao_jax.tune(RegressionMLP(), splits, trust_high=True, **options)
+  np.testing.assert_array_equal(medium.candidates, raced.candidates)  # not trusted: raced
+  with pytest.raises(TypeError, match="trust_high must be True or False"):
+    alrao_jax.tune(RegressionMLP(), splits, trust_high="yes", **options)

@@ -131,6 +131,7 @@ def tune(
   race_epochs: int | None = None,
   tolerance: float = TOLERANCE,
   alrao_epochs: int | None = None,
+  trust_high: bool = False,
   **fit_kwargs: Any,
 ) -> TuneResult:
   """One Alrao-SGD run, :func:`alrao_jax.suggest_lr` on its kept epoch, a race of the rates it
@@ -165,6 +166,8 @@ def tune(
     tolerance: see :func:`alrao_jax.race_pick` (0: the race's best).
     alrao_epochs: epochs of the Alrao run, >= 1, which also set the race's default length
       (default: half of ``epochs``, rounded up).
+    trust_high: no race when the suggestion's confidence is "high" (see
+      :func:`alrao_jax.tune`).
     **fit_kwargs: more keyword arguments of :func:`alrao_jax.fit`.
 
   Returns:
@@ -175,6 +178,8 @@ def tune(
   if race_epochs is not None:
     race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
   check_tolerance(tolerance)
+  if not isinstance(trust_high, bool):
+    raise TypeError(f"trust_high must be True or False, got {trust_high!r}.")
   epochs = check_int(epochs, "epochs", minimum=1)
   if alrao_epochs is None:
     alrao_epochs = half_of(epochs)
@@ -190,6 +195,8 @@ def tune(
     posteriors=[r["posterior"] for r in result.history[: max(result.best_epoch, 1)]],
   )
   lr, race, race_seconds = suggestion.lr, None, 0.0
+  if trust_high and suggestion.confidence == "high":
+    race_epochs = 0
   if race_epochs != 0:
     raced = race_suggestion(
       task.build(1),

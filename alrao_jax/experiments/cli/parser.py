@@ -188,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
     "(default: --alrao-epochs over the number of racers, 1 or 2)",
   )
   tuner.add_argument(
+    "--trust-high",
+    action="store_true",
+    help="no race when the suggestion's confidence is high: SGD at the suggestion",
+  )
+  tuner.add_argument(
     "--tolerance",
     type=float,
     default=TOLERANCE,

@@ -83,6 +83,7 @@ def run(args: argparse.Namespace) -> None:
     race_epochs=args.race_epochs,
     tolerance=args.tolerance,
     alrao_epochs=alrao_epochs,
+    trust_high=args.trust_high,
     on_epoch=bars.fit_epoch,
   )
   if not args.verify:
@@ -91,6 +92,8 @@ def run(args: argparse.Namespace) -> None:
   text = describe(result.suggestion)
   if result.race is not None:
     text += "\n" + _race_table(result.race, result.race_seconds, result.lr)
+  elif args.trust_high and result.suggestion.confidence == "high":
+    text += "\nno race: the suggestion's confidence is high (--trust-high)"
   (out / "suggestion.txt").write_text(text + "\n")
   print(text, file=sys.stderr)
   summary: dict[str, Any] = {
