@@ -375,13 +375,13 @@ def trust_table(results: dict[str, Any]) -> list[str]:
     f"{1 - TOLERANCE:g} of the best racer's fall from their common start, else the best "
     'racer (`race_pick`). `tune, racing only below "high"`: the same runs read as tune '
     'would be if it raced only where `suggest_lr` did not say "high" (`tune(trust_high=True)`; '
-    "there, the suggestion and SGD at it, the race's seconds not counted). `suggest_lr` alone: the same Alrao run's "
-    "suggestion. `lr_find` alone: the range test's `valley` (100 steps). Each rate is then "
-    "used by one full SGD run. Per task: the rate in decades from the grid's best (mean over "
-    "seeds); SGD at it / tuned SGD with the same seed (test loss; mean over seeds, and the "
-    "worst seed); the compute that chose the rate per seed, in seconds and in SGD runs (the "
-    f"run measured beside it; the grid is the {rates}-rate sweep). The old goals: mean <= 1.05, "
-    "worst <= 1.2, compute <= 3 runs.",
+    "there, the suggestion and SGD at it, the race's seconds not counted). `suggest_lr` "
+    "alone: the same Alrao run's suggestion. `lr_find` alone: the range test's `valley` (100 "
+    "steps). Each rate is then used by one full SGD run. Per task: the rate in decades from "
+    "the grid's best (mean over seeds); SGD at it / tuned SGD with the same seed (test loss; "
+    "mean over seeds, and the worst seed); the compute that chose the rate per seed, in "
+    f"seconds and in SGD runs (the run measured beside it; the grid is the {rates}-rate "
+    "sweep). The old goals: mean <= 1.05, worst <= 1.2, compute <= 3 runs.",
     "",
     "| task | grid's best lr | "
     + " | ".join(f"{n}: decades | SGD / tuned (mean, worst) | compute (s, runs)" for n in names)
@@ -635,11 +635,7 @@ def main() -> None:
   parser.add_argument(
     "--report", metavar="JSON", help="a finished run's .json: its .md printed again, no training"
   )
-  parser.add_argument(
-    "--tasks",
-    type=lambda text: text.split(","),
-    help="only these tasks, comma-separated (default: all four)",
-  )
+  parser.add_argument("--tasks", help="only these tasks, comma-separated (default: all four)")
   parser.add_argument(
     "--replace",
     action="store_true",
@@ -648,8 +644,9 @@ def main() -> None:
   )
   args = parser.parse_args()
   names = [s.task for s in (QUICK if args.quick else FULL)]
-  if args.tasks is not None and not set(args.tasks) <= set(names):
-    parser.error(f"--tasks takes some of {','.join(names)}, got {','.join(args.tasks)}")
+  chosen = None if args.tasks is None else args.tasks.split(",")
+  if chosen is not None and not set(chosen) <= set(names):
+    parser.error(f"--tasks takes some of {','.join(names)}, got {args.tasks}")
   if args.replace and args.tasks is None:
     parser.error("--replace measures the --tasks given again; pass --tasks too")
   if args.report is not None:  # the .md of a finished run, rendered again by this code
@@ -673,7 +670,7 @@ def main() -> None:
   path = out / f"{args.name}.json"
   results = nan_for_null(json.loads(path.read_text())) if args.replace else {}
   for setting in settings:
-    if args.tasks is not None and setting.task not in args.tasks:
+    if chosen is not None and setting.task not in chosen:
       continue
     task = load_task(setting.task)
     if args.quick:
@@ -686,7 +683,7 @@ def main() -> None:
   command = command_line("tune.py", parser, args)
   if args.replace:
     again = (
-      f"Measured again alone, replacing the first run's: {', '.join(args.tasks)}, by "
+      f"Measured again alone, replacing the first run's: {', '.join(chosen)}, by "
       f"`{command}`; {ran_on(minutes)}."
     )
     header = [*rerendered_header(path.with_suffix(".md"), "## ", command)[:-3], "", again, ""]
