@@ -81,7 +81,7 @@ def _retirement(settings: dict[str, Any]) -> CopyRetirement | None:
   """fit's ``retire`` from --retire-below, --retire-after and --retire-keep."""
   if settings["retire_below"] is None:
     return None
-  given = {"epochs": settings["retire_after"], "min_copies": settings.get("retire_keep")}
+  given = {"epochs": settings["retire_after"], "min_copies": settings["retire_keep"]}
   return copy_retirement(  # its defaults where not given
     threshold=settings["retire_below"], **{k: v for k, v in given.items() if v is not None}
   )
