@@ -94,9 +94,11 @@ def ran_on(minutes: float) -> str:
   """How long a benchmark ran, and where: "3.5 min on 1 cpu device(s), Intel(R) Xeon(R)
   Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that
   report a run's minutes; the processor and its vector units, since training on it rounds its
-  own way)."""
+  own way). A run held to fewer cores than the machine has (``taskset``) says how many."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  held = f" held to {cores} of {os.cpu_count()} cores," if cores != os.cpu_count() else ""
   return (
-    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s), "
+    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s),{held} "
     f"{processor()} ({platform.machine()}{vector_units()}), jax {jax.__version__}; "
     f"{datetime.date.today()}"
   )
