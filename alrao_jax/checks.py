@@ -63,6 +63,14 @@ def check_int(value: Any, name: str, *, minimum: int) -> int:
   return int(value)
 
 
+def check_bool(value: Any, name: str) -> bool:
+  """``value``, or a `TypeError` naming ``name`` unless it is ``True`` or ``False`` (a 0 or a
+  1, or a string such as ``"false"``, is not taken for one)."""
+  if not isinstance(value, bool):
+    raise TypeError(f"{name} must be True or False, got {value!r}.")
+  return value
+
+
 def check_num_copies(num_copies: int) -> None:
   """Raises unless ``num_copies`` is an integer >= 1."""
   if isinstance(num_copies, bool) or not isinstance(num_copies, numbers.Integral):

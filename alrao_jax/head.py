@@ -11,7 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from alrao_jax.checks import check_copies_at_once, check_num_copies
+from alrao_jax.checks import check_bool, check_copies_at_once, check_num_copies
 from alrao_jax.rates import COPIES_MODULE
 
 _NOT_LOGITS = (
@@ -447,8 +447,7 @@ def embedding_init(
 def check_per_step(per_step: Any, copies_at_once: int | None) -> None:
   """Raises ``TypeError``/``ValueError`` for a ``per_step`` that is not a bool, or that is
   combined with ``copies_at_once`` (a deferred head inside a scan would stack its kernels)."""
-  if not isinstance(per_step, bool):
-    raise TypeError(f"per_step must be True or False, got {per_step!r}.")
+  check_bool(per_step, "per_step")
   if per_step and copies_at_once is not None:
     raise ValueError(
       "per_step=True and copies_at_once cannot be combined: a scan would stack the deferred "

@@ -22,7 +22,7 @@ import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from alrao_jax.checks import check_int
+from alrao_jax.checks import check_bool, check_int
 from alrao_jax.epochs import Progress, run_epochs, test_metrics_of
 from alrao_jax.evaluation import check_eval_batch_size, evaluate_split, zero_collections
 from alrao_jax.head import as_copy_outputs
@@ -439,8 +439,7 @@ def sweep(
   if patience is not None:
     patience = check_int(patience, "patience", minimum=1)
   check_eval_batch_size(eval_batch_size)
-  if not isinstance(evaluate_test, bool):
-    raise TypeError(f"evaluate_test must be True or False, got {evaluate_test!r}.")
+  check_bool(evaluate_test, "evaluate_test")
   if mesh is not None:
     _check_mesh(mesh, len(values_))
   splits = checked_splits(splits, batch_size)

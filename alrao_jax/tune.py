@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import optax
 
-from alrao_jax.checks import check_bounds, check_int
+from alrao_jax.checks import check_bool, check_bounds, check_int
 from alrao_jax.defaults import RACE_EPOCHS, TOLERANCE
 from alrao_jax.loop import FitResult, fit
 from alrao_jax.loss import Likelihood, categorical_log_likelihood
@@ -401,8 +401,7 @@ def tune(
   if race_epochs is not None:
     race_epochs = check_int(race_epochs, "race_epochs", minimum=1)
   check_tolerance(tolerance)
-  if not isinstance(trust_high, bool):
-    raise TypeError(f"trust_high must be True or False, got {trust_high!r}.")
+  check_bool(trust_high, "trust_high")
   epochs = check_int(epochs, "epochs", minimum=1)
   if plain_eval_model is not None and plain_model is None:
     raise ValueError(

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import optax
 
-from alrao_jax.checks import check_int
+from alrao_jax.checks import check_bool, check_int
 from alrao_jax.epochs import test_metrics_of
 from alrao_jax.experiments.compare import RunResult, task_method, timed_fit
 from alrao_jax.experiments.methods import Method, make_method
@@ -178,8 +178,7 @@ def tune(
   if race_epochs is not None:
     race_epochs = check_int(race_epochs, "race_epochs", minimum=0)
   check_tolerance(tolerance)
-  if not isinstance(trust_high, bool):
-    raise TypeError(f"trust_high must be True or False, got {trust_high!r}.")
+  check_bool(trust_high, "trust_high")
   epochs = check_int(epochs, "epochs", minimum=1)
   if alrao_epochs is None:
     alrao_epochs = half_of(epochs)
