@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import math
 import os
 import pathlib
 import platform
 import re
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -79,6 +81,28 @@ def rerendered_header(path: pathlib.Path, until: str, command: str) -> list[str]
   header = lines[: next(i for i, line in enumerate(lines) if line.startswith(until))]
   header = "\n".join(header).split("\n\nRe-rendered")[0].rstrip().split("\n")
   return [*header, "", f"Re-rendered from the .json by `{command}` on {datetime.date.today()}.", ""]
+
+
+def rerender(
+  path: pathlib.Path,
+  render: Callable[[Any, list[str]], str],
+  command: str,
+  *,
+  until: str = "## ",
+) -> str:
+  """A finished run's report printed again by this code: ``render(records, header)`` on the
+  records of ``path`` (its .json, every ``null`` as NaN) under the header of its .md (the lines
+  before the first that starts with ``until``, with a line that says ``command`` rendered it
+  again today); writes the .md and prints it.
+
+  Returns:
+    the report's text.
+  """
+  records = nan_for_null(json.loads(path.read_text()))
+  text = render(records, rerendered_header(path.with_suffix(".md"), until, command))
+  path.with_suffix(".md").write_text(text)
+  print(text)
+  return text
 
 
 def nan_for_null(value: Any) -> Any:

@@ -33,7 +33,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from header import command_line, nan_for_null, ran_on, rerendered_header, results_name
+from header import command_line, nan_for_null, ran_on, rerender, rerendered_header, results_name
 from tune_races import Reading, calibration
 
 from alrao_jax import strict_json
@@ -651,12 +651,11 @@ def main() -> None:
     parser.error("--replace measures the --tasks given again; pass --tasks too")
   if args.report is not None:  # the .md of a finished run, rendered again by this code
     path = pathlib.Path(args.report)
-    command = command_line("tune.py", parser, args)
-    header = rerendered_header(path.with_suffix(".md"), "## ", command)
-    results = nan_for_null(json.loads(path.read_text()))
-    text = "\n".join(report(results, header, path.stem)) + "\n"
-    path.with_suffix(".md").write_text(text)
-    print(text)
+    rerender(
+      path,
+      lambda results, header: "\n".join(report(results, header, path.stem)) + "\n",
+      command_line("tune.py", parser, args),
+    )
     return
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)

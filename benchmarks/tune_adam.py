@@ -38,7 +38,7 @@ from tune_races import (
   calibration,
   collect_and_report,
   collection_parser,
-  rerender,
+  rerender_collection,
   suggestion_record,
 )
 
@@ -226,7 +226,9 @@ def main(argv: list[str] | None = None) -> str:
   parser = collection_parser(__doc__, "tune_adam")
   args = parser.parse_args(argv)
   if args.report is not None:
-    return rerender(pathlib.Path(args.report), report, command_line("tune_adam.py", parser, args))
+    return rerender_collection(
+      pathlib.Path(args.report), report, command_line("tune_adam.py", parser, args)
+    )
   import test_tune_own_model as own
 
   settings = {s.task: s.epochs for s in FULL if s.task != "ptb-char"}

@@ -25,7 +25,6 @@ decade grid. Last, every seed's suggestion against its decade sweep's pick, by t
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -41,9 +40,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
 from header import (
   command_line,
   met,
-  nan_for_null,
   ran_on,
-  rerendered_header,
+  rerender,
   results_name,
   write_report_and_json,
 )
@@ -446,17 +444,12 @@ def collect_and_report(
   return write_report_and_json(text, payload, RESULTS / name, minutes, quick=quick)
 
 
-def rerender(
+def rerender_collection(
   path: pathlib.Path, report: Callable[[Records, Records, list[str]], str], command: str
 ) -> str:
-  """A finished run's report printed again from its .json (``path``) by this code, under the
-  header of its .md, which it replaces."""
-  records = nan_for_null(json.loads(path.read_text()))
-  header = rerendered_header(path.with_suffix(".md"), "## ", command)
-  text = report(records["bundled"], records["own"], header)
-  path.with_suffix(".md").write_text(text)
-  print(text)
-  return text
+  """A finished collection's report (its bundled tasks and own networks) printed again from its
+  .json (``path``) by ``report``, under the header of its .md, which it replaces."""
+  return rerender(path, lambda r, header: report(r["bundled"], r["own"], header), command)
 
 
 def collection_parser(doc: str, name: str) -> argparse.ArgumentParser:
@@ -478,7 +471,9 @@ def main(argv: list[str] | None = None) -> str:
   parser = collection_parser(__doc__, "tune_races")
   args = parser.parse_args(argv)
   if args.report is not None:
-    return rerender(pathlib.Path(args.report), report, command_line("tune_races.py", parser, args))
+    return rerender_collection(
+      pathlib.Path(args.report), report, command_line("tune_races.py", parser, args)
+    )
   import test_tune_own_model as own
 
   settings, seeds = ({"digits": 2}, 1) if args.quick else (SETTINGS, SEEDS)
