@@ -5,7 +5,9 @@ are N times that, and their logits ``N x batch x K`` most of the memory of a ste
 loss applies ``copies_at_once`` copies at a time (``lax.map``), and forms each copy's
 gradients while its logits are at hand: the step then does the copies' FLOPs exactly once
 each (forward, kernel gradient, pre-classifier gradient, as three plain heads would) and
-holds one group's logits at a time instead of all of them.
+holds one group's logits at a time instead of all of them. A copy with more examples than
+inputs takes its examples a chunk at a time, so that it holds no more logits than its kernel
+has weights.
 """
 
 from __future__ import annotations
@@ -37,34 +39,89 @@ def _logits(z, kernel, bias, dtype):
   return (z @ kernel + bias).astype(dtype)
 
 
+def _example_chunks(num_examples: int, width: int) -> tuple[int, int]:
+  """``(chunks, rows)``: a copy's examples taken ``rows`` at a time, so that one chunk's logits
+  (``rows x K``) are no larger than the copy's kernel (``width x K``); ``chunks * rows`` covers
+  every example (the last chunk padded with examples of share 0)."""
+  chunks = max(1, -(-num_examples // max(width, 1)))
+  return chunks, -(-num_examples // chunks)
+
+
+def _chunk_work(z, labels, shares, kernel, bias, dtype, with_grads):
+  """One copy on one chunk of examples: ``(ll, finite)``, and with ``with_grads`` the chunk's
+  shares of the kernel's and the bias's gradients (in ``dtype``) and ``dz``."""
+  logits = _logits(z, kernel, bias, dtype)
+  log_norm = jax.nn.logsumexp(logits, axis=-1)
+  picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
+  ll = jnp.where(shares > 0, picked - log_norm, 0.0)  # a pad scores 0, whatever its label
+  # 0 * a logit is NaN exactly when the logit is not finite, and a sum keeps a NaN: no
+  # (examples x K) mask of the logits is held
+  finite = jnp.isfinite(jnp.sum(logits * 0))
+  if not with_grads:
+    return ll, finite
+  # d ll / d logits = onehot - softmax, the one-hot added in place (a label out of range,
+  # negative included, adds nothing, as in jax.nn.one_hot). The copy's mean NLL has
+  # cotangent -share per example; the shares weight z rather than the logits' gradient. So a
+  # chunk holds two (examples x K) arrays: its logits and their gradient.
+  num_outputs = logits.shape[-1]
+  columns = jnp.where((labels < 0) | (labels >= num_outputs), num_outputs, labels)
+  dlogits = -jnp.exp(logits - log_norm[:, None])
+  dlogits = dlogits.at[jnp.arange(len(labels)), columns].add(1.0, mode="drop")
+  weighted_z = z.astype(dtype) * shares[:, None].astype(dtype)
+  dkernel = -(weighted_z.T @ dlogits)
+  dbias = -(shares.astype(dtype) @ dlogits)
+  dz = dlogits.astype(kernel.dtype) @ kernel.T
+  return ll, finite, dkernel, dbias, dz.astype(dtype)
+
+
 def _one_copy(z, labels, shares, dtype, with_grads):
   """The per-copy work, for ``lax.map`` over ``(kernel, bias)``; ``shares`` (E,) are the
-  examples' shares of the mean (``1/E`` each without weights)."""
+  examples' shares of the mean (``1/E`` each without weights). A copy's examples are taken a
+  chunk at a time (``_example_chunks``) when there are more of them than its input width: the
+  gradients are sums over the chunks."""
+  num_examples, width = z.shape
+  chunks, rows = _example_chunks(num_examples, width)
+  pad = chunks * rows - num_examples
+
+  def in_chunks(x):
+    x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
+    return x.reshape(chunks, rows, *x.shape[1:])
+
+  split = (in_chunks(z), in_chunks(labels), in_chunks(shares))
 
   def apply(pair):
     kernel, bias = pair
-    logits = _logits(z, kernel, bias, dtype)
-    log_norm = jax.nn.logsumexp(logits, axis=-1)
-    picked = jnp.take_along_axis(logits, labels[:, None], axis=-1)[:, 0]
-    ll = jnp.where(shares > 0, picked - log_norm, 0.0)  # a pad scores 0, whatever its label
-    # 0 * a logit is NaN exactly when the logit is not finite, and a sum keeps a NaN: no
-    # (examples x K) mask of the logits is held
-    finite = jnp.isfinite(jnp.sum(logits * 0))
+    if chunks == 1:
+      found = _chunk_work(z, labels, shares, kernel, bias, dtype, with_grads)
+      if not with_grads:
+        return found
+      ll, finite, dkernel, dbias, dz = found
+      return _PerCopy(ll, finite, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype), dz)
+
+    def step(carry, chunk):
+      found = _chunk_work(*chunk, kernel, bias, dtype, with_grads)
+      if not with_grads:
+        return carry & found[1], found[0]
+      ll, finite, dkernel, dbias, dz = found
+      all_finite, kernel_sum, bias_sum = carry
+      return (all_finite & finite, kernel_sum + dkernel, bias_sum + dbias), (ll, dz)
+
     if not with_grads:
-      return ll, finite
-    # d ll / d logits = onehot - softmax, the one-hot added in place (a label out of range,
-    # negative included, adds nothing, as in jax.nn.one_hot). The copy's mean NLL has
-    # cotangent -share per example; the shares weight z rather than the logits' gradient. So a
-    # copy holds two (examples x K) arrays: its logits and their gradient.
-    num_outputs = logits.shape[-1]
-    columns = jnp.where((labels < 0) | (labels >= num_outputs), num_outputs, labels)
-    dlogits = -jnp.exp(logits - log_norm[:, None])
-    dlogits = dlogits.at[jnp.arange(len(labels)), columns].add(1.0, mode="drop")
-    weighted_z = z.astype(dtype) * shares[:, None].astype(dtype)
-    dkernel = (-(weighted_z.T @ dlogits)).astype(kernel.dtype)
-    dbias = (-(shares.astype(dtype) @ dlogits)).astype(bias.dtype)
-    dz = dlogits.astype(kernel.dtype) @ kernel.T
-    return _PerCopy(ll, finite, dkernel, dbias, dz.astype(dtype))
+      finite, ll = jax.lax.scan(step, jnp.bool_(True), split)
+      return ll.reshape(-1)[:num_examples], finite
+    start = (
+      jnp.bool_(True),
+      jnp.zeros(kernel.shape, dtype),
+      jnp.zeros(bias.shape, dtype),
+    )
+    (finite, dkernel, dbias), (ll, dz) = jax.lax.scan(step, start, split)
+    return _PerCopy(
+      ll.reshape(-1)[:num_examples],
+      finite,
+      dkernel.astype(kernel.dtype),
+      dbias.astype(bias.dtype),
+      dz.reshape(-1, width)[:num_examples],
+    )
 
   return apply
 
@@ -110,7 +167,19 @@ def _in_groups(apply, pairs, copies_at_once: int):
 def _per_copy(deferred: DeferredCopyOutputs, labels, shares, *, with_grads: bool):
   z = deferred.z.reshape(-1, deferred.z.shape[-1])
   apply = _one_copy(z, labels.reshape(-1), shares, _compute_dtype(deferred), with_grads)
-  return _in_groups(apply, (deferred.kernel, deferred.bias), deferred.copies_at_once)
+  kernel, dtype = deferred.kernel, deferred.kernel.dtype
+  if dtype.itemsize != 2 or jax.default_backend() != "cpu":
+    return _in_groups(apply, (kernel, deferred.bias), deferred.copies_at_once)
+  # XLA:CPU computes every 16-bit float op in float32, the slice that takes a copy out of the
+  # stack included: it would convert the whole (N, d, K) stack to float32 before the loop
+  # (twice the stack's bytes, held through the step). Sliced as 16-bit integers, each copy is
+  # converted inside the loop instead, where its own kernel is all that is held.
+  bits = jax.lax.bitcast_convert_type(kernel, jnp.uint16)
+
+  def from_bits(pair):
+    return apply((jax.lax.bitcast_convert_type(pair[0], dtype), pair[1]))
+
+  return _in_groups(from_bits, (bits, deferred.bias), deferred.copies_at_once)
 
 
 def _mixture(ll, finite, log_posterior):

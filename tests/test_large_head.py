@@ -49,6 +49,42 @@ def test_deferred_loss_leaves_out_a_diverged_copy_as_the_full_loss_does():
   chex.assert_trees_all_close((loss, aux, grads), (want_loss, want_aux, want), rtol=1e-5, atol=1e-6)
 
 
+def test_deferred_loss_takes_examples_in_padded_chunks_as_the_full_loss_takes_them_at_once():
+  # 7 examples through 4 inputs: two chunks of 4 (the last padded); an example of weight 0 and a
+  # diverged copy on top
+  keys = jax.random.split(jax.random.key(5), 2)
+  z = jax.random.normal(keys[0], (7, D))
+  labels = jax.random.randint(keys[1], (7,), 0, K)
+  weights = jnp.array([1.0, 0.0, 2.0, 1.0, 1.0, 0.5, 1.0])
+  kernel = KERNEL.at[1, 2, 3].set(jnp.inf)
+
+  def loss(outputs_of):
+    def value(z, kernel, bias):
+      return alrao_jax.alrao_loss(outputs_of(z, kernel, bias), labels, POSTERIOR, weights=weights)
+
+    return jax.jit(jax.value_and_grad(value, argnums=(0, 1, 2), has_aux=True))(z, kernel, BIAS)
+
+  (value, aux), grads = loss(_deferred(2))
+  assert np.isfinite(value) and np.isinf(aux.copy_nll[1]) and not np.any(grads[1][1])
+  chex.assert_trees_all_close(((value, aux), grads), loss(copy_outputs), rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_copies_deferred_equal_their_float32_values_computed_at_once():
+  # bfloat16 copies are taken out of their stack as 16-bit integers on CPU: the loss and its
+  # gradients are those of the same weights in float32 (bfloat16's own rounding apart)
+  kernel, bias, z = (x.astype(jnp.bfloat16) for x in (KERNEL, BIAS, Z))
+  (value, aux), grads = _loss(_deferred(2))(z, kernel, bias)
+  assert grads[1].dtype == jnp.bfloat16 and grads[0].dtype == jnp.bfloat16
+  as_f32 = [x.astype(jnp.float32) for x in (z, kernel, bias)]
+  (want, want_aux), want_grads = _loss(copy_outputs)(*as_f32)
+  chex.assert_trees_all_close(
+    (value, aux.copy_nll, tuple(g.astype(jnp.float32) for g in grads)),
+    (want, want_aux.copy_nll, want_grads),
+    rtol=2e-2,
+    atol=2e-3,
+  )
+
+
 def test_deferred_loss_gradient_scales_with_the_loss_cotangent():
   def doubled(kernel):
     return 2.0 * alrao_jax.alrao_loss(_deferred(2)(Z, kernel, BIAS), LABELS, POSTERIOR)[0]
