@@ -119,13 +119,19 @@ def ran_on(minutes: float) -> str:
   Processor (x86_64, AVX-512), jax 0.10.2; 2026-12-02" (the header line of the results that
   report a run's minutes; the processor and its vector units, since training on it rounds its
   own way). A run held to fewer cores than the machine has (``taskset``) says how many."""
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  held = f" held to {cores} of {os.cpu_count()} cores," if cores != os.cpu_count() else ""
   return (
-    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s),{held} "
+    f"{minutes:.1f} min on {jax.local_device_count()} {jax.default_backend()} device(s)"
+    f"{held_to()}, "
     f"{processor()} ({platform.machine()}{vector_units()}), jax {jax.__version__}; "
     f"{datetime.date.today()}"
   )
+
+
+def held_to() -> str:
+  """ " (held to 1 of 2 cores)" where the run may use fewer cores than the machine has
+  (``taskset``): its timings are those of that many cores; "" otherwise."""
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  return f" (held to {cores} of {os.cpu_count()} cores)" if cores != os.cpu_count() else ""
 
 
 def vector_units() -> str:
@@ -162,6 +168,6 @@ def machine() -> str:
   cpu = processor()
   return (
     f"{jax.devices()[0].platform.upper()} ({jax.devices()[0].device_kind}); {cpu}; "
-    f"{os.cpu_count()} cores visible; Python {platform.python_version()}, "
+    f"{os.cpu_count()} cores visible{held_to()}; Python {platform.python_version()}, "
     f"jax {jax.__version__}, optax {optax.__version__}"
   )
