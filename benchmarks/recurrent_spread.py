@@ -9,10 +9,10 @@ Two recurrent classifiers: the GRU classifier of ``tests/test_tune_own_model.py`
 5-copy Alrao head, 8 steps of 3 features) and a GRU of 32 units reading MNIST-1D as a sequence
 of 40 values (a 10-copy head). Per network and seed: one run from its initial parameters and
 four more from the same parameters each multiplied by ``1 + 1e-7 * N(0, 1)`` (a flip of the
-last bit of about half of them), each kept at its best validation epoch. Five optimizers:
+last bit of about half of them), each kept at its best validation epoch. Six optimizers:
 Alrao-SGD over [1e-4, 10] (the GRU cell's units sampled like every other feature), the same
 with the GRU cell's interval one decade lower, [1e-4, 1] (``optax.partition``; the head and its
-copies keep [1e-4, 10]), the same as the first after ``optax.clip_by_global_norm(1)``, and SGD,
+copies keep [1e-4, 10]), each of those two after ``optax.clip_by_global_norm(1)``, and SGD,
 plain and after the same clipping, each at the rate its own decade sweep (1e-4 ... 10,
 ``alrao_jax.sweep``) picks on the seed's validation loss.
 The spread is the largest test loss of a seed's five runs over its smallest, less 1.
@@ -110,6 +110,9 @@ def optimizers(seed: int, rates: dict[str, float]) -> dict[str, optax.GradientTr
     f"Alrao-SGD, the GRU cell at [1e-4, {CELL_MAX:g}]": damped,
     f"Alrao-SGD [1e-4, 10], clipped at {CLIP:g}": optax.chain(
       optax.clip_by_global_norm(CLIP), alrao
+    ),
+    f"Alrao-SGD, the GRU cell at [1e-4, {CELL_MAX:g}], clipped at {CLIP:g}": optax.chain(
+      optax.clip_by_global_norm(CLIP), damped
     ),
     SGD: optax.sgd(rates[SGD]),
     CLIPPED_SGD: clipped_sgd(rates[CLIPPED_SGD]),
