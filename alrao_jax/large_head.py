@@ -83,9 +83,14 @@ def _one_copy(z, labels, shares, dtype, with_grads):
   chunks, rows = _example_chunks(num_examples, width)
   pad = chunks * rows - num_examples
 
+  # Example i goes to chunk i mod chunks: an example axis split over devices (in blocks)
+  # stays split the same way within every chunk.
   def in_chunks(x):
     x = jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1))
-    return x.reshape(chunks, rows, *x.shape[1:])
+    return jnp.moveaxis(x.reshape(rows, chunks, *x.shape[1:]), 1, 0)
+
+  def joined(x):
+    return jnp.moveaxis(x, 0, 1).reshape(rows * chunks, *x.shape[2:])[:num_examples]
 
   split = (in_chunks(z), in_chunks(labels), in_chunks(shares))
 
@@ -108,7 +113,7 @@ def _one_copy(z, labels, shares, dtype, with_grads):
 
     if not with_grads:
       finite, ll = jax.lax.scan(step, jnp.bool_(True), split)
-      return ll.reshape(-1)[:num_examples], finite
+      return joined(ll), finite
     start = (
       jnp.bool_(True),
       jnp.zeros(kernel.shape, dtype),
@@ -116,11 +121,7 @@ def _one_copy(z, labels, shares, dtype, with_grads):
     )
     (finite, dkernel, dbias), (ll, dz) = jax.lax.scan(step, start, split)
     return _PerCopy(
-      ll.reshape(-1)[:num_examples],
-      finite,
-      dkernel.astype(kernel.dtype),
-      dbias.astype(bias.dtype),
-      dz.reshape(-1, width)[:num_examples],
+      joined(ll), finite, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype), joined(dz)
     )
 
   return apply

@@ -34,6 +34,7 @@ class Body(nn.Module):
 
   model_axis: str | None = None
   copies_at_once: int | None = None
+  width: int = 32  # the head's inputs
 
   @nn.compact
   def __call__(self, x):
@@ -41,7 +42,7 @@ class Body(nn.Module):
     init = nn.initializers.lecun_normal()
     if self.model_axis is not None:
       init = nn.with_partitioning(init, (None, self.model_axis))
-    x = nn.relu(nn.Dense(32, kernel_init=init)(x))
+    x = nn.relu(nn.Dense(self.width, kernel_init=init)(x))
     return alrao_jax.AlraoHead(CLASSES, num_copies=COPIES, copies_at_once=self.copies_at_once)(x)
 
 
@@ -179,6 +180,19 @@ def meshes_report():
     "params": max_difference(reference.params, state.params),
     "log_posterior": max_difference(
       reference.averaging_state.log_posterior, state.averaging_state.log_posterior
+    ),
+    "collectives": [c._asdict() for c in found],
+  }
+  # 32 examples through 8 inputs: each copy takes its examples in 4 chunks, the batch split
+  # over 4 devices and the copies over 2
+  chunked = Body(copies_at_once=2, width=8)
+  steps = 5
+  state, found = mesh_run(chunked, sharding.make_mesh({"data": 4, "copies": 2}), steps)
+  narrow = single_device_run(Body(width=8), steps)
+  report["chunked"] = {
+    "params": max_difference(narrow.params, state.params),
+    "log_posterior": max_difference(
+      narrow.averaging_state.log_posterior, state.averaging_state.log_posterior
     ),
     "collectives": [c._asdict() for c in found],
   }

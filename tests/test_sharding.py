@@ -103,6 +103,18 @@ def test_a_deferred_head_with_one_copy_per_device_equals_the_full_head_on_one_de
   assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
 
 
+def test_a_deferred_head_taking_its_examples_in_chunks_on_a_mesh_equals_one_device():
+  # the batch over 4 devices, the copies over 2: every chunk of examples stays split over the
+  # batch's devices, so neither the copies nor the examples are gathered
+  run = _meshes()["meshes"]["chunked"]
+  assert run["params"] < TOLERANCE
+  assert run["log_posterior"] < TOLERANCE
+  one_copy = 8 * sharding_runs.CLASSES
+  gathers = [c for c in run["collectives"] if c["op"] == "all-gather"]
+  assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
+  assert any(c["op"] == "all-reduce" for c in run["collectives"])
+
+
 def test_model_partitioning_metadata_is_kept_and_the_rates_follow_it():
   run = _meshes()["meshes"]["annotated"]
   assert run["params"] < TOLERANCE
