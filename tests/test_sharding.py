@@ -94,24 +94,23 @@ def test_compiled_step_never_gathers_the_head(mesh):
     assert any(c["op"] == "all-reduce" and c["bytes"] > 4 * one_copy for c in found)
 
 
-def test_a_deferred_head_with_one_copy_per_device_equals_the_full_head_on_one_device():
-  run = _meshes()["meshes"]["deferred"]
+def _equal_to_one_device_and_nothing_of_a_copy_gathered(run, one_copy):
   assert run["params"] < TOLERANCE
   assert run["log_posterior"] < TOLERANCE
-  one_copy = 32 * sharding_runs.CLASSES
   gathers = [c for c in run["collectives"] if c["op"] == "all-gather"]
   assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
+
+
+def test_a_deferred_head_with_one_copy_per_device_equals_the_full_head_on_one_device():
+  run = _meshes()["meshes"]["deferred"]
+  _equal_to_one_device_and_nothing_of_a_copy_gathered(run, 32 * sharding_runs.CLASSES)
 
 
 def test_a_deferred_head_taking_its_examples_in_chunks_on_a_mesh_equals_one_device():
   # the batch over 4 devices, the copies over 2: every chunk of examples stays split over the
   # batch's devices, so neither the copies nor the examples are gathered
   run = _meshes()["meshes"]["chunked"]
-  assert run["params"] < TOLERANCE
-  assert run["log_posterior"] < TOLERANCE
-  one_copy = 8 * sharding_runs.CLASSES
-  gathers = [c for c in run["collectives"] if c["op"] == "all-gather"]
-  assert all(int(np.prod(shape)) < one_copy for c in gathers for shape in c["shapes"]), gathers
+  _equal_to_one_device_and_nothing_of_a_copy_gathered(run, 8 * sharding_runs.CLASSES)
   assert any(c["op"] == "all-reduce" for c in run["collectives"])
 
 
