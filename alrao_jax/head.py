@@ -325,7 +325,8 @@ class AlraoHead(nn.Module):
       at once; an int ``c`` returns :class:`DeferredCopyOutputs`, which
       :func:`alrao_jax.alrao_loss` applies ``c`` copies at a time: for a head with many
       outputs (a word-level language model's), where the ``N x batch x K`` logits would
-      dominate a step's memory.
+      dominate a step's memory. A copy with more examples than inputs ``d`` takes them ``d``
+      or fewer at a time, so that it holds no more logits than its kernel has weights.
     per_step: True returns :class:`StepCopyOutputs`, laid out ``(*batch, N, K)``: for a head
       applied at each step of a scan (a decoder inside ``nn.RNN`` or ``nn.scan``), whose
       stacked outputs then keep the copy axis where every function expects it, whatever the
