@@ -94,15 +94,7 @@ def _one_copy(z, labels, shares, dtype, with_grads):
 
   split = (in_chunks(z), in_chunks(labels), in_chunks(shares))
 
-  def apply(pair):
-    kernel, bias = pair
-    if chunks == 1:
-      found = _chunk_work(z, labels, shares, kernel, bias, dtype, with_grads)
-      if not with_grads:
-        return found
-      ll, finite, dkernel, dbias, dz = found
-      return _PerCopy(ll, finite, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype), dz)
-
+  def in_turn(kernel, bias):
     def step(carry, chunk):
       found = _chunk_work(*chunk, kernel, bias, dtype, with_grads)
       if not with_grads:
@@ -114,15 +106,20 @@ def _one_copy(z, labels, shares, dtype, with_grads):
     if not with_grads:
       finite, ll = jax.lax.scan(step, jnp.bool_(True), split)
       return joined(ll), finite
-    start = (
-      jnp.bool_(True),
-      jnp.zeros(kernel.shape, dtype),
-      jnp.zeros(bias.shape, dtype),
-    )
+    start = (jnp.bool_(True), jnp.zeros(kernel.shape, dtype), jnp.zeros(bias.shape, dtype))
     (finite, dkernel, dbias), (ll, dz) = jax.lax.scan(step, start, split)
-    return _PerCopy(
-      joined(ll), finite, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype), joined(dz)
-    )
+    return joined(ll), finite, dkernel, dbias, joined(dz)
+
+  def apply(pair):
+    kernel, bias = pair
+    if chunks == 1:
+      found = _chunk_work(z, labels, shares, kernel, bias, dtype, with_grads)
+    else:
+      found = in_turn(kernel, bias)
+    if not with_grads:
+      return found
+    ll, finite, dkernel, dbias, dz = found
+    return _PerCopy(ll, finite, dkernel.astype(kernel.dtype), dbias.astype(bias.dtype), dz)
 
   return apply
 

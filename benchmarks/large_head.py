@@ -85,9 +85,7 @@ def variants(vocab: int, copies: int) -> dict[str, WordModel]:
     "full outputs": WordModel(vocab, width, copies),
     "copies_at_once=1": WordModel(vocab, width, copies, copies_at_once=1),
     f"copies_at_once={copies // 2}": WordModel(vocab, width, copies, copies_at_once=copies // 2),
-    BF16: WordModel(
-      vocab, width, copies, copies_at_once=1, head_dtype=jnp.bfloat16
-    ),
+    BF16: WordModel(vocab, width, copies, copies_at_once=1, head_dtype=jnp.bfloat16),
     RETIRED: WordModel(vocab, width, 1, copies_at_once=1),
   }
 
